@@ -1,0 +1,450 @@
+"""Adversarial training iterations for MONAI's ``SupervisedTrainer``: VAT, TEAT and AMAT.
+
+Each class here is an ``iteration_update`` callable ``(engine, batchdata) -> output``: a bundle whose train.json builds a
+standard ``SupervisedTrainer`` (STD, clean training) becomes adversarially trained by an overlay that sets
+``train#trainer#iteration_update`` to one of these (and, for AMAT, adds the margin book and its handler)::
+
+    "train#trainer#iteration_update": {
+        "_target_": "common.adversarial.AMATIteration",
+        "attack": {"_target_": "common.attacks.L2PGD", "steps": 20, "alpha": 4.0},
+        "margins": "@margins",
+        "thresholds": "$common.thresholds.load_thresholds(@thresholds_file, @loss)"
+    }
+
+The network, loss, optimizer, inferer, prepare_batch, amp and event firing are the trainer's own, so everything a
+bundle configured for STD training (handlers, metrics, checkpointing) keeps working. The loss must give per-sample
+values (see :mod:`common.losses`). Attacks run before the training forward pass, with gradients taken with respect to
+the input only, and leave the network's mode and normalisation statistics as they were.
+
+Per-batch figures (clean and adversarial loss, mean eps, robust fraction) are put in ``engine.state.adversarial``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Sequence
+
+import torch
+from monai.engines.utils import IterationEvents
+from monai.utils import CommonKeys as Keys
+
+from .attacks import Attack, L2PGD
+from .losses import check_terms, per_sample_terms, primary_output
+from .margins import MarginBook
+
+__all__ = [
+    "AdversarialIteration",
+    "VATIteration",
+    "TEATIteration",
+    "AMATIteration",
+    "TemporalEnsemble",
+    "teat_weight",
+    "batch_sample_ids",
+]
+
+
+def batch_sample_ids(batchdata: Any, id_key: str, device: torch.device | str) -> torch.Tensor:
+    """Sample ids (B,) int64 of a batch; a clear error when the dataset does not provide them."""
+    if not isinstance(batchdata, dict) or id_key not in batchdata:
+        keys = list(batchdata) if isinstance(batchdata, dict) else type(batchdata).__name__
+        raise KeyError(
+            f"The batch has no {id_key!r} (it has {keys}). AMAT and TEAT need a stable per-sample id: build the dataset "
+            "with common.transforms.assign_sample_ids (common.msd.load_slices does it) and keep the key through the "
+            "transforms (common.transforms.SampleIdd)."
+        )
+    ids = torch.as_tensor(batchdata[id_key]).reshape(-1).to(device=device, dtype=torch.long)
+    return ids
+
+
+def _terms_and_total(loss_fn: Any, pred: Any, target: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, K) terms and (B,) weighted total of a loss."""
+    terms = per_sample_terms(loss_fn, pred, target)
+    w = getattr(loss_fn, "term_weights", None)
+    if w is None or len(w) != terms.shape[1]:
+        total = terms.sum(1)
+    else:
+        total = (terms * torch.as_tensor(w, dtype=terms.dtype, device=terms.device)).sum(1)
+    return terms, total
+
+
+class AdversarialIteration:
+    """Base class: one training iteration on clean and/or adversarial inputs.
+
+    Subclasses define :meth:`adversarial` (make x_adv) and may extend :meth:`objective` and :meth:`after_step`.
+
+    Args:
+        attack: the attack used to make training samples; model and loss are the trainer's unless the attack has its
+            own. Default: L2 PGD with 10 steps, alpha 4.
+        beta: weight of the clean loss, ``L = beta * mean(L0) + (1 - beta) * mean(L1)``.
+        id_key: batch key of the stable sample id.
+    """
+
+    needs_ids = False
+
+    def __init__(self, attack: Attack | None = None, beta: float = 0.0, id_key: str = "sample_id") -> None:
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"beta must lie in [0, 1]; got {beta}.")
+        self.attack = attack if attack is not None else L2PGD(steps=10, alpha=4.0)
+        self.beta = float(beta)
+        self.id_key = id_key
+
+    # -- hooks -----------------------------------------------------------------------------------------------------
+    def adversarial(self, engine, inputs, targets, ids, forward) -> tuple[torch.Tensor, dict]:  # pragma: no cover
+        raise NotImplementedError
+
+    def objective(self, engine, inputs, targets, x_adv, ids, info, forward) -> tuple[torch.Tensor, Any, dict]:
+        """Training loss, the prediction to report, and per-batch figures."""
+        loss_fn = engine.loss_function
+        stats: dict[str, float] = {}
+        pred_adv = forward(x_adv)
+        terms_adv, total_adv = _terms_and_total(loss_fn, pred_adv, targets)
+        check_terms(terms_adv, getattr(loss_fn, "term_names", ()))
+        info["terms_adv"] = terms_adv.detach()
+        info["pred_adv"] = pred_adv
+        loss = (1 - self.beta) * total_adv.mean()
+        stats["loss_adv"] = float(total_adv.detach().mean())
+        pred = pred_adv
+        if self.beta > 0:
+            pred_clean = forward(inputs)
+            terms_clean, total_clean = _terms_and_total(loss_fn, pred_clean, targets)
+            check_terms(terms_clean, getattr(loss_fn, "term_names", ()))
+            loss = loss + self.beta * total_clean.mean()
+            stats["loss_clean"] = float(total_clean.detach().mean())
+            pred = pred_clean
+        return loss, pred, stats
+
+    def after_step(self, engine, ids, info) -> dict:
+        return {}
+
+    # -- the iteration ---------------------------------------------------------------------------------------------
+    def __call__(self, engine, batchdata: Any) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        if getattr(engine, "accumulation_steps", 1) != 1:
+            raise ValueError("Adversarial iterations do not support accumulation_steps > 1.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        if len(batch) == 2:
+            inputs, targets = batch
+            args, kwargs = (), {}
+        else:
+            inputs, targets, args, kwargs = batch
+        ids = batch_sample_ids(batchdata, self.id_key, inputs.device) if self.needs_ids else None
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+        engine.network.train()
+
+        def forward(x: torch.Tensor) -> Any:
+            return engine.inferer(x, engine.network, *args, **kwargs)
+
+        x_adv, info = self.adversarial(engine, inputs, targets, ids, forward)
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        amp = bool(engine.amp and getattr(engine, "scaler", None) is not None)
+        ctx = torch.autocast("cuda", **engine.amp_kwargs) if amp else contextlib.nullcontext()
+        with ctx:
+            loss, pred, stats = self.objective(engine, inputs, targets, x_adv, ids, info, forward)
+        engine.state.output[Keys.PRED] = pred
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"Non-finite training loss ({loss.item()}) at epoch {engine.state.epoch}, iteration "
+                f"{engine.state.iteration}: lower the learning rate, check the inputs for NaN, or disable amp."
+            )
+        engine.state.output[Keys.LOSS] = loss
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        if amp:
+            engine.scaler.scale(loss).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
+        else:
+            loss.backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.optimizer.step()
+        stats.update(self.after_step(engine, ids, info))
+        stats["eps_mean"] = float(info.get("eps", torch.zeros(1)).float().mean())
+        stats["perturbation_norm_mean"] = float(info.get("norms", torch.zeros(1)).float().mean())
+        engine.state.adversarial = stats
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
+
+class VATIteration(AdversarialIteration):
+    """Vanilla adversarial training (Madry et al.): every sample at one fixed noise level ``eps``.
+
+    Args:
+        eps: training noise level (input intensity units, norm of the attack).
+        attack: the attack (default L2 PGD, 10 steps, alpha 4, random start).
+        beta: weight of the clean loss (0: adversarial samples only, as in the paper's VAT).
+        id_key: unused by VAT (kept for a uniform signature).
+    """
+
+    def __init__(self, eps: float, attack: Attack | None = None, beta: float = 0.0, id_key: str = "sample_id"):
+        super().__init__(attack, beta, id_key)
+        if eps < 0 or not math.isfinite(eps):
+            raise ValueError(f"eps must be finite and >= 0; got {eps}.")
+        self.eps = float(eps)
+
+    def adversarial(self, engine, inputs, targets, ids, forward):
+        res = self.attack.run(
+            inputs,
+            targets,
+            eps=self.eps,
+            model=self.attack.model or engine.network,
+            loss_fn=self.attack.loss_fn or engine.loss_function,
+            forward=forward,
+            final_check=False,
+        )
+        return res.x_adv, {"norms": res.norms, "eps": torch.full((inputs.shape[0],), self.eps)}
+
+
+def teat_weight(epoch: float, max_epochs: int, w_max: float = 300.0, start: float = 0.5, ramp: float = 0.2) -> float:
+    """TEAT's consistency weight at (fractional) ``epoch`` of ``max_epochs``.
+
+    0 before ``start * E``; ``w_max * exp(-5 (1 - (e - start E) / (ramp E))^2)`` for ``start E <= e < (start + ramp) E``;
+    ``w_max`` after.
+    """
+    e0, e1 = start * max_epochs, (start + ramp) * max_epochs
+    if epoch < e0:
+        return 0.0
+    if epoch >= e1 or e1 <= e0:
+        return float(w_max)
+    p = (epoch - e0) / (e1 - e0)
+    return float(w_max * math.exp(-5.0 * (1.0 - p) ** 2))
+
+
+class TemporalEnsemble:
+    """Per-sample exponential moving average of model outputs (TEAT's soft targets), checkpointable.
+
+    ``ema_i = m * ema_i + (1 - m) * p_i`` at every visit of sample i; the target is the bias-corrected
+    ``ema_i / (1 - m ** count_i)``. Storage (N, *output_shape) float32 is allocated at the first update.
+
+    Args:
+        num_samples: N, the number of training samples (ids 0..N-1).
+        momentum: m.
+    """
+
+    def __init__(self, num_samples: int, momentum: float = 0.9) -> None:
+        if num_samples < 1:
+            raise ValueError("num_samples must be >= 1.")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must lie in [0, 1); got {momentum}.")
+        self.num_samples = int(num_samples)
+        self.momentum = float(momentum)
+        self.ema: torch.Tensor | None = None
+        self.count = torch.zeros(self.num_samples, dtype=torch.long)
+
+    def _check_ids(self, ids: torch.Tensor) -> None:
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_samples):
+            raise IndexError(
+                f"Sample ids must lie in [0, {self.num_samples - 1}]; got [{int(ids.min())}, {int(ids.max())}]. "
+                "The ensemble size must equal the number of training samples."
+            )
+
+    def update(self, ids: torch.Tensor, values: torch.Tensor) -> None:
+        """Fold ``values`` (B, *output_shape) into the average of samples ``ids`` (B,)."""
+        ids = ids.detach().cpu().long()
+        self._check_ids(ids)
+        v = values.detach().float().cpu()
+        if self.ema is None:
+            self.ema = torch.zeros((self.num_samples, *v.shape[1:]), dtype=torch.float32)
+        if tuple(self.ema.shape[1:]) != tuple(v.shape[1:]):
+            raise ValueError(
+                f"Output shape {tuple(v.shape[1:])} differs from the stored {tuple(self.ema.shape[1:])}: TEAT needs "
+                "one fixed output shape per sample (pad or crop deterministically)."
+            )
+        self.ema[ids] = self.momentum * self.ema[ids] + (1 - self.momentum) * v
+        self.count[ids] += 1
+
+    def targets(self, ids: torch.Tensor, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bias-corrected targets (B, *output_shape) and a (B,) bool mask of samples seen at least once."""
+        ids = ids.detach().cpu().long()
+        self._check_ids(ids)
+        if self.ema is None:
+            raise RuntimeError("The ensemble holds no outputs yet: call update() first.")
+        c = self.count[ids]
+        corr = (1 - self.momentum ** c.double()).float().clamp_min(1e-12)
+        t = self.ema[ids] / corr.reshape(-1, *([1] * (self.ema.ndim - 1)))
+        return t.to(device), (c > 0).to(device)
+
+    def state_dict(self) -> dict:
+        return {
+            "num_samples": self.num_samples,
+            "momentum": self.momentum,
+            "ema": self.ema if self.ema is not None else torch.zeros(0),
+            "count": self.count,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if int(state["num_samples"]) != self.num_samples:
+            raise ValueError(
+                f"The TEAT ensemble in the checkpoint has {int(state['num_samples'])} samples but the training set has "
+                f"{self.num_samples}: resume with the same dataset and split."
+            )
+        self.momentum = float(state["momentum"])
+        ema = state["ema"]
+        self.ema = ema.clone().float() if ema.numel() else None
+        self.count = state["count"].clone().long()
+
+
+class TEATIteration(VATIteration):
+    """TEAT (Dong et al., ICLR 2022): VAT plus a temporal-ensembling consistency term.
+
+    From ``start * E`` on, the clean eval-mode output of every visited sample is folded into a per-sample moving
+    average (:class:`TemporalEnsemble`); the loss adds ``w(e) * mean((act(f(x_adv)) - target)^2)`` with ``w`` from
+    :func:`teat_weight`. ``act`` is the softmax over the class channel for segmentation ("softmax"), "sigmoid" for
+    independent probabilities, "none" where the output is not a distribution (e.g. offset maps).
+
+    Args:
+        eps: training noise level.
+        ensemble: the :class:`TemporalEnsemble` (put it in the checkpoint's save_dict to resume).
+        max_epochs: E, the number of training epochs (the trainer's max_epochs).
+        attack: the attack (default L2 PGD 10 steps).
+        beta: weight of the clean task loss.
+        w_max: final consistency weight (300 in the reference).
+        start: fraction of training after which the ensemble is updated and the ramp starts.
+        ramp: fraction of training over which the weight ramps up.
+        activation: "softmax", "sigmoid" or "none".
+        id_key: batch key of the stable sample id.
+    """
+
+    needs_ids = True
+
+    def __init__(
+        self,
+        eps: float,
+        ensemble: TemporalEnsemble,
+        max_epochs: int,
+        attack: Attack | None = None,
+        beta: float = 0.0,
+        w_max: float = 300.0,
+        start: float = 0.5,
+        ramp: float = 0.2,
+        activation: str = "softmax",
+        id_key: str = "sample_id",
+    ) -> None:
+        super().__init__(eps, attack, beta, id_key)
+        if activation not in ("softmax", "sigmoid", "none"):
+            raise ValueError(f"activation must be 'softmax', 'sigmoid' or 'none'; got {activation!r}.")
+        self.ensemble = ensemble
+        self.max_epochs = int(max_epochs)
+        self.w_max, self.start, self.ramp = float(w_max), float(start), float(ramp)
+        self.activation = activation
+
+    def _act(self, out: torch.Tensor) -> torch.Tensor:
+        if self.activation == "softmax":
+            return out.float().softmax(1)
+        if self.activation == "sigmoid":
+            return out.float().sigmoid()
+        return out.float()
+
+    def _epoch(self, engine) -> float:
+        length = engine.state.epoch_length or 1
+        within = (engine.state.iteration - 1) % length
+        return engine.state.epoch - 1 + within / length
+
+    def objective(self, engine, inputs, targets, x_adv, ids, info, forward):
+        loss, pred, stats = super().objective(engine, inputs, targets, x_adv, ids, info, forward)
+        e = self._epoch(engine)
+        w = teat_weight(e, self.max_epochs, self.w_max, self.start, self.ramp)
+        stats["teat_weight"] = w
+        if e >= self.start * self.max_epochs:
+            main_of = getattr(engine.loss_function, "primary", primary_output)
+            with torch.no_grad():
+                engine.network.eval()
+                try:
+                    clean = main_of(forward(inputs))
+                finally:
+                    engine.network.train()
+                self.ensemble.update(ids, self._act(clean))
+            target, seen = self.ensemble.targets(ids, device=inputs.device)
+            adv = self._act(main_of(info["pred_adv"]))
+            per_sample = ((adv - target) ** 2).flatten(1).mean(1) * seen.float()
+            consistency = per_sample.mean()
+            stats["teat_consistency"] = float(consistency.detach())
+            loss = loss + w * consistency
+        return loss, pred, stats
+
+
+class AMATIteration(AdversarialIteration):
+    """Adaptive-margin adversarial training (Ma & Liang, SPIE Medical Imaging 2024).
+
+    Per batch: ``eps_b = E(id_b)``; L2 PGD with per-sample radius ``eps_b`` and a random start on the sphere of
+    radius ``min(max(eps_b - Delta, Delta), eps_b)``; ``L = beta * mean(L0) + (1 - beta) * mean(L1)``; sample b passes
+    the robustness test when every loss term stays at or below ``xi`` ("path": at every PGD iterate, x_adv included;
+    "final": at x_adv only); the margin book records (robust, ||x_adv - x||) and applies the update rule at epoch end
+    (:class:`common.handlers.MarginHandler`) or right away in "iteration" mode.
+
+    The robustness test uses the loss of the main (full-resolution) output, as the thresholds were estimated on the
+    eval-mode output; deep-supervision heads only shape the training objective.
+
+    Args:
+        margins: the :class:`common.margins.MarginBook` (put it in the checkpoint's save_dict to resume).
+        thresholds: xi, (K,) tensor/list, one threshold per loss term (``common.thresholds.load_thresholds``).
+        attack: the attack (default L2 PGD, 20 steps, alpha 4, as the paper's code).
+        beta: weight of the clean loss (0.5).
+        check: "path" or "final".
+        id_key: batch key of the stable sample id.
+    """
+
+    needs_ids = True
+
+    def __init__(
+        self,
+        margins: MarginBook,
+        thresholds: torch.Tensor | Sequence[float],
+        attack: Attack | None = None,
+        beta: float = 0.5,
+        check: str = "path",
+        id_key: str = "sample_id",
+    ) -> None:
+        super().__init__(attack if attack is not None else L2PGD(steps=20, alpha=4.0), beta, id_key)
+        if check not in ("path", "final"):
+            raise ValueError(f"check must be 'path' or 'final'; got {check!r}.")
+        self.margins = margins
+        self.xi = torch.as_tensor(thresholds, dtype=torch.float32).flatten()
+        if not torch.isfinite(self.xi).all():
+            raise ValueError(f"Thresholds must be finite; got {self.xi.tolist()}.")
+        self.check = check
+
+    def _test_terms(self, engine, out: Any, targets: Any) -> torch.Tensor:
+        loss_fn = engine.loss_function
+        main_of = getattr(loss_fn, "primary", primary_output)
+        return per_sample_terms(loss_fn, main_of(out), targets).float()
+
+    def adversarial(self, engine, inputs, targets, ids, forward):
+        eps = self.margins.get(ids).to(inputs.device)
+        delta = self.margins.expansion_step
+        start = torch.minimum(torch.clamp(eps - delta, min=delta), eps)
+        loss_fn = self.attack.loss_fn or engine.loss_function
+        res = self.attack.run(
+            inputs,
+            targets,
+            eps=eps,
+            model=self.attack.model or engine.network,
+            loss_fn=loss_fn,
+            forward=forward,
+            start_radius=start if self.attack.random_start else None,
+            thresholds=self.xi.to(inputs.device) if self.check == "path" else None,
+            test_fn=lambda out, y: self._test_terms(engine, out, y),
+            check="path",
+            final_check=False,
+        )
+        return res.x_adv, {"norms": res.norms, "eps": eps, "robust_path": res.robust}
+
+    def objective(self, engine, inputs, targets, x_adv, ids, info, forward):
+        if self.xi.numel() != getattr(engine.loss_function, "num_terms", self.xi.numel()):
+            raise ValueError(
+                f"{self.xi.numel()} threshold(s) for a loss with {engine.loss_function.num_terms} terms "
+                f"{list(engine.loss_function.term_names)}: re-estimate the thresholds for this loss."
+            )
+        loss, pred, stats = super().objective(engine, inputs, targets, x_adv, ids, info, forward)
+        with torch.no_grad():
+            final = self._test_terms(engine, info["pred_adv"], targets) <= self.xi.to(inputs.device)
+        robust = final if info.get("robust_path") is None else final & info["robust_path"]
+        info["robust"] = robust.all(1)
+        return loss, pred, stats
+
+    def after_step(self, engine, ids, info):
+        robust = info["robust"]
+        self.margins.record(ids, robust, info["norms"], epoch=engine.state.epoch)
+        return {"robust_fraction": float(robust.float().mean())}

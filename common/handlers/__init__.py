@@ -1,0 +1,5 @@
+"""Ignite handlers in MONAI style: margin bookkeeping, threshold estimation, robustness evaluation."""
+
+from .margin_handler import MarginHandler
+from .threshold_handler import ThresholdEstimationHandler
+from .robustness_handler import RobustnessEvaluationHandler
