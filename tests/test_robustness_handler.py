@@ -1,0 +1,79 @@
+"""RobustnessEvaluationHandler on a real MONAI SupervisedEvaluator."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from monai.data import DataLoader, Dataset
+from monai.engines import SupervisedEvaluator
+
+from common.attacks import L2IFGSM, L2PGD
+from common.handlers import RobustnessEvaluationHandler
+from common.losses import DiceCELoss
+from common.metrics import nanmean, slice_dice
+from common.toy import make_toy_segmentation, run_toy
+
+
+@pytest.fixture(scope="module")
+def trained():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    data = make_toy_segmentation(48, size=24, seed=0)
+    net, _ = run_toy("std", data, epochs=6, batch_size=8, seed=0)
+    yield net, make_toy_segmentation(12, size=24, seed=7)
+    torch.set_num_threads(n)
+
+
+def _evaluate(net, data, tmp_path, **kw):
+    h = RobustnessEvaluationHandler(
+        DiceCELoss(), {"PGD": L2PGD(steps=5), "IFGSM": L2IFGSM(steps=3)}, output_dir=tmp_path, **kw
+    )
+    ev = SupervisedEvaluator(torch.device("cpu"), DataLoader(Dataset(data), batch_size=5), net, val_handlers=[h])
+    ev.run()
+    return h, ev
+
+
+def test_eps_zero_reproduces_clean_and_reports(trained, tmp_path):
+    net, data = trained
+    h, ev = _evaluate(net, data, tmp_path, eps=[0.0, 2.0, 8.0])
+    s = h.summary
+    # eps = 0 is exactly the clean metric, for both attacks
+    assert s["attacks"]["PGD"]["0"] == s["clean"] and s["attacks"]["IFGSM"]["0"] == s["clean"]
+    # the clean metric equals slice Dice of the eval-mode network computed by hand
+    x = torch.stack([torch.as_tensor(d["image"]) for d in data])
+    y = torch.stack([torch.as_tensor(d["label"]) for d in data])
+    net.eval()
+    with torch.no_grad():
+        assert s["clean"] == pytest.approx(nanmean(slice_dice(net(x), y)), abs=1e-6)
+    # the worst case over attacks is at most each attack, and the metric falls with eps
+    for e in ("2", "8"):
+        assert s["worst"][e] <= min(s["attacks"]["PGD"][e], s["attacks"]["IFGSM"][e]) + 1e-9
+    assert s["attacks"]["PGD"]["8"] < s["attacks"]["PGD"]["2"] < s["clean"]
+    assert ev.state.metrics["PGD_eps8"] == s["attacks"]["PGD"]["8"]
+    # files: JSON summary, one CSV row per sample x (clean + attacks x eps), Markdown table
+    js = json.loads((tmp_path / "robustness.json").read_text())
+    assert js["summary"]["clean"] == s["clean"] and js["settings"]["eps"] == [0.0, 2.0, 8.0]
+    rows = list(csv.DictReader((tmp_path / "robustness.csv").open()))
+    assert len(rows) == len(data) * (1 + 2 * 3)
+    assert {r["sample_id"] for r in rows} == {str(i) for i in range(len(data))}
+    assert all(float(r["norm"]) <= float(r["eps"]) * (1 + 1e-5) + 1e-6 for r in rows)
+    assert "| clean |" in (tmp_path / "robustness.md").read_text()
+
+
+def test_deterministic_and_restarts_never_better(trained, tmp_path):
+    net, data = trained
+    a, _ = _evaluate(net, data, tmp_path / "a", eps=[4.0])
+    b, _ = _evaluate(net, data, tmp_path / "b", eps=[4.0])
+    assert a.summary == b.summary  # fixed seed: the same numbers twice
+    c, _ = _evaluate(net, data, tmp_path / "c", eps=[4.0], restarts=3)
+    assert c.summary["attacks"]["PGD"]["4"] <= a.summary["attacks"]["PGD"]["4"] + 1e-9
+
+
+def test_bad_settings():
+    with pytest.raises(ValueError, match="Noise levels"):
+        RobustnessEvaluationHandler(DiceCELoss(), [L2PGD()], eps=[-1.0])
+    with pytest.raises(ValueError, match="at least one attack"):
+        RobustnessEvaluationHandler(DiceCELoss(), {}, eps=[1.0])
