@@ -970,3 +970,12 @@ def fetch_msd(
     if path.is_dir():
         return _dataset_json_path(path).parent
     return _extract_msd_archive(path, root)
+
+
+def foreground_only(slices: list[dict]) -> list[dict]:
+    """The slices whose label has foreground (label > 0); ids and keys unchanged.
+
+    The default segmentation metric (:func:`common.metrics.slice_dice`) only counts such slices, so evaluating
+    attacks on the others costs time and changes nothing.
+    """
+    return [s for s in slices if np.asarray(s["label"]).max() > 0]
