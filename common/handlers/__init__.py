@@ -4,3 +4,4 @@ from .margin_handler import MarginHandler
 from .threshold_handler import ThresholdEstimationHandler
 from .robustness_handler import RobustnessEvaluationHandler
 from .progress_handler import ProgressHandler
+from .finite_loss_guard import FiniteLossGuard

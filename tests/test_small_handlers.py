@@ -1,0 +1,73 @@
+"""FiniteLossGuard, ProgressHandler and the bundle helpers of common.bundle."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+import torch
+from ignite.engine import Engine
+
+from common.bundle import drop_none, find_root, latest_checkpoint, require_file
+from common.handlers import FiniteLossGuard, ProgressHandler
+
+
+def test_finite_loss_guard_stops_at_the_first_nan():
+    seen = []
+
+    def step(engine, batch):
+        seen.append(batch)
+        return [{"loss": float("nan") if batch == 2 else 1.0}]  # decollated output, as MONAI gives it
+
+    e = Engine(step)
+    FiniteLossGuard().attach(e)
+    with pytest.raises(FloatingPointError, match="iteration 2"):
+        e.run([1, 2, 3])
+    assert seen == [1, 2]
+
+
+def test_progress_handler_logs_epochs_and_eta(caplog):
+    e = Engine(lambda e, b: {"loss": torch.tensor(0.5)})
+    ProgressHandler("demo", interval_seconds=0).attach(e)
+    with caplog.at_level(logging.INFO, logger="common.progress"):
+        e.run([1, 2], max_epochs=2)
+    lines = [r.getMessage() for r in caplog.records if r.name == "common.progress"]
+    assert any("demo: epoch 2/2, iteration 2/2" in s and "ETA" in s and "last loss 0.5000" in s for s in lines)
+    with pytest.raises(ValueError):
+        ProgressHandler(interval_seconds=-1)
+
+
+def test_find_root_from_repo_root_and_bundle_folder(tmp_path, monkeypatch):
+    b = tmp_path / "bundles" / "demo_bundle" / "configs"
+    b.mkdir(parents=True)
+    (b / "metadata.json").write_text('{"name": "demo_bundle"}')
+    monkeypatch.chdir(tmp_path)
+    assert find_root("demo_bundle") == str(tmp_path / "bundles" / "demo_bundle")
+    monkeypatch.chdir(tmp_path / "bundles" / "demo_bundle")
+    assert find_root("demo_bundle") == str(tmp_path / "bundles" / "demo_bundle")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="--bundle_root"):
+        find_root("other_bundle")
+
+
+def test_latest_checkpoint_prefers_newest(tmp_path):
+    with pytest.raises(FileNotFoundError, match="without --resume"):
+        latest_checkpoint(tmp_path)
+    torch.save({"trainer": {"epoch": 2}}, tmp_path / "checkpoint_checkpoint_epoch=2.pt")
+    torch.save({"trainer": {"epoch": 3}}, tmp_path / "checkpoint_checkpoint_epoch=3.pt")
+    assert latest_checkpoint(tmp_path).endswith("epoch=3.pt")
+    torch.save({"trainer": {"epoch": 5}}, tmp_path / "checkpoint.pt")
+    assert latest_checkpoint(tmp_path).endswith("checkpoint.pt")
+    torch.save({"trainer": {"epoch": 1}}, tmp_path / "checkpoint.pt")  # an older final file loses
+    assert latest_checkpoint(tmp_path).endswith("epoch=3.pt")
+
+
+def test_require_file_and_drop_none(tmp_path):
+    f = tmp_path / "x.pt"
+    with pytest.raises(FileNotFoundError, match="STD model .*x.pt does not exist: train it"):
+        require_file(f, "STD model", "train it")
+    f.write_bytes(b"1")
+    assert require_file(f, "STD model", "train it") == str(f)
+    assert drop_none([1, None, 2]) == [1, 2]
+    assert os.path.basename(require_file(str(f), "a", "b")) == "x.pt"
