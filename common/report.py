@@ -1,0 +1,476 @@
+"""The paper-style robustness report of a whole experiment: one table and two figures from the runs' result files.
+
+Every robustness run of a bundle writes ``<output_root>/eval/<run>/robustness.json`` (see
+:class:`common.handlers.RobustnessEvaluationHandler`). This module reads those files and writes, in one folder:
+
+- ``results.md``: the table of the paper (rows STD, VAT (eps ...), TEAT (eps ...), AMAT; columns clean, each attack at
+  each eps and its average), 3 decimals, best value of each column in bold, a caption that states the metric, the
+  attacks, the eps units, the input size and the number of test samples counted;
+- ``results.csv`` and ``results.json``: the same numbers at full precision (NaN is an empty CSV cell, ``null`` in JSON);
+- ``metric_vs_eps.png``: the metric against eps for every method (eps 0 is the clean metric);
+- ``margins.png``: the histogram of AMAT's final margins (when ``models/amat/margins.csv`` exists).
+
+Run names follow the experiment tool: ``std``, ``vat_eps<g>``, ``teat_eps<g>``, ``amat`` (``format(eps, 'g')``).
+Every file is written whole (temporary file, then ``os.replace``), figures included.
+
+    from common import report
+    results = report.collect("bundles/x/runs/quick", ["std", "vat_eps6", "amat"])
+    markdown, csv_text, table = report.paper_table(results, caption="quick profile")
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from .io import atomic_write, atomic_write_json, atomic_write_text
+
+__all__ = [
+    "METHODS",
+    "run_name",
+    "parse_run",
+    "robustness_stage",
+    "collect",
+    "paper_table",
+    "margin_summary",
+    "plot_metric_vs_eps",
+    "plot_margin_histogram",
+    "write_report",
+]
+
+METHODS = ("STD", "VAT", "TEAT", "AMAT")
+"""Row order of the table; runs of other methods follow in the order given."""
+
+_EPS_METHODS = ("VAT", "TEAT")
+_RUN_RE = re.compile(r"^(vat|teat)_eps(.+)$")
+
+
+# ------------------------------------------------------------------------------------------------------ run names
+def run_name(method: str, eps: float | None = None) -> str:
+    """The run name of a method: ``run_name("VAT", 6) -> "vat_eps6"``, ``run_name("AMAT") -> "amat"``.
+
+    Args:
+        method: STD, VAT, TEAT or AMAT (any case).
+        eps: the training noise level of VAT and TEAT (L2, input intensity units); ignored for the others.
+    """
+    m = method.upper()
+    if m in _EPS_METHODS:
+        if eps is None:
+            raise ValueError(f"{m} needs its training noise level eps.")
+        return f"{m.lower()}_eps{format(float(eps), 'g')}"
+    return m.lower()
+
+
+def parse_run(run: str) -> tuple[str, float | None, str]:
+    """``"vat_eps6" -> ("VAT", 6.0, "VAT (eps 6)")``; ``"amat" -> ("AMAT", None, "AMAT")``; other names as given."""
+    m = _RUN_RE.match(run)
+    if m:
+        try:
+            eps = float(m.group(2))
+        except ValueError:
+            return run, None, run
+        method = m.group(1).upper()
+        return method, eps, f"{method} (eps {format(eps, 'g')})"
+    if run.upper() in METHODS:
+        return run.upper(), None, run.upper()
+    return run, None, run
+
+
+def robustness_stage(run: str) -> str:
+    """The experiment-tool stage that writes ``eval/<run>/robustness.json``."""
+    return f"robustness_{run}"
+
+
+# ----------------------------------------------------------------------------------------------------------- read
+def collect(output_root: str | Path, runs: Iterable[str]) -> list[dict]:
+    """Read ``<output_root>/eval/<run>/robustness.json`` of every run.
+
+    Args:
+        output_root: the experiment's output folder (holds ``models/`` and ``eval/``).
+        runs: run names, e.g. ``["std", "vat_eps6", "amat"]``.
+
+    Returns:
+        One dict per run, in the order given: ``run``, ``method``, ``train_eps`` (None for STD and AMAT), ``label``
+        (the table's row label), ``path``, ``settings`` and ``summary`` (as written by the robustness handler).
+
+    Raises:
+        FileNotFoundError: a run has no robustness.json; the message names the file and the stage to run.
+        ValueError: a file is not a robustness result (no summary with clean and attacks).
+    """
+    root = Path(output_root)
+    out = []
+    for run in runs:
+        path = root / "eval" / run / "robustness.json"
+        if not path.is_file():
+            model = root / "models" / run / "model.pt"
+            also = "" if model.is_file() else (
+                f" (its model {model} is missing too: run the training stage {run!r} first)")
+            raise FileNotFoundError(
+                f"No robustness result for run {run!r}: {path} does not exist. Run the stage "
+                f"{robustness_stage(run)!r} (scripts/experiment.py ... --stages \"[{robustness_stage(run)}]\"){also}."
+            )
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); re-run the stage {robustness_stage(run)!r}.") from e
+        summary = data.get("summary") if isinstance(data, dict) else None
+        if not isinstance(summary, dict) or "clean" not in summary or "attacks" not in summary:
+            raise ValueError(
+                f"{path} holds no robustness summary (expected 'summary' with 'clean' and 'attacks'); re-run the stage "
+                f"{robustness_stage(run)!r}."
+            )
+        method, eps, label = parse_run(run)
+        out.append({"run": run, "method": method, "train_eps": eps, "label": label, "path": str(path),
+                    "settings": data.get("settings", {}), "summary": summary})
+    return out
+
+
+def _ordered(results: Sequence[dict]) -> list[dict]:
+    """STD, VAT by eps, TEAT by eps, AMAT, then any other run in the order given."""
+    rank = {m: i for i, m in enumerate(METHODS)}
+    keyed = [(rank.get(r["method"], len(METHODS)), r["train_eps"] if r["train_eps"] is not None else -1.0, i, r)
+             for i, r in enumerate(results)]
+    return [k[-1] for k in sorted(keyed, key=lambda k: k[:3])]
+
+
+def _eps_key(e: Any) -> str:
+    return format(float(e), "g")
+
+
+def _columns(results: Sequence[dict]) -> tuple[list[str], list[tuple[str, str | None]]]:
+    """Column names and, for each, (attack, eps key or "avg"); the clean column is (\"clean\", None)."""
+    attacks: dict[str, list[str]] = {}
+    for r in results:
+        for name, by_eps in r["summary"]["attacks"].items():
+            keys = attacks.setdefault(name, [])
+            for k in by_eps:
+                if k != "avg" and k not in keys:
+                    keys.append(k)
+    names, refs = ["clean"], [("clean", None)]
+    for name, keys in attacks.items():
+        for k in sorted(keys, key=float):
+            if float(k) == 0:  # eps 0 is the clean column
+                continue
+            names.append(f"{name} {k}")
+            refs.append((name, k))
+        names.append(f"{name} Avg.")
+        refs.append((name, "avg"))
+    return names, refs
+
+
+def _value(summary: dict, ref: tuple[str, str | None]) -> float:
+    """A cell: the clean metric, an attack at one eps, or ("avg") the mean of the attack over its eps > 0 (the
+    handler's own "avg" would include an eps 0 level)."""
+    name, key = ref
+    if name == "clean":
+        return _float(summary.get("clean"))
+    by_eps = summary["attacks"].get(name, {})
+    if key != "avg":
+        return _float(by_eps.get(key))
+    vals = [_float(v) for k, v in by_eps.items() if k != "avg" and float(k) > 0]
+    return sum(vals) / len(vals) if vals else _float(by_eps.get("avg"))
+
+
+def _float(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _higher_is_better(results: Sequence[dict]) -> bool:
+    return bool(results[0]["settings"].get("higher_is_better", True)) if results else True
+
+
+def _metric(results: Sequence[dict]) -> str:
+    return str(results[0]["summary"].get("metric", "metric")) if results else "metric"
+
+
+def _attack_text(settings: dict) -> str:
+    parts = []
+    for name, a in settings.get("attacks", {}).items():
+        start = "random start" if a.get("random_start") else "no random start"
+        steps = a.get("steps", "?")
+        parts.append(f"{name} {str(a.get('norm', '?')).upper()} {steps} step{'' if steps == 1 else 's'}, {start}")
+    return "; ".join(parts)
+
+
+def _norm(results: Sequence[dict]) -> str:
+    norms = {str(a.get("norm", "l2")).upper() for r in results for a in r["settings"].get("attacks", {}).values()}
+    return "/".join(sorted(norms)) or "L2"
+
+
+def _fmt(v: float) -> str:
+    return "n/a" if math.isnan(v) else f"{v:.3f}"
+
+
+# ---------------------------------------------------------------------------------------------------------- table
+def paper_table(
+    results: Sequence[dict], caption: str = "", input_shape: Sequence[int] | None = None
+) -> tuple[str, str, dict]:
+    """The paper's table from :func:`collect`'s results.
+
+    Args:
+        results: one dict per run from :func:`collect` (any order; rows are sorted STD, VAT, TEAT, AMAT).
+        caption: free text appended to the caption line (e.g. the profile's description).
+        input_shape: optional spatial size of the network input, stated in the caption (L2 eps grows with
+            sqrt(#pixels)).
+
+    Returns:
+        ``(markdown, csv_text, table)``: the Markdown table with its caption (3 decimals, best of each column in bold;
+        ties at 3 decimals are all bold), the CSV text (full precision, empty cell for NaN) and a JSON-ready dict
+        (``metric``, ``higher_is_better``, ``columns``, ``rows`` with ``label``, ``run``, ``method``, ``train_eps``,
+        ``values``, ``num_counted``, ``num_samples``; ``caption``, ``settings``, ``warnings``; NaN as None).
+    """
+    if not results:
+        raise ValueError("No results to tabulate: give at least one run.")
+    rows = _ordered(results)
+    names, refs = _columns(rows)
+    values = [[_value(r["summary"], ref) for ref in refs] for r in rows]
+    hib = _higher_is_better(rows)
+    metric = _metric(rows)
+
+    best = []
+    for j in range(len(names)):
+        col = [round(v[j], 3) for v in values if not math.isnan(v[j])]
+        best.append((max(col) if hib else min(col)) if col else None)
+
+    head = "| method | " + " | ".join(names) + " |"
+    rule = "|---|" + "---:|" * len(names)
+    body = []
+    for r, vals in zip(rows, values):
+        cells = []
+        for j, v in enumerate(vals):
+            s = _fmt(v)
+            cells.append(f"**{s}**" if best[j] is not None and not math.isnan(v) and round(v, 3) == best[j] else s)
+        body.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+
+    caption_line = _caption(rows, metric, hib, caption, input_shape)
+    warnings = [f"{r['label']}: {w}" for r in rows for w in r["summary"].get("warnings", []) or []]
+    md = "\n".join([head, rule, *body]) + "\n\n" + caption_line + "\n"
+    if warnings:
+        md += "\nWarnings of the robustness runs (possible gradient masking):\n\n"
+        md += "".join(f"- {w}\n" for w in warnings)
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["method", "run", "train_eps", *names, "num_counted", "num_samples"])
+    for r, vals in zip(rows, values):
+        w.writerow([r["label"], r["run"], "" if r["train_eps"] is None else format(r["train_eps"], "g"),
+                    *("" if math.isnan(v) else repr(v) for v in vals),
+                    r["summary"].get("num_counted", ""), r["summary"].get("num_samples", "")])
+
+    table = {
+        "metric": metric,
+        "higher_is_better": hib,
+        "columns": names,
+        "rows": [
+            {"label": r["label"], "run": r["run"], "method": r["method"], "train_eps": r["train_eps"],
+             "values": {n: (None if math.isnan(v) else v) for n, v in zip(names, vals)},
+             "num_counted": r["summary"].get("num_counted"), "num_samples": r["summary"].get("num_samples")}
+            for r, vals in zip(rows, values)
+        ],
+        "caption": caption_line,
+        "settings": {r["run"]: r["settings"] for r in rows},
+        "warnings": warnings,
+    }
+    return md, buf.getvalue(), _finite(table)
+
+
+def _caption(rows: Sequence[dict], metric: str, hib: bool, caption: str, input_shape: Sequence[int] | None) -> str:
+    counted = {(r["summary"].get("num_counted"), r["summary"].get("num_samples")) for r in rows}
+    if len(counted) == 1:
+        c, n = counted.pop()
+        samples = f"{c} of {n} test samples counted"
+    else:
+        samples = "test samples counted per run: " + ", ".join(
+            f"{r['label']} {r['summary'].get('num_counted')}/{r['summary'].get('num_samples')}" for r in rows)
+    attack_texts = {_attack_text(r["settings"]) for r in rows}
+    attacks = attack_texts.pop() if len(attack_texts) == 1 else "attack settings differ between runs: " + " | ".join(
+        f"{r['label']}: {_attack_text(r['settings'])}" for r in rows)
+    shape = f", network input {' x '.join(str(s) for s in input_shape)} pixels" if input_shape else ""
+    text = (
+        f"Table: {metric} ({'higher' if hib else 'lower'} is better, best of each column in bold) on the test set, "
+        f"{samples}. White-box attacks on the task loss, model in eval mode: {attacks or 'none'}. "
+        f"eps is the {_norm(rows)} norm of the perturbation of the whole network input, in input intensity units "
+        f"(after the bundle's intensity normalisation){shape}; Avg. is the mean over the eps > 0 columns."
+    )
+    return text + (f" {caption.strip()}" if caption and caption.strip() else "")
+
+
+# -------------------------------------------------------------------------------------------------------- margins
+def _read_margins(margins_csv: str | Path) -> list[float]:
+    path = Path(margins_csv)
+    if not path.is_file():
+        raise FileNotFoundError(f"No AMAT margins: {path} does not exist (the AMAT training stage writes it).")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "margin" not in reader.fieldnames:
+            raise ValueError(f"{path} has no 'margin' column (columns: {reader.fieldnames}).")
+        return [float(row["margin"]) for row in reader if row["margin"] not in ("", None)]
+
+
+def _quantile(sorted_vals: Sequence[float], q: float) -> float:
+    """Linear-interpolation quantile (numpy's default) of sorted values."""
+    if not sorted_vals:
+        return float("nan")
+    pos = q * (len(sorted_vals) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_vals) - 1)
+    return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (pos - lo)
+
+
+def margin_summary(margins_csv: str | Path) -> dict:
+    """Distribution of AMAT's final margins (``margins.csv``: columns sample_id, margin).
+
+    Returns:
+        ``num_samples``, ``mean``, ``q05``, ``median``, ``q95``, ``max`` (L2, input intensity units).
+    """
+    vals = sorted(_read_margins(margins_csv))
+    n = len(vals)
+    return {
+        "num_samples": n,
+        "mean": sum(vals) / n if n else float("nan"),
+        "q05": _quantile(vals, 0.05),
+        "median": _quantile(vals, 0.5),
+        "q95": _quantile(vals, 0.95),
+        "max": vals[-1] if n else float("nan"),
+    }
+
+
+# -------------------------------------------------------------------------------------------------------- figures
+def _figure(size: tuple[float, float]):
+    """A matplotlib Figure drawn by the Agg backend, without pyplot's global state."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=120)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: str | Path) -> Path:
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
+
+
+def plot_metric_vs_eps(results: Sequence[dict], path: str | Path) -> Path:
+    """PNG of the metric against eps: one colour per method, the clean metric at eps 0, then each attack's eps
+    (the first attack, PGD, solid; the others, IFGSM, dashed/dotted).
+
+    Args:
+        results: from :func:`collect`.
+        path: the PNG file to write (written whole).
+    """
+    if not results:
+        raise ValueError("No results to plot: give at least one run.")
+    rows = _ordered(results)
+    fig = _figure((7.0, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    styles = ["-", "--", ":", "-."]
+    attack_names = list(dict.fromkeys(n for r in rows for n in r["summary"]["attacks"]))
+    colors = [f"C{i % 10}" for i in range(len(rows))]
+    for r, color in zip(rows, colors):
+        clean = _value(r["summary"], ("clean", None))
+        for k, name in enumerate(attack_names):
+            by_eps = r["summary"]["attacks"].get(name)
+            if not by_eps:
+                continue
+            pts = sorted((float(e), float(v)) for e, v in by_eps.items() if e != "avg" and float(e) > 0)
+            xs = [0.0] + [p[0] for p in pts]
+            ys = [clean] + [p[1] for p in pts]
+            ax.plot(xs, ys, linestyle=styles[k % len(styles)], marker="o" if k == 0 else "s", markersize=4,
+                    color=color, label=f"{r['label']} {name}")
+    metric = _metric(rows)
+    ax.set_xlabel(f"eps ({_norm(rows)}, input intensity units)")
+    ax.set_ylabel(f"{metric} ({'higher' if _higher_is_better(rows) else 'lower'} is better)")
+    ax.set_title(f"{metric} under attack ({', '.join(attack_names)}; eps 0 = clean)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="best")
+    return _save(fig, path)
+
+
+def plot_margin_histogram(margins_csv: str | Path, path: str | Path, eval_eps: Sequence[float] | None = None) -> Path:
+    """PNG histogram of AMAT's final margins, with a vertical line at each evaluation eps.
+
+    Args:
+        margins_csv: AMAT's ``models/amat/margins.csv`` (columns sample_id, margin).
+        path: the PNG file to write (written whole).
+        eval_eps: the noise levels of the robustness evaluation (same units as the margins); None for no lines.
+    """
+    vals = _read_margins(margins_csv)
+    s = margin_summary(margins_csv)
+    fig = _figure((6.0, 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.hist(vals, bins=min(40, max(5, len(set(vals)))), color="C0", alpha=0.8)
+    for k, e in enumerate(sorted({float(e) for e in (eval_eps or []) if float(e) > 0})):
+        ax.axvline(e, color="C3", linestyle="--", linewidth=1, label="evaluation eps" if k == 0 else None)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("margin (L2, input intensity units)")
+    ax.set_ylabel("training samples")
+    ax.set_title(f"AMAT final margins: {s['num_samples']} samples, median {s['median']:.3g}, q95 {s['q95']:.3g}")
+    if eval_eps:
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------------------- all
+def _finite(obj: Any) -> Any:
+    """NaN and infinities to None, so that the JSON file is strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_report(
+    output_root: str | Path,
+    runs: Sequence[str],
+    caption: str = "",
+    out_dir: str | Path | None = None,
+    input_shape: Sequence[int] | None = None,
+    margins_run: str = "amat",
+) -> dict[str, Path]:
+    """Collect the runs, write results.md/.csv/.json and the figures into ``out_dir``.
+
+    Args:
+        output_root: the experiment's output folder (holds ``models/`` and ``eval/``).
+        runs: run names to tabulate.
+        caption: free text appended to the table's caption (e.g. the profile's description).
+        out_dir: where to write; default ``<output_root>/report``.
+        input_shape: optional spatial size of the network input, stated in the caption.
+        margins_run: the run whose ``models/<run>/margins.csv`` is summarised and plotted when present.
+
+    Returns:
+        The written files by name: ``markdown``, ``csv``, ``json``, ``metric_vs_eps`` and, with margins, ``margins``.
+    """
+    root = Path(output_root)
+    out = Path(out_dir) if out_dir is not None else root / "report"
+    results = collect(root, runs)
+    md, csv_text, table = paper_table(results, caption, input_shape)
+    files = {"metric_vs_eps": plot_metric_vs_eps(results, out / "metric_vs_eps.png")}
+
+    margins_csv = root / "models" / margins_run / "margins.csv"
+    if margins_run in runs and margins_csv.is_file():
+        eval_eps = sorted({float(e) for r in results for e in r["settings"].get("eps", [])})
+        s = margin_summary(margins_csv)
+        table["margins"] = {"run": margins_run, "path": str(margins_csv), **s}
+        md += (
+            f"\n{parse_run(margins_run)[2]} final margins over {s['num_samples']} training samples (L2, input "
+            f"intensity units): mean {s['mean']:.3g}, q05 {s['q05']:.3g}, median {s['median']:.3g}, "
+            f"q95 {s['q95']:.3g}, max {s['max']:.3g}.\n"
+        )
+        files["margins"] = plot_margin_histogram(margins_csv, out / "margins.png", eval_eps)
+    md += "\n" + "".join(f"![{name}]({p.name})\n" for name, p in files.items())
+
+    files["markdown"] = atomic_write_text(out / "results.md", md)
+    files["csv"] = atomic_write_text(out / "results.csv", csv_text)
+    files["json"] = atomic_write_json(out / "results.json", _finite(table))
+    return files

@@ -1,0 +1,551 @@
+"""Run a bundle's whole experiment, the paper's table at the end: STD, thresholds, VAT(eps), TEAT(eps), AMAT, the
+robustness evaluation of every trained model, and the report.
+
+    python scripts/experiment.py --bundle bundles/hippocampus_mri_segmentation --profile quick
+    python scripts/experiment.py --bundle bundles/hippocampus_mri_segmentation --profile quick --dry_run
+    python scripts/experiment.py --bundle bundles/hippocampus_mri_segmentation --profile paper \\
+        --dataset_dir /data/Task04_Hippocampus
+    python scripts/experiment.py --bundle ... --profile quick --stages "[amat,robustness_amat,report]" --force "[amat]"
+    python scripts/experiment.py --bundle ... --profile quick --vat_eps "[2]" --teat_eps "[]" \\
+        --override '{"epochs": 1, "network_def#filters": [8, 16, 32, 64]}'
+
+Options: see ``python scripts/experiment.py --help`` (the docstring of :func:`main`).
+
+Stages, in order: ``std`` (train.json), ``thresholds`` (train + thresholds), ``vat_eps<e>`` for each e (train + vat,
+--train_eps e), ``teat_eps<e>`` (train + teat), ``amat`` (train + amat), then ``robustness_<run>`` for every trained run
+(train + evaluate + robustness, --run_name <run>), then ``report`` (common/report.py: report/results.md, .csv, .json,
+metric_vs_eps.png, margins.png). Each bundle stage is a subprocess ``python -m monai.bundle run`` started in the
+bundle folder; its output is streamed and appended to ``<output_root>/logs/<stage>.log``.
+
+Resume: a stage is skipped when its output exists, is newer than its inputs, and was made with the same command
+(recorded in ``logs/<stage>.json``); stages after a re-run stage that read its output run again. A training stage that
+was interrupted (checkpoint but no model.pt, same command) continues with ``--resume True``. Re-running the same
+command after a failure or Ctrl-C therefore picks up where it stopped. Changing --override or the profile re-runs the
+stages whose command changed. A training stage that starts afresh first deletes the ``*.pt`` files of its run folder
+(``models/<run>/``), so that no stale checkpoint can be resumed later.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import fire
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common import report  # noqa: E402
+from common.io import atomic_write_json  # noqa: E402
+
+BUNDLE_CONFIGS = (
+    "train.json", "vat.json", "teat.json", "amat.json", "thresholds.json", "evaluate.json", "robustness.json"
+)
+GROUPS = ("train", "vat", "teat", "robustness")
+REPORT_DIR = "report"
+LOG_DIR = "logs"
+
+
+class ExperimentError(RuntimeError):
+    """A problem the user can fix (wrong option, missing input, failed stage); printed without a traceback."""
+
+
+# ------------------------------------------------------------------------------------------------------------ stages
+@dataclass
+class Stage:
+    """One step of the experiment.
+
+    Args:
+        name: stage name (``std``, ``thresholds``, ``vat_eps6``, ``robustness_amat``, ``report``...).
+        kind: ``train``, ``thresholds``, ``robustness`` or ``report``.
+        output: the file (relative to output_root) whose presence means the stage is done.
+        needs: files (relative to output_root) the stage reads, made by earlier stages.
+        configs: bundle config files (relative to ``<bundle>/configs``), before the profile overlay.
+        args: stage-specific config overrides (run_name, train_eps).
+        run: the run name the stage trains or evaluates (None for thresholds and report).
+    """
+
+    name: str
+    kind: str
+    output: str
+    needs: list[str] = field(default_factory=list)
+    configs: list[str] = field(default_factory=list)
+    args: dict[str, Any] = field(default_factory=dict)
+    run: str | None = None
+
+
+def model_file(run: str) -> str:
+    return f"models/{run}/model.pt"
+
+
+def robustness_file(run: str) -> str:
+    return f"eval/{run}/robustness.json"
+
+
+THRESHOLDS_FILE = "models/std/thresholds.json"
+
+
+def build_stages(vat_eps: Sequence[float], teat_eps: Sequence[float]) -> list[Stage]:
+    """All stages in order, for the given VAT and TEAT training noise levels."""
+    std, amat = report.run_name("STD"), report.run_name("AMAT")
+    train = [Stage(std, "train", model_file(std), configs=["train.json"], args={"run_name": std}, run=std),
+             Stage("thresholds", "thresholds", THRESHOLDS_FILE, needs=[model_file(std)],
+                   configs=["train.json", "thresholds.json"])]
+    for method, overlay, levels in (("VAT", "vat.json", vat_eps), ("TEAT", "teat.json", teat_eps)):
+        for e in levels:
+            run = report.run_name(method, e)
+            train.append(Stage(run, "train", model_file(run), configs=["train.json", overlay],
+                               args={"train_eps": float(e), "run_name": run}, run=run))
+    train.append(Stage(amat, "train", model_file(amat), needs=[THRESHOLDS_FILE], configs=["train.json", "amat.json"],
+                       args={"run_name": amat}, run=amat))
+    runs = [s.run for s in train if s.kind == "train"]
+    evals = [Stage(report.robustness_stage(r), "robustness", robustness_file(r), needs=[model_file(r)],
+                   configs=["train.json", "evaluate.json", "robustness.json"], args={"run_name": r}, run=r)
+             for r in runs]
+    needs = [robustness_file(r) for r in runs]
+    return train + evals + [Stage("report", "report", f"{REPORT_DIR}/results.md", needs=needs)]
+
+
+def _as_list(value: Any, what: str) -> list:
+    """A fire value given as a list, a tuple, a comma-separated string or a single item, as a list."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, str):
+        return [v.strip() for v in value.strip("[]()").split(",") if v.strip()]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [value]
+    raise ExperimentError(f"--{what} must be a list such as \"[a,b]\"; got {value!r}.")
+
+
+def _eps_list(value: Any, what: str) -> list[float]:
+    out = []
+    for v in _as_list(value, what):
+        try:
+            e = float(v)
+        except (TypeError, ValueError):
+            raise ExperimentError(f"--{what}: {v!r} is not a number (L2 noise levels such as \"[2,6]\").") from None
+        if not e > 0:
+            raise ExperimentError(f"--{what}: the noise levels must be > 0; got {v!r}.")
+        out.append(e)
+    return list(dict.fromkeys(out))
+
+
+def select(stages: list[Stage], names: Any, what: str) -> set[str]:
+    """Stage names from a list of stage names and group names (train, vat, teat, robustness)."""
+    valid = [s.name for s in stages]
+    chosen: set[str] = set()
+    for n in _as_list(names, what):
+        n = str(n)
+        if n in valid:
+            chosen.add(n)
+        elif n == "train":
+            chosen |= {s.name for s in stages if s.kind in ("train", "thresholds")}
+        elif n in ("vat", "teat"):
+            chosen |= {s.name for s in stages if s.name.startswith(f"{n}_eps")}
+        elif n == "robustness":
+            chosen |= {s.name for s in stages if s.kind == "robustness"}
+        else:
+            raise ExperimentError(
+                f"--{what}: unknown stage {n!r}. Stages of this experiment: {', '.join(valid)}; groups: "
+                f"{', '.join(GROUPS)}."
+            )
+    return chosen
+
+
+# ------------------------------------------------------------------------------------------------------- commands
+def _cli_value(value: Any) -> str:
+    """A config value as a `monai.bundle run` (fire) argument that parses back to the same value."""
+    if isinstance(value, str) and re.fullmatch(r"[\w./~\-]+", value):
+        try:
+            ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value  # a plain word or path: fire keeps it as a string
+    if isinstance(value, float) and value.is_integer():
+        return format(value, "g")
+    return repr(value)
+
+
+def bundle_command(stage: Stage, profile_file: str | None, output_root: Path, dataset_dir: Path | None,
+                   overrides: dict[str, Any], resume: bool = False) -> list[str]:
+    """The `python -m monai.bundle run` command of a stage (run in the bundle folder)."""
+    configs = [f"configs/{c}" for c in stage.configs] + ([profile_file] if profile_file else [])
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(configs),
+           "--output_root", str(output_root)]
+    if dataset_dir is not None:
+        cmd += ["--dataset_dir", str(dataset_dir)]
+    args = {**stage.args, **({"resume": True} if resume else {})}
+    for key, value in {**overrides, **args}.items():
+        cmd += [f"--{key}", _cli_value(value)]
+    return cmd
+
+
+def _signature(cmd: list[str]) -> list[str]:
+    """The command without the interpreter and the resume flag: what decides whether an output is still valid."""
+    out, skip = [], False
+    for a in cmd[1:]:
+        if skip:
+            skip = False
+            continue
+        if a == "--resume":
+            skip = True
+            continue
+        out.append(a)
+    return out
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+# ----------------------------------------------------------------------------------------------------- experiment
+class Experiment:
+    """The stages of one bundle, profile and output folder, their status, and how to run them.
+
+    Args: see the module docstring (the command-line options).
+    """
+
+    def __init__(self, bundle: str | Path, profile: str | None = "quick", dataset_dir: str | Path | None = None,
+                 output_root: str | Path | None = None, override: dict | str | None = None,
+                 vat_eps: Any = None, teat_eps: Any = None) -> None:
+        self.bundle = Path(bundle).expanduser().resolve()
+        cfg = self.bundle / "configs"
+        missing = [c for c in BUNDLE_CONFIGS if not (cfg / c).is_file()]
+        if missing:
+            raise ExperimentError(f"{self.bundle} is not a complete bundle: configs/{', configs/'.join(missing)} "
+                                  f"missing (give --bundle the bundle folder, e.g. bundles/<name>).")
+        self.profile = profile or None
+        experiment: dict[str, Any] = {}
+        self.profile_file = None
+        if self.profile:
+            path = cfg / "profiles" / f"{self.profile}.json"
+            if not path.is_file():
+                have = sorted(p.stem for p in (cfg / "profiles").glob("*.json"))
+                raise ExperimentError(f"No profile {self.profile!r}: {path} does not exist (profiles: "
+                                      f"{', '.join(have) or 'none'}).")
+            self.profile_file = f"configs/profiles/{self.profile}.json"
+            experiment = dict(json.loads(path.read_text()).get("experiment", {}))
+
+        if isinstance(override, str):
+            try:
+                override = json.loads(override)
+            except ValueError as e:
+                raise ExperimentError(f"--override is not a JSON dict ({e}): {override!r}") from None
+        override = dict(override or {})
+        if not all(isinstance(k, str) for k in override):
+            raise ExperimentError(f"--override keys must be config ids (strings); got {list(override)}.")
+        extra = override.pop("experiment", None) or {}
+        if not isinstance(extra, dict):
+            raise ExperimentError("--override: 'experiment' must be a dict such as {\"vat_eps\": [2]}.")
+        experiment.update(extra)
+        reserved = {"output_root", "dataset_dir", "run_name", "train_eps", "resume"} & set(override)
+        if reserved:
+            raise ExperimentError(f"--override cannot set {sorted(reserved)}: use the tool's own options "
+                                  f"(--output_root, --dataset_dir, --vat_eps/--teat_eps).")
+        self.overrides = override
+
+        self.vat_eps = _eps_list(vat_eps if vat_eps is not None else experiment.get("vat_eps", []), "vat_eps")
+        self.teat_eps = _eps_list(teat_eps if teat_eps is not None else experiment.get("teat_eps", []), "teat_eps")
+        self.caption = str(experiment.get("caption", "") or "")
+        default_root = self.bundle / "runs" / (self.profile or "default")
+        self.output_root = Path(output_root).expanduser().resolve() if output_root else default_root
+        self.dataset_dir = Path(dataset_dir).expanduser().resolve() if dataset_dir else None
+        self.stages = build_stages(self.vat_eps, self.teat_eps)
+
+    # -------------------------------------------------------------------------------------------------- status
+    def path(self, rel: str) -> Path:
+        return self.output_root / rel
+
+    def log_file(self, stage: Stage) -> Path:
+        return self.output_root / LOG_DIR / f"{stage.name}.log"
+
+    def record_file(self, stage: Stage) -> Path:
+        return self.output_root / LOG_DIR / f"{stage.name}.json"
+
+    def _record(self, stage: Stage) -> dict | None:
+        try:
+            return json.loads(self.record_file(stage).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def signature(self, stage: Stage) -> list:
+        if stage.kind == "report":
+            return ["report", self.runs(), self.report_caption()]
+        return _signature(bundle_command(stage, self.profile_file, self.output_root, self.dataset_dir,
+                                         self.overrides))
+
+    def runs(self) -> list[str]:
+        return [s.run for s in self.stages if s.kind == "train"]
+
+    def _checkpoints(self, stage: Stage) -> list[Path]:
+        d = self.path(stage.output).parent
+        return sorted(p for p in d.glob("*.pt") if p.name != "model.pt") if d.is_dir() else []
+
+    def plan(self, stages: Any = None, force: Any = False) -> list[tuple[Stage, str, str]]:
+        """``(stage, action, reason)`` for every selected stage; action is ``run``, ``resume`` or ``skip``.
+
+        Raises:
+            ExperimentError: a selected stage needs a file that neither exists nor is made by a selected stage.
+        """
+        chosen = select(self.stages, stages, "stages") if stages not in (None, True, "", [], ()) else \
+            {s.name for s in self.stages}
+        forced = {s.name for s in self.stages} if force is True else select(self.stages, force or None, "force")
+        producer = {s.output: s for s in self.stages}
+        rebuilt: set[str] = set()  # outputs that this invocation will (re)make
+        out = []
+        for s in self.stages:
+            if s.name not in chosen:
+                continue
+            output = self.path(s.output)
+            record = self._record(s)
+            same = record is None or record.get("signature") == self.signature(s)
+            newer = [n for n in s.needs if output.is_file() and self.path(n).is_file()
+                     and self.path(n).stat().st_mtime > output.stat().st_mtime]
+            missing = [n for n in s.needs if n not in rebuilt and not self.path(n).is_file()]
+            if missing:
+                makers = sorted({producer[n].name for n in missing if n in producer})
+                raise ExperimentError(
+                    f"Stage {s.name!r} needs {', '.join(str(self.path(n)) for n in missing)}, which does not exist "
+                    f"and is not made by a selected stage: add {', '.join(repr(m) for m in makers)} to --stages "
+                    f"(or leave --stages out)."
+                )
+            if s.name in forced:
+                action, reason = "run", "forced"
+            elif not output.is_file():
+                remade = any(n in rebuilt for n in s.needs)
+                if s.kind == "train" and self._checkpoints(s) and same and not remade:
+                    action, reason = "resume", f"interrupted: {self._checkpoints(s)[-1].name} but no model.pt"
+                else:
+                    action, reason = "run", f"{s.output} missing"
+            elif any(n in rebuilt for n in s.needs):
+                action, reason = "run", f"its input {next(n for n in s.needs if n in rebuilt)} is remade"
+            elif record is not None and record.get("status") != "done":
+                action, reason = "run", "the last run did not finish"
+            elif not same:
+                action, reason = "run", "settings changed since the last run (see logs/" + s.name + ".json)"
+            elif newer:
+                action, reason = "run", f"outdated: {newer[0]} is newer"
+            else:
+                action, reason = "skip", f"{s.output} exists"
+            if action != "skip":
+                rebuilt.add(s.output)
+            out.append((s, action, reason))
+        return out
+
+    def command(self, stage: Stage, resume: bool = False) -> list[str]:
+        return bundle_command(stage, self.profile_file, self.output_root, self.dataset_dir, self.overrides, resume)
+
+    # ----------------------------------------------------------------------------------------------------- running
+    def run_stage(self, stage: Stage, resume: bool) -> None:
+        """Run one stage; raise ExperimentError naming the stage, the command and the log when it fails."""
+        record = {"stage": stage.name, "signature": self.signature(stage), "status": "running",
+                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        if stage.kind == "report":
+            atomic_write_json(self.record_file(stage), record)
+            try:
+                self.write_report()
+            except (OSError, ValueError) as e:
+                raise ExperimentError(f"Stage 'report' failed: {e}") from e
+        else:
+            if stage.kind == "train" and not resume:  # a fresh start: no stale checkpoint may be resumed later
+                for p in self._checkpoints(stage) + [self.path(stage.output)]:
+                    p.unlink(missing_ok=True)
+            cmd = self.command(stage, resume)
+            record["command"] = shlex.join(cmd)
+            atomic_write_json(self.record_file(stage), record)
+            self._subprocess(stage, cmd)
+            if not self.path(stage.output).is_file():
+                raise ExperimentError(
+                    f"Stage {stage.name!r} finished but did not write {self.path(stage.output)}.\n"
+                    f"  command: {shlex.join(cmd)}\n  log: {self.log_file(stage)}"
+                )
+        record.update(status="done", finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+        atomic_write_json(self.record_file(stage), record)
+
+    def _subprocess(self, stage: Stage, cmd: list[str]) -> None:
+        log = self.log_file(stage)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with log.open("a", encoding="utf-8") as f:
+            f.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} stage {stage.name}\n"
+                    f"===== cwd: {self.bundle}\n===== {shlex.join(cmd)}\n")
+            f.flush()
+            proc = subprocess.Popen(cmd, cwd=self.bundle, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, bufsize=1, errors="replace")
+            try:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+                    f.write(line)
+                rc = proc.wait()
+            except KeyboardInterrupt:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                f.write("===== interrupted\n")
+                raise
+            f.write(f"===== exit code {rc}\n")
+        if rc != 0:
+            raise ExperimentError(
+                f"Stage {stage.name!r} failed (exit code {rc}).\n"
+                f"  command (in {self.bundle}):\n    {shlex.join(cmd)}\n"
+                f"  log: {log}\n"
+                f"Fix the cause and run the same experiment command again: finished stages are skipped and an "
+                f"interrupted training resumes from its checkpoint."
+            )
+
+    def report_caption(self) -> str:
+        """The profile's caption, plus the overrides of this experiment (they may contradict the caption)."""
+        parts = [self.caption.strip() or (f"Profile {self.profile}" if self.profile else "")]
+        if self.overrides:
+            parts.append(f"Overrides of this experiment (they take precedence over the profile): "
+                         f"{json.dumps(self.overrides)}")
+        return " ".join(p if p.endswith((".", "!", "?")) else p + "." for p in parts if p)
+
+    def write_report(self) -> dict[str, Path]:
+        return report.write_report(self.output_root, self.runs(), caption=self.report_caption(),
+                                   out_dir=self.output_root / REPORT_DIR)
+
+    # ------------------------------------------------------------------------------------------------- printing
+    def describe(self) -> str:
+        lines = [
+            f"Experiment: bundle {self.bundle.name} ({self.bundle}), profile {self.profile or '(none)'}",
+            f"  output root: {self.output_root}",
+            f"  dataset: {self.dataset_dir or 'the bundle default (dataset_dir not given)'}",
+            f"  VAT eps: {', '.join(format(e, 'g') for e in self.vat_eps) or 'none'}; "
+            f"TEAT eps: {', '.join(format(e, 'g') for e in self.teat_eps) or 'none'}",
+        ]
+        if self.overrides:
+            lines.append(f"  overrides: {json.dumps(self.overrides)}")
+        return "\n".join(lines)
+
+
+def _print_plan(exp: Experiment, plan: list[tuple[Stage, str, str]]) -> None:
+    todo = sum(1 for _, a, _ in plan if a != "skip")
+    print(exp.describe())
+    print(f"Plan: {len(plan)} stages, {len(plan) - todo} done, {todo} to run")
+    width = max((len(s.name) for s, _, _ in plan), default=0)
+    for i, (s, action, reason) in enumerate(plan, 1):
+        status = "done" if action == "skip" else action
+        print(f"  {f'[{i}/{len(plan)}]':>7} {s.name:<{width}}  {status:<6} {reason}")
+    sys.stdout.flush()
+
+
+# -------------------------------------------------------------------------------------------------------------- CLI
+def main(
+    bundle: str,
+    profile: str = "quick",
+    dataset_dir: str | None = None,
+    output_root: str | None = None,
+    stages: Any = None,
+    force: Any = False,
+    override: Any = None,
+    vat_eps: Any = None,
+    teat_eps: Any = None,
+    dry_run: bool = False,
+) -> None:
+    """Plan, then run the experiment's stages and print the paper's table (stages and resume: module docstring).
+
+    Args:
+        bundle: the bundle folder (holds configs/train.json, vat.json, teat.json, amat.json, thresholds.json,
+            evaluate.json, robustness.json and profiles/<profile>.json).
+        profile: the profile overlay configs/profiles/<profile>.json, appended LAST to the config list of every stage;
+            its "experiment" dict gives the VAT and TEAT training noise levels ("vat_eps", "teat_eps") and the
+            table's "caption".
+        dataset_dir: the data; default: the bundle's own default (synthetic data written on first use).
+        output_root: where models/, eval/, logs/ and report/ go; default <bundle>/runs/<profile>.
+        stages: the stages to consider, e.g. "[amat,robustness_amat,report]" (names from the plan, or the groups
+            train, vat, teat, robustness); default: all.
+        force: re-run stages even when their output exists: --force (all selected stages) or --force "[amat,report]".
+        override: JSON dict of config overrides given to every stage (after the profile), e.g. '{"epochs": 1}'; an
+            "experiment" key changes the profile's experiment dict instead (e.g. '{"experiment": {"vat_eps": [2]}}').
+        vat_eps: training noise levels of VAT (L2, input intensity units), replacing the profile's; "[]" for none.
+        teat_eps: training noise levels of TEAT, replacing the profile's; "[]" for none.
+        dry_run: print the plan and the commands, run nothing.
+    """
+    t0 = time.time()
+    exp = Experiment(bundle, profile, dataset_dir, output_root, override, vat_eps, teat_eps)
+    plan = exp.plan(stages, force)
+    _print_plan(exp, plan)
+    n = len(plan)
+    if dry_run:
+        print(f"\nDry run: commands, in {exp.bundle}:")
+        for i, (s, action, _) in enumerate(plan, 1):
+            prefix = f"[{i}/{n}] {s.name}" + (" (skip)" if action == "skip" else "")
+            if s.kind == "report":
+                print(f"{prefix}: common.report.write_report -> {exp.output_root / REPORT_DIR}")
+            else:
+                print(f"{prefix}:\n  {shlex.join(exp.command(s, resume=action == 'resume'))}")
+        return
+
+    for i, (s, action, reason) in enumerate(plan, 1):
+        if action == "skip":
+            print(f"[{i}/{n}] skip {s.name}: {reason}")
+            continue
+        what = "resume" if action == "resume" else "run"
+        log = "" if s.kind == "report" else f"; log {exp.log_file(s)}"
+        print(f"\n[{i}/{n}] {s.name} ... ({what}: {reason}{log})", flush=True)
+        ts = time.time()
+        exp.run_stage(s, resume=action == "resume")
+        print(f"[{i}/{n}] {s.name} done in {_fmt_time(time.time() - ts)} "
+              f"(total {_fmt_time(time.time() - t0)})", flush=True)
+
+    report_dir = exp.output_root / REPORT_DIR
+    if (report_dir / "results.md").is_file() and any(s.kind == "report" for s, _, _ in plan):
+        print("\n" + (report_dir / "results.md").read_text())
+        print(f"Files in {exp.output_root}:")
+        print(f"  report:  {report_dir} (results.md, results.csv, results.json, metric_vs_eps.png, margins.png)")
+        print(f"  models:  {exp.output_root / 'models'}/<run>/model.pt")
+        print(f"  eval:    {exp.output_root / 'eval'}/<run>/robustness.json, robustness.csv")
+        print(f"  logs:    {exp.output_root / LOG_DIR}/<stage>.log")
+    print(f"Total time {_fmt_time(time.time() - t0)}.")
+
+
+def _json_override_argv(argv: list[str]) -> list[str]:
+    """Turn the JSON of --override into a Python literal, which fire parses faithfully (fire reads JSON's true, false
+    and null as the strings 'true', 'false', 'null')."""
+    out = list(argv)
+    for i, a in enumerate(out):
+        if a == "--override" and i + 1 < len(out):
+            j, raw, prefix = i + 1, out[i + 1], ""
+        elif a.startswith("--override="):
+            j, raw, prefix = i, a[len("--override="):], "--override="
+        else:
+            continue
+        try:
+            out[j] = prefix + repr(json.loads(raw))
+        except ValueError:
+            pass  # not JSON: fire parses it as a Python literal
+    return out
+
+
+def cli(argv: list[str] | None = None) -> int:
+    argv = _json_override_argv(sys.argv[1:] if argv is None else argv)
+    try:
+        fire.Fire(main, command=argv)
+    except ExperimentError as e:
+        print(f"\nexperiment: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nexperiment: interrupted. Run the same command again to continue where it stopped.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,349 @@
+"""scripts/experiment.py: plan, commands, skipping, forcing, resuming, failures, and one real end-to-end run.
+
+Most tests use a stand-in bundle written into tmp_path: its configs only write the files a stage must produce (a few
+seconds per stage, no training), which checks the tool's orchestration on any bundle that keeps the contract. The
+last test runs the whole tool on the hippocampus bundle with tiny settings (marked slow).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "experiment.py"
+HIPPOCAMPUS = ROOT / "bundles" / "hippocampus_mri_segmentation"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+_spec = importlib.util.spec_from_file_location("experiment_tool", SCRIPT)
+experiment = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = experiment  # dataclasses look their module up there
+_spec.loader.exec_module(experiment)
+
+
+# ------------------------------------------------------------------------------------------------ stand-in bundle
+def _write(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1))
+
+
+def _file(rel: str, text: str) -> list[str]:
+    """Config expressions that write ``text`` to ``@output_root/<rel>`` (rel may use @run_name)."""
+    return [
+        f"$pathlib.Path(@output_root, {rel}).parent.mkdir(parents=True, exist_ok=True)",
+        f"$pathlib.Path(@output_root, {rel}).write_text({text})",
+    ]
+
+
+ROBUSTNESS = {
+    "settings": {"eps": [2.0, 6.0], "higher_is_better": True,
+                 "attacks": {"PGD": {"norm": "l2", "steps": 3, "random_start": True},
+                             "IFGSM": {"norm": "l2", "steps": 2, "random_start": False}}},
+    "summary": {"metric": "dice", "clean": 0.8, "num_samples": 4, "num_counted": 3, "warnings": [],
+                "attacks": {"PGD": {"2": 0.5, "6": 0.2, "avg": 0.35}, "IFGSM": {"2": 0.6, "6": 0.3, "avg": 0.45}}},
+}
+
+
+@pytest.fixture
+def bundle(tmp_path) -> Path:
+    """A bundle that keeps the experiment contract without training: every stage writes its output file and prints
+    what it was given; the environment variable FAIL_RUN=NAME makes the stages of run NAME fail."""
+    b = tmp_path / "fake_bundle"
+    c = b / "configs"
+    _write(c / "train.json", {
+        "imports": ["$import pathlib", "$import json", "$import os"],
+        "output_root": "$str(pathlib.Path.cwd())",
+        "dataset_dir": "synthetic",
+        "run_name": "std",
+        "train_eps": 0,
+        "resume": False,
+        "fail_run": "$os.environ.get('FAIL_RUN', '')",
+        "run": ["$print('STAGE', @run_name, 'train_eps', @train_eps, 'resume', @resume, 'data', @dataset_dir)",
+                "$1 / 0 if @run_name == @fail_run else None",
+                *_file("'models', @run_name, 'model.pt'", "'weights'")],
+    })
+    _write(c / "thresholds.json", {"run": _file("'models', 'std', 'thresholds.json'", "'{}'")})
+    _write(c / "vat.json", {"train_eps": 9.0})
+    _write(c / "teat.json", {"train_eps": 9.0})
+    _write(c / "amat.json", {"+run": _file("'models', 'amat', 'margins.csv'", "'sample_id,margin\\n0,1.0\\n1,3.0\\n'")})
+    _write(c / "evaluate.json", {"run": ["$1 / 0 if @run_name == @fail_run else None",
+                                         *_file("'eval', @run_name, 'robustness.json'",
+                                                f"json.dumps({ROBUSTNESS!r})")]})
+    _write(c / "robustness.json", {"robustness_eps": [2, 6]})
+    _write(c / "profiles" / "tiny.json", {"experiment": {"vat_eps": [3], "teat_eps": [], "caption": "tiny caption"},
+                                          "epochs": 1})
+    return b
+
+
+def run_tool(capsys, *args) -> tuple[int, str, str]:
+    rc = experiment.cli([str(a) for a in args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def commands(out: str) -> dict[str, list[str]]:
+    """Stage name -> command of a --dry_run output."""
+    lines = out.splitlines()
+    cmds = {}
+    for i, line in enumerate(lines):
+        if line.startswith("[") and line.rstrip().endswith(":") and i + 1 < len(lines):
+            name = line.split("] ", 1)[1].split(" ")[0].rstrip(":")
+            cmds[name] = shlex.split(lines[i + 1].strip())
+    return cmds
+
+
+def config_files(cmd: list[str]) -> list[str]:
+    return ast.literal_eval(cmd[cmd.index("--config_file") + 1])
+
+
+def arg(cmd: list[str], key: str) -> str | None:
+    return cmd[cmd.index(key) + 1] if key in cmd else None
+
+
+# -------------------------------------------------------------------------------------------------------- dry run
+def test_dry_run_hippocampus_lists_stages_with_profile_last(tmp_path):
+    """The real CLI in a subprocess: plan, commands, profile overlay last, JSON overrides (true/null) kept."""
+    out_root = tmp_path / "out"
+    p = subprocess.run(
+        [sys.executable, str(SCRIPT), "--bundle", str(HIPPOCAMPUS), "--profile", "quick",
+         "--output_root", str(out_root),
+         "--dry_run", "--override", '{"epochs": 2, "amp": false, "max_margin": null, "network_def#filters": [8, 16]}'],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert p.returncode == 0, p.stderr
+    expected = ["std", "thresholds", "vat_eps2", "vat_eps6", "teat_eps6", "amat", "robustness_std",
+                "robustness_vat_eps2", "robustness_vat_eps6", "robustness_teat_eps6", "robustness_amat", "report"]
+    cmds = commands(p.stdout)
+    assert list(cmds) == expected[:-1]
+    assert "[12/12] report" in p.stdout and "Plan: 12 stages, 0 done, 12 to run" in p.stdout
+    assert not out_root.exists()  # a dry run writes nothing
+    overlays = {"std": ["train.json"], "thresholds": ["train.json", "thresholds.json"],
+                "vat_eps2": ["train.json", "vat.json"], "teat_eps6": ["train.json", "teat.json"],
+                "amat": ["train.json", "amat.json"],
+                "robustness_amat": ["train.json", "evaluate.json", "robustness.json"]}
+    for name, cmd in cmds.items():
+        assert cmd[1:4] == ["-m", "monai.bundle", "run"]
+        files = config_files(cmd)
+        assert files[-1] == "configs/profiles/quick.json", name  # the profile overlay is last
+        if name in overlays:
+            assert files[:-1] == [f"configs/{f}" for f in overlays[name]]
+        assert arg(cmd, "--output_root") == str(out_root) and "--dataset_dir" not in cmd
+        assert arg(cmd, "--epochs") == "2" and arg(cmd, "--amp") == "False" and arg(cmd, "--max_margin") == "None"
+        assert arg(cmd, "--network_def#filters") == "[8, 16]"
+    assert arg(cmds["vat_eps6"], "--train_eps") == "6" and arg(cmds["vat_eps6"], "--run_name") == "vat_eps6"
+    assert arg(cmds["teat_eps6"], "--train_eps") == "6"
+    assert arg(cmds["robustness_teat_eps6"], "--run_name") == "teat_eps6"
+    assert "--train_eps" not in cmds["amat"] and "--resume" not in cmds["std"]
+
+
+def test_default_output_root_and_eps_options(bundle, capsys, tmp_path):
+    rc, out, _ = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--dry_run", "--dataset_dir", tmp_path)
+    assert rc == 0
+    cmds = commands(out)
+    assert list(cmds) == ["std", "thresholds", "vat_eps3", "amat", "robustness_std", "robustness_vat_eps3",
+                          "robustness_amat"]
+    assert arg(cmds["std"], "--output_root") == str(bundle / "runs" / "tiny")
+    assert arg(cmds["std"], "--dataset_dir") == str(tmp_path)
+    # the profile's eps lists: replaced by options, or by an "experiment" override
+    rc, out, _ = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--dry_run", "--vat_eps", "[]",
+                          "--teat_eps", "[2,0.5]")
+    assert [n for n in commands(out) if not n.startswith("robustness")] == [
+        "std", "thresholds", "teat_eps2", "teat_eps0.5", "amat"]
+    rc, out, _ = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--dry_run", "--override",
+                          '{"experiment": {"vat_eps": [4, 5]}, "epochs": 3}')
+    cmds = commands(out)
+    assert "vat_eps4" in cmds and "vat_eps5" in cmds and "vat_eps3" not in cmds
+    assert "experiment" not in " ".join(cmds["std"]) and arg(cmds["std"], "--epochs") == "3"
+
+
+def test_bad_options_are_clear_errors(bundle, capsys):
+    rc, _, err = run_tool(capsys, "--bundle", bundle, "--profile", "nope", "--dry_run")
+    assert rc == 1 and "No profile 'nope'" in err and "tiny" in err
+    rc, _, err = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--stages", "[std,bogus]", "--dry_run")
+    assert rc == 1 and "unknown stage 'bogus'" in err and "vat_eps3" in err
+    rc, _, err = run_tool(capsys, "--bundle", bundle.parent, "--dry_run")
+    assert rc == 1 and "not a complete bundle" in err
+    rc, _, err = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--override", '{"run_name": "x"}')
+    assert rc == 1 and "--override cannot set" in err
+    # a stage whose input is neither there nor made by a selected stage
+    rc, _, err = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--stages", "[amat]", "--dry_run")
+    assert rc == 1 and "thresholds.json" in err and "'thresholds'" in err
+
+
+# ------------------------------------------------------------------------------------------------- skip and force
+def _touch(path: Path, text: str = "x", age: float = 0.0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    if age:
+        t = time.time() - age
+        os.utime(path, (t, t))
+    return path
+
+
+def _plan(out: str) -> dict[str, str]:
+    """Stage -> status (done, run, resume) from the printed plan."""
+    res = {}
+    for line in out.splitlines():
+        parts = line.split()
+        is_plan_line = line.startswith(" ") and len(parts) >= 3 and parts[0].startswith("[") and "/" in parts[0]
+        if is_plan_line and parts[2] in ("done", "run", "resume"):
+            res[parts[1]] = parts[2]
+    return res
+
+
+def test_skip_existing_outputs_and_force(bundle, capsys, tmp_path):
+    root = tmp_path / "out"
+    _touch(root / "models" / "std" / "model.pt", age=100)
+    _touch(root / "models" / "std" / "thresholds.json", age=50)
+    base = ["--bundle", bundle, "--profile", "tiny", "--output_root", root]
+    rc, out, _ = run_tool(capsys, *base, "--stages", "[std,thresholds]")  # runs nothing: both done
+    assert rc == 0, out
+    assert "skip std: models/std/model.pt exists" in out and "skip thresholds:" in out
+    assert not (root / "logs").exists()
+    rc, out, _ = run_tool(capsys, *base, "--dry_run")
+    plan = _plan(out)
+    assert plan["std"] == "done" and plan["thresholds"] == "done"
+    assert plan["vat_eps3"] == "run" and plan["amat"] == "run" and plan["report"] == "run"
+    # --force with a list: the named stages and what reads their output; --force alone: everything
+    rc, out, _ = run_tool(capsys, *base, "--dry_run", "--force", "[thresholds]")
+    plan = _plan(out)
+    assert plan["std"] == "done" and plan["thresholds"] == "run" and "forced" in out
+    rc, out, _ = run_tool(capsys, *base, "--dry_run", "--force", "[std]")
+    assert _plan(out)["thresholds"] == "run" and "its input models/std/model.pt is remade" in out
+    rc, out, _ = run_tool(capsys, *base, "--dry_run", "--force")
+    assert set(_plan(out).values()) == {"run"}
+    # an output older than its input is outdated
+    _touch(root / "models" / "std" / "model.pt")
+    rc, out, _ = run_tool(capsys, *base, "--dry_run")
+    assert _plan(out)["thresholds"] == "run" and "outdated: models/std/model.pt is newer" in out
+
+
+def test_interrupted_training_resumes(bundle, capsys, tmp_path):
+    root = tmp_path / "out"
+    _touch(root / "models" / "vat_eps3" / "checkpoint.pt")
+    rc, out, _ = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--output_root", root, "--dry_run")
+    assert _plan(out)["vat_eps3"] == "resume" and "interrupted: checkpoint.pt but no model.pt" in out
+    cmds = commands(out)
+    assert arg(cmds["vat_eps3"], "--resume") == "True" and "--resume" not in cmds["std"]
+
+
+# ----------------------------------------------------------------------------------- whole runs on the stand-in
+def test_failing_stage_stops_with_stage_command_and_log(bundle, capsys, tmp_path, monkeypatch):
+    root = tmp_path / "out"
+    monkeypatch.setenv("FAIL_RUN", "std")
+    rc, out, err = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--output_root", root)
+    assert rc == 1
+    log = root / "logs" / "std.log"
+    assert "Stage 'std' failed (exit code 1)" in err and str(log) in err
+    assert "monai.bundle run --config_file" in err and "configs/profiles/tiny.json" in err
+    assert "ZeroDivisionError" in log.read_text() and "ZeroDivisionError" in out  # streamed and saved
+    assert "[1/8] std ..." in out and "thresholds ..." not in out
+    assert json.loads((root / "logs" / "std.json").read_text())["status"] == "running"
+
+
+@pytest.mark.slow
+def test_full_run_resume_rerun_and_failure(bundle, capsys, tmp_path, monkeypatch):
+    root = tmp_path / "out"
+    base = ["--bundle", bundle, "--profile", "tiny", "--output_root", root, "--dataset_dir", tmp_path / "data"]
+    # 1. a failing stage stops the tool: the message names the stage, the command and the log
+    monkeypatch.setenv("FAIL_RUN", "amat")
+    rc, out, err = run_tool(capsys, *base)
+    assert rc == 1
+    assert "Stage 'amat' failed" in err and "monai.bundle run" in err and str(root / "logs" / "amat.log") in err
+    assert "ZeroDivisionError" in (root / "logs" / "amat.log").read_text()
+    assert f"STAGE std train_eps 0 resume False data {tmp_path / 'data'}" in out  # stage output is streamed
+    assert "STAGE vat_eps3 train_eps 3 resume False" in out
+    assert "[3/8] vat_eps3 done in" in out and "] robustness_std done" not in out
+    assert (root / "models" / "vat_eps3" / "model.pt").is_file() and not (root / "eval").exists()
+
+    # 2. the same command again: the finished stages are skipped, the failed one and the rest run
+    monkeypatch.delenv("FAIL_RUN")
+    rc, out, err = run_tool(capsys, *base)
+    assert rc == 0, err
+    assert "Plan: 8 stages, 3 done, 5 to run" in out and _plan(out)["amat"] == "run"
+    assert "skip std: models/std/model.pt exists" in out and "skip vat_eps3:" in out
+    for stage in ("amat", "robustness_std", "robustness_vat_eps3", "robustness_amat", "report"):
+        assert f"] {stage} done in" in out
+    report_dir = root / "report"
+    for name in ("results.md", "results.csv", "results.json"):
+        assert (report_dir / name).is_file()
+    for name in ("metric_vs_eps.png", "margins.png"):
+        assert (report_dir / name).read_bytes()[:8] == PNG_MAGIC
+    md = (report_dir / "results.md").read_text()
+    assert "| STD | **0.800** |" in md and "| VAT (eps 3) |" in md and "| AMAT |" in md and "tiny caption" in md
+    assert md in out and str(report_dir) in out and "Total time" in out
+    record = json.loads((root / "logs" / "std.json").read_text())
+    assert record["status"] == "done" and "monai.bundle run" in record["command"]
+
+    # 3. nothing to do the second time
+    rc, out, _ = run_tool(capsys, *base)
+    assert rc == 0 and "Plan: 8 stages, 8 done, 0 to run" in out and "skip report:" in out
+
+    # 4. an interrupted training (checkpoint, no model.pt) resumes with --resume True; the stages after it re-run
+    (root / "models" / "vat_eps3" / "model.pt").unlink()
+    _touch(root / "models" / "vat_eps3" / "checkpoint.pt")
+    rc, out, _ = run_tool(capsys, *base)
+    assert rc == 0
+    assert "STAGE vat_eps3 train_eps 3 resume True" in out
+    assert "] robustness_vat_eps3 done in" in out and "] report done in" in out and "skip amat:" in out
+
+    # 5. --force on a training stage starts it afresh (old checkpoints removed, no --resume)
+    _touch(root / "models" / "amat" / "checkpoint_epoch=3.pt")
+    rc, out, _ = run_tool(capsys, *base, "--force", "[amat]", "--stages", "[amat,robustness_amat,report]")
+    assert rc == 0 and "STAGE amat train_eps 0 resume False" in out
+    assert not (root / "models" / "amat" / "checkpoint_epoch=3.pt").exists()
+    assert "] robustness_amat done in" in out and "] report done in" in out
+
+    # 6. other settings re-run the stages whose command changed
+    rc, out, _ = run_tool(capsys, *base, "--override", '{"epochs": 5}', "--dry_run")
+    assert "Plan: 8 stages, 0 done, 8 to run" in out and "settings changed since the last run" in out
+
+    # 7. a stage that failed after an earlier success (its old output still there) is not taken as done
+    monkeypatch.setenv("FAIL_RUN", "std")
+    rc, out, err = run_tool(capsys, *base, "--stages", "[robustness_std]", "--force", "[robustness_std]")
+    assert rc == 1 and "Stage 'robustness_std' failed" in err
+    monkeypatch.delenv("FAIL_RUN")
+    rc, out, _ = run_tool(capsys, *base, "--dry_run")
+    assert _plan(out)["robustness_std"] == "run" and "the last run did not finish" in out
+    assert _plan(out)["std"] == "done" and _plan(out)["report"] == "run"
+
+
+# ------------------------------------------------------------------------------------------ real end to end (slow)
+TINY = {"max_cases": 1, "max_val_cases": 1, "max_test_cases": 1, "epochs": 1, "val_interval": 1, "batch_size": 64,
+        "patch_size": [24, 32], "network_def#filters": [8, 16, 32, 64], "attack_steps": 1, "pgd_steps": 2,
+        "ifgsm_steps": 1, "robustness_eps": [2, 6]}
+
+
+@pytest.mark.slow
+def test_end_to_end_hippocampus_quick(tmp_path):
+    """The whole tool on the hippocampus bundle (synthetic data), tiny settings, one VAT and one TEAT noise level."""
+    root = tmp_path / "runs"
+    cmd = [sys.executable, str(SCRIPT), "--bundle", str(HIPPOCAMPUS), "--profile", "quick", "--output_root",
+           str(root), "--vat_eps", "[2]", "--teat_eps", "[2]", "--override", json.dumps(TINY)]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, f"{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
+    report_dir = root / "report"
+    for name in ("results.md", "results.csv", "results.json"):
+        assert (report_dir / name).is_file(), name
+    for name in ("metric_vs_eps.png", "margins.png"):
+        assert (report_dir / name).read_bytes()[:8] == PNG_MAGIC, name
+    table = json.loads((report_dir / "results.json").read_text())
+    assert [r["label"] for r in table["rows"]] == ["STD", "VAT (eps 2)", "TEAT (eps 2)", "AMAT"]
+    assert table["columns"] == ["clean", "PGD 2", "PGD 6", "PGD Avg.", "IFGSM 2", "IFGSM 6", "IFGSM Avg."]
+    for run in ("std", "vat_eps2", "teat_eps2", "amat"):
+        assert (root / "models" / run / "model.pt").is_file()
+        assert (root / "eval" / run / "robustness.json").is_file()
+        assert (root / "logs" / f"{run}.log").is_file()
+    assert "[10/10] report done" in p.stdout and "| AMAT |" in p.stdout
+    # a second run finds everything done
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "Plan: 10 stages, 10 done, 0 to run" in p.stdout, p.stdout[-3000:]
