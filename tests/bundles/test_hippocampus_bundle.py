@@ -1,0 +1,486 @@
+"""End-to-end tests of the hippocampus_mri_segmentation bundle: every config runs in its own process.
+
+Each run is ``python -m monai.bundle run ...`` started with the repository root as working directory and a temporary
+``--output_root`` (models/, eval/ and the bundle's default synthetic MSD data go there), with a tiny network, two
+training cases and one-step attacks, so that each takes seconds. One module-scoped fixture trains STD once; the
+thresholds, AMAT, evaluation, robustness, inference and model-zoo checks reuse it (fixtures run in dependency order).
+
+Subprocesses run with one OpenMP thread: on a shared two-core machine PyTorch's default of one thread per core,
+spinning while another process holds a core, made an adversarial epoch 20-40 times slower.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLE = "bundles/hippocampus_mri_segmentation"
+CONFIGS = f"{BUNDLE}/configs"
+META = f"{CONFIGS}/metadata.json"
+SCHEMA = "bundles/meta_schema.json"
+REAL_HIPPOCAMPUS = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "msd_hippocampus"
+
+#: shrinking overrides: tiny network, 2 training cases (72 slices), 1 validation case, 1 epoch, 1-step attacks
+TINY = {
+    "network_def#filters": "[8,16,32,64]",
+    "batch_size": "16",
+    "max_cases": "2",
+    "max_val_cases": "1",
+    "epochs": "1",
+    "val_interval": "1",
+    "attack_steps": "1",
+}
+
+
+def tiny(**changes: str) -> list[str]:
+    """The TINY overrides with some changed, as command-line arguments."""
+    return [a for k, v in {**TINY, **changes}.items() for a in (f"--{k}", v)]
+
+
+TEST_SPLIT = ["--max_test_cases", "1", "--foreground_slices_only", "true"]
+
+
+def config_list(*names: str) -> str:
+    return "[" + ",".join(f"'{CONFIGS}/{n}.json'" for n in names) + "]"
+
+
+def run_bundle(configs: tuple[str, ...], *args: str, expect_ok: bool = True, timeout: int = 300):
+    """Run ``python -m monai.bundle run`` in the repository root; return the process (stdout+stderr in .stdout)."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_list(*configs), *args]
+    return run(cmd, expect_ok=expect_ok, timeout=timeout)
+
+
+def run(cmd: list[str], expect_ok: bool = True, timeout: int = 300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout
+    )
+    if expect_ok and proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
+    if not expect_ok and proc.returncode == 0:
+        pytest.fail(f"{' '.join(cmd)} should have failed:\n{proc.stdout[-3000:]}")
+    return proc
+
+
+def last_error(proc) -> str:
+    """The ``ERROR (cause): ...`` line common.bundle.explain_errors prints last."""
+    lines = [ln for ln in proc.stdout.strip().splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith("ERROR (cause): "), proc.stdout[-3000:]
+    return lines[-1]
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def epoch_of(checkpoint: dict) -> int:
+    """The epoch of a trainer checkpoint (ignite stores the iteration and the epoch length)."""
+    state = checkpoint["trainer"]
+    return int(state["iteration"]) // int(state["epoch_length"])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# shared runs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("hippocampus_bundle")
+
+
+@pytest.fixture(scope="module")
+def std(root) -> Path:
+    """STD trained once (1 epoch); the default synthetic MSD dataset is written to root/data on the way."""
+    run_bundle(("train",), *tiny(), "--output_root", str(root))
+    return root / "models" / "std"
+
+
+@pytest.fixture(scope="module")
+def thresholds(std, root) -> Path:
+    run_bundle(("train", "thresholds"), *tiny(), "--output_root", str(root))
+    return std / "thresholds.json"
+
+
+@pytest.fixture(scope="module")
+def amat(thresholds, root) -> Path:
+    run_bundle(("train", "amat"), *tiny(), "--output_root", str(root))
+    return root / "models" / "amat"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# training configs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_std_training_writes_model_and_checkpoints(std):
+    for name in ("model.pt", "checkpoint.pt", "model_best_val.pt"):
+        assert (std / name).is_file(), name
+    ckpt = load(std / "checkpoint.pt")
+    assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(ckpt)
+    assert epoch_of(ckpt) == 1
+    assert set(load(std / "model.pt")) == set(ckpt["model"])  # model.pt is a plain state dict of the network
+
+
+def test_thresholds_are_estimated_on_the_std_model(thresholds, std):
+    data = json.loads(thresholds.read_text())
+    assert data["term_names"] == ["dice", "ce"]
+    assert len(data["xi"]) == 2 and all(x >= 0 for x in data["xi"])
+    assert data["num_samples"] == 72  # every slice of the 2 training cases
+    assert data["rule"] == "mean"
+
+
+def test_vat_training(root, std):
+    run_bundle(("train", "vat"), *tiny(), "--train_eps", "2", "--output_root", str(root))
+    run_dir = root / "models" / "vat_eps2"  # run_name follows train_eps
+    assert (run_dir / "model.pt").is_file()
+    assert epoch_of(load(run_dir / "checkpoint.pt")) == 1
+
+
+def test_teat_training_keeps_its_ensemble_in_the_checkpoint(root, std):
+    run_bundle(("train", "teat"), *tiny(), "--train_eps", "2", "--output_root", str(root))
+    ckpt = load(root / "models" / "teat_eps2" / "checkpoint.pt")
+    ensemble = ckpt["teat_ensemble"]
+    assert ensemble["num_samples"] == 72
+    # the ensemble starts half-way through training: the second half of the single epoch filled it
+    assert 0 < int((ensemble["count"] > 0).sum()) < 72
+
+
+def test_amat_training_saves_margins(amat):
+    assert (amat / "model.pt").is_file()
+    with open(amat / "margins.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 72 and {"sample_id", "margin"} <= set(rows[0])
+    margins = load(amat / "checkpoint.pt")["margins"]  # loadable with weights_only=True
+    assert margins["num_samples"] == 72 and margins["epochs_completed"] == 1
+    assert torch.allclose(margins["margins"], torch.tensor([float(r["margin"]) for r in rows]))
+    assert float(margins["margins"].min()) >= 1.0  # floored at the expansion step Delta = 1
+
+
+def test_resume_restores_margins_optimizer_scheduler_and_epoch(root, thresholds):
+    # a 2-epoch run interrupted after epoch 1 (its poly schedule spans 2 epochs), then resumed
+    first = run_bundle(
+        ("train", "amat"), *tiny(), "--train#lr_scheduler#total_iters", "2", "--run_name", "amat_resume",
+        "--output_root", str(root),
+    )
+    run_dir = root / "models" / "amat_resume"
+    before = load(run_dir / "checkpoint.pt")
+    assert "Restored" not in first.stdout
+    lr0 = 0.01
+    assert before["optimizer"]["param_groups"][0]["lr"] == pytest.approx(lr0 * 0.5**0.9)
+
+    second = run_bundle(
+        ("train", "amat"), *tiny(epochs="2"),
+        "--run_name", "amat_resume", "--resume", "true", "--output_root", str(root),
+    )
+    assert f"Restored all variables from {run_dir / 'checkpoint.pt'}" in second.stdout
+    assert "Epoch: 2/2" in second.stdout and "Epoch: 1/2" not in second.stdout  # continues at epoch 2
+    after = load(run_dir / "checkpoint.pt")
+    assert epoch_of(after) == 2 and after["trainer"]["max_epochs"] == 2
+    assert after["trainer"]["iteration"] == 2 * before["trainer"]["iteration"]
+    assert after["lr_scheduler"]["last_epoch"] == 2
+    assert after["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)  # end of the 2-epoch schedule
+    assert after["margins"]["epochs_completed"] == 2  # the margin book went on from the checkpoint's
+
+    # --resume false (the word, as typed on a command line) starts afresh
+    third = run_bundle(
+        ("train",), *tiny(), "--run_name", "amat_resume", "--resume", "false", "--output_root", str(root)
+    )
+    assert "Restored" not in third.stdout
+    assert epoch_of(load(run_dir / "checkpoint.pt")) == 1
+
+
+def test_latest_checkpoint_reads_the_epoch_of_ignite_checkpoints(std, tmp_path):
+    """--resume picks the newest of checkpoint.pt and checkpoint_checkpoint_epoch=N.pt by their trainer state."""
+    from common.bundle import latest_checkpoint
+
+    ckpt = load(std / "checkpoint.pt")  # epoch 1: ignite stores iteration and epoch_length, not the epoch
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+    later = {**ckpt, "trainer": {**ckpt["trainer"], "iteration": 3 * int(ckpt["trainer"]["epoch_length"])}}
+    torch.save(later, tmp_path / "checkpoint_checkpoint_epoch=3.pt")
+    assert latest_checkpoint(tmp_path).endswith("checkpoint_checkpoint_epoch=3.pt")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# evaluation
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _metrics_csv(path: Path) -> dict[str, float]:
+    rows = [ln.split(",") for ln in path.read_text().splitlines() if ln.strip()]
+    return {k: float(v) for k, v in rows}
+
+
+def test_evaluate_std(root, std):
+    proc = run_bundle(("train", "evaluate"), *tiny(), *TEST_SPLIT, "--output_root", str(root))
+    assert f"Restored all variables from {std / 'model.pt'}" in proc.stdout
+    metrics = _metrics_csv(root / "eval" / "std" / "metrics.csv")
+    assert 0.0 <= metrics["test_mean_dice"] <= 1.0
+
+
+def test_robustness_of_the_amat_run(root, amat):
+    proc = run_bundle(
+        ("train", "evaluate", "robustness"), *tiny(), *TEST_SPLIT, "--run_name", "amat", "--pgd_steps", "2",
+        "--ifgsm_steps", "1", "--output_root", str(root),
+    )
+    assert f"Restored all variables from {amat / 'model.pt'}" in proc.stdout
+    out = root / "eval" / "amat"
+    report = json.loads((out / "robustness.json").read_text())
+    assert report["settings"]["eps"] == [2.0, 6.0, 10.0]  # no eps 0 needed: the clean metric is always there
+    assert set(report["summary"]["attacks"]) == {"PGD", "IFGSM"}
+    assert set(report["summary"]["attacks"]["PGD"]) == {"2", "6", "10", "avg"}
+    # the handler's clean Dice is the evaluator's key metric, on the same slices
+    assert report["summary"]["clean"] == pytest.approx(_metrics_csv(out / "metrics.csv")["test_mean_dice"], abs=1e-6)
+    assert (out / "robustness.csv").is_file() and (out / "robustness.md").is_file()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# inference
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _reference_prediction(model_file: Path, volume: np.ndarray) -> np.ndarray:
+    """Slice-by-slice prediction the way training sees slices: z-score the volume, pad each (X, Y) slice to 40 x 56
+    symmetrically (as ResizeWithPadOrCropd: (d // 2, d - d // 2)), argmax, and cut the padding off again."""
+    from monai.networks.nets import DynUNet
+
+    from common.msd import zscore
+
+    net = DynUNet(
+        2, 1, 3, [[3, 3]] * 4, [[1, 1], [2, 2], [2, 2], [2, 2]], [[2, 2]] * 3, filters=[8, 16, 32, 64],
+        norm_name="instance", act_name=("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
+        deep_supervision=True, deep_supr_num=2,
+    )
+    net.load_state_dict(load(model_file))
+    net.eval()
+    z = zscore(volume)
+    (nx, ny), (px, py) = volume.shape[:2], (40, 56)
+    assert nx <= px and ny <= py, "the reference handles slices up to the patch size"
+    x0, y0 = (px - nx) // 2, (py - ny) // 2
+    padded = np.zeros((volume.shape[2], 1, px, py), np.float32)
+    padded[:, 0, x0 : x0 + nx, y0 : y0 + ny] = np.moveaxis(z, 2, 0)
+    with torch.no_grad():
+        pred = net(torch.from_numpy(padded)).argmax(1).numpy()
+    return np.moveaxis(pred[:, x0 : x0 + nx, y0 : y0 + ny], 0, 2).astype(np.uint8)
+
+
+def test_inference_writes_label_maps_with_the_input_grid(root, std, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    src = nib.load(str(root / "data" / "synthetic_msd" / "imagesTr" / "synthetichippocampus_001.nii.gz"))
+    # an oblique grid, 1.2 x 0.9 x 2 mm, an odd shape smaller than the patch, uint8 storage as in the real data
+    rot = np.array([[np.cos(0.3), -np.sin(0.3), 0], [np.sin(0.3), np.cos(0.3), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([1.2, 0.9, 2.0])
+    affine[:3, 3] = [-10.0, 25.5, 3.0]
+    oblique = np.clip(np.asarray(src.dataobj)[1:34, 2:49, 5:25] / 4, 0, 255).astype(np.uint8)
+    nib.save(nib.Nifti1Image(oblique, affine), str(inputs / "oblique.nii.gz"))
+    plain = rng.normal(100, 20, size=(30, 44, 7)).astype(np.float32)
+    nib.save(nib.Nifti1Image(plain, np.diag([1.0, 1.0, 1.0, 1.0])), str(inputs / "plain.nii"))
+    out = tmp_path / "out"
+
+    run_bundle(
+        ("train", "inference"), "--network_def#filters", "[8,16,32,64]", "--input_dir", str(inputs),
+        "--output_dir", str(out), "--output_root", str(root),
+    )
+    for name, stem in (("oblique.nii.gz", "oblique"), ("plain.nii", "plain")):
+        image = nib.load(str(inputs / name))
+        pred = nib.load(str(out / f"{stem}_seg.nii.gz"))
+        assert pred.shape == image.shape
+        np.testing.assert_allclose(pred.affine, image.affine, atol=1e-5)
+        labels = np.asarray(pred.dataobj)
+        assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2}
+        reference = _reference_prediction(std / "model.pt", np.asarray(image.dataobj, dtype=np.float32))
+        assert (labels == reference).mean() > 0.999, name
+
+    # --datalist instead of a folder, and --model_path for the weights
+    out2 = tmp_path / "out2"
+    run_bundle(
+        ("train", "inference"), "--network_def#filters", "[8,16,32,64]",
+        "--datalist", f"[{{'image': '{inputs / 'plain.nii'}'}}]", "--model_path", str(std / "model_best_val.pt"),
+        "--output_dir", str(out2), "--output_root", str(root),
+    )
+    assert [p.name for p in out2.iterdir()] == ["plain_seg.nii.gz"]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# bad input: one clear error, naming the file or key and the fix, as the last line of the output
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def msd_copy(root, std):
+    """A function returning a fresh copy of the synthetic MSD folder (3 cases) that a test may break."""
+    import shutil
+
+    source = root / "data" / "synthetic_msd"
+    meta = json.loads((source / "dataset.json").read_text())
+
+    def make(dest: Path) -> Path:
+        shutil.copytree(source, dest)
+        meta_small = {**meta, "training": meta["training"][:3]}
+        meta_small.pop("synthetic")
+        (dest / "dataset.json").write_text(json.dumps(meta_small))
+        return dest
+
+    return make
+
+
+def test_error_missing_label_file(root, msd_copy, tmp_path):
+    data = msd_copy(tmp_path / "Task04")
+    (data / "labelsTr" / "synthetichippocampus_002.nii.gz").unlink()
+    proc = run_bundle(("train",), *tiny(), "--dataset_dir", str(data), "--output_root", str(tmp_path), expect_ok=False)
+    err = last_error(proc)
+    assert "FileNotFoundError" in err and "labelsTr/synthetichippocampus_002.nii.gz" in err
+    assert "remove the case from" in err
+
+
+def test_error_wrong_layout(root, msd_copy, tmp_path):
+    data = msd_copy(tmp_path / "download" / "Task04_Hippocampus")
+    proc = run_bundle(
+        ("train",), *tiny(), "--dataset_dir", str(tmp_path / "download"), "--output_root", str(tmp_path),
+        expect_ok=False,
+    )
+    err = last_error(proc)
+    assert "dataset.json does not exist" in err and f"did you mean {data}" in err
+
+
+def test_error_image_label_shape_mismatch(root, msd_copy, tmp_path):
+    data = msd_copy(tmp_path / "Task04")
+    label = data / "labelsTr" / "synthetichippocampus_001.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((35, 50, 30), np.uint8), np.eye(4)), str(label))
+    proc = run_bundle(
+        ("train",), *tiny(max_cases="3"), "--split_fractions", "[1.0,0.0,0.0]", "--dataset_dir", str(data),
+        "--output_root", str(tmp_path), expect_ok=False,
+    )
+    err = last_error(proc)
+    assert "ValueError" in err and "has shape (35,50,36) but label" in err and "(35,50,30)" in err
+    assert "resample the label onto the image" in err
+
+
+def test_error_amat_without_thresholds(root, std, tmp_path):
+    proc = run_bundle(
+        ("train", "amat"), *tiny(), "--dataset_dir", str(root / "data" / "synthetic_msd"),
+        "--output_root", str(tmp_path), expect_ok=False,
+    )
+    err = last_error(proc)
+    assert "FileNotFoundError" in err and str(tmp_path / "models" / "std" / "thresholds.json") in err
+    assert "configs/thresholds.json" in err  # says how to make it
+
+
+def test_error_evaluate_without_model(root, std, tmp_path):
+    proc = run_bundle(
+        ("train", "evaluate"), *tiny(), "--run_name", "vat_eps6", "--output_root", str(root), expect_ok=False
+    )
+    err = last_error(proc)
+    assert str(root / "models" / "vat_eps6" / "model.pt") in err and "--model_path" in err
+    assert not (root / "eval" / "vat_eps6" / "metrics.csv").exists()
+
+
+def test_error_inference_without_input(root, std, tmp_path):
+    proc = run_bundle(
+        ("train", "inference"), "--network_def#filters", "[8,16,32,64]", "--input_dir", str(tmp_path / "nowhere"),
+        "--output_root", str(root), expect_ok=False,
+    )
+    err = last_error(proc)
+    assert f"The input folder {tmp_path / 'nowhere'} does not exist" in err and "--datalist" in err
+
+
+def test_error_bad_flag_and_resume_without_checkpoint(root, std, tmp_path):
+    data = ["--dataset_dir", str(root / "data" / "synthetic_msd"), "--output_root", str(tmp_path)]
+    proc = run_bundle(("train",), *tiny(), "--resume", "maybe", *data, expect_ok=False)
+    assert "--resume 'maybe' is not a yes/no value" in last_error(proc)
+    proc = run_bundle(("train",), *tiny(), "--resume", "true", *data, expect_ok=False)
+    assert "No checkpoint to resume from" in last_error(proc)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# model-zoo checks
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_verify_metadata_against_the_schema(tmp_path):
+    run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", META, "--filepath", SCHEMA])
+    meta = json.loads((REPO / META).read_text())
+    assert meta["version"] in meta["changelog"]  # JSON Schema cannot express this one
+    bad = {k: v for k, v in meta.items() if k != "task"}
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    proc = run(
+        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(tmp_path / "bad.json"),
+         "--filepath", SCHEMA],
+        expect_ok=False,
+    )
+    assert "'task' is a required property" in proc.stdout
+
+
+def test_verify_net_in_out():
+    proc = run(
+        [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file", META,
+         "--config_file", f"{CONFIGS}/train.json", "--network_def#filters", "[8,16,32,64]"]
+    )
+    assert "data shape of network is verified with no error" in proc.stdout
+
+
+def test_ckpt_export_torchscript(std, tmp_path):
+    ts = tmp_path / "model.ts"
+    # DynUNet with deep supervision cannot be scripted (it assigns into a list of heads): trace the eval-mode model
+    run(
+        [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts),
+         "--ckpt_file", str(std / "model.pt"), "--meta_file", META, "--config_file", f"{CONFIGS}/train.json",
+         "--network_def#filters", "[8,16,32,64]", "--use_trace", "True"]
+    )
+    exported = torch.jit.load(str(ts), map_location="cpu")
+    x = torch.randn(2, 1, 40, 56, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = exported(x)
+    assert y.shape == (2, 3, 40, 56)
+
+
+CHECK_PROPERTIES = """
+import sys
+from monai.bundle import ConfigWorkflow
+configs, kind, root = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
+w = ConfigWorkflow(config_file=configs, meta_file="{meta}", workflow_type=kind, output_root=root,
+                   max_cases=2, max_val_cases=1, **{{"network_def#filters": [8, 16, 32, 64]}})
+w.initialize()
+print("MISSING", w.check_properties())
+"""
+
+
+@pytest.mark.parametrize("kind,configs", [("train", ("train",)), ("infer", ("train", "inference"))])
+def test_check_properties(kind, configs, root, std):
+    files = ",".join(f"{CONFIGS}/{c}.json" for c in configs)
+    proc = run([sys.executable, "-c", CHECK_PROPERTIES.format(meta=META), files, kind, str(root)])
+    assert "MISSING []" in proc.stdout
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# real data
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(
+    not (REAL_HIPPOCAMPUS / "dataset.json").is_file(),
+    reason=f"the MSD hippocampus data is not at {REAL_HIPPOCAMPUS} (../shared/data/msd_hippocampus beside the repo)",
+)
+def test_one_short_epoch_on_the_real_hippocampus_data(tmp_path):
+    run_bundle(
+        ("train",), *tiny(), "--dataset_dir", str(REAL_HIPPOCAMPUS.resolve()), "--output_root", str(tmp_path)
+    )
+    ckpt = load(tmp_path / "models" / "std" / "checkpoint.pt")
+    assert epoch_of(ckpt) == 1
+    assert not (tmp_path / "data").exists()  # no synthetic data written when dataset_dir is given
