@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
 import os
-import tempfile
 import warnings
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
+
+from .io import atomic_write_text
 
 __all__ = ["MarginBook", "UPDATE_MODES"]
 
@@ -371,23 +373,14 @@ class MarginBook:
                 f"ids_to_keys has {len(ids_to_keys)} keys but the margin book has {self.num_samples} samples."
             )
         path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
         values = self.margins.numpy()
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(["sample_id", "key", "margin"] if ids_to_keys is not None else ["sample_id", "margin"])
-                for i, v in enumerate(values):
-                    # str(np.float32) is the shortest text that reads back to the same float32
-                    row = [i, ids_to_keys[i], str(v)] if ids_to_keys is not None else [i, str(v)]
-                    writer.writerow(row)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        buf = io.StringIO(newline="")
+        writer = csv.writer(buf)
+        writer.writerow(["sample_id", "key", "margin"] if ids_to_keys is not None else ["sample_id", "margin"])
+        for i, v in enumerate(values):
+            # str(np.float32) is the shortest text that reads back to the same float32
+            writer.writerow([i, ids_to_keys[i], str(v)] if ids_to_keys is not None else [i, str(v)])
+        atomic_write_text(path, buf.getvalue())
         return path
 
     # ------------------------------------------------------------------ checkpointing
