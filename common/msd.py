@@ -41,7 +41,8 @@ from urllib.request import url2pathname
 import nibabel as nib
 import numpy as np
 
-from common.transforms import assign_sample_ids, datalist_digest
+from .io import atomic_write_text
+from .transforms import assign_sample_ids, datalist_digest
 
 __all__ = [
     "read_msd_datalist",
@@ -96,20 +97,6 @@ def _short(path: Path | str) -> str:
 
 def _fmt_shape(shape: Sequence[int]) -> str:
     return "(" + ",".join(str(int(s)) for s in shape) + ")"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` whole: a temporary file in the same folder, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _atomic_save_nifti(image: nib.Nifti1Image, path: Path) -> None:
@@ -374,7 +361,7 @@ def write_split_json(
         ``path`` as a :class:`~pathlib.Path`.
     """
     path = Path(path)
-    _atomic_write_text(path, json.dumps(split_summary(dataset_dir, fractions, seed), indent=1) + "\n")
+    atomic_write_text(path, json.dumps(split_summary(dataset_dir, fractions, seed), indent=1) + "\n")
     return path
 
 
@@ -812,7 +799,7 @@ def write_synthetic_msd(
         "test": [],
         "synthetic": params,
     }
-    _atomic_write_text(json_path, json.dumps(meta, indent=1) + "\n")
+    atomic_write_text(json_path, json.dumps(meta, indent=1) + "\n")
     return out
 
 
