@@ -454,6 +454,9 @@ def write_report(
     root = Path(output_root)
     out = Path(out_dir) if out_dir is not None else root / "report"
     results = collect(root, runs)
+    if input_shape is None and results:  # recorded by the robustness handler: (C, *spatial)
+        recorded = results[0]["settings"].get("input_shape")
+        input_shape = recorded[1:] if recorded else None
     md, csv_text, table = paper_table(results, caption, input_shape)
     files = {"metric_vs_eps": plot_metric_vs_eps(results, out / "metric_vs_eps.png")}
 

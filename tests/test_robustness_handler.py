@@ -56,6 +56,7 @@ def test_eps_zero_reproduces_clean_and_reports(trained, tmp_path):
     # files: JSON summary, one CSV row per sample x (clean + attacks x eps), Markdown table
     js = json.loads((tmp_path / "robustness.json").read_text())
     assert js["summary"]["clean"] == s["clean"] and js["settings"]["eps"] == [0.0, 2.0, 8.0]
+    assert js["settings"]["input_shape"] == [1, 24, 24]  # eps units depend on it
     rows = list(csv.DictReader((tmp_path / "robustness.csv").open()))
     assert len(rows) == len(data) * (1 + 2 * 3)
     assert {r["sample_id"] for r in rows} == {str(i) for i in range(len(data))}

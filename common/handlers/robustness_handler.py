@@ -94,6 +94,7 @@ class RobustnessEvaluationHandler:
         self.id_keys = tuple(id_keys)
         self.log_every = max(1, int(log_every))
         self.rows: list[dict] = []
+        self.input_shape: list[int] | None = None
         self.summary: dict = {}
         self.warnings: list[str] = []
 
@@ -138,6 +139,7 @@ class RobustnessEvaluationHandler:
         def forward(x: torch.Tensor) -> Any:
             return engine.inferer(x, network, *args, **kwargs)
 
+        self.input_shape = list(inputs.shape[1:])  # (C, *spatial): L2 eps grows with sqrt of its size
         keys = self._keys_of(batchdata, inputs.shape[0])
         with torch.no_grad():
             clean_pred = forward(inputs)
@@ -246,6 +248,7 @@ class RobustnessEvaluationHandler:
             },
             "restarts": self.restarts,
             "seed": self.seed,
+            "input_shape": self.input_shape,
             "higher_is_better": self.higher_is_better,
         }
 
