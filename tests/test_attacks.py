@@ -1,5 +1,5 @@
 """Tests of common.attacks (perturb, project, the attack classes) against the checklist of
-/work/shared/docs/evaluation.md, section "Tests the attack code must pass".
+../shared/docs/evaluation.md, section "Tests the attack code must pass".
 
 Everything runs on CPU with small toy models and fixed seeds. Expected values come from hand computation, from
 properties that must hold whatever the implementation, or from an independent plain-torch L2 PGD written here.
