@@ -26,7 +26,7 @@ __all__ = ["as_class_indices", "slice_dice", "SliceDiceMetric", "nanmean"]
 def as_class_indices(x: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
     """Class-index map (B, *spatial) from logits/probabilities/one-hot (B, C, *spatial) or indices (B, 1, *spatial)."""
     if x.ndim >= 3 and x.shape[1] > 1:
-        return x.argmax(1)
+        return x.max(1).indices  # = argmax(1), much faster on the CPU
     if x.ndim >= 3 and x.shape[1] == 1:
         return x[:, 0].round().long()
     raise ValueError(f"Expected (B, C, *spatial) or (B, 1, *spatial); got shape {tuple(x.shape)}.")
