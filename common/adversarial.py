@@ -5,15 +5,15 @@ standard ``SupervisedTrainer`` (STD, clean training) becomes adversarially train
 ``train#trainer#iteration_update`` to one of these (and, for AMAT, adds the margin book and its handler)::
 
     "train#trainer#iteration_update": {
-        "_target_": "common.adversarial.AMATIteration",
-        "attack": {"_target_": "common.attacks.L2PGD", "steps": 20, "alpha": 4.0},
+        "_target_": "robust_bundles.adversarial.AMATIteration",
+        "attack": {"_target_": "robust_bundles.attacks.L2PGD", "steps": 20, "alpha": 4.0},
         "margins": "@margins",
-        "thresholds": "$common.thresholds.load_thresholds(@thresholds_file, @loss)"
+        "thresholds": "$robust_bundles.thresholds.load_thresholds(@thresholds_file, @loss)"
     }
 
 The network, loss, optimizer, inferer, prepare_batch, amp and event firing are the trainer's own, so everything a
 bundle configured for STD training (handlers, metrics, checkpointing) keeps working. The loss must give per-sample
-values (see :mod:`common.losses`). Attacks run before the training forward pass, with gradients taken with respect to
+values (see :mod:`robust_bundles.losses`). Attacks run before the training forward pass, with gradients taken with respect to
 the input only, and leave the network's mode and normalisation statistics as they were.
 
 Per-batch figures (clean and adversarial loss, mean eps, robust fraction) are put in ``engine.state.adversarial``.
@@ -50,8 +50,8 @@ def batch_sample_ids(batchdata: Any, id_key: str, device: torch.device | str) ->
         keys = list(batchdata) if isinstance(batchdata, dict) else type(batchdata).__name__
         raise KeyError(
             f"The batch has no {id_key!r} (it has {keys}). AMAT and TEAT need a stable per-sample id: build the dataset "
-            "with common.transforms.assign_sample_ids (common.msd.load_slices does it) and keep the key through the "
-            "transforms (common.transforms.SampleIdd)."
+            "with robust_bundles.transforms.assign_sample_ids (robust_bundles.msd.load_slices does it) and keep the key through the "
+            "transforms (robust_bundles.transforms.SampleIdd)."
         )
     ids = torch.as_tensor(batchdata[id_key]).reshape(-1).to(device=device, dtype=torch.long)
     return ids
@@ -372,14 +372,14 @@ class AMATIteration(AdversarialIteration):
     radius ``min(max(eps_b - Delta, Delta), eps_b)``; ``L = beta * mean(L0) + (1 - beta) * mean(L1)``; sample b passes
     the robustness test when every loss term stays at or below ``xi`` ("path": at every PGD iterate, x_adv included;
     "final": at x_adv only); the margin book records (robust, ||x_adv - x||) and applies the update rule at epoch end
-    (:class:`common.handlers.MarginHandler`) or right away in "iteration" mode.
+    (:class:`robust_bundles.handlers.MarginHandler`) or right away in "iteration" mode.
 
     The robustness test uses the loss of the main (full-resolution) output, as the thresholds were estimated on the
     eval-mode output; deep-supervision heads only shape the training objective.
 
     Args:
-        margins: the :class:`common.margins.MarginBook` (put it in the checkpoint's save_dict to resume).
-        thresholds: xi, (K,) tensor/list, one threshold per loss term (``common.thresholds.load_thresholds``).
+        margins: the :class:`robust_bundles.margins.MarginBook` (put it in the checkpoint's save_dict to resume).
+        thresholds: xi, (K,) tensor/list, one threshold per loss term (``robust_bundles.thresholds.load_thresholds``).
         attack: the attack (default L2 PGD, 20 steps, alpha 4, as the paper's code).
         beta: weight of the clean loss (0.5).
         check: "path" or "final".

@@ -11,7 +11,7 @@ is ``sqrt(sum(delta**2))`` over the non-batch dimensions, so it grows with sqrt(
 Shapes: ``x`` is (B, C, *spatial) with any number of spatial dimensions; the label ``y`` is whatever the loss takes.
 The model output may be a tensor, a tuple/list or a dict: only the loss reads it.
 
-The attack maximises the per-sample total loss; with a loss that has several terms (see :mod:`common.losses`) it can
+The attack maximises the per-sample total loss; with a loss that has several terms (see :mod:`robust_bundles.losses`) it can
 also report, per sample and per term, whether every term stayed at or below a threshold ``xi`` at every iterate
 (what AMAT's robustness test needs). The model is left as it was found: no parameter gradients are accumulated
 (gradients are taken with respect to the input only), running statistics of normalisation layers are restored, and the
@@ -189,7 +189,7 @@ def perturb(
 
     Args:
         model: the network (an ``nn.Module`` whose state is preserved) or any callable ``x -> output``.
-        loss_fn: ``loss_fn(output, y)``; a :class:`common.losses.PerSampleLoss` or any callable returning (B,) or
+        loss_fn: ``loss_fn(output, y)``; a :class:`robust_bundles.losses.PerSampleLoss` or any callable returning (B,) or
             (B, K) per-sample values.
         x: clean input (B, C, *spatial); never modified.
         y: label, passed to the loss unchanged.

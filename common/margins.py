@@ -16,7 +16,7 @@ iteration" and "End of epoch"):
 Margins are training state: :class:`MarginBook` has ``state_dict``/``load_state_dict`` made only of tensors and plain
 Python values, so it can be listed in the ``save_dict`` of MONAI's ``CheckpointSaver`` and the ``load_dict`` of
 ``CheckpointLoader`` (which loads with ``torch.load(weights_only=True)``). The epoch-end update is run by
-:class:`common.handlers.MarginHandler`, which also logs and exports the margins.
+:class:`robust_bundles.handlers.MarginHandler`, which also logs and exports the margins.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from .io import atomic_write_text
 
 __all__ = ["MarginBook", "UPDATE_MODES"]
 
-logger = logging.getLogger("common.margins")
+logger = logging.getLogger("robust_bundles.margins")
 
 UPDATE_MODES = ("epoch", "iteration")
 
@@ -227,7 +227,7 @@ class MarginBook:
                 raise RuntimeError(
                     f"The margin book still holds the uncommitted records of epoch {self.pending_epoch} while "
                     f"recording epoch {epoch}: the epoch-end margin update never ran. Attach "
-                    "common.handlers.MarginHandler to the trainer (before the CheckpointSaver)."
+                    "robust_bundles.handlers.MarginHandler to the trainer (before the CheckpointSaver)."
                 )
             self.pending_epoch = epoch
 

@@ -11,7 +11,7 @@ folder into the 2D samples the bundles train on:
 3. :func:`load_volume_pair` reads one image/label pair with nibabel and checks that the two match.
 4. :func:`zscore` normalises each volume as nnU-Net does for MRI.
 5. :func:`load_slices` cuts the volumes of one split into 2D slices ``(1, H, W)`` and gives each slice a stable id
-   (:func:`common.transforms.assign_sample_ids` over ``(case, slice)``), so AMAT's per-sample margins stay attached
+   (:func:`robust_bundles.transforms.assign_sample_ids` over ``(case, slice)``), so AMAT's per-sample margins stay attached
    to the right slice.
 
 Also here: :func:`split_summary` / :func:`write_split_json` (the split, for reports), :func:`write_synthetic_msd`
@@ -58,7 +58,7 @@ __all__ = [
     "SPLITS",
 ]
 
-logger = logging.getLogger("common.msd")
+logger = logging.getLogger("robust_bundles.msd")
 
 #: The names of the splits made by :func:`split_cases`, in order.
 SPLITS = ("train", "validation", "test")
@@ -134,7 +134,7 @@ def _missing_dataset_json_error(folder: Path) -> FileNotFoundError:
         return FileNotFoundError(
             f"{json_path} does not exist, but {folder / 'imagesTr'} does: an MSD folder needs a dataset.json that "
             f"lists its cases. Write one next to imagesTr/ and labelsTr/, e.g. {_DATASET_JSON_EXAMPLE} "
-            f"(common.msd.write_synthetic_msd shows a complete example)."
+            f"(robust_bundles.msd.write_synthetic_msd shows a complete example)."
         )
     loose = sorted(
         p.name for p in folder.iterdir() if p.name.endswith(_NIFTI_SUFFIXES) and not _is_appledouble(p.name)
@@ -147,7 +147,7 @@ def _missing_dataset_json_error(folder: Path) -> FileNotFoundError:
         )
     return FileNotFoundError(
         f"{json_path} does not exist: {folder} is not an MSD task folder ({_LAYOUT}). Set dataset_dir to such a "
-        f"folder, or get one with common.msd.fetch_msd (folder, .tar archive or URL)."
+        f"folder, or get one with robust_bundles.msd.fetch_msd (folder, .tar archive or URL)."
     )
 
 
@@ -157,12 +157,12 @@ def _dataset_json_path(dataset_dir: str | os.PathLike) -> Path:
     if not folder.exists():
         raise FileNotFoundError(
             f"MSD dataset folder {folder} does not exist: set dataset_dir to the task folder ({_LAYOUT}), e.g. "
-            f"../shared/data/msd_hippocampus, or get one with common.msd.fetch_msd."
+            f"../shared/data/msd_hippocampus, or get one with robust_bundles.msd.fetch_msd."
         )
     if not folder.is_dir():
         if folder.name.endswith(_ARCHIVE_SUFFIXES):
             raise NotADirectoryError(
-                f"{folder} is an archive, not a folder: extract it with common.msd.fetch_msd({str(folder)!r}, root) "
+                f"{folder} is an archive, not a folder: extract it with robust_bundles.msd.fetch_msd({str(folder)!r}, root) "
                 f"and set dataset_dir to the folder it returns."
             )
         if folder.name == "dataset.json":
@@ -570,7 +570,7 @@ def load_slices(
     Returns:
         A plain list of dicts ``{"image": float32 (1, H, W), "label": uint8 (1, H, W), "case": str, "slice": int,
         "sample_id": int}``, ordered by case then slice, with ids 0..N-1 from
-        :func:`common.transforms.assign_sample_ids` over ``(case, slice)``; :func:`slice_digest` gives their digest.
+        :func:`robust_bundles.transforms.assign_sample_ids` over ``(case, slice)``; :func:`slice_digest` gives their digest.
         H and W are the volume's extent along the two other axes and differ between cases.
     """
     if not isinstance(slice_axis, (int, np.integer)) or not -3 <= int(slice_axis) <= 2:
@@ -601,7 +601,7 @@ def load_slices(
 def slice_digest(slices: Sequence[Mapping]) -> str:
     """The digest of a list of slice samples: sha256 hex of their sorted ``(case, slice)`` keys.
 
-    Equal to the digest :func:`common.transforms.assign_sample_ids` returns for them, so it identifies the set of
+    Equal to the digest :func:`robust_bundles.transforms.assign_sample_ids` returns for them, so it identifies the set of
     samples (and hence the meaning of every id) independently of list order. Store it with the margins. The keys do
     not hold ``slice_axis`` or the normalisation: keep those in the (checkpointed) config.
 
@@ -742,7 +742,7 @@ def write_synthetic_msd(
     if len(labels) < 2:
         raise ValueError(f"labels={tuple(labels)}: give the background and at least one foreground class name.")
     params = {
-        "generator": "common.msd.write_synthetic_msd",
+        "generator": "robust_bundles.msd.write_synthetic_msd",
         "version": 1,
         "num_cases": int(num_cases),
         "shape": list(shape),
@@ -788,7 +788,7 @@ def write_synthetic_msd(
     meta = {
         "name": str(name),
         "description": "Synthetic hippocampus-like volumes (smooth background, adjacent ellipsoids, noise)",
-        "reference": "robust-bundles common.msd.write_synthetic_msd",
+        "reference": "robust-bundles robust_bundles.msd.write_synthetic_msd",
         "licence": "CC0 (synthetic)",
         "tensorImageSize": "3D",
         "modality": {"0": "MRI"},
@@ -962,7 +962,7 @@ def fetch_msd(
 def foreground_only(slices: list[dict]) -> list[dict]:
     """The slices whose label has foreground (label > 0); ids and keys unchanged.
 
-    The default segmentation metric (:func:`common.metrics.slice_dice`) only counts such slices, so evaluating
+    The default segmentation metric (:func:`robust_bundles.metrics.slice_dice`) only counts such slices, so evaluating
     attacks on the others costs time and changes nothing.
     """
     return [s for s in slices if np.asarray(s["label"]).max() > 0]

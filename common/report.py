@@ -1,7 +1,7 @@
 """The paper-style robustness report of a whole experiment: one table and two figures from the runs' result files.
 
 Every robustness run of a bundle writes ``<output_root>/eval/<run>/robustness.json`` (see
-:class:`common.handlers.RobustnessEvaluationHandler`). This module reads those files and writes, in one folder:
+:class:`robust_bundles.handlers.RobustnessEvaluationHandler`). This module reads those files and writes, in one folder:
 
 - ``results.md``: the table of the paper (rows STD, VAT (eps ...), TEAT (eps ...), AMAT; columns clean, each attack at
   each eps and its average), 3 decimals, best value of each column in bold, a caption that states the metric, the
@@ -13,7 +13,7 @@ Every robustness run of a bundle writes ``<output_root>/eval/<run>/robustness.js
 Run names follow the experiment tool: ``std``, ``vat_eps<g>``, ``teat_eps<g>``, ``amat`` (``format(eps, 'g')``).
 Every file is written whole (temporary file, then ``os.replace``), figures included.
 
-    from common import report
+    from robust_bundles import report
     results = report.collect("bundles/x/runs/quick", ["std", "vat_eps6", "amat"])
     markdown, csv_text, table = report.paper_table(results, caption="quick profile")
 """

@@ -17,7 +17,7 @@ term names, number of samples, path and SHA-256 of the STD checkpoint, creation 
     th.save("models/thresholds.json")
     xi = load_thresholds("models/thresholds.json", loss)  # Tensor (K,), term names checked against the loss
 
-``common.handlers.ThresholdEstimationHandler`` collects ``V`` on a MONAI evaluator and writes the file.
+``robust_bundles.handlers.ThresholdEstimationHandler`` collects ``V`` on a MONAI evaluator and writes the file.
 """
 
 from __future__ import annotations
@@ -438,7 +438,7 @@ def load_thresholds(
 ) -> torch.Tensor:
     """xi as a Tensor (K,) read from ``path``, its term names checked against ``loss.term_names`` when given.
 
-    Meant for bundle configs: ``"xi": "$common.thresholds.load_thresholds(@thresholds_file, @loss)"``.
+    Meant for bundle configs: ``"xi": "$robust_bundles.thresholds.load_thresholds(@thresholds_file, @loss)"``.
     A loss without ``term_names`` (a plain callable) is not checked.
     """
     names = getattr(loss, "term_names", None) if loss is not None else None

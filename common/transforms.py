@@ -27,7 +27,7 @@ from monai.transforms import MapTransform
 __all__ = ["assign_sample_ids", "datalist_digest", "SampleIdd"]
 
 _NO_ID_FIX = (
-    "assign ids with common.transforms.assign_sample_ids (or common.msd.load_slices) before the dataset is built"
+    "assign ids with robust_bundles.transforms.assign_sample_ids (or robust_bundles.msd.load_slices) before the dataset is built"
 )
 
 
@@ -146,7 +146,7 @@ class SampleIdd(MapTransform):
 
     Args:
         keys: the field holding the id (default ``"sample_id"``), as given by
-            :func:`common.transforms.assign_sample_ids` or :func:`common.msd.load_slices`.
+            :func:`robust_bundles.transforms.assign_sample_ids` or :func:`robust_bundles.msd.load_slices`.
         allow_missing_keys: do not raise when a sample has no id (leave it without one). Off by default: a missing
             id is a bug that would silently give the sample a wrong margin.
 

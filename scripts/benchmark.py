@@ -5,10 +5,10 @@
     python scripts/benchmark.py --tiny --batch 2 --steps 1 --iters 1 --warmup 0    # smoke test, a few seconds
 
 What runs: a real ``monai.engines.SupervisedTrainer`` per method over an in-memory list of dicts ("image", "label",
-"sample_id"), with the project's ``iteration_update`` callables (``common.adversarial``) plugged in exactly as a bundle
+"sample_id"), with the project's ``iteration_update`` callables (``robust_bundles.adversarial``) plugged in exactly as a bundle
 overlay does. The network is the 2D DynUNet of the hippocampus bundle, configured the nnU-Net way for a 56 x 40 patch
 (kernels and strides derived from the patch size, see :func:`nnunet_kernels_strides`; the bundle's 40 x 56 patch gives
-the same network), deep supervision with 2 extra heads as in the bundle, the Dice + CE loss of :mod:`common.losses` and
+the same network), deep supervision with 2 extra heads as in the bundle, the Dice + CE loss of :mod:`robust_bundles.losses` and
 SGD (momentum 0.99, Nesterov, lr 0.01, weight decay 3e-5). Inputs are random z-scores, labels random in {0, 1, 2}.
 A fifth row, VAT with beta 0.5 (clean + adversarial loss, like AMAT), is a control: AMAT minus it is the cost of AMAT's
 own machinery (margin book, per-sample eps, robustness test), AMAT minus VAT adds the clean training pass of beta 0.5.
@@ -47,8 +47,6 @@ from typing import Any, Sequence
 
 import fire
 import torch
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 METHODS = ("STD", "VAT", "TEAT", "AMAT", "VAT_B05")
 LABELS = {"VAT_B05": "VAT beta 0.5 (control)", "ATTACK_STEP": "attack-step"}
@@ -145,7 +143,7 @@ def build_network(cfg: dict) -> torch.nn.Module:
 
 
 def build_loss(cfg: dict):
-    from common.losses import DiceCELoss
+    from robust_bundles.losses import DiceCELoss
 
     return DiceCELoss(deep_supervision=cfg["deep_supervision"], spatial_dims=cfg["spatial_dims"])
 
@@ -259,10 +257,10 @@ def run_method(
     from monai.engines import SupervisedTrainer
     from monai.utils import set_determinism
 
-    from common.adversarial import AMATIteration, TEATIteration, TemporalEnsemble, VATIteration
-    from common.attacks import L2PGD
-    from common.handlers import MarginHandler
-    from common.margins import MarginBook
+    from robust_bundles.adversarial import AMATIteration, TEATIteration, TemporalEnsemble, VATIteration
+    from robust_bundles.attacks import L2PGD
+    from robust_bundles.handlers import MarginHandler
+    from robust_bundles.margins import MarginBook
 
     method = method.upper()
     if method not in METHODS:
@@ -361,8 +359,8 @@ def run_attack_step(
     """
     from monai.utils import set_determinism
 
-    from common.attacks import perturb
-    from common.losses import per_sample_terms
+    from robust_bundles.attacks import perturb
+    from robust_bundles.losses import per_sample_terms
 
     dev = pick_device(device)
     set_determinism(seed)

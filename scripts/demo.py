@@ -19,9 +19,7 @@ import time
 import fire
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from common.toy import make_toy_segmentation, run_toy, toy_robustness, toy_thresholds  # noqa: E402
+from robust_bundles.toy import make_toy_segmentation, run_toy, toy_robustness, toy_thresholds  # noqa: E402
 
 
 def main(

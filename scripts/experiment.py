@@ -13,7 +13,7 @@ Options: see ``python scripts/experiment.py --help`` (the docstring of :func:`ma
 
 Stages, in order: ``std`` (train.json), ``thresholds`` (train + thresholds), ``vat_eps<e>`` for each e (train + vat,
 --train_eps e), ``teat_eps<e>`` (train + teat), ``amat`` (train + amat), then ``robustness_<run>`` for every trained run
-(train + evaluate + robustness, --run_name <run>), then ``report`` (common/report.py: report/results.md, .csv, .json,
+(train + evaluate + robustness, --run_name <run>), then ``report`` (robust_bundles.report: report/results.md, .csv, .json,
 metric_vs_eps.png, margins.png). Each bundle stage is a subprocess ``python -m monai.bundle run`` started in the
 bundle folder; its output is streamed and appended to ``<output_root>/logs/<stage>.log``.
 
@@ -41,10 +41,8 @@ from typing import Any, Sequence
 
 import fire
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from common import report  # noqa: E402
-from common.io import atomic_write_json  # noqa: E402
+from robust_bundles import report  # noqa: E402
+from robust_bundles.io import atomic_write_json  # noqa: E402
 
 BUNDLE_CONFIGS = (
     "train.json", "vat.json", "teat.json", "amat.json", "thresholds.json", "evaluate.json", "robustness.json"
@@ -488,7 +486,7 @@ def main(
         for i, (s, action, _) in enumerate(plan, 1):
             prefix = f"[{i}/{n}] {s.name}" + (" (skip)" if action == "skip" else "")
             if s.kind == "report":
-                print(f"{prefix}: common.report.write_report -> {exp.output_root / REPORT_DIR}")
+                print(f"{prefix}: robust_bundles.report.write_report -> {exp.output_root / REPORT_DIR}")
             else:
                 print(f"{prefix}:\n  {shlex.join(exp.command(s, resume=action == 'resume'))}")
         return

@@ -11,12 +11,12 @@ from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedTrainer
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
-from common.adversarial import AMATIteration, TemporalEnsemble, TEATIteration, VATIteration, teat_weight
-from common.attacks import L2IFGSM, L2PGD
-from common.handlers import MarginHandler
-from common.losses import DiceCELoss
-from common.margins import MarginBook
-from common.toy import make_toy_segmentation, run_toy, toy_network, toy_robustness, toy_thresholds
+from robust_bundles.adversarial import AMATIteration, TemporalEnsemble, TEATIteration, VATIteration, teat_weight
+from robust_bundles.attacks import L2IFGSM, L2PGD
+from robust_bundles.handlers import MarginHandler
+from robust_bundles.losses import DiceCELoss
+from robust_bundles.margins import MarginBook
+from robust_bundles.toy import make_toy_segmentation, run_toy, toy_network, toy_robustness, toy_thresholds
 
 
 @pytest.fixture(autouse=True)

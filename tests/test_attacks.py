@@ -1,4 +1,4 @@
-"""Tests of common.attacks (perturb, project, the attack classes) against the checklist of
+"""Tests of robust_bundles.attacks (perturb, project, the attack classes) against the checklist of
 ../shared/docs/evaluation.md, section "Tests the attack code must pass".
 
 Everything runs on CPU with small toy models and fixed seeds. Expected values come from hand computation, from
@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from common.attacks import (
+from robust_bundles.attacks import (
     AttackResult,
     L2IFGSM,
     L2PGD,
@@ -25,8 +25,8 @@ from common.attacks import (
     preserve_model_state,
     project,
 )
-from common.losses import DiceCELoss
-from common.metrics import nanmean, slice_dice
+from robust_bundles.losses import DiceCELoss
+from robust_bundles.metrics import nanmean, slice_dice
 
 REL = 1e-5  # relative slack allowed on the L2 bound
 
@@ -313,7 +313,7 @@ def test_random_start_is_normalised_gaussian_draw():
 
 # ------------------------------------------------------------------------------------- independent implementation
 def reference_l2_pgd(model, loss_fn, x, y, eps, steps, alpha, start):
-    """Plain L2 PGD written from the textbook definition (not from common.attacks)."""
+    """Plain L2 PGD written from the textbook definition (not from robust_bundles.attacks)."""
     e = eps.view(-1, *([1] * (x.ndim - 1)))
 
     def ball(d):

@@ -1,4 +1,4 @@
-"""Tests of common.losses (DiceCELoss, per_sample_terms, primary_output) and common.metrics (slice_dice,
+"""Tests of robust_bundles.losses (DiceCELoss, per_sample_terms, primary_output) and robust_bundles.metrics (slice_dice,
 SliceDiceMetric) against values computed by hand on tiny inputs."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.losses import DiceCELoss, per_sample_terms, primary_output
-from common.metrics import SliceDiceMetric, as_class_indices, nanmean, slice_dice
+from robust_bundles.losses import DiceCELoss, per_sample_terms, primary_output
+from robust_bundles.metrics import SliceDiceMetric, as_class_indices, nanmean, slice_dice
 
 
 def sig(v: float) -> float:

@@ -1,4 +1,4 @@
-"""Tests of common.margins.MarginBook and common.handlers.MarginHandler against hand-computed margin sequences."""
+"""Tests of robust_bundles.margins.MarginBook and robust_bundles.handlers.MarginHandler against hand-computed margin sequences."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 from ignite.engine import Engine, Events
 
-from common.handlers import MarginHandler
-from common.margins import MarginBook
+from robust_bundles.handlers import MarginHandler
+from robust_bundles.margins import MarginBook
 
 T, F = True, False
 
@@ -168,7 +168,7 @@ def test_missing_end_epoch_is_an_error():
     book = MarginBook(3, expansion_step=1.0)
     _record(book, [0], [T], [1.0], epoch=1)
     _record(book, [1], [T], [1.0], epoch=1)  # same epoch: fine
-    with pytest.raises(RuntimeError, match=r"never ran.*common\.handlers\.MarginHandler.*before the CheckpointSaver"):
+    with pytest.raises(RuntimeError, match=r"never ran.*robust_bundles\.handlers\.MarginHandler.*before the CheckpointSaver"):
         _record(book, [2], [T], [1.0], epoch=2)
     book.end_epoch()
     _record(book, [2], [T], [1.0], epoch=2)  # after the update: fine
@@ -325,7 +325,7 @@ def test_margin_handler_two_epochs(tmp_path, caplog):
     handler = MarginHandler(book, csv_path=str(csv_path), summary_writer=writer)
     handler.attach(trainer)
     handler.attach(trainer)  # no double registration
-    with caplog.at_level(logging.INFO, logger="common.margins"):
+    with caplog.at_level(logging.INFO, logger="robust_bundles.margins"):
         trainer.run([0], max_epochs=2)
 
     assert _margins(book) == [3.0, 1.0, 3.0, 1.0] and book.epochs_completed == 2
@@ -337,7 +337,7 @@ def test_margin_handler_two_epochs(tmp_path, caplog):
     assert csv_path.read_text().splitlines() == ["sample_id,margin", "0,3.0", "1,1.0", "2,3.0", "3,1.0"]
     assert os.listdir(csv_path.parent) == ["margins.csv"]  # written via a temp file, none left behind
 
-    lines = [r.getMessage() for r in caplog.records if r.name == "common.margins"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "robust_bundles.margins"]
     assert lines == [
         "Epoch 1: margins mean 1.5 median 1.5 q05 1 q95 2 max 2, expanded 66.7% of 3 visited",
         "Epoch 2: margins mean 2 median 2 q05 1 q95 3 max 3, expanded 66.7% of 3 visited",

@@ -1,4 +1,4 @@
-"""MSD folders -> 2D slice samples: common.msd."""
+"""MSD folders -> 2D slice samples: robust_bundles.msd."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from common import msd
-from common.transforms import assign_sample_ids
+from robust_bundles import msd
+from robust_bundles.transforms import assign_sample_ids
 
 REAL_HIPPOCAMPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "msd_hippocampus"
 
@@ -99,7 +99,7 @@ def test_split_small_and_bad_inputs():
 @pytest.mark.parametrize("slice_axis", [-1, 0])
 def test_load_slices(synthetic, slice_axis, caplog):
     split = msd.split_cases([item["case"] for item in msd.read_msd_datalist(synthetic)])
-    with caplog.at_level(logging.INFO, logger="common.msd"):
+    with caplog.at_level(logging.INFO, logger="robust_bundles.msd"):
         slices = msd.load_slices(synthetic, "train", slice_axis=slice_axis, expected_labels=(0, 1, 2))
     shape = (35, 50, 36)
     in_plane = tuple(s for axis, s in enumerate(shape) if axis != slice_axis % 3)

@@ -1,4 +1,4 @@
-"""common.report: the paper's table and figures from hand-made robustness.json files (no training)."""
+"""robust_bundles.report: the paper's table and figures from hand-made robustness.json files (no training)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from common import report
+from robust_bundles import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -10,11 +10,11 @@ import torch
 from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedEvaluator
 
-from common.attacks import L2IFGSM, L2PGD
-from common.handlers import RobustnessEvaluationHandler
-from common.losses import DiceCELoss
-from common.metrics import nanmean, slice_dice
-from common.toy import make_toy_segmentation, run_toy
+from robust_bundles.attacks import L2IFGSM, L2PGD
+from robust_bundles.handlers import RobustnessEvaluationHandler
+from robust_bundles.losses import DiceCELoss
+from robust_bundles.metrics import nanmean, slice_dice
+from robust_bundles.toy import make_toy_segmentation, run_toy
 
 
 @pytest.fixture(scope="module")

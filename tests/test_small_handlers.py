@@ -1,4 +1,4 @@
-"""FiniteLossGuard, ProgressHandler and the bundle helpers of common.bundle."""
+"""FiniteLossGuard, ProgressHandler and the bundle helpers of robust_bundles.bundle."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from common.bundle import drop_none, find_root, latest_checkpoint, require_file
-from common.handlers import FiniteLossGuard, ProgressHandler
+from robust_bundles.bundle import drop_none, find_root, latest_checkpoint, require_file
+from robust_bundles.handlers import FiniteLossGuard, ProgressHandler
 
 
 def test_finite_loss_guard_stops_at_the_first_nan():
@@ -30,9 +30,9 @@ def test_finite_loss_guard_stops_at_the_first_nan():
 def test_progress_handler_logs_epochs_and_eta(caplog):
     e = Engine(lambda e, b: {"loss": torch.tensor(0.5)})
     ProgressHandler("demo", interval_seconds=0).attach(e)
-    with caplog.at_level(logging.INFO, logger="common.progress"):
+    with caplog.at_level(logging.INFO, logger="robust_bundles.progress"):
         e.run([1, 2], max_epochs=2)
-    lines = [r.getMessage() for r in caplog.records if r.name == "common.progress"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "robust_bundles.progress"]
     assert any("demo: epoch 2/2, iteration 2/2" in s and "ETA" in s and "last loss 0.5000" in s for s in lines)
     with pytest.raises(ValueError):
         ProgressHandler(interval_seconds=-1)

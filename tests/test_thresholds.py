@@ -1,4 +1,4 @@
-"""Tests of common.thresholds and common.handlers.ThresholdEstimationHandler, with hand-checked numbers."""
+"""Tests of robust_bundles.thresholds and robust_bundles.handlers.ThresholdEstimationHandler, with hand-checked numbers."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import torch
 from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedEvaluator
 
-from common.handlers import ThresholdEstimationHandler
-from common.losses import DiceCELoss
-from common.thresholds import Thresholds, estimate_thresholds, from_values, load_thresholds, sha256_file
+from robust_bundles.handlers import ThresholdEstimationHandler
+from robust_bundles.losses import DiceCELoss
+from robust_bundles.thresholds import Thresholds, estimate_thresholds, from_values, load_thresholds, sha256_file
 
 V = torch.tensor([1.0, 2.0, 3.0, 4.0, 10.0])
 S = 1.4826  # MAD -> std factor

@@ -1,4 +1,4 @@
-"""Stable sample ids: common.transforms.assign_sample_ids and SampleIdd."""
+"""Stable sample ids: robust_bundles.transforms.assign_sample_ids and SampleIdd."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from monai.data import CacheDataset, DataLoader
 from monai.transforms import Compose, RandFlipd
 
-from common.transforms import SampleIdd, assign_sample_ids, datalist_digest
+from robust_bundles.transforms import SampleIdd, assign_sample_ids, datalist_digest
 
 
 def _code(case: str, slice_index: int) -> float:
@@ -89,7 +89,7 @@ def test_sample_idd_makes_int64_scalar():
 
 def test_sample_idd_missing_id_says_how_to_fix():
     with pytest.raises(KeyError, match=r"sample 'case case_003, slice 4' has no 'sample_id': assign ids with "
-                                       r"common.transforms.assign_sample_ids"):
+                                       r"robust_bundles.transforms.assign_sample_ids"):
         SampleIdd()({"case": "case_003", "slice": 4, "image": np.zeros((1, 2, 2))})
 
 

@@ -13,7 +13,7 @@ class FiniteLossGuard:
     """Raise ``FloatingPointError`` at the first iteration whose loss is not finite.
 
     MONAI's ``SupervisedTrainer`` keeps going on a NaN loss and silently ruins the weights; the adversarial iterations
-    of :mod:`common.adversarial` check their own losses, this handler covers STD training.
+    of :mod:`robust_bundles.adversarial` check their own losses, this handler covers STD training.
 
     Args:
         loss_key: key of the loss in the engine output.

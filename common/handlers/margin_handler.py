@@ -1,6 +1,6 @@
 """Epoch-end update, logging and export of the AMAT margins.
 
-:class:`MarginHandler` runs :meth:`common.margins.MarginBook.end_epoch` when a training epoch completes, then logs the
+:class:`MarginHandler` runs :meth:`robust_bundles.margins.MarginBook.end_epoch` when a training epoch completes, then logs the
 margin distribution, writes it to a CSV file and TensorBoard, and puts it into ``engine.state.metrics``.
 
 Order matters: list this handler BEFORE ``CheckpointSaver`` in ``train_handlers``. Ignite runs the handlers of an event
@@ -15,14 +15,14 @@ import logging
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from common.margins import MarginBook
+from robust_bundles.margins import MarginBook
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
 __all__ = ["MarginHandler"]
 
-logger = logging.getLogger("common.margins")
+logger = logging.getLogger("robust_bundles.margins")
 
 
 def _checkpoint_savers_attached(engine: Engine, event: Any) -> bool:
@@ -46,7 +46,7 @@ class MarginHandler:
     """Ignite handler closing every training epoch of AMAT: margin update, log line, CSV, TensorBoard, metrics.
 
     Args:
-        margins: the :class:`~common.margins.MarginBook` of the training set (the same object the adversarial training
+        margins: the :class:`~robust_bundles.margins.MarginBook` of the training set (the same object the adversarial training
             iteration records into).
         csv_path: optional CSV file, rewritten atomically after every epoch (columns ``sample_id``, ``margin``).
         summary_writer: optional ``torch.utils.tensorboard.SummaryWriter``; receives scalars under
@@ -66,7 +66,7 @@ class MarginHandler:
         tag_prefix: str = "margin",
     ) -> None:
         if not isinstance(margins, MarginBook):
-            raise TypeError(f"margins must be a common.margins.MarginBook, got {type(margins).__name__}.")
+            raise TypeError(f"margins must be a robust_bundles.margins.MarginBook, got {type(margins).__name__}.")
         if not tag_prefix:
             raise ValueError("tag_prefix must be a non-empty string.")
         self.margins = margins

@@ -19,7 +19,7 @@ class ProgressHandler:
         logger_name: logger to write to.
     """
 
-    def __init__(self, name: str = "train", interval_seconds: float = 30.0, logger_name: str = "common.progress"):
+    def __init__(self, name: str = "train", interval_seconds: float = 30.0, logger_name: str = "robust_bundles.progress"):
         if interval_seconds < 0:
             raise ValueError("interval_seconds must be >= 0.")
         self.name = name

@@ -32,7 +32,7 @@ from ..metrics import nanmean, slice_dice
 
 __all__ = ["RobustnessEvaluationHandler", "format_eps"]
 
-logger = logging.getLogger("common.robustness")
+logger = logging.getLogger("robust_bundles.robustness")
 
 
 def format_eps(eps: float) -> str:
@@ -44,12 +44,12 @@ class RobustnessEvaluationHandler:
     """Per-sample clean and adversarial metrics over an evaluator's data.
 
     Args:
-        loss_fn: the task loss the attacks maximise (per-sample, see :mod:`common.losses`).
+        loss_fn: the task loss the attacks maximise (per-sample, see :mod:`robust_bundles.losses`).
         attacks: attacks by name, e.g. ``{"PGD": L2PGD(steps=100), "IFGSM": L2IFGSM(steps=10)}`` (a list is named
             by ``Attack.name``). Their ``eps`` is ignored: the levels come from ``eps``.
         eps: noise levels (input intensity units, the attacks' norm) evaluated for every attack.
         metric_fn: ``metric_fn(pred, label) -> (B,)`` per-sample metric (NaN for samples that do not count);
-            default: :func:`common.metrics.slice_dice`.
+            default: :func:`robust_bundles.metrics.slice_dice`.
         higher_is_better: direction of the metric (the worst case takes the min when True, the max otherwise).
         output_dir: folder for the report files; None to keep results in memory only.
         metric_name: column name of the metric in the reports.

@@ -10,8 +10,8 @@ import torch
 from monai.utils import CommonKeys, IgniteInfo, convert_to_tensor, evenly_divisible_all_gather, min_version
 from monai.utils import optional_import
 
-from common.losses import per_sample_terms
-from common.thresholds import Thresholds, check_rule, from_values
+from robust_bundles.losses import per_sample_terms
+from robust_bundles.thresholds import Thresholds, check_rule, from_values
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 idist, _ = optional_import("ignite", IgniteInfo.OPT_IMPORT_VERSION, min_version, "distributed")
@@ -56,7 +56,7 @@ class ThresholdEstimationHandler:
     Attach it to an evaluator (e.g. ``monai.engines.SupervisedEvaluator``) that runs the trained STD model in eval mode,
     without augmentation and without postprocessing of the prediction, over the TRAINING set. On
     ``ITERATION_COMPLETED`` it stores ``per_sample_terms(loss, pred, label)`` of the batch; on ``COMPLETED`` it
-    estimates xi (:func:`common.thresholds.from_values`), writes ``output_path``, logs ``xi[<term>] = ...`` and puts
+    estimates xi (:func:`robust_bundles.thresholds.from_values`), writes ``output_path``, logs ``xi[<term>] = ...`` and puts
     ``engine.state.metrics["xi_<term>"]``. ``STARTED`` clears the collected values, so each run starts afresh. The
     result is also kept as ``self.thresholds``.
 
@@ -64,7 +64,7 @@ class ThresholdEstimationHandler:
     which enter the estimate) and rank 0 writes the file.
 
     Args:
-        loss: the training loss: a ``common.losses.PerSampleLoss`` (its ``terms`` and ``term_names`` are used) or any
+        loss: the training loss: a ``robust_bundles.losses.PerSampleLoss`` (its ``terms`` and ``term_names`` are used) or any
             callable returning per-sample values (B,) or (B, K).
         output_path: the JSON file to write (parent folders are created).
         rule: estimation rule: "mean", "mean_std", "median_mad", "huber" or "quantile".

@@ -75,7 +75,7 @@ def run(cmd: list[str], expect_ok: bool = True, timeout: int = 300):
 
 
 def last_error(proc) -> str:
-    """The ``ERROR (cause): ...`` line common.bundle.explain_errors prints last."""
+    """The ``ERROR (cause): ...`` line robust_bundles.bundle.explain_errors prints last."""
     lines = [ln for ln in proc.stdout.strip().splitlines() if ln.strip()]
     assert lines and lines[-1].startswith("ERROR (cause): "), proc.stdout[-3000:]
     return lines[-1]
@@ -204,7 +204,7 @@ def test_resume_restores_margins_optimizer_scheduler_and_epoch(root, thresholds)
 
 def test_latest_checkpoint_reads_the_epoch_of_ignite_checkpoints(std, tmp_path):
     """--resume picks the newest of checkpoint.pt and checkpoint_checkpoint_epoch=N.pt by their trainer state."""
-    from common.bundle import latest_checkpoint
+    from robust_bundles.bundle import latest_checkpoint
 
     ckpt = load(std / "checkpoint.pt")  # epoch 1: ignite stores iteration and epoch_length, not the epoch
     torch.save(ckpt, tmp_path / "checkpoint.pt")
@@ -256,7 +256,7 @@ def _reference_prediction(model_file: Path, volume: np.ndarray) -> np.ndarray:
     symmetrically (as ResizeWithPadOrCropd: (d // 2, d - d // 2)), argmax, and cut the padding off again."""
     from monai.networks.nets import DynUNet
 
-    from common.msd import zscore
+    from robust_bundles.msd import zscore
 
     net = DynUNet(
         2, 1, 3, [[3, 3]] * 4, [[1, 1], [2, 2], [2, 2], [2, 2]], [[2, 2]] * 3, filters=[8, 16, 32, 64],
