@@ -273,7 +273,7 @@ def test_batch_norms():
 @pytest.mark.parametrize("norm", ["l2", "linf"])
 def test_random_start_inside_ball(norm):
     net, loss = make_net(), DiceCELoss()
-    x, y = make_batch(64, shape=(3, 3))  # few pixels: uniform-in-ball radii spread well below eps
+    x, y = make_batch(64, shape=(3, 3))
     eps = torch.linspace(0.1, 2.0, 64)
     r = perturb(net, loss, x, y, eps, steps=0, norm=norm, random_start=True, generator=gen(3))
     d = r.x_adv - x
@@ -281,11 +281,30 @@ def test_random_start_inside_ball(norm):
         n = l2(d)
         assert (n <= eps.double() * (1 + REL)).all()
         ratio = n / eps.double()
-        assert ratio.min() < 0.6 and ratio.max() > 0.9  # inside the ball, not only on the sphere
+        assert ratio.min() < 0.2 and ratio.max() > 0.9  # inside the ball, not only on the sphere
     else:
         assert (linf(d) <= eps * (1 + REL)).all()
         assert (linf(d) > 0.5 * eps).float().mean() > 0.9  # fills the cube
     assert r.loss is not None and r.loss.shape == (64, 2)  # final check ran on the start point
+
+
+def test_l2_random_start_radius_is_uniform_in_high_dimension():
+    """A 40 x 56 input (2240 values, the hippocampus slice): the start radius is uniform in [0, eps]. A point uniform in
+    the ball would lie at radius eps * u^(1/2240) > 0.99 eps for 99.999 % of the draws (on the sphere), which made
+    PGD-100 weaker than I-FGSM."""
+    x = torch.zeros(2000, 1, 40, 56)
+    eps = 3.0
+    r = perturb(nn.Identity(), lambda o, t: o.flatten(1).sum(1), x, None, eps, steps=0, random_start=True,
+                final_check=False, generator=gen(8))
+    ratio = l2(r.x_adv - x) / eps
+    assert (ratio <= 1 + REL).all()
+    assert ratio.mean().item() == pytest.approx(0.5, abs=0.03)  # U[0, 1]: mean 1/2, 2000 draws: sd 0.0065
+    assert (ratio < 0.5).float().mean().item() == pytest.approx(0.5, abs=0.05)
+    assert ratio.min() < 0.01 and ratio.max() > 0.99
+    # the direction is still uniform: the normalised draws are (nearly) orthogonal to each other in 2240 dimensions
+    d = (r.x_adv - x).flatten(1)
+    d = d / d.norm(dim=1, keepdim=True)
+    assert (d[:100] @ d[100:200].T).abs().max() < 0.15
 
 
 def test_random_start_with_radius_on_sphere():
@@ -342,9 +361,9 @@ def test_matches_hand_written_l2_pgd(start):
     if start == "sphere":
         delta0 = r0.view(-1, 1, 1, 1) * d
         kwargs = dict(random_start=True, start_radius=r0)
-    elif start == "ball":  # default: uniform in the ball, radius eps * u^(1/n) with u the next uniform draw
+    elif start == "ball":  # default: a random direction at radius eps * u, u the next uniform draw
         u = torch.rand(3, generator=g)
-        delta0 = (eps * u.pow(1.0 / x[0].numel())).view(-1, 1, 1, 1) * d
+        delta0 = (eps * u).view(-1, 1, 1, 1) * d
         kwargs = dict(random_start=True)
     else:
         delta0 = torch.zeros_like(x)
@@ -731,6 +750,39 @@ def test_zero_gradient_counted_and_warned():
     assert gradient_masking_warning(torch.tensor([1, 1]), 4) is None
     assert gradient_masking_warning(torch.tensor([2, 0]), 4, fraction=0.5) is not None
     assert gradient_masking_warning(torch.tensor([2, 0, 0]), 4, fraction=0.5) is None
+
+
+def test_tiny_l2_gradient_is_followed_not_counted_as_zero():
+    """A saturated loss has float32 input gradients of about 1e-23, whose squares underflow to 0: the L2 direction must
+    still be the unit gradient direction, and the step must not count as a zero-gradient step."""
+    x = torch.zeros(2, 1, 8, 8)
+    w = torch.randn(2, 1, 8, 8, generator=gen(9))
+    assert w.mul(1e-23).flatten(1).norm(dim=1).eq(0).all()  # the underflow this guards against
+    for scale in (1e-23, 1e-38, 1.0):
+        loss = lambda o, t, s=scale: s * (o * w).flatten(1).sum(1)  # noqa: E731, gradient s * w
+        r = perturb(nn.Identity(), loss, x, None, 2.0, steps=1, alpha=0.5, random_start=False, final_check=False)
+        assert r.zero_grad_steps.tolist() == [0, 0], scale
+        step = 0.5 * 2.0  # alpha * eps / steps, inside the ball: no projection
+        expected = step * w / l2(w).float().view(-1, 1, 1, 1)
+        assert torch.allclose(r.x_adv - x, expected, atol=1e-6, rtol=0), scale
+        assert not gradient_masking_warning(r.zero_grad_steps, 1)
+
+
+def test_input_outside_clamp_range_is_refused():
+    """Clamping an input that lies outside the range would move it even at eps 0 (the noise bound breaks)."""
+    net, loss = make_net(), DiceCELoss()
+    x, y = make_batch(3)  # in [0, 1)
+    x[1, 0, 2, 3] = 1.5
+    for eps in (0.0, 1.0):
+        with pytest.raises(ValueError, match=r"outside the clamp range \[0.0, 1.0\].*sample\(s\) \[1\]"):
+            perturb(net, loss, x, y, eps, steps=2, clamp=(0.0, 1.0), generator=gen())
+    with pytest.raises(ValueError, match="clamp range"):
+        perturb(net, loss, x - 0.6, y, 1.0, steps=2, clamp=(0.0, None), generator=gen())
+    # on the range's edge is inside; a one-sided range only checks its side
+    x[1, 0, 2, 3] = 1.0
+    r = perturb(net, loss, x, y, 0.0, steps=2, clamp=(0.0, 1.0), generator=gen())
+    assert torch.equal(r.x_adv, x)
+    perturb(net, loss, x + 5.0, y, 1.0, steps=2, clamp=(0.0, None), generator=gen())
 
 
 def test_nonfinite_gradient_counted_and_not_followed():
