@@ -13,6 +13,16 @@ iteration" and "End of epoch"):
   result; samples not visited keep their margin. "iteration" mode applies the same rule to the samples of a batch right
   after the batch.
 
+How fast margins may grow is a matter of the training length: a margin grows by at most Delta per epoch, so a sample
+can reach margin ``A + (E - 1) Delta`` in ``E`` epochs at best. Two ways to set A, Delta and the cap:
+
+- **fixed** (the paper's): give Delta (``expansion_step``); A defaults to Delta; no cap unless ``max_margin`` is given.
+- **schedule-aware** (target mode): give the target margin ``M`` (the largest noise level a sample should reach,
+  same units), the number of epochs ``E`` of this training run and the reach fraction ``rho``; see
+  :func:`margin_schedule`. A sample that passes the robustness test in every epoch is then trained at ``M`` from
+  epoch ``rho * E`` on, whatever ``E`` is: ``Delta = M / (rho E)`` with the default ``A = Delta``, and the cap is
+  ``M``. Samples that fail the test grow later or not at all, as in the paper's rule.
+
 Margins are training state: :class:`MarginBook` has ``state_dict``/``load_state_dict`` made only of tensors and plain
 Python values, so it can be listed in the ``save_dict`` of MONAI's ``CheckpointSaver`` and the ``load_dict`` of
 ``CheckpointLoader`` (which loads with ``torch.load(weights_only=True)``). The epoch-end update is run by
@@ -27,6 +37,7 @@ import io
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -34,13 +45,96 @@ import torch
 
 from .io import atomic_write_text
 
-__all__ = ["MarginBook", "UPDATE_MODES"]
+__all__ = ["MarginBook", "MarginSchedule", "margin_schedule", "UPDATE_MODES"]
 
 logger = logging.getLogger("robust_bundles.margins")
 
 UPDATE_MODES = ("epoch", "iteration")
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+"""2: the config also holds target_margin, epochs and reach_fraction (target mode). Version 1 states load unchanged."""
+
+
+@dataclass(frozen=True)
+class MarginSchedule:
+    """The margin settings of one AMAT run, derived from a target margin and the training length.
+
+    Attributes:
+        expansion_step: Delta, L2 norm units of the network input.
+        initial_margin: A, same units.
+        max_margin: the cap E_max, same units (the target margin unless given otherwise).
+        reach_epoch: ``rho * E``, the (fractional) epoch from which a sample that passed the robustness test in every
+            epoch is trained at the target margin.
+    """
+
+    expansion_step: float
+    initial_margin: float
+    max_margin: float | None
+    reach_epoch: float
+
+
+def _positive(value: Any, name: str) -> float:
+    v = float(value)
+    if not np.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}.")
+    return v
+
+
+def margin_schedule(
+    target_margin: float,
+    epochs: int,
+    reach_fraction: float = 0.5,
+    initial_margin: float | None = None,
+    max_margin: float | None = None,
+) -> MarginSchedule:
+    """Delta, A and the cap from a target margin and the number of epochs (the schedule-aware margin).
+
+    With the epoch-end update, a sample that passes the robustness test in every epoch is trained in epoch ``e``
+    (1, 2, ...) at margin ``A + (e - 1) Delta``. It should be trained at the target margin ``M`` from the reach epoch
+    ``e* = rho * E`` on (at least epoch 1), so ``A + (e* - 1) Delta = M``:
+
+    - default ``A = Delta``: ``Delta = M / e*``;
+    - a given ``A < M``: ``Delta = (M - A) / (e* - 1)`` (needs ``e* > 1``).
+
+    The cap is ``M`` unless ``max_margin`` is given. Examples: ``M = 10, E = 6, rho = 0.5``: Delta = A = 10/3, margins
+    10/3, 20/3, 10, 10, 10, 10 for an always-robust sample. ``M = 10, E = 100, rho = 0.5``: Delta = 0.2. "iteration"
+    mode gives the same counts when every sample is visited once per epoch.
+
+    Args:
+        target_margin: M, the largest margin a sample should reach, in L2 norm units of the network input; > 0.
+        epochs: E, the number of epochs of this training run (of the fine-tuning, when fine-tuning); >= 1.
+        reach_fraction: rho in (0, 1], the fraction of the run after which an always-robust sample is at M.
+        initial_margin: A; None for A = Delta (the paper's default).
+        max_margin: the cap; None for M.
+
+    Returns:
+        A :class:`MarginSchedule`.
+
+    Raises:
+        ValueError: a value is out of range, or A is given with ``rho * E <= 1`` or ``A >= M``.
+    """
+    m = _positive(target_margin, "target_margin (M)")
+    if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1 (the length of the training run), got {epochs!r}.")
+    rho = float(reach_fraction)
+    if not 0.0 < rho <= 1.0:
+        raise ValueError(f"reach_fraction (rho) must lie in (0, 1], got {reach_fraction!r}.")
+    reach = max(rho * int(epochs), 1.0)
+    if initial_margin is None:
+        delta = m / reach
+        a = delta
+    else:
+        a = _positive(initial_margin, "initial_margin (A)")
+        if not a < m:
+            raise ValueError(f"initial_margin (A = {a:g}) must be below target_margin (M = {m:g}).")
+        if reach <= 1.0:
+            raise ValueError(
+                f"reach_fraction * epochs = {rho * epochs:g} <= 1 leaves no epoch to grow from A = {a:g} to M = {m:g}: "
+                "train longer, raise reach_fraction, or leave initial_margin unset (A = Delta)."
+            )
+        delta = (m - a) / (reach - 1.0)
+    cap = m if max_margin is None else float(max_margin)
+    return MarginSchedule(expansion_step=delta, initial_margin=a, max_margin=cap, reach_epoch=reach)
 
 
 def _as_ids(ids: Any) -> torch.Tensor:
@@ -65,13 +159,19 @@ class MarginBook:
             training set (a 2D slice of a 3D volume counts as one sample).
         expansion_step: Delta, the amount a margin grows after an epoch in which its sample passed the robustness test
             on every visit, and the floor of the running average ``E_new``. L2 norm units of the network input; > 0.
+            The paper's fixed rule; None in target mode.
         initial_margin: A, the margin of every sample before training (same units, > 0). Default: ``expansion_step``.
-        max_margin: optional cap E_max on every updated margin (same units, >= ``initial_margin``). None: no cap.
+        max_margin: optional cap E_max on every updated margin (same units, >= ``initial_margin``). None: no cap
+            (fixed rule) or the target margin (target mode).
         update: when the rule runs: ``"epoch"`` (at :meth:`end_epoch`, the default) or ``"iteration"`` (right after
             each :meth:`record`, as the paper's text describes).
         key_digest: optional digest of the ordered sample keys of the training set (see :meth:`digest_keys`). It is
             stored in checkpoints, and :meth:`load_state_dict` refuses a checkpoint whose digest differs, which catches
             a resume on another split whose sample count happens to be equal.
+        target_margin: M, the target mode (schedule-aware margin): Delta, A and the cap follow from M, ``epochs`` and
+            ``reach_fraction`` (:func:`margin_schedule`). Give either ``expansion_step`` or ``target_margin``.
+        epochs: the number of epochs of this training run (target mode only).
+        reach_fraction: rho, the fraction of the run after which an always-robust sample is at M (target mode only).
 
     Attributes:
         margins: float32 tensor (N,), the current margins E.
@@ -85,16 +185,33 @@ class MarginBook:
     def __init__(
         self,
         num_samples: int,
-        expansion_step: float,
+        expansion_step: float | None = None,
         initial_margin: float | None = None,
         max_margin: float | None = None,
         update: str = "epoch",
         key_digest: str | None = None,
+        target_margin: float | None = None,
+        epochs: int | None = None,
+        reach_fraction: float = 0.5,
     ) -> None:
         if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
             raise ValueError(
                 f"num_samples must be an integer >= 1 (the size of the training set), got {num_samples!r}."
             )
+        if (expansion_step is None) == (target_margin is None):
+            raise ValueError(
+                "Give either expansion_step (Delta, the paper's fixed rule) or target_margin (the schedule-aware rule, "
+                f"with epochs), not {'both' if target_margin is not None else 'neither'}: got expansion_step="
+                f"{expansion_step!r}, target_margin={target_margin!r}. In a bundle, set --expansion_step null with "
+                "--target_margin M."
+            )
+        self.target_margin = self.epochs = self.reach_fraction = None
+        if target_margin is not None:
+            if epochs is None:
+                raise ValueError("target_margin needs epochs, the number of epochs of this training run.")
+            plan = margin_schedule(target_margin, epochs, reach_fraction, initial_margin, max_margin)
+            expansion_step, initial_margin, max_margin = plan.expansion_step, plan.initial_margin, plan.max_margin
+            self.target_margin, self.epochs, self.reach_fraction = float(target_margin), int(epochs), float(reach_fraction)
         expansion_step = float(expansion_step)
         if not np.isfinite(expansion_step) or expansion_step <= 0:
             raise ValueError(f"expansion_step (Delta) must be a finite number > 0, got {expansion_step!r}.")
@@ -152,10 +269,14 @@ class MarginBook:
         return self.num_samples
 
     def __repr__(self) -> str:
+        target = (
+            f", target_margin={self.target_margin}, epochs={self.epochs}, reach_fraction={self.reach_fraction}"
+            if self.target_margin is not None else ""
+        )
         return (
-            f"{type(self).__name__}(num_samples={self.num_samples}, expansion_step={self.expansion_step}, "
-            f"initial_margin={self.initial_margin}, max_margin={self.max_margin}, update={self.update!r}, "
-            f"epochs_completed={self.epochs_completed})"
+            f"{type(self).__name__}(num_samples={self.num_samples}, expansion_step={self.expansion_step:.6g}, "
+            f"initial_margin={self.initial_margin:.6g}, max_margin={self.max_margin}, update={self.update!r}"
+            f"{target}, epochs_completed={self.epochs_completed})"
         )
 
     def _check_range(self, ids: torch.Tensor) -> None:
@@ -385,12 +506,16 @@ class MarginBook:
 
     # ------------------------------------------------------------------ checkpointing
     def config(self) -> dict[str, Any]:
-        """The settings of the book as plain values: initial_margin, expansion_step, max_margin, update."""
+        """The settings of the book as plain values: initial_margin, expansion_step, max_margin, update, and the
+        target mode's target_margin, epochs, reach_fraction (None with the fixed rule)."""
         return {
             "initial_margin": self.initial_margin,
             "expansion_step": self.expansion_step,
             "max_margin": self.max_margin,
             "update": self.update,
+            "target_margin": self.target_margin,
+            "epochs": self.epochs,
+            "reach_fraction": self.reach_fraction,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -419,13 +544,22 @@ class MarginBook:
         The settings of this book (A, Delta, cap, update mode: the current config) are kept; a difference with the
         checkpoint's settings is reported with a warning. A book without ``key_digest`` takes the checkpoint's.
 
+        States of version 1 (before the target mode) load unchanged: their config has no target-mode keys.
+
         Raises:
-            ValueError: the checkpoint holds another number of samples, or another ``key_digest`` (both set).
+            ValueError: the checkpoint holds another number of samples, or another ``key_digest`` (both set), or was
+                written by a newer version of this library.
             KeyError: the mapping is not a margin-book state.
         """
         if "margins" not in state_dict:
             raise KeyError(
                 f"Not a MarginBook state: the 'margins' entry is missing (keys: {sorted(state_dict)})."
+            )
+        version = int(state_dict.get("version", 1))
+        if version > _STATE_VERSION:
+            raise ValueError(
+                f"The margin book in the checkpoint has state version {version}, newer than this library's "
+                f"{_STATE_VERSION}: update robust_bundles to resume from it."
             )
         margins = torch.as_tensor(state_dict["margins"])
         n_ckpt = int(margins.numel())

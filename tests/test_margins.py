@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import warnings
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ import torch.nn as nn
 from ignite.engine import Engine, Events
 
 from robust_bundles.handlers import MarginHandler
-from robust_bundles.margins import MarginBook
+from robust_bundles.margins import MarginBook, MarginSchedule, margin_schedule
 
 T, F = True, False
 
@@ -249,6 +250,111 @@ def test_load_state_dict_mismatch_errors():
         MarginBook(4, 1.0, key_digest="xyz").load_state_dict(sd)
     with pytest.warns(UserWarning, match="expansion_step=2.0"):
         MarginBook(4, 2.0, initial_margin=1.0).load_state_dict(sd)
+
+
+def test_version_1_state_loads_and_newer_version_is_refused():
+    """A state written before the target mode (version 1: its config has no target keys) loads without a warning."""
+    old = MarginBook(3, 1.0).state_dict()
+    old["version"] = 1
+    for key in ("target_margin", "epochs", "reach_fraction"):
+        del old["config"][key]
+    old["margins"] = torch.tensor([1.0, 4.0, 2.0])
+    book = MarginBook(3, 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        book.load_state_dict(old)
+    assert _margins(book) == [1.0, 4.0, 2.0]
+    target = MarginBook(3, target_margin=6.0, epochs=4)  # another rule now: the difference is reported, margins kept
+    with pytest.warns(UserWarning, match="expansion_step=3.0 \\(checkpoint 1.0\\)"):
+        target.load_state_dict(old)
+    assert _margins(target) == [1.0, 4.0, 2.0]
+    future = dict(old, version=3)
+    with pytest.raises(ValueError, match="state version 3, newer"):
+        MarginBook(3, 1.0).load_state_dict(future)
+
+
+# ------------------------------------------------------------------------------------------ schedule-aware margin
+def test_margin_schedule_hand_computed():
+    # M = 10, E = 6, rho = 0.5: reach epoch 3, Delta = A = 10 / 3, cap 10
+    s = margin_schedule(10.0, 6, 0.5)
+    assert s.expansion_step == pytest.approx(10 / 3) and s.initial_margin == pytest.approx(10 / 3)
+    assert s.max_margin == 10.0 and s.reach_epoch == 3.0
+    # the paper profile's length: E = 100 -> Delta = 10 / 50 = 0.2
+    assert margin_schedule(10.0, 100, 0.5).expansion_step == pytest.approx(0.2)
+    # rho = 1: reached in the last epoch; E = 5, rho = 0.5: reach epoch 2.5, Delta = 4
+    assert margin_schedule(12.0, 8, 1.0).expansion_step == pytest.approx(1.5)
+    assert margin_schedule(10.0, 5, 0.5).expansion_step == pytest.approx(4.0)
+    # a given A = 2: A + (e* - 1) Delta = M -> Delta = (12 - 2) / (8 - 1) = 10 / 7
+    s = margin_schedule(12.0, 8, 1.0, initial_margin=2.0)
+    assert s == MarginSchedule(pytest.approx(10 / 7), 2.0, 12.0, 8.0)
+    # one epoch (rho E < 1): the reach epoch is epoch 1, every sample starts at M
+    s = margin_schedule(10.0, 1, 0.5)
+    assert (s.expansion_step, s.initial_margin, s.max_margin, s.reach_epoch) == (10.0, 10.0, 10.0, 1.0)
+    # an explicit cap replaces M
+    assert margin_schedule(10.0, 6, 0.5, max_margin=15.0).max_margin == 15.0
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(target_margin=0.0, epochs=6), "target_margin"),
+        (dict(target_margin=10.0, epochs=0), "epochs"),
+        (dict(target_margin=10.0, epochs=6, reach_fraction=0.0), "reach_fraction"),
+        (dict(target_margin=10.0, epochs=6, reach_fraction=1.5), "reach_fraction"),
+        (dict(target_margin=10.0, epochs=6, initial_margin=10.0), "below target_margin"),
+        (dict(target_margin=10.0, epochs=2, initial_margin=1.0), "no epoch to grow"),
+    ],
+)
+def test_margin_schedule_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        margin_schedule(**kwargs)
+
+
+def test_target_mode_book_hand_computed_trajectory():
+    # M = 10, E = 6, rho = 0.5 -> Delta = A = 10/3, cap 10. Sample 0 robust every epoch: 20/3, 10, 10 (cap).
+    # Sample 1 robust, then not robust with reached norm 20/3 (on its sphere): E_new = (20/3 + 20/3) / 2 -> stays 20/3,
+    # then robust: 10. Sample 2 never robust, reached norm 2: max((10/3 + 2) / 2, Delta) = Delta = 10/3.
+    book = MarginBook(3, target_margin=10.0, epochs=6)
+    assert book.expansion_step == pytest.approx(10 / 3) and book.max_margin == 10.0
+    third = 10 / 3
+    outcomes = [([T, T, F], [third, third, 2.0]), ([T, F, F], [2 * third, 2 * third, 2.0]), ([T, T, F], [10.0, 20 / 3, 2.0])]
+    seq = []
+    for epoch, (robust, norms) in enumerate(outcomes, 1):
+        _record(book, [0, 1, 2], robust, norms, epoch=epoch)
+        book.end_epoch()
+        seq.append(_margins(book))
+    assert seq == [
+        pytest.approx([2 * third, 2 * third, third]),
+        pytest.approx([10.0, 2 * third, third]),
+        pytest.approx([10.0, 10.0, third]),
+    ]
+    assert book.config() == {"initial_margin": pytest.approx(third), "expansion_step": pytest.approx(third),
+                             "max_margin": 10.0, "update": "epoch", "target_margin": 10.0, "epochs": 6,
+                             "reach_fraction": 0.5}
+    assert "target_margin=10.0, epochs=6" in repr(book)
+
+
+def test_fixed_or_target_not_both():
+    with pytest.raises(ValueError, match="either expansion_step.*not both"):
+        MarginBook(3, expansion_step=1.0, target_margin=10.0, epochs=6)
+    with pytest.raises(ValueError, match="not neither"):
+        MarginBook(3)
+    with pytest.raises(ValueError, match="needs epochs"):
+        MarginBook(3, target_margin=10.0)
+
+
+def test_target_mode_state_round_trip(tmp_path):
+    book = MarginBook(2, target_margin=9.0, epochs=3, reach_fraction=1.0)  # Delta = A = 3
+    _record(book, [0, 1], [T, F], [3.0, 3.0], epoch=1)
+    book.end_epoch()
+    torch.save(book.state_dict(), tmp_path / "b.pt")
+    sd = torch.load(tmp_path / "b.pt", weights_only=True)
+    assert sd["version"] == 2 and sd["config"]["target_margin"] == 9.0 and sd["config"]["epochs"] == 3
+    again = MarginBook(2, target_margin=9.0, epochs=3, reach_fraction=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again.load_state_dict(sd)
+    assert _margins(again) == [6.0, 3.0]
 
 
 def _amat_like_engine(book, ids, robust, norms, net=None):
