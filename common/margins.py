@@ -202,8 +202,8 @@ class MarginBook:
             raise ValueError(
                 "Give either expansion_step (Delta, the paper's fixed rule) or target_margin (the schedule-aware rule, "
                 f"with epochs), not {'both' if target_margin is not None else 'neither'}: got expansion_step="
-                f"{expansion_step!r}, target_margin={target_margin!r}. In a bundle, set --expansion_step null with "
-                "--target_margin M."
+                f"{expansion_step!r}, target_margin={target_margin!r}. In a bundle: --margin_rule fixed (with "
+                "--expansion_step) or --margin_rule target (with --target_margin)."
             )
         self.target_margin = self.epochs = self.reach_fraction = None
         if target_margin is not None:

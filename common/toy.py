@@ -86,11 +86,22 @@ def run_toy(
     attack_steps: int = 5,
     seed: int = 0,
     network=None,
+    init_from: str | None = None,
+    target_margin: float | None = None,
+    reach_fraction: float = 0.5,
 ):
     """Train a toy network with STD, VAT(eps) or AMAT using the project's real components.
 
     A plain ``monai.engines.SupervisedTrainer``; VAT and AMAT only set its ``iteration_update`` (and AMAT adds the
     margin book and its handler), exactly what a bundle overlay does.
+
+    Args:
+        init_from: a saved state dict or checkpoint to start from (robust fine-tuning, through
+            :class:`robust_bundles.handlers.InitFromCheckpoint`); None trains from the network's initialisation.
+        target_margin: AMAT's schedule-aware margin: Delta, A and the cap from this target margin, ``epochs`` and
+            ``reach_fraction`` (:func:`robust_bundles.margins.margin_schedule`) instead of ``expansion_step``.
+        The others: the method, data and training settings (Delta = ``expansion_step``, VAT's ``eps``, the training
+        PGD's ``attack_steps``).
 
     Returns:
         (network, margins or None)
@@ -102,7 +113,7 @@ def run_toy(
 
     from .adversarial import AMATIteration, VATIteration
     from .attacks import L2PGD
-    from .handlers import MarginHandler
+    from .handlers import InitFromCheckpoint, MarginHandler
     from .losses import DiceCELoss
     from .margins import MarginBook
 
@@ -113,13 +124,18 @@ def run_toy(
     loader = DataLoader(Dataset(data), batch_size=batch_size, shuffle=True, num_workers=0)
     opt = torch.optim.Adam(net.parameters(), lr)
     handlers, margins, update = [], None, None
+    if init_from is not None:
+        handlers.append(InitFromCheckpoint(init_from, net))
     attack = L2PGD(steps=attack_steps, alpha=4.0)
     if method == "vat":
         update = VATIteration(eps=eps, attack=attack)
     elif method == "amat":
         if thresholds is None:
             raise ValueError("AMAT needs thresholds: estimate them on the STD model first.")
-        margins = MarginBook(len(data), expansion_step=expansion_step)
+        if target_margin is not None:
+            margins = MarginBook(len(data), target_margin=target_margin, epochs=epochs, reach_fraction=reach_fraction)
+        else:
+            margins = MarginBook(len(data), expansion_step=expansion_step)
         update = AMATIteration(margins, thresholds, attack=attack, beta=0.5)
         handlers.append(MarginHandler(margins))
     elif method != "std":

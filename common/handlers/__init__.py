@@ -5,3 +5,4 @@ from .threshold_handler import ThresholdEstimationHandler
 from .robustness_handler import RobustnessEvaluationHandler
 from .progress_handler import ProgressHandler
 from .finite_loss_guard import FiniteLossGuard
+from .init_from_checkpoint import InitFromCheckpoint
