@@ -28,6 +28,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from .finetune import read_init_record
 from .io import atomic_write, atomic_write_json, atomic_write_text
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "collect",
     "paper_table",
     "margin_summary",
+    "fine_tuned_note",
     "plot_metric_vs_eps",
     "plot_margin_histogram",
     "write_report",
@@ -96,7 +98,9 @@ def collect(output_root: str | Path, runs: Iterable[str]) -> list[dict]:
 
     Returns:
         One dict per run, in the order given: ``run``, ``method``, ``train_eps`` (None for STD and AMAT), ``label``
-        (the table's row label), ``path``, ``settings`` and ``summary`` (as written by the robustness handler).
+        (the table's row label, with " (fine-tuned)" for a run that started from trained weights), ``path``,
+        ``settings`` and ``summary`` (as written by the robustness handler), ``init_from`` (the run's
+        ``models/<run>/init_from.json`` record, None when trained from scratch).
 
     Raises:
         FileNotFoundError: a run has no robustness.json; the message names the file and the stage to run.
@@ -125,9 +129,28 @@ def collect(output_root: str | Path, runs: Iterable[str]) -> list[dict]:
                 f"{robustness_stage(run)!r}."
             )
         method, eps, label = parse_run(run)
-        out.append({"run": run, "method": method, "train_eps": eps, "label": label, "path": str(path),
-                    "settings": data.get("settings", {}), "summary": summary})
+        init = read_init_record(root / "models" / run)
+        out.append({"run": run, "method": method, "train_eps": eps,
+                    "label": label + (" (fine-tuned)" if init else ""), "path": str(path),
+                    "settings": data.get("settings", {}), "summary": summary, "init_from": init})
     return out
+
+
+def fine_tuned_note(results: Sequence[dict]) -> str:
+    """One sentence naming the runs that started from trained weights (their source file, its SHA-256 prefix and
+    their epochs), or "" when every run was trained from scratch."""
+    parts = []
+    for r in _ordered(results):
+        init = r.get("init_from")
+        if init:
+            src = Path(str(init.get("init_from", "?")))
+            epochs = init.get("max_epochs")
+            parts.append(f"{parse_run(r['run'])[2]} from {src.parent.name}/{src.name} (sha256 "
+                         f"{str(init.get('sha256', ''))[:12]}{f', {epochs} epochs' if epochs else ''})")
+    if not parts:
+        return ""
+    return ("Fine-tuned runs start from trained weights, with their own optimizer and schedule: "
+            + "; ".join(parts) + ".")
 
 
 def _ordered(results: Sequence[dict]) -> list[dict]:
@@ -251,6 +274,8 @@ def paper_table(
         body.append(f"| {r['label']} | " + " | ".join(cells) + " |")
 
     caption_line = _caption(rows, metric, hib, caption, input_shape)
+    if fine_tuned_note(rows):
+        caption_line += " " + fine_tuned_note(rows)
     warnings = [f"{r['label']}: {w}" for r in rows for w in r["summary"].get("warnings", []) or []]
     md = "\n".join([head, rule, *body]) + "\n\n" + caption_line + "\n"
     if warnings:
@@ -272,6 +297,7 @@ def paper_table(
         "rows": [
             {"label": r["label"], "run": r["run"], "method": r["method"], "train_eps": r["train_eps"],
              "values": {n: (None if math.isnan(v) else v) for n, v in zip(names, vals)},
+             "init_from": r.get("init_from"),
              "num_counted": r["summary"].get("num_counted"), "num_samples": r["summary"].get("num_samples")}
             for r, vals in zip(rows, values)
         ],

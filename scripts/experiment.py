@@ -17,6 +17,12 @@ Stages, in order: ``std`` (train.json), ``thresholds`` (train + thresholds), ``v
 metric_vs_eps.png, margins.png). Each bundle stage is a subprocess ``python -m monai.bundle run`` started in the
 bundle folder; its output is streamed and appended to ``<output_root>/logs/<stage>.log``.
 
+Fine-tuning: ``--amat_init std`` (likewise ``--vat_init``, ``--teat_init``; or a path to a model.pt / checkpoint.pt)
+starts that method's runs from the trained weights instead of a random initialisation: the stage stacks
+``finetune.json`` after the method overlay, trains ``--finetune_epochs`` epochs (default: the profile's) with a fresh
+optimizer and schedule, and the report marks the run as fine-tuned. ``scratch`` (the default) trains from scratch.
+The profile's "experiment" dict may set ``amat_init``, ``vat_init``, ``teat_init`` and ``finetune_epochs``.
+
 Resume: a stage is skipped when its output exists, is newer than its inputs, and was made with the same command
 (recorded in ``logs/<stage>.json``); stages after a re-run stage that read its output run again. A training stage that
 was interrupted (checkpoint but no model.pt, same command) continues with ``--resume True``. Re-running the same
@@ -42,6 +48,7 @@ from typing import Any, Sequence
 import fire
 
 from robust_bundles import report  # noqa: E402
+from robust_bundles.finetune import INIT_RECORD  # noqa: E402
 from robust_bundles.io import atomic_write_json  # noqa: E402
 
 BUNDLE_CONFIGS = (
@@ -89,10 +96,36 @@ def robustness_file(run: str) -> str:
 
 
 THRESHOLDS_FILE = "models/std/thresholds.json"
+FINETUNE_CONFIG = "finetune.json"
+SCRATCH = "scratch"
 
 
-def build_stages(vat_eps: Sequence[float], teat_eps: Sequence[float]) -> list[Stage]:
-    """All stages in order, for the given VAT and TEAT training noise levels."""
+def finetune(stage: Stage, init: str | None, epochs: int | None = None) -> Stage:
+    """Make a training stage start from trained weights: ``init`` is ``"std"`` (this experiment's STD model), a
+    model file, or None / ``"scratch"`` (the stage is returned unchanged). ``epochs`` sets the run's length."""
+    if init in (None, SCRATCH):
+        return stage
+    stage.configs = [*stage.configs, FINETUNE_CONFIG]
+    if init == report.run_name("STD"):
+        stage.needs = [*stage.needs, model_file(init)]  # finetune.json's default init_from
+    else:
+        stage.needs = [*stage.needs, str(init)]
+        stage.args["init_from"] = str(init)
+    if epochs is not None:
+        stage.args["epochs"] = int(epochs)
+    return stage
+
+
+def build_stages(vat_eps: Sequence[float], teat_eps: Sequence[float], inits: dict[str, str] | None = None,
+                 finetune_epochs: int | None = None) -> list[Stage]:
+    """All stages in order, for the given VAT and TEAT training noise levels.
+
+    Args:
+        vat_eps, teat_eps: training noise levels of VAT and TEAT.
+        inits: per method ("VAT", "TEAT", "AMAT"), where its runs start: "scratch", "std" or a model file.
+        finetune_epochs: epochs of the fine-tuned runs (None: the profile's epochs).
+    """
+    inits = inits or {}
     std, amat = report.run_name("STD"), report.run_name("AMAT")
     train = [Stage(std, "train", model_file(std), configs=["train.json"], args={"run_name": std}, run=std),
              Stage("thresholds", "thresholds", THRESHOLDS_FILE, needs=[model_file(std)],
@@ -100,10 +133,12 @@ def build_stages(vat_eps: Sequence[float], teat_eps: Sequence[float]) -> list[St
     for method, overlay, levels in (("VAT", "vat.json", vat_eps), ("TEAT", "teat.json", teat_eps)):
         for e in levels:
             run = report.run_name(method, e)
-            train.append(Stage(run, "train", model_file(run), configs=["train.json", overlay],
-                               args={"train_eps": float(e), "run_name": run}, run=run))
-    train.append(Stage(amat, "train", model_file(amat), needs=[THRESHOLDS_FILE], configs=["train.json", "amat.json"],
-                       args={"run_name": amat}, run=amat))
+            train.append(finetune(Stage(run, "train", model_file(run), configs=["train.json", overlay],
+                                        args={"train_eps": float(e), "run_name": run}, run=run),
+                                  inits.get(method), finetune_epochs))
+    train.append(finetune(Stage(amat, "train", model_file(amat), needs=[THRESHOLDS_FILE],
+                                configs=["train.json", "amat.json"], args={"run_name": amat}, run=amat),
+                          inits.get("AMAT"), finetune_epochs))
     runs = [s.run for s in train if s.kind == "train"]
     evals = [Stage(report.robustness_stage(r), "robustness", robustness_file(r), needs=[model_file(r)],
                    configs=["train.json", "evaluate.json", "robustness.json"], args={"run_name": r}, run=r)
@@ -136,6 +171,37 @@ def _eps_list(value: Any, what: str) -> list[float]:
             raise ExperimentError(f"--{what}: the noise levels must be > 0; got {v!r}.")
         out.append(e)
     return list(dict.fromkeys(out))
+
+
+def _inits(experiment: dict, given: dict[str, Any]) -> dict[str, str]:
+    """Where each adversarial method starts: the options (``given``, by method) over the profile's
+    ``<method>_init``; "scratch", "std" or an existing model file (made absolute)."""
+    out = {}
+    for method in ("VAT", "TEAT", "AMAT"):
+        key = f"{method.lower()}_init"
+        value = given.get(method)
+        value = experiment.get(key, SCRATCH) if value is None else value
+        value = str(value).strip() or SCRATCH
+        if value not in (SCRATCH, report.run_name("STD")):
+            path = Path(value).expanduser().resolve()
+            if not path.is_file():
+                raise ExperimentError(f"--{key} {value!r}: give scratch, std (this experiment's STD model) or an "
+                                      f"existing model file (model.pt / checkpoint.pt); {path} does not exist.")
+            value = str(path)
+        out[method] = value
+    return out
+
+
+def _epochs(value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        epochs = int(value)
+    except (TypeError, ValueError):
+        raise ExperimentError(f"--finetune_epochs must be a whole number of epochs; got {value!r}.") from None
+    if epochs < 1 or epochs != float(value):
+        raise ExperimentError(f"--finetune_epochs must be a whole number >= 1; got {value!r}.")
+    return epochs
 
 
 def select(stages: list[Stage], names: Any, what: str) -> set[str]:
@@ -217,7 +283,8 @@ class Experiment:
 
     def __init__(self, bundle: str | Path, profile: str | None = "quick", dataset_dir: str | Path | None = None,
                  output_root: str | Path | None = None, override: dict | str | None = None,
-                 vat_eps: Any = None, teat_eps: Any = None) -> None:
+                 vat_eps: Any = None, teat_eps: Any = None, inits: dict[str, Any] | None = None,
+                 finetune_epochs: Any = None) -> None:
         self.bundle = Path(bundle).expanduser().resolve()
         cfg = self.bundle / "configs"
         missing = [c for c in BUNDLE_CONFIGS if not (cfg / c).is_file()]
@@ -260,7 +327,13 @@ class Experiment:
         default_root = self.bundle / "runs" / (self.profile or "default")
         self.output_root = Path(output_root).expanduser().resolve() if output_root else default_root
         self.dataset_dir = Path(dataset_dir).expanduser().resolve() if dataset_dir else None
-        self.stages = build_stages(self.vat_eps, self.teat_eps)
+        self.inits = _inits(experiment, inits or {})
+        self.finetune_epochs = _epochs(finetune_epochs if finetune_epochs is not None
+                                       else experiment.get("finetune_epochs"))
+        if any(v != SCRATCH for v in self.inits.values()) and not (cfg / FINETUNE_CONFIG).is_file():
+            raise ExperimentError(f"Fine-tuning ({self.inits}) needs configs/{FINETUNE_CONFIG} in {self.bundle}, "
+                                  f"which does not exist: add it (see the hippocampus bundle) or use scratch.")
+        self.stages = build_stages(self.vat_eps, self.teat_eps, self.inits, self.finetune_epochs)
 
     # -------------------------------------------------------------------------------------------------- status
     def path(self, rel: str) -> Path:
@@ -358,7 +431,8 @@ class Experiment:
                 raise ExperimentError(f"Stage 'report' failed: {e}") from e
         else:
             if stage.kind == "train" and not resume:  # a fresh start: no stale checkpoint may be resumed later
-                for p in self._checkpoints(stage) + [self.path(stage.output)]:
+                record_of_init = self.path(stage.output).parent / INIT_RECORD  # nor a stale "fine-tuned" mark
+                for p in self._checkpoints(stage) + [self.path(stage.output), record_of_init]:
                     p.unlink(missing_ok=True)
             cmd = self.command(stage, resume)
             record["command"] = shlex.join(cmd)
@@ -428,6 +502,11 @@ class Experiment:
             f"  VAT eps: {', '.join(format(e, 'g') for e in self.vat_eps) or 'none'}; "
             f"TEAT eps: {', '.join(format(e, 'g') for e in self.teat_eps) or 'none'}",
         ]
+        has_runs = {"VAT": bool(self.vat_eps), "TEAT": bool(self.teat_eps), "AMAT": True}
+        tuned = {m: v for m, v in self.inits.items() if v != SCRATCH and has_runs[m]}
+        if tuned:
+            length = f"{self.finetune_epochs} epochs" if self.finetune_epochs else "the profile's epochs"
+            lines.append("  fine-tuned: " + ", ".join(f"{m} from {v}" for m, v in tuned.items()) + f" ({length})")
         if self.overrides:
             lines.append(f"  overrides: {json.dumps(self.overrides)}")
         return "\n".join(lines)
@@ -455,6 +534,10 @@ def main(
     override: Any = None,
     vat_eps: Any = None,
     teat_eps: Any = None,
+    amat_init: str | None = None,
+    vat_init: str | None = None,
+    teat_init: str | None = None,
+    finetune_epochs: int | None = None,
     dry_run: bool = False,
 ) -> None:
     """Plan, then run the experiment's stages and print the paper's table (stages and resume: module docstring).
@@ -474,10 +557,17 @@ def main(
             "experiment" key changes the profile's experiment dict instead (e.g. '{"experiment": {"vat_eps": [2]}}').
         vat_eps: training noise levels of VAT (L2, input intensity units), replacing the profile's; "[]" for none.
         teat_eps: training noise levels of TEAT, replacing the profile's; "[]" for none.
+        amat_init: where AMAT starts: "scratch" (random initialisation), "std" (fine-tune this experiment's STD
+            model) or a model.pt / checkpoint.pt file; default: the profile's "amat_init", else scratch.
+        vat_init: the same for the VAT runs.
+        teat_init: the same for the TEAT runs.
+        finetune_epochs: epochs of the fine-tuned runs (their own optimizer and schedule); default: the profile's
+            "finetune_epochs", else the profile's epochs.
         dry_run: print the plan and the commands, run nothing.
     """
     t0 = time.time()
-    exp = Experiment(bundle, profile, dataset_dir, output_root, override, vat_eps, teat_eps)
+    exp = Experiment(bundle, profile, dataset_dir, output_root, override, vat_eps, teat_eps,
+                     inits={"AMAT": amat_init, "VAT": vat_init, "TEAT": teat_init}, finetune_epochs=finetune_epochs)
     plan = exp.plan(stages, force)
     _print_plan(exp, plan)
     n = len(plan)

@@ -165,6 +165,47 @@ def test_default_output_root_and_eps_options(bundle, capsys, tmp_path):
     assert "experiment" not in " ".join(cmds["std"]) and arg(cmds["std"], "--epochs") == "3"
 
 
+def test_fine_tuning_options(bundle, capsys, tmp_path):
+    """--amat_init std / a file: the stage stacks finetune.json, needs the STD model (or the file), trains
+    --finetune_epochs epochs; the profile's experiment dict gives the defaults."""
+    _write(bundle / "configs" / "finetune.json", {})
+    rc, out, err = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--dry_run", "--amat_init", "std",
+                            "--finetune_epochs", "4")
+    assert rc == 0, err
+    cmds = commands(out)
+    assert config_files(cmds["amat"]) == ["configs/train.json", "configs/amat.json", "configs/finetune.json",
+                                          "configs/profiles/tiny.json"]
+    assert arg(cmds["amat"], "--epochs") == "4" and "--init_from" not in cmds["amat"]
+    assert "configs/finetune.json" not in config_files(cmds["vat_eps3"]) and "--epochs" not in cmds["vat_eps3"]
+    assert "fine-tuned: AMAT from std (4 epochs)" in out
+    # a model file, for VAT; the epochs default to the profile's (no --epochs)
+    weights = tmp_path / "zoo" / "model.pt"
+    weights.parent.mkdir()
+    weights.write_text("w")
+    rc, out, _ = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--dry_run", "--vat_init", weights)
+    cmds = commands(out)
+    assert config_files(cmds["vat_eps3"])[-2] == "configs/finetune.json"
+    assert arg(cmds["vat_eps3"], "--init_from") == str(weights) and "--epochs" not in cmds["vat_eps3"]
+    assert "configs/finetune.json" not in config_files(cmds["amat"])
+    # the profile's defaults, overridden by the option
+    rc, out, _ = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--dry_run", "--override",
+                          '{"experiment": {"amat_init": "std", "teat_init": "std", "finetune_epochs": 2}}')
+    assert "configs/finetune.json" in config_files(commands(out)["amat"])
+    assert "fine-tuned: AMAT from std (2 epochs)" in out  # TEAT has no run in this profile
+    rc, out, _ = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--dry_run", "--amat_init", "scratch",
+                          "--override", '{"experiment": {"amat_init": "std"}}')
+    assert "configs/finetune.json" not in config_files(commands(out)["amat"]) and "fine-tuned" not in out
+    # errors
+    rc, _, err = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--dry_run", "--amat_init", "nope.pt")
+    assert rc == 1 and "--amat_init 'nope.pt'" in err and "does not exist" in err
+    rc, _, err = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--dry_run", "--amat_init", "std",
+                          "--finetune_epochs", "0")
+    assert rc == 1 and "--finetune_epochs" in err
+    (bundle / "configs" / "finetune.json").unlink()
+    rc, _, err = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--dry_run", "--amat_init", "std")
+    assert rc == 1 and "needs configs/finetune.json" in err
+
+
 def test_bad_options_are_clear_errors(bundle, capsys):
     rc, _, err = run_tool(capsys, "--bundle", bundle, "--profile", "nope", "--dry_run")
     assert rc == 1 and "No profile 'nope'" in err and "tiny" in err

@@ -203,3 +203,20 @@ def test_nan_summary_values_do_not_break_plot(tmp_path):
     assert math.isnan(results[0]["summary"]["clean"])
     p = report.plot_metric_vs_eps(results, tmp_path / "x.png")
     assert p.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_fine_tuned_runs_are_marked(root):
+    """A run with models/<run>/init_from.json (written by InitFromCheckpoint) is labelled and named in the caption."""
+    from robust_bundles.finetune import write_init_record
+
+    write_init_record(root / "models" / "amat", {"init_from": "/data/runs/models/std/model.pt",
+                                                 "sha256": "0123456789abcdef", "max_epochs": 6})
+    results = report.collect(root, ["std", "vat_eps6", "amat"])
+    assert [r["label"] for r in results] == ["STD", "VAT (eps 6)", "AMAT (fine-tuned)"]
+    assert results[0]["init_from"] is None and results[2]["init_from"]["max_epochs"] == 6
+    md, _, table = report.paper_table(results)
+    assert "| AMAT (fine-tuned) |" in md and "| STD |" in md
+    assert ("Fine-tuned runs start from trained weights, with their own optimizer and schedule: AMAT from "
+            "std/model.pt (sha256 0123456789ab, 6 epochs).") in table["caption"]
+    assert table["rows"][-1]["init_from"]["sha256"] == "0123456789abcdef" and table["rows"][0]["init_from"] is None
+    assert report.fine_tuned_note(report.collect(root, ["std", "vat_eps6"])) == ""
