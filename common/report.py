@@ -89,12 +89,14 @@ def robustness_stage(run: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------- read
-def collect(output_root: str | Path, runs: Iterable[str]) -> list[dict]:
+def collect(output_root: str | Path, runs: Iterable[str], models_root: str | Path | None = None) -> list[dict]:
     """Read ``<output_root>/eval/<run>/robustness.json`` of every run.
 
     Args:
         output_root: the experiment's output folder (holds ``models/`` and ``eval/``).
         runs: run names, e.g. ``["std", "vat_eps6", "amat"]``.
+        models_root: the folder holding ``models/<run>`` when it is not ``output_root`` (e.g. evaluations of several
+            splits under one experiment).
 
     Returns:
         One dict per run, in the order given: ``run``, ``method``, ``train_eps`` (None for STD and AMAT), ``label``
@@ -107,11 +109,12 @@ def collect(output_root: str | Path, runs: Iterable[str]) -> list[dict]:
         ValueError: a file is not a robustness result (no summary with clean and attacks).
     """
     root = Path(output_root)
+    models = Path(models_root) if models_root is not None else root
     out = []
     for run in runs:
         path = root / "eval" / run / "robustness.json"
         if not path.is_file():
-            model = root / "models" / run / "model.pt"
+            model = models / "models" / run / "model.pt"
             also = "" if model.is_file() else (
                 f" (its model {model} is missing too: run the training stage {run!r} first)")
             raise FileNotFoundError(
@@ -129,7 +132,7 @@ def collect(output_root: str | Path, runs: Iterable[str]) -> list[dict]:
                 f"{robustness_stage(run)!r}."
             )
         method, eps, label = parse_run(run)
-        init = read_init_record(root / "models" / run)
+        init = read_init_record(models / "models" / run)
         out.append({"run": run, "method": method, "train_eps": eps,
                     "label": label + (" (fine-tuned)" if init else ""), "path": str(path),
                     "settings": data.get("settings", {}), "summary": summary, "init_from": init})
@@ -463,6 +466,7 @@ def write_report(
     out_dir: str | Path | None = None,
     input_shape: Sequence[int] | None = None,
     margins_run: str = "amat",
+    models_root: str | Path | None = None,
 ) -> dict[str, Path]:
     """Collect the runs, write results.md/.csv/.json and the figures into ``out_dir``.
 
@@ -473,20 +477,22 @@ def write_report(
         out_dir: where to write; default ``<output_root>/report``.
         input_shape: optional spatial size of the network input, stated in the caption.
         margins_run: the run whose ``models/<run>/margins.csv`` is summarised and plotted when present.
+        models_root: the folder holding ``models/<run>`` when it is not ``output_root`` (see :func:`collect`).
 
     Returns:
         The written files by name: ``markdown``, ``csv``, ``json``, ``metric_vs_eps`` and, with margins, ``margins``.
     """
     root = Path(output_root)
     out = Path(out_dir) if out_dir is not None else root / "report"
-    results = collect(root, runs)
+    models = Path(models_root) if models_root is not None else root
+    results = collect(root, runs, models_root=models)
     if input_shape is None and results:  # recorded by the robustness handler: (C, *spatial)
         recorded = results[0]["settings"].get("input_shape")
         input_shape = recorded[1:] if recorded else None
     md, csv_text, table = paper_table(results, caption, input_shape)
     files = {"metric_vs_eps": plot_metric_vs_eps(results, out / "metric_vs_eps.png")}
 
-    margins_csv = root / "models" / margins_run / "margins.csv"
+    margins_csv = models / "models" / margins_run / "margins.csv"
     if margins_run in runs and margins_csv.is_file():
         eval_eps = sorted({float(e) for r in results for e in r["settings"].get("eps", [])})
         s = margin_summary(margins_csv)

@@ -622,17 +622,23 @@ def _json_override_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def cli(argv: list[str] | None = None) -> int:
+def run_cli(func, prog: str, argv: list[str] | None = None) -> int:
+    """Run ``func`` as a fire command line: an ExperimentError is printed as ``<prog>: error: ...`` (exit code 1),
+    Ctrl-C says how to continue (130)."""
     argv = _json_override_argv(sys.argv[1:] if argv is None else argv)
     try:
-        fire.Fire(main, command=argv)
+        fire.Fire(func, command=argv)
     except ExperimentError as e:
-        print(f"\nexperiment: error: {e}", file=sys.stderr)
+        print(f"\n{prog}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nexperiment: interrupted. Run the same command again to continue where it stopped.", file=sys.stderr)
+        print(f"\n{prog}: interrupted. Run the same command again to continue where it stopped.", file=sys.stderr)
         return 130
     return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return run_cli(main, "experiment", argv)
 
 
 if __name__ == "__main__":

@@ -129,7 +129,8 @@ def test_handler_starts_training_from_the_file_and_records_it(tmp_path):
     handler = InitFromCheckpoint(str(tmp_path / "std.pt"), net, record_dir=str(tmp_path / "run"))
     tr = _trainer(net, data, epochs=2, handlers=[handler])
     seen = {}
-    tr.add_event_handler(Events.ITERATION_STARTED(once=1), lambda e: seen.setdefault("first", _same_weights(net, source)))
+    tr.add_event_handler(Events.ITERATION_STARTED(once=1),
+                         lambda e: seen.setdefault("first", _same_weights(net, source)))
     tr.run()
     assert seen["first"]  # the first training step started from the file's weights
     assert not _same_weights(net, source)  # and training went on from there

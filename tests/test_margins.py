@@ -317,7 +317,8 @@ def test_target_mode_book_hand_computed_trajectory():
     book = MarginBook(3, target_margin=10.0, epochs=6)
     assert book.expansion_step == pytest.approx(10 / 3) and book.max_margin == 10.0
     third = 10 / 3
-    outcomes = [([T, T, F], [third, third, 2.0]), ([T, F, F], [2 * third, 2 * third, 2.0]), ([T, T, F], [10.0, 20 / 3, 2.0])]
+    outcomes = [([T, T, F], [third, third, 2.0]), ([T, F, F], [2 * third, 2 * third, 2.0]),
+                ([T, T, F], [10.0, 20 / 3, 2.0])]
     seq = []
     for epoch, (robust, norms) in enumerate(outcomes, 1):
         _record(book, [0, 1, 2], robust, norms, epoch=epoch)

@@ -1,0 +1,204 @@
+"""scripts/amat_study.py: grid, cost, frontier and choice with hand-computed numbers; the plan; one whole study on
+tiny synthetic data (slow)."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "amat_study.py"
+HIPPOCAMPUS = ROOT / "bundles" / "hippocampus_mri_segmentation"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+_spec = importlib.util.spec_from_file_location("amat_study_script", SCRIPT)
+study = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = study
+_spec.loader.exec_module(study)
+
+
+# ------------------------------------------------------------------------------------------------- pure functions
+def test_cost_units():
+    # VAT of the quick profile: 12 epochs x (3 steps + 1 training pass) = 48; AMAT adds the clean pass of beta 0.5
+    assert study.cost_units(12, 3, 0.0) == 48
+    assert study.cost_units(6, 3, 0.5) == 30  # fine-tuned AMAT, 6 epochs: 0.625 of a VAT run
+    assert study.cost_units(6, 10, 0.5) == 72  # T = 10: 1.5 VAT runs
+    assert study.cost_units(12, 0, 0.0) == 12  # STD
+
+
+def test_frontier_keeps_the_runs_nothing_beats():
+    # STD (0.72, 0.19), VAT 1 (0.70, 0.33), VAT 2 (0.68, 0.40), VAT 4 (0.66, 0.50), VAT 8 (0.65, 0.49: dominated
+    # by VAT 4, less clean and less robust), a duplicate of VAT 2
+    pts = [(0.72, 0.19), (0.70, 0.33), (0.68, 0.40), (0.66, 0.50), (0.65, 0.49), (0.68, 0.40)]
+    front = study.frontier(pts)
+    assert front == [(0.66, 0.50), (0.68, 0.40), (0.70, 0.33), (0.72, 0.19)]
+    # linear between points: at clean 0.71, halfway between (0.70, 0.33) and (0.72, 0.19) -> 0.26
+    assert study.frontier_at(front, 0.71) == pytest.approx(0.26)
+    assert study.frontier_at(front, 0.67) == pytest.approx(0.45)
+    assert study.frontier_at(front, 0.68) == pytest.approx(0.40)
+    # flat beyond the ends: less clean than the most robust VAT -> 0.50; cleaner than STD -> STD's 0.19
+    assert study.frontier_at(front, 0.60) == 0.50 and study.frontier_at(front, 0.75) == 0.19
+    assert study.frontier_at([], 0.7) is None
+
+
+def _row(run, method, clean, pgd_avg, cost=1.0, init="scratch"):
+    return {"run": run, "method": method, "clean": clean, "pgd_avg": pgd_avg, "cost": cost, "init": init,
+            "pgd": {}, "config": {"name": run}}
+
+
+def test_choice_follows_the_criterion():
+    rows = [
+        _row("std", "STD", 0.72, 0.19, cost=0.25),
+        _row("vat_eps2", "VAT", 0.68, 0.40),
+        _row("vat_eps6", "VAT", 0.66, 0.50),
+        _row("teat_eps6", "TEAT", 0.65, 0.49, cost=1.05),
+        _row("amat_a", "AMAT", 0.70, 0.42, cost=0.625),   # eligible; frontier at 0.70: 0.19 + 0.21 * 0.5 = 0.295
+        _row("amat_b", "AMAT", 0.695, 0.45, cost=0.875),  # eligible (0.72 - 0.03 = 0.69 <= 0.695), more robust
+        _row("amat_c", "AMAT", 0.68, 0.48, cost=0.5),     # clean too low
+        _row("amat_d", "AMAT", 0.71, 0.47, cost=1.5),     # too expensive
+    ]
+    a = study.analyse(rows, 0.03)
+    assert a["frontier"] == [(0.66, 0.50), (0.68, 0.40), (0.72, 0.19)]
+    by = {r["run"]: r for r in rows}
+    assert by["amat_a"]["frontier"] == pytest.approx(0.295) and by["amat_a"]["height"] == pytest.approx(0.125)
+    assert [r["run"] for r in rows if r["eligible"]] == ["amat_a", "amat_b"]
+    assert not by["amat_c"]["clean_ok"] and by["amat_c"]["cost_ok"] and not by["amat_d"]["cost_ok"]
+    c = a["choice"]
+    assert c["run"] == "amat_b" and c["why"] == "best PGD average among the eligible"
+    assert c["best_baseline"] == {"run": "vat_eps6", "clean": 0.66, "pgd_avg": 0.50}
+    assert not c["beats_best_baseline"] and c["above_frontier"]
+    # nothing eligible: the most robust of those meeting the most conditions (here: the clean one), flagged
+    a = study.analyse([r for r in rows if r["run"] not in ("amat_a", "amat_b")], 0.03)
+    assert a["choice"]["run"] == "amat_d" and a["choice"]["why"].startswith("no configuration met both")
+    # the test split never chooses: the choice is given
+    assert study.analyse(rows, 0.03, chosen="amat_a")["choice"]["run"] == "amat_a"
+
+
+def test_grid_parsing_and_errors(tmp_path):
+    grid = study.parse_grid(None)
+    assert [c.name for c in grid][:2] == ["ft6_m10", "scratch_d1"] and sum(c.reference for c in grid) == 1
+    base = next(c for c in grid if c.name == "ft6_m10")
+    assert (base.init, base.epochs, base.margin_rule, base.target_margin, base.attack_steps, base.xi) == \
+        ("std", 6, "target", 10.0, 3, "mean_std")
+    assert base.delta(6) == pytest.approx(10 / 3) and next(c for c in grid if c.name == "ft6_d2").delta(6) == 2.0
+    assert base.margin_args() == {"margin_rule": "target", "attack_steps": 3, "amat_beta": 0.5,
+                                  "target_margin": 10.0, "reach_fraction": 0.5}
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps([{"name": "x", "init": "scratch", "margin_rule": "fixed", "expansion_step": 2}]))
+    assert study.parse_grid(str(path))[0].run == "amat_x"
+    for bad, match in (
+        ('[{"name": "x", "speed": 3}]', "unknown key"),
+        ('[{"name": "x", "init": "imagenet", "target_margin": 5}]', "init must be"),
+        ('[{"name": "x", "margin_rule": "fixed"}]', "expansion_step > 0"),
+        ('[{"name": "x"}]', "target_margin > 0"),
+        ('[{"name": "x", "target_margin": 5, "xi": "median"}]', "xi must be"),
+        ('[{"name": "x", "target_margin": 5}, {"name": "x", "target_margin": 6}]', "unique"),
+        ('{"name": "x"}', "list of dicts"),
+    ):
+        with pytest.raises(study.ExperimentError, match=match):
+            study.parse_grid(bad)
+
+
+# ----------------------------------------------------------------------------------------------------------- plan
+def _dry_run(tmp_path, *args):
+    cmd = [sys.executable, str(SCRIPT), "--bundle", str(HIPPOCAMPUS), "--output_root", str(tmp_path / "out"),
+           "--dry_run", *args]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def _commands(out: str) -> dict[str, list[str]]:
+    lines = out.splitlines()
+    return {ln.split("] ", 1)[1].split(" ")[0].rstrip(":"): shlex.split(lines[i + 1])
+            for i, ln in enumerate(lines) if ln.startswith("[") and ln.rstrip().endswith(":")}
+
+
+def _arg(cmd, key):
+    return cmd[cmd.index(key) + 1] if key in cmd else None
+
+
+def test_dry_run_plan_and_commands(tmp_path):
+    out = _dry_run(tmp_path)
+    cmds = _commands(out)
+    assert "Plan: 35 stages, 0 done, 35 to run" in out and not (tmp_path / "out").exists()
+    # training then its validation evaluation, one run after the other; the study report last
+    names = list(cmds)
+    assert names[:4] == ["std", "robustness_std", "thresholds", "thresholds_quantile"]
+    assert names[4:6] == ["amat_ft6_m10", "robustness_amat_ft6_m10"]  # the base first
+    assert names.index("robustness_vat_eps2") == names.index("vat_eps2") + 1
+    assert "[35/35] study" in out and "Phase test: evaluates the chosen configuration" in out
+    base = cmds["amat_ft6_m10"]
+    files = ast.literal_eval(base[base.index("--config_file") + 1])
+    assert files == ["configs/train.json", "configs/amat.json", "configs/finetune.json", "configs/profiles/quick.json"]
+    assert (_arg(base, "--margin_rule"), _arg(base, "--target_margin"), _arg(base, "--epochs"),
+            _arg(base, "--attack_steps")) == ("target", "10", "6", "3")
+    assert _arg(base, "--thresholds_file") == str(tmp_path / "out" / "models" / "std" / "thresholds.json")
+    q90 = cmds["amat_ft6_m10_q90"]
+    assert _arg(q90, "--thresholds_file").endswith("thresholds_quantile.json")
+    assert _arg(cmds["thresholds_quantile"], "--threshold_rule") == "quantile"
+    assert _arg(cmds["thresholds"], "--threshold_rule") == "mean_std"
+    ref = cmds["amat_scratch_d1"]
+    assert "configs/finetune.json" not in ref[ref.index("--config_file") + 1] and "--epochs" not in ref
+    assert (_arg(ref, "--margin_rule"), _arg(ref, "--expansion_step")) == ("fixed", "1")
+    ev = cmds["robustness_amat_ft6_m10"]
+    assert (_arg(ev, "--eval_split"), _arg(ev, "--max_test_cases"), _arg(ev, "--run_name")) == \
+        ("validation", "8", "amat_ft6_m10")
+    assert _arg(ev, "--ifgsm_steps") == "0"  # the choice reads PGD only
+    assert _arg(ev, "--output_dir") == str(tmp_path / "out" / "validation" / "eval" / "amat_ft6_m10")
+    vat = cmds["vat_eps4_ft"]
+    assert _arg(vat, "--init_from") is None and "configs/finetune.json" in vat[vat.index("--config_file") + 1]
+    assert (_arg(vat, "--train_eps"), _arg(vat, "--epochs"), _arg(vat, "--attack_steps")) == ("4", "6", "3")
+    assert _arg(cmds["vat_eps6"], "--epochs") is None
+
+
+# ------------------------------------------------------------------------------------------ real end to end (slow)
+TINY = {"max_cases": 1, "max_val_cases": 1, "max_test_cases": 1, "epochs": 1, "val_interval": 1, "batch_size": 64,
+        "patch_size": [24, 32], "network_def#filters": [8, 16, 32, 64], "attack_steps": 1, "pgd_steps": 2,
+        "ifgsm_steps": 1, "robustness_eps": [2, 6]}
+GRID = [{"name": "scratch", "init": "scratch", "margin_rule": "fixed", "expansion_step": 1.0, "reference": True},
+        {"name": "ft", "epochs": 1, "target_margin": 4.0, "xi": "quantile"}]
+
+
+@pytest.mark.slow
+def test_whole_study_on_tiny_synthetic_data(tmp_path):
+    root = tmp_path / "study"
+    cmd = [sys.executable, str(SCRIPT), "--bundle", str(HIPPOCAMPUS), "--output_root", str(root), "--vat_eps", "[2]",
+           "--vat_ft_eps", "[]", "--teat_eps", "[]", "--val_cases", "1", "--finetune_epochs", "1",
+           "--grid", json.dumps(GRID), "--override", json.dumps(TINY)]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert p.returncode == 0, f"{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
+    s = root / "study"
+    for name in ("study.md", "study.csv", "study.json", "choice.json", "test.md", "test.json"):
+        assert (s / name).is_file(), name
+    for name in ("frontier.png", "test_frontier.png"):
+        assert (s / name).read_bytes()[:8] == PNG_MAGIC, name
+    data = json.loads((s / "study.json").read_text())
+    assert [r["run"] for r in data["rows"]] == ["std", "vat_eps2", "amat_scratch", "amat_ft"]
+    ft = data["rows"][-1]
+    assert ft["init"] == "std" and ft["delta"] == pytest.approx(4.0) and ft["xi"] == "quantile"
+    assert ft["margins"]["max"] <= 4.0 + 1e-6 and ft["train_seconds"] is not None
+    choice = json.loads((s / "choice.json").read_text())
+    assert choice["run"] in ("amat_scratch", "amat_ft") and choice["std_clean"] == data["rows"][0]["clean"]
+    # the test phase: every baseline, the reference and the choice, evaluated on the test split
+    test_runs = [r["run"] for r in json.loads((s / "test.json").read_text())["rows"]]
+    assert test_runs[:2] == ["std", "vat_eps2"] and set(test_runs[2:]) == {"amat_scratch", choice["run"]}
+    for run in test_runs:
+        record = json.loads((root / "logs" / f"test_{run}.json").read_text())
+        assert "--eval_split test" in record["command"] and record["status"] == "done"
+        assert (root / "test" / "eval" / run / "robustness.json").is_file()
+    table = (root / "test" / "report" / "results.md").read_text()
+    assert "| amat_ft (fine-tuned) |" in table or choice["run"] == "amat_scratch"
+    md = (s / "study.md").read_text()
+    assert "Choice (" in md and "| **" + choice["run"] + "** |" in md
+    # the same command again: nothing to do
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "Plan: 12 stages, 12 done, 0 to run" in p.stdout, p.stdout[-3000:]
+    assert "stages, 0 to run" in p.stdout.split("=== Phase test ===")[1]
