@@ -220,14 +220,18 @@ class Study(tool.Experiment):
     def __init__(self, bundle: str, dataset_dir: str | None, output_root: str | None, profile: str = "quick",
                  override: Any = None, grid: Any = None, vat_eps: Any = (1, 2, 4, 6), vat_ft_eps: Any = (2, 4),
                  teat_eps: Any = (6,), val_cases: int = 8, finetune_epochs: int = 6,
-                 clean_tolerance: float = 0.03) -> None:
+                 clean_tolerance: float = 0.03, teat_ft_eps: Any = (), test_baselines: str = "best") -> None:
         super().__init__(bundle, profile, dataset_dir, output_root, override, vat_eps=[], teat_eps=[])
         if output_root is None:
             self.output_root = self.bundle / "runs" / "amat_study"
         self.grid = parse_grid(grid)
         self.baselines = ([Baseline("VAT", e) for e in tool._eps_list(vat_eps, "vat_eps")]
                           + [Baseline("VAT", e, "std") for e in tool._eps_list(vat_ft_eps, "vat_ft_eps")]
-                          + [Baseline("TEAT", e) for e in tool._eps_list(teat_eps, "teat_eps")])
+                          + [Baseline("TEAT", e) for e in tool._eps_list(teat_eps, "teat_eps")]
+                          + [Baseline("TEAT", e, "std") for e in tool._eps_list(teat_ft_eps, "teat_ft_eps")])
+        if test_baselines not in ("best", "all"):
+            raise ExperimentError(f"--test_baselines must be 'best' or 'all'; got {test_baselines!r}.")
+        self.test_baselines = test_baselines
         self.val_cases = int(val_cases)
         if self.val_cases < 1:
             raise ExperimentError(f"--val_cases must be >= 1; got {val_cases!r}.")
@@ -288,8 +292,23 @@ class Study(tool.Experiment):
         return [report.run_name("STD")] + [b.run for b in self.baselines] + [c.run for c in self.grid]
 
     def test_runs(self, chosen: str) -> list[str]:
-        runs = [report.run_name("STD")] + [b.run for b in self.baselines]
-        return runs + [c.run for c in self.grid if c.reference and c.run != chosen] + [chosen]
+        """STD, the baselines ("all"; "best": the VAT/TEAT run with the best validation PGD average, read from
+        study/study.json), the reference AMAT ("all" only) and the chosen configuration."""
+        if self.test_baselines == "all":
+            runs = [report.run_name("STD")] + [b.run for b in self.baselines]
+            return runs + [c.run for c in self.grid if c.reference and c.run != chosen] + [chosen]
+        return [report.run_name("STD")] + self.best_baselines() + [chosen]
+
+    def best_baselines(self) -> list[str]:
+        """The VAT/TEAT run of this study with the best validation PGD average (a list: empty without baselines)."""
+        path = self.path(f"{STUDY_DIR}/study.json")
+        try:
+            rows = json.loads(path.read_text())["rows"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ExperimentError(f"No validation study in {path}: run the validation phase first.") from None
+        runs = {b.run for b in self.baselines}
+        best = [r for r in rows if r["run"] in runs and r.get("pgd_avg") is not None]
+        return [max(best, key=lambda r: r["pgd_avg"])["run"]] if best else []
 
     def phase_stages(self, phase: str, chosen: str | None = None) -> list[tool.Stage]:
         """The stages of one phase; the test phase needs the chosen run (from study/choice.json)."""
@@ -623,7 +642,8 @@ def plot_frontier(rows: list[dict], analysis: dict, path: Path, where: str) -> P
         ax.plot([p[0] for p in front], [p[1] for p in front], color="C0", linewidth=1, alpha=0.6,
                 label="VAT frontier (with STD)")
     styles = {("VAT", "scratch"): ("C0", "o", "VAT"), ("VAT", "std"): ("C9", "v", "VAT fine-tuned"),
-              ("TEAT", "scratch"): ("C2", "s", "TEAT"), ("STD", "scratch"): ("k", "*", "STD"),
+              ("TEAT", "scratch"): ("C2", "s", "TEAT"),
+              ("TEAT", "std"): ("C2", "P", "TEAT fine-tuned"), ("STD", "scratch"): ("k", "*", "STD"),
               ("AMAT", "scratch"): ("C3", "^", "AMAT from scratch"), ("AMAT", "std"): ("C1", "D", "AMAT fine-tuned")}
     seen = set()
     chosen = (analysis.get("choice") or {}).get("run")
@@ -657,6 +677,8 @@ def main(
     vat_eps: Any = (1, 2, 4, 6),
     vat_ft_eps: Any = (2, 4),
     teat_eps: Any = (6,),
+    teat_ft_eps: Any = (),
+    test_baselines: str = "best",
     val_cases: int = 8,
     finetune_epochs: int = 6,
     clean_tolerance: float = 0.03,
@@ -678,6 +700,9 @@ def main(
         vat_eps: VAT noise levels trained from scratch (the frontier).
         vat_ft_eps: VAT noise levels fine-tuned from STD for finetune_epochs epochs ("[]" for none).
         teat_eps: TEAT noise levels (from scratch).
+        teat_ft_eps: TEAT noise levels fine-tuned from STD for finetune_epochs epochs.
+        test_baselines: which baselines the test phase evaluates besides STD and the choice: "best" (the VAT/TEAT
+            run with the best validation PGD average; the cheap default) or "all" (every one, and the reference AMAT).
         val_cases: the number of validation cases evaluated (the first ones of the split).
         finetune_epochs: epochs of the fine-tuned VAT runs.
         clean_tolerance: the clean condition of the criterion (Dice below STD's).
@@ -690,7 +715,7 @@ def main(
         raise ExperimentError(f"--phase must be validation, test or all; got {phase!r}.")
     t0 = time.time()
     study = Study(bundle, dataset_dir, output_root, profile, override, grid, vat_eps, vat_ft_eps, teat_eps,
-                  val_cases, finetune_epochs, clean_tolerance)
+                  val_cases, finetune_epochs, clean_tolerance, teat_ft_eps, test_baselines)
     phases = ["validation", "test"] if phase == "all" else [phase]
     for name in phases:
         if name == "test":
