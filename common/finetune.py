@@ -26,6 +26,8 @@ from typing import Any, Mapping
 
 import torch
 
+from .distributed import unwrap
+from .handlers.model_loader import WEIGHT_KEYS, load_network_weights, read_weights
 from .io import atomic_write_json
 from .thresholds import sha256_file
 
@@ -34,58 +36,12 @@ __all__ = ["INIT_RECORD", "WEIGHT_KEYS", "load_weights", "write_init_record", "r
 INIT_RECORD = "init_from.json"
 """File name of the provenance record in a run's model folder (``models/<run>/init_from.json``)."""
 
-WEIGHT_KEYS = ("model", "network", "net", "state_dict")
-"""Entries of a checkpoint dict that may hold the network's state dict, in the order they are tried."""
-
-_MAX_LISTED = 5
 
 
-def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    """The network state dict inside a loaded file (see the module docstring)."""
-    if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        state = dict(obj)
-    else:
-        inner = next((obj[k] for k in WEIGHT_KEYS if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping)),
-                     None)
-        if inner is None or not all(isinstance(v, torch.Tensor) for v in inner.values()):
-            keys = sorted(map(str, obj))[:10] if isinstance(obj, Mapping) else type(obj).__name__
-            raise ValueError(
-                f"{path} holds no network weights: expected a state dict (models/<run>/model.pt) or a checkpoint "
-                f"with a {' / '.join(repr(k) for k in WEIGHT_KEYS)} entry (checkpoint.pt); found {keys}."
-            )
-        state = dict(inner)
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
-def _mismatch_message(path: Path, net: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
-    """A readable description of what does not fit, or None when every key and shape matches."""
-    own = net.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in own
-              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if not (missing or unexpected or shapes):
-        return None
-
-    def listed(items: list) -> str:
-        more = f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
-        return ", ".join(map(str, items[:_MAX_LISTED])) + more
-
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing in the file ({listed(missing)})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} not in the network ({listed(unexpected)})")
-    if shapes:
-        parts.append(f"{len(shapes)} of another shape ("
-                     + listed([f"{k}: {a} in the file, {b} in the network" for k, a, b in shapes]) + ")")
-    return (
-        f"The weights in {path} do not fit the network: {'; '.join(parts)}. Fine-tune with the network definition "
-        "the model was trained with (same network_def: filters, classes, deep supervision), or give init_from the "
-        "weights of this network."
-    )
+_FIX = ("train that model first (the experiment's STD run writes models/std/model.pt), or set --init_from to a "
+        "model.pt or checkpoint.pt file")
+_HINT = ("Fine-tune with the network settings the model was trained with (--filters, --patch_size, the profile it was "
+         "trained with), or give init_from the weights of this network.")
 
 
 def load_weights(
@@ -93,8 +49,12 @@ def load_weights(
     path: str | os.PathLike,
     map_location: Any = "cpu",
     strict: bool = True,
+    hint: str | None = None,
 ) -> dict[str, Any]:
     """Copy the weights stored in ``path`` into ``network`` (in place; the optimizer's references stay valid).
+
+    The file is read and checked by :mod:`robust_bundles.handlers.model_loader` (the bundle's one weights loader):
+    the same accepted layouts and the same error messages as loading a trained model for evaluation.
 
     Args:
         network: the network to initialise (a DDP wrapper is loaded through its ``module``).
@@ -102,6 +62,7 @@ def load_weights(
         map_location: where tensors are loaded (``torch.load``'s argument), e.g. the training device.
         strict: refuse any missing, unexpected or differently shaped entry (the default). False copies the matching
             entries only (e.g. a new output layer) and reports the others in the returned dict.
+        hint: what to do when the file holds another network (strict), e.g. the bundle's ``network_hint``.
 
     Returns:
         The provenance: ``init_from`` (absolute path), ``sha256`` of the file, ``tensors`` (number loaded),
@@ -112,19 +73,17 @@ def load_weights(
         ValueError: the file holds no state dict, or (strict) it does not fit the network; the message names the keys.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"The initial weights {path} (init_from) do not exist: train that model first (the experiment's STD run "
-            "writes models/std/model.pt), or set --init_from to a model.pt or checkpoint.pt file."
-        )
-    net = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
-    state = _state_dict_of(torch.load(path, map_location=map_location, weights_only=True), path)
-    problem = _mismatch_message(path, net, state)
-    if problem is not None and strict:
-        raise ValueError(problem)
-    own = net.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
-    net.load_state_dict(usable, strict=strict)
+    net = unwrap(network)
+    what = "initial model (init_from)"
+    if strict:
+        load_network_weights(net, path, what, _FIX, hint or _HINT, map_location)
+        own = net.state_dict()
+        usable = own
+    else:
+        state = read_weights(path, what, _FIX, map_location)
+        own = net.state_dict()
+        usable = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+        net.load_state_dict(usable, strict=False)
     return {
         "init_from": str(path.resolve()),
         "sha256": sha256_file(path),

@@ -66,23 +66,26 @@ def test_load_weights_keeps_optimizer_references(tmp_path):
 
 
 def test_load_weights_errors_name_file_and_fix(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"nope\.pt \(init_from\) do not exist: train that model first"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"initial model \(init_from\) \S*nope\.pt does not exist: train that model first"):
         load_weights(_net(1), tmp_path / "nope.pt")
     torch.save({"optimizer": {"lr": torch.tensor(1.0)}, "epoch": 3}, tmp_path / "opt.pt")
-    with pytest.raises(ValueError, match=r"holds no network weights.*'model'.*found \['epoch', 'optimizer'\]"):
+    with pytest.raises(ValueError, match=r"holds no network weights.*'model' entry; it has \['epoch', 'optimizer'\]"):
         load_weights(_net(1), tmp_path / "opt.pt")
     # another network: wider filters (shapes differ) and no deep supervision heads in the target
     torch.manual_seed(0)
     other = toy_network(filters=(8, 8, 8))
     torch.save(other.state_dict(), tmp_path / "other.pt")
-    with pytest.raises(ValueError, match=r"do not fit the network: \d+ of another shape \(input_block\.conv1\.conv"
-                                         r"\.weight: \(8, 1, 3, 3\) in the file, \(4, 1, 3, 3\) in the network"):
+    with pytest.raises(ValueError, match=r"initial model \(init_from\) \S*other\.pt was trained with another network "
+                                         r"than this config builds \(\d+ parameters differ in shape.*input_block\."
+                                         r"conv1\.conv\.weight: file 8x1x3x3, network 4x1x3x3.*--filters"):
         load_weights(_net(1), tmp_path / "other.pt")
     extra = dict(_net(3).state_dict(), **{"head.weight": torch.zeros(2)})
     del extra["output_block.conv.conv.bias"]
     torch.save(extra, tmp_path / "extra.pt")
-    with pytest.raises(ValueError, match=r"1 missing in the file \(output_block\.conv\.conv\.bias\); "
-                                         r"1 not in the network \(head\.weight\)"):
+    with pytest.raises(ValueError, match=r"0 parameters differ in shape, 1 missing, 1 unexpected; "
+                                         r"output_block\.conv\.conv\.bias: missing in the file; "
+                                         r"head\.weight: not in the network"):
         load_weights(_net(1), tmp_path / "extra.pt")
 
 

@@ -116,10 +116,21 @@ def test_csv_parses_and_json_round_trip(root):
     assert {p.name for p in (root / "report").iterdir()} == {
         "results.md", "results.csv", "results.json", "metric_vs_eps.png"}  # no margins.csv, no temp files left
     written = json.loads(files["json"].read_text())
-    assert written == {**table, "caption": written["caption"]} and written["caption"].endswith("test")
+    assert written == {**table, "caption": written["caption"], "synthetic_data": False}
+    assert written["caption"].endswith("test")
     assert files["markdown"].read_text().startswith("| method | clean |")
     assert list(csv.DictReader(files["csv"].open())) == list(csv.DictReader(io.StringIO(
         report.paper_table(results, caption="test")[1])))
+
+
+def test_synthetic_data_is_flagged_at_the_top_of_the_report(root):
+    path = root / "eval" / "amat" / "robustness.json"
+    data = json.loads(path.read_text())
+    data["settings"]["dataset"] = {"dir": "/x/data/synthetic_msd", "synthetic": True}
+    path.write_text(json.dumps(data))
+    files = report.write_report(root, list(VALUES))
+    assert files["markdown"].read_text().startswith("**SYNTHETIC DATA** (runs amat)")
+    assert json.loads(files["json"].read_text())["synthetic_data"] is True
 
 
 def test_lower_is_better_and_nan(tmp_path):

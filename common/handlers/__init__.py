@@ -1,4 +1,5 @@
-"""Ignite handlers in MONAI style: margin bookkeeping, threshold estimation, robustness evaluation."""
+"""Ignite handlers in MONAI style: margin bookkeeping, threshold estimation, robustness evaluation, model loading and
+checkpoints that survive a crash."""
 
 from .margin_handler import MarginHandler
 from .threshold_handler import ThresholdEstimationHandler
@@ -6,3 +7,17 @@ from .robustness_handler import RobustnessEvaluationHandler
 from .progress_handler import ProgressHandler
 from .finite_loss_guard import FiniteLossGuard
 from .init_from_checkpoint import InitFromCheckpoint
+from .model_loader import ModelLoader
+from .checkpoint_saver import AtomicCheckpointSaver, KeepLatestCheckpoints
+
+__all__ = [
+    "MarginHandler",
+    "ThresholdEstimationHandler",
+    "RobustnessEvaluationHandler",
+    "ProgressHandler",
+    "FiniteLossGuard",
+    "ModelLoader",
+    "AtomicCheckpointSaver",
+    "KeepLatestCheckpoints",
+    "InitFromCheckpoint",
+]

@@ -7,8 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from robust_bundles.finetune import load_weights, write_init_record
-
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
@@ -35,6 +33,7 @@ class InitFromCheckpoint:
         strict: refuse weights that do not fit the network exactly (default); False copies the entries that fit.
         record_dir: folder of the provenance record (the run's ``ckpt_dir``); None writes none.
         name: logger name; None uses the engine's logger.
+        hint: what to do when the file holds another network (the bundle's ``network_hint``).
     """
 
     def __init__(
@@ -45,6 +44,7 @@ class InitFromCheckpoint:
         strict: bool = True,
         record_dir: str | None = None,
         name: str | None = None,
+        hint: str | None = None,
     ) -> None:
         if not load_path:
             raise ValueError("load_path must name the trained model to start from (init_from).")
@@ -55,6 +55,7 @@ class InitFromCheckpoint:
         self.map_location = map_location if map_location is not None else "cpu"
         self.strict = bool(strict)
         self.record_dir = record_dir
+        self.hint = hint
         self._name = name
         self.logger = logging.getLogger(name)
         self.info: dict | None = None
@@ -70,7 +71,10 @@ class InitFromCheckpoint:
 
     def __call__(self, engine: Engine) -> None:
         """Load the weights and write the provenance record."""
-        info = load_weights(self.network, self.load_path, map_location=self.map_location, strict=self.strict)
+        from ..finetune import load_weights, write_init_record  # here: robust_bundles.finetune imports handlers
+
+        info = load_weights(self.network, self.load_path, map_location=self.map_location, strict=self.strict,
+                            hint=self.hint)
         info["max_epochs"] = engine.state.max_epochs
         self.info = info
         skipped = f", {len(info['skipped'])} left at their initial values" if info["skipped"] else ""

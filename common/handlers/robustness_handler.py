@@ -26,6 +26,7 @@ from ignite.engine import Engine, Events
 from monai.data import list_data_collate
 
 from ..attacks import Attack, gradient_masking_warning
+from ..bundle import is_synthetic
 from ..io import atomic_write_json, atomic_write_text
 from ..losses import per_sample_terms
 from ..metrics import nanmean, slice_dice
@@ -33,6 +34,9 @@ from ..metrics import nanmean, slice_dice
 __all__ = ["RobustnessEvaluationHandler", "format_eps"]
 
 logger = logging.getLogger("robust_bundles.robustness")
+
+
+SYNTHETIC_NOTE = "SYNTHETIC DATA: these numbers say nothing about the real task."
 
 
 def format_eps(eps: float) -> str:
@@ -57,6 +61,8 @@ class RobustnessEvaluationHandler:
         restarts: random restarts per attack (random-start attacks only); the per-sample worst is kept.
         id_keys: batch keys copied into the per-sample rows when present.
         log_every: log progress (with an ETA) every this many batches.
+        dataset_dir: the data evaluated on, recorded in the settings; a synthetic dataset
+            (:func:`robust_bundles.bundle.is_synthetic`) is flagged in every output.
     """
 
     def __init__(
@@ -72,6 +78,7 @@ class RobustnessEvaluationHandler:
         restarts: int = 1,
         id_keys: Sequence[str] = ("sample_id", "case", "slice"),
         log_every: int = 1,
+        dataset_dir: str | Path | None = None,
     ) -> None:
         if not isinstance(attacks, Mapping):
             attacks = {a.name: a for a in attacks}
@@ -93,6 +100,8 @@ class RobustnessEvaluationHandler:
         self.restarts = restarts
         self.id_keys = tuple(id_keys)
         self.log_every = max(1, int(log_every))
+        self.dataset_dir = str(dataset_dir) if dataset_dir is not None else None
+        self.synthetic = is_synthetic(dataset_dir)
         self.rows: list[dict] = []
         self.input_shape: list[int] | None = None
         self.summary: dict = {}
@@ -234,7 +243,7 @@ class RobustnessEvaluationHandler:
         for name, res in self.summary["attacks"].items():
             for e, v in res.items():
                 engine.state.metrics[f"{name}_eps{e}"] = v
-        logger.info("\n" + self.markdown())
+        logger.info(("\n" + SYNTHETIC_NOTE if self.synthetic else "") + "\n" + self.markdown())
         if self.output_dir is not None:
             self.write(self.output_dir)
 
@@ -250,6 +259,7 @@ class RobustnessEvaluationHandler:
             "seed": self.seed,
             "input_shape": self.input_shape,
             "higher_is_better": self.higher_is_better,
+            "dataset": {"dir": self.dataset_dir, "synthetic": self.synthetic},
         }
 
     def markdown(self) -> str:
@@ -278,7 +288,8 @@ class RobustnessEvaluationHandler:
         atomic_write_text(out / "robustness.csv", buf.getvalue())
         atomic_write_text(
             out / "robustness.md",
-            f"{self.metric_name} over {self.summary['num_counted']} of {self.summary['num_samples']} samples; "
+            (f"**{SYNTHETIC_NOTE}**\n\n" if self.synthetic else "")
+            + f"{self.metric_name} over {self.summary['num_counted']} of {self.summary['num_samples']} samples; "
             f"eps in input intensity units ({', '.join(f'{n}: {a.norm.upper()} {a.steps} steps' for n, a in self.attacks.items())})\n\n"
             + self.markdown(),
         )
