@@ -159,9 +159,31 @@ def test_dry_run_plan_and_commands(tmp_path):
     assert _arg(cmds["vat_eps6"], "--epochs") is None
 
 
+def test_test_phase_runs_best_or_all_baselines(tmp_path):
+    """--test_baselines best: STD, the VAT/TEAT run with the best validation PGD average, the choice; all: every
+    baseline and the reference AMAT too. The TEAT fine-tuned runs are named like the VAT ones."""
+    grid = [{"name": "scratch", "init": "scratch", "margin_rule": "fixed", "expansion_step": 1.0, "reference": True},
+            {"name": "ft", "epochs": 1, "target_margin": 4.0}]
+    args = (str(HIPPOCAMPUS), None, str(tmp_path))
+    best = study.Study(*args, grid=grid, vat_eps=[2], vat_ft_eps=[], teat_eps=[], teat_ft_eps=[6])
+    assert [b.run for b in best.baselines] == ["vat_eps2", "teat_eps6_ft"]
+    with pytest.raises(study.ExperimentError, match="No validation study in .*study.json: run the validation"):
+        best.test_runs("amat_ft")
+    rows = [{"run": "std", "pgd_avg": 0.2}, {"run": "vat_eps2", "pgd_avg": 0.40},
+            {"run": "teat_eps6_ft", "pgd_avg": 0.45}, {"run": "amat_ft", "pgd_avg": 0.5}]
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "study.json").write_text(json.dumps({"rows": rows}))
+    assert best.test_runs("amat_ft") == ["std", "teat_eps6_ft", "amat_ft"]
+    every = study.Study(*args, grid=grid, vat_eps=[2], vat_ft_eps=[], teat_eps=[], teat_ft_eps=[6],
+                        test_baselines="all")
+    assert every.test_runs("amat_ft") == ["std", "vat_eps2", "teat_eps6_ft", "amat_scratch", "amat_ft"]
+    with pytest.raises(study.ExperimentError, match="--test_baselines must be 'best' or 'all'"):
+        study.Study(*args, grid=grid, test_baselines="some")
+
+
 # ------------------------------------------------------------------------------------------ real end to end (slow)
 TINY = {"max_cases": 1, "max_val_cases": 1, "max_test_cases": 1, "epochs": 1, "val_interval": 1, "batch_size": 64,
-        "patch_size": [24, 32], "network_def#filters": [8, 16, 32, 64], "attack_steps": 1, "pgd_steps": 2,
+        "patch_size": [24, 32], "filters": [8, 16, 32, 64], "attack_steps": 1, "pgd_steps": 2,
         "ifgsm_steps": 1, "robustness_eps": [2, 6]}
 GRID = [{"name": "scratch", "init": "scratch", "margin_rule": "fixed", "expansion_step": 1.0, "reference": True},
         {"name": "ft", "epochs": 1, "target_margin": 4.0, "xi": "quantile"}]

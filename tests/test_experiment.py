@@ -128,7 +128,7 @@ def test_dry_run_hippocampus_lists_stages_with_profile_last(tmp_path):
     assert not out_root.exists()  # a dry run writes nothing
     overlays = {"std": ["train.json"], "thresholds": ["train.json", "thresholds.json"],
                 "vat_eps2": ["train.json", "vat.json"], "teat_eps6": ["train.json", "teat.json"],
-                "amat": ["train.json", "amat.json"],
+                "amat": ["train.json", "amat.json", "finetune.json"],  # the quick profile fine-tunes AMAT from STD
                 "robustness_amat": ["train.json", "evaluate.json", "robustness.json"]}
     for name, cmd in cmds.items():
         assert cmd[1:4] == ["-m", "monai.bundle", "run"]
@@ -137,7 +137,9 @@ def test_dry_run_hippocampus_lists_stages_with_profile_last(tmp_path):
         if name in overlays:
             assert files[:-1] == [f"configs/{f}" for f in overlays[name]]
         assert arg(cmd, "--output_root") == str(out_root) and "--dataset_dir" not in cmd
-        assert arg(cmd, "--epochs") == "2" and arg(cmd, "--amp") == "False" and arg(cmd, "--filters") == "[8, 16]"
+        # the fine-tuned AMAT trains the profile's finetune_epochs (6), the stage's own setting over --override
+        assert arg(cmd, "--epochs") == ("6" if name == "amat" else "2"), name
+        assert arg(cmd, "--amp") == "False" and arg(cmd, "--filters") == "[8, 16]"
         # a key goes only to the stages whose configs have it (a bundle run refuses unknown keys)
         assert arg(cmd, "--max_margin") == ("None" if name == "amat" else None), name
     assert arg(cmds["vat_eps6"], "--train_eps") == "6" and arg(cmds["vat_eps6"], "--run_name") == "vat_eps6"
@@ -372,7 +374,7 @@ def test_end_to_end_hippocampus_quick(tmp_path):
     """The whole tool on the hippocampus bundle (synthetic data), tiny settings, one VAT and one TEAT noise level."""
     root = tmp_path / "runs"
     cmd = [sys.executable, str(SCRIPT), "--bundle", str(HIPPOCAMPUS), "--profile", "quick", "--output_root",
-           str(root), "--vat_eps", "[2]", "--teat_eps", "[2]", "--override", json.dumps(TINY)]
+           str(root), "--vat_eps", "[2]", "--teat_eps", "[2]", "--finetune_epochs", "1", "--override", json.dumps(TINY)]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, f"{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
     report_dir = root / "report"
@@ -381,13 +383,14 @@ def test_end_to_end_hippocampus_quick(tmp_path):
     for name in ("metric_vs_eps.png", "margins.png"):
         assert (report_dir / name).read_bytes()[:8] == PNG_MAGIC, name
     table = json.loads((report_dir / "results.json").read_text())
-    assert [r["label"] for r in table["rows"]] == ["STD", "VAT (eps 2)", "TEAT (eps 2)", "AMAT"]
+    assert [r["label"] for r in table["rows"]] == ["STD", "VAT (eps 2)", "TEAT (eps 2)", "AMAT (fine-tuned)"]
     assert table["columns"] == ["clean", "PGD 2", "PGD 6", "PGD Avg.", "IFGSM 2", "IFGSM 6", "IFGSM Avg."]
     for run in ("std", "vat_eps2", "teat_eps2", "amat"):
         assert (root / "models" / run / "model.pt").is_file()
         assert (root / "eval" / run / "robustness.json").is_file()
         assert (root / "logs" / f"{run}.log").is_file()
-    assert "[10/10] report done" in p.stdout and "| AMAT |" in p.stdout
+    assert "[10/10] report done" in p.stdout and "| AMAT (fine-tuned) |" in p.stdout
+    assert json.loads((root / "models" / "amat" / "init_from.json").read_text())["max_epochs"] == 1
     # a second run finds everything done
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and "Plan: 10 stages, 10 done, 0 to run" in p.stdout, p.stdout[-3000:]
