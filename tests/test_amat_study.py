@@ -222,5 +222,5 @@ def test_whole_study_on_tiny_synthetic_data(tmp_path):
     assert "Choice (" in md and "| **" + choice["run"] + "** |" in md
     # the same command again: nothing to do
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0 and "Plan: 12 stages, 12 done, 0 to run" in p.stdout, p.stdout[-3000:]
-    assert "stages, 0 to run" in p.stdout.split("=== Phase test ===")[1]
+    assert p.returncode == 0 and "Plan: 11 stages, 11 done, 0 to run" in p.stdout, p.stdout[-3000:]
+    assert "Plan: 4 stages, 4 done, 0 to run" in p.stdout.split("=== Phase test ===")[1]  # 3 evaluations + report
