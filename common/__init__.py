@@ -15,4 +15,4 @@ if __name__ != "robust_bundles":  # e.g. "import common" from the repository roo
 
 __version__ = "0.1.0"
 
-from . import io, losses, attacks, metrics, margins, thresholds, transforms, msd, bundle, adversarial, handlers  # noqa: E402,F401
+from . import io, layout, losses, attacks, metrics, margins, thresholds, transforms, msd, bundle, adversarial, handlers  # noqa: E402,F401

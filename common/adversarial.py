@@ -30,7 +30,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
 from .attacks import Attack, L2PGD
-from .losses import check_terms, per_sample_terms, primary_output
+from .losses import check_terms, per_sample_terms, primary_output, weighted_total
 from .margins import MarginBook
 
 __all__ = [
@@ -60,12 +60,7 @@ def batch_sample_ids(batchdata: Any, id_key: str, device: torch.device | str) ->
 def _terms_and_total(loss_fn: Any, pred: Any, target: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, K) terms and (B,) weighted total of a loss."""
     terms = per_sample_terms(loss_fn, pred, target)
-    w = getattr(loss_fn, "term_weights", None)
-    if w is None or len(w) != terms.shape[1]:
-        total = terms.sum(1)
-    else:
-        total = (terms * torch.as_tensor(w, dtype=terms.dtype, device=terms.device)).sum(1)
-    return terms, total
+    return terms, weighted_total(loss_fn, terms)
 
 
 class AdversarialIteration:

@@ -41,15 +41,15 @@ from typing import Any, Sequence
 
 import fire
 
-from robust_bundles import report  # noqa: E402
+from robust_bundles import layout, report  # noqa: E402
 from robust_bundles.io import atomic_write_json  # noqa: E402
 
 BUNDLE_CONFIGS = (
     "train.json", "vat.json", "teat.json", "amat.json", "thresholds.json", "evaluate.json", "robustness.json"
 )
 GROUPS = ("train", "vat", "teat", "robustness")
-REPORT_DIR = "report"
-LOG_DIR = "logs"
+REPORT_DIR = layout.report_dir("")
+LOG_DIR = layout.logs_dir("")
 
 
 class ExperimentError(RuntimeError):
@@ -81,14 +81,16 @@ class Stage:
 
 
 def model_file(run: str) -> str:
-    return f"models/{run}/model.pt"
+    """The run's model, relative to the output root (robust_bundles.layout owns the layout)."""
+    return layout.model_file("", run)
 
 
 def robustness_file(run: str) -> str:
-    return f"eval/{run}/robustness.json"
+    """The run's robustness result, relative to the output root."""
+    return layout.robustness_file("", run)
 
 
-THRESHOLDS_FILE = "models/std/thresholds.json"
+THRESHOLDS_FILE = layout.thresholds_file("")
 
 
 def build_stages(vat_eps: Sequence[float], teat_eps: Sequence[float]) -> list[Stage]:
