@@ -74,7 +74,8 @@ def run_name(method: str, eps: float | None = None) -> str:
 
 
 def parse_run(run: str) -> tuple[str, float | None, str]:
-    """``"vat_eps6" -> ("VAT", 6.0, "VAT (eps 6)")``; ``"amat" -> ("AMAT", None, "AMAT")``; other names as given."""
+    """``"vat_eps6" -> ("VAT", 6.0, "VAT (eps 6)")``; ``"amat" -> ("AMAT", None, "AMAT")``; a variant of a method,
+    ``"std_bce" -> ("STD", None, "STD (bce)")``; other names as given."""
     m = _RUN_RE.match(run)
     if m:
         try:
@@ -85,6 +86,9 @@ def parse_run(run: str) -> tuple[str, float | None, str]:
         return method, eps, f"{method} (eps {format(eps, 'g')})"
     if run.upper() in METHODS:
         return run.upper(), None, run.upper()
+    method, _, variant = run.partition("_")
+    if method.upper() in METHODS and variant:
+        return method.upper(), None, f"{method.upper()} ({variant})"
     return run, None, run
 
 
@@ -94,12 +98,13 @@ def robustness_stage(run: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------- read
-def collect(output_root: str | Path, runs: Iterable[str]) -> list[dict]:
+def collect(output_root: str | Path, runs: Iterable[str], labels: dict[str, str] | None = None) -> list[dict]:
     """Read ``<output_root>/eval/<run>/robustness.json`` of every run.
 
     Args:
         output_root: the experiment's output folder (holds ``models/`` and ``eval/``).
         runs: run names, e.g. ``["std", "vat_eps6", "amat"]``.
+        labels: row labels by run, replacing :func:`parse_run`'s (e.g. ``{"std_bce": "STD (BCE)"}``).
 
     Returns:
         One dict per run, in the order given: ``run``, ``method``, ``train_eps`` (None for STD and AMAT), ``label``
@@ -132,17 +137,20 @@ def collect(output_root: str | Path, runs: Iterable[str]) -> list[dict]:
                 f"{robustness_stage(run)!r}."
             )
         method, eps, label = parse_run(run)
+        label = (labels or {}).get(run) or label
         out.append({"run": run, "method": method, "train_eps": eps, "label": label, "path": str(path),
                     "settings": data.get("settings", {}), "summary": summary})
     return out
 
 
 def _ordered(results: Sequence[dict]) -> list[dict]:
-    """STD, VAT by eps, TEAT by eps, AMAT, then any other run in the order given."""
+    """STD, VAT by eps, TEAT by eps, AMAT (a method before its variants, e.g. STD before std_bce), then any other
+    run in the order given."""
     rank = {m: i for i, m in enumerate(METHODS)}
-    keyed = [(rank.get(r["method"], len(METHODS)), r["train_eps"] if r["train_eps"] is not None else -1.0, i, r)
+    keyed = [(rank.get(r["method"], len(METHODS)), r["train_eps"] if r["train_eps"] is not None else -1.0,
+              r["run"] != r["method"].lower() and r["train_eps"] is None, i, r)
              for i, r in enumerate(results)]
-    return [k[-1] for k in sorted(keyed, key=lambda k: k[:3])]
+    return [k[-1] for k in sorted(keyed, key=lambda k: k[:4])]
 
 
 def _eps_key(e: Any) -> str:
@@ -480,6 +488,7 @@ def write_report(
     out_dir: str | Path | None = None,
     input_shape: Sequence[int] | None = None,
     margins_run: str = "amat",
+    labels: dict[str, str] | None = None,
 ) -> dict[str, Path]:
     """Collect the runs, write results.md/.csv/.json and the figures into ``out_dir``.
 
@@ -490,6 +499,7 @@ def write_report(
         out_dir: where to write; default ``<output_root>/report``.
         input_shape: optional spatial size of the network input, stated in the caption.
         margins_run: the run whose ``models/<run>/margins.csv`` is summarised and plotted when present.
+        labels: row labels by run (see :func:`collect`).
 
     Returns:
         The written files by name: ``markdown``, ``csv``, ``json``, ``metric_vs_eps`` and, with margins, ``margins``.
@@ -498,7 +508,7 @@ def write_report(
     """
     root = Path(output_root)
     out = Path(out_dir) if out_dir is not None else Path(layout.report_dir(root))
-    results = collect(root, runs)
+    results = collect(root, runs, labels)
     if input_shape is None and results:  # recorded by the robustness handler: (C, *spatial)
         recorded = results[0]["settings"].get("input_shape")
         input_shape = recorded[1:] if recorded else None

@@ -93,12 +93,23 @@ def robustness_file(run: str) -> str:
 THRESHOLDS_FILE = layout.thresholds_file("")
 
 
-def build_stages(vat_eps: Sequence[float], teat_eps: Sequence[float]) -> list[Stage]:
-    """All stages in order, for the given VAT and TEAT training noise levels."""
+def build_stages(vat_eps: Sequence[float], teat_eps: Sequence[float],
+                 extra_runs: dict[str, dict] | None = None) -> list[Stage]:
+    """All stages in order, for the given VAT and TEAT training noise levels and extra runs.
+
+    Args:
+        vat_eps, teat_eps: training noise levels of VAT and TEAT.
+        extra_runs: further STD-style runs (train.json with config overrides), by run name, each
+            ``{"override": {...}, "label": "..."}`` (see :func:`extra_runs_of`); trained after the thresholds and
+            evaluated like the others.
+    """
     std, amat = report.run_name("STD"), report.run_name("AMAT")
     train = [Stage(std, "train", model_file(std), configs=["train.json"], args={"run_name": std}, run=std),
              Stage("thresholds", "thresholds", THRESHOLDS_FILE, needs=[model_file(std)],
                    configs=["train.json", "thresholds.json"])]
+    for run, spec in (extra_runs or {}).items():
+        train.append(Stage(run, "train", model_file(run), configs=["train.json"],
+                           args={**spec.get("override", {}), "run_name": run}, run=run))
     for method, overlay, levels in (("VAT", "vat.json", vat_eps), ("TEAT", "teat.json", teat_eps)):
         for e in levels:
             run = report.run_name(method, e)
@@ -112,6 +123,35 @@ def build_stages(vat_eps: Sequence[float], teat_eps: Sequence[float]) -> list[St
              for r in runs]
     needs = [robustness_file(r) for r in runs]
     return train + evals + [Stage("report", "report", f"{REPORT_DIR}/results.md", needs=needs)]
+
+
+def extra_runs_of(value: Any) -> dict[str, dict]:
+    """The profile's ``experiment.extra_runs``: ``{run: {"override": {config key: value}, "label": row label}}``.
+
+    For example the landmark bundle's STD model with the BCE heatmap loss beside the default Dice one:
+    ``{"std_bce": {"override": {"heatmap_loss": "bce"}, "label": "STD (BCE)"}}``. A run name is lower-case letters,
+    digits and underscores and differs from the built-in runs.
+    """
+    if value in (None, {}):
+        return {}
+    if not isinstance(value, dict):
+        raise ExperimentError(f"experiment.extra_runs must be a dict {{run: {{\"override\": {{...}}, \"label\": ...}}}}; "
+                              f"got {value!r}.")
+    out = {}
+    for run, spec in value.items():
+        if not re.fullmatch(r"[a-z0-9_]+", str(run)) or run in ("std", "amat") or _RUN_EPS.match(str(run)):
+            raise ExperimentError(f"experiment.extra_runs: {run!r} is not a free run name (lower-case letters, digits "
+                                  f"and _, not std, amat, vat_eps*, teat_eps*).")
+        spec = spec if isinstance(spec, dict) else {}
+        override = spec.get("override", {})
+        if not isinstance(override, dict) or set(override) & {"output_root", "dataset_dir", "run_name", "resume"}:
+            raise ExperimentError(f"experiment.extra_runs.{run}.override must be a dict of config overrides (not "
+                                  f"output_root, dataset_dir, run_name or resume); got {override!r}.")
+        out[str(run)] = {"override": dict(override), "label": str(spec.get("label") or "")}
+    return out
+
+
+_RUN_EPS = re.compile(r"^(vat|teat)_eps")
 
 
 def _as_list(value: Any, what: str) -> list:
@@ -259,10 +299,11 @@ class Experiment:
         self.vat_eps = _eps_list(vat_eps if vat_eps is not None else experiment.get("vat_eps", []), "vat_eps")
         self.teat_eps = _eps_list(teat_eps if teat_eps is not None else experiment.get("teat_eps", []), "teat_eps")
         self.caption = str(experiment.get("caption", "") or "")
+        self.extra_runs = extra_runs_of(experiment.get("extra_runs"))
         default_root = self.bundle / "runs" / (self.profile or "default")
         self.output_root = Path(output_root).expanduser().resolve() if output_root else default_root
         self.dataset_dir = Path(dataset_dir).expanduser().resolve() if dataset_dir else None
-        self.stages = build_stages(self.vat_eps, self.teat_eps)
+        self.stages = build_stages(self.vat_eps, self.teat_eps, self.extra_runs)
 
     # -------------------------------------------------------------------------------------------------- status
     def path(self, rel: str) -> Path:
@@ -282,7 +323,8 @@ class Experiment:
 
     def signature(self, stage: Stage) -> list:
         if stage.kind == "report":
-            return ["report", self.runs(), self.report_caption()]
+            labels = {run: spec["label"] for run, spec in self.extra_runs.items() if spec["label"]}
+            return ["report", self.runs(), self.report_caption(), *([labels] if labels else [])]
         return _signature(bundle_command(stage, self.profile_file, self.output_root, self.dataset_dir,
                                          self.overrides))
 
@@ -418,7 +460,8 @@ class Experiment:
         return " ".join(p if p.endswith((".", "!", "?")) else p + "." for p in parts if p)
 
     def write_report(self) -> dict[str, Path]:
-        return report.write_report(self.output_root, self.runs(), caption=self.report_caption(),
+        labels = {run: spec["label"] for run, spec in self.extra_runs.items() if spec["label"]}
+        return report.write_report(self.output_root, self.runs(), caption=self.report_caption(), labels=labels,
                                    out_dir=self.output_root / REPORT_DIR)
 
     # ------------------------------------------------------------------------------------------------- printing
@@ -430,6 +473,9 @@ class Experiment:
             f"  VAT eps: {', '.join(format(e, 'g') for e in self.vat_eps) or 'none'}; "
             f"TEAT eps: {', '.join(format(e, 'g') for e in self.teat_eps) or 'none'}",
         ]
+        if self.extra_runs:
+            lines.append("  extra runs: " + "; ".join(f"{run} {json.dumps(spec['override'])}"
+                                                     for run, spec in self.extra_runs.items()))
         if self.overrides:
             lines.append(f"  overrides: {json.dumps(self.overrides)}")
         return "\n".join(lines)

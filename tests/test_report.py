@@ -245,3 +245,12 @@ def test_several_metrics_with_units_and_directions(tmp_path):
     js = json.loads(files["json"].read_text())
     assert js["metric"] == "MRE" and js["other_metrics"]["SDR_2mm"]["rows"][1]["values"]["clean"] == 70.0
     assert files["metric_vs_eps"].read_bytes().startswith(PNG_MAGIC)
+
+
+def test_method_variants_sort_with_their_method_and_take_labels(root):
+    assert report.parse_run("std_bce") == ("STD", None, "STD (bce)")
+    write_run(root, "std_bce", 0.74, (0.5, 0.03, 0.001), (0.58, 0.09, 0.01))
+    results = report.collect(root, ["amat", "std_bce", "std"], labels={"std_bce": "STD (BCE)"})
+    md, _, table = report.paper_table(results)
+    assert [r["label"] for r in table["rows"]] == ["STD", "STD (BCE)", "AMAT"]
+    assert "| STD (BCE) | 0.740 |" in md
