@@ -15,6 +15,7 @@ from robust_bundles.tasks.landmarks import (
     LandmarkTargetsd,
     LandmarkWriter,
     decode_landmarks,
+    init_heatmap_bias,
     landmark_targets,
     split_heads,
     to_network_frame,
@@ -155,3 +156,15 @@ def test_writer_outputs_json_csv_and_overlay(tmp_path):
     assert lines[0] == "landmark,name,x_px,y_px,x_mm,y_mm" and lines[1] == "1,sella,10.0,20.0,1.0,4.0"
     with Image.open(tmp_path / "out" / "x_overlay.png") as im:
         assert im.size == (45, 60)  # scaled to overlay_size pixels high
+
+
+def test_init_heatmap_bias():
+    from monai.networks.nets import BasicUNet
+
+    net = init_heatmap_bias(BasicUNet(2, 1, 6, features=(2, 2, 2, 2, 2, 2)), 2, prior=0.02)
+    assert net.final_conv.bias[:2].tolist() == pytest.approx([math.log(0.02 / 0.98)] * 2)
+    with torch.no_grad():
+        out = net(torch.zeros(1, 1, 32, 32))
+    assert torch.sigmoid(out[:, :2]).mean().item() < 0.1
+    with pytest.raises(ValueError, match="no convolution with 9 output channels"):
+        init_heatmap_bias(net, 3)

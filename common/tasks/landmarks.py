@@ -50,6 +50,7 @@ from ..metrics import MetricSpec, PerSampleMetric, batch_value, nanmean
 
 __all__ = [
     "split_heads",
+    "init_heatmap_bias",
     "to_network_frame",
     "to_original_frame",
     "landmark_targets",
@@ -79,6 +80,28 @@ def split_heads(pred: torch.Tensor, num_landmarks: int) -> dict[str, torch.Tenso
     _check_output(pred, num_landmarks)
     n = num_landmarks
     return {"heatmap": pred[:, :n], "offset_x": pred[:, n : 2 * n], "offset_y": pred[:, 2 * n :]}
+
+
+def init_heatmap_bias(network: torch.nn.Module, num_landmarks: int, prior: float = 0.01) -> torch.nn.Module:
+    """Start the heatmap logits at ``logit(prior)`` instead of 0 (the prior-probability initialisation of RetinaNet's
+    classification head): a landmark's disk covers about 1 % of the image, and a network that starts at p = 0.5 on
+    every pixel first spends many iterations learning the background. Offsets are left as they are.
+
+    The bias of the network's last convolution with ``3 * num_landmarks`` output channels is set; returns the network.
+
+    Raises:
+        ValueError: the network has no such convolution with a bias.
+    """
+    if not 0 < prior < 1:
+        raise ValueError(f"prior must lie in (0, 1); got {prior}.")
+    convs = [m for m in network.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)
+             and m.out_channels == 3 * num_landmarks and m.bias is not None]
+    if not convs:
+        raise ValueError(f"{type(network).__name__} has no convolution with {3 * num_landmarks} output channels and a "
+                         f"bias: the heatmap bias cannot be initialised (set the output channels to 3 x landmarks).")
+    with torch.no_grad():
+        convs[-1].bias[:num_landmarks] = math.log(prior / (1 - prior))
+    return network
 
 
 def _as_sizes(size: Any, batch: int | None = None) -> torch.Tensor:
