@@ -10,23 +10,21 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from bundle_helpers import REPO, SHARED, epoch_of, last_error, load, run
+from bundle_helpers import metrics_csv as _metrics_csv
+from bundle_helpers import run_bundle as _run_bundle
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 BUNDLE = "bundles/cephalometric_xray_landmarks"
 CONFIGS = f"{BUNDLE}/configs"
 META = f"{CONFIGS}/metadata.json"
 SCHEMA = "bundles/meta_schema.json"
-SHARED = Path(os.environ.get("ROBUST_BUNDLES_SHARED_DATA", REPO / ".." / "shared" / "data"))
 REAL = SHARED / "isbi2015_ceph"
 
 FEATURES = "[4,4,8,8,16,4]"
@@ -49,43 +47,8 @@ def tiny(**changes: str) -> list[str]:
     return [a for k, v in {**TINY, **changes}.items() for a in (f"--{k}", v)]
 
 
-def config_list(*names: str) -> str:
-    return "[" + ",".join(f"'{CONFIGS}/{n}.json'" for n in names) + "]"
-
-
-def run(cmd: list[str], expect_ok: bool = True, timeout: int = 300):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=timeout)
-    if expect_ok and proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
-    if not expect_ok and proc.returncode == 0:
-        pytest.fail(f"{' '.join(cmd)} should have failed:\n{proc.stdout[-3000:]}")
-    return proc
-
-
 def run_bundle(configs: tuple[str, ...], *args: str, expect_ok: bool = True):
-    return run([sys.executable, "-m", "monai.bundle", "run", "--config_file", config_list(*configs), *args],
-               expect_ok=expect_ok)
-
-
-def last_error(proc) -> str:
-    lines = [ln for ln in proc.stdout.strip().splitlines() if ln.strip()]
-    assert lines and lines[-1].startswith("ERROR (cause): "), proc.stdout[-3000:]
-    return lines[-1]
-
-
-def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def epoch_of(checkpoint: dict) -> int:
-    state = checkpoint["trainer"]
-    return int(state["iteration"]) // int(state["epoch_length"])
-
-
-def _metrics_csv(path: Path) -> dict[str, float]:
-    return {k: float(v) for k, v in (ln.split(",") for ln in path.read_text().splitlines() if ln.strip())}
+    return _run_bundle(CONFIGS, configs, *args, expect_ok=expect_ok)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -300,4 +263,3 @@ def test_one_short_epoch_on_the_real_xrays(tmp_path):
                "--output_root", str(tmp_path))
     assert epoch_of(load(tmp_path / "models" / "std" / "checkpoint.pt")) == 1
     assert not (tmp_path / "data").exists()
-    assert np.isfinite(json.loads(json.dumps(1.0)))
