@@ -30,6 +30,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
 from .attacks import Attack, L2PGD
+from .distributed import FirstVisits, gather_first_visits, is_distributed, unwrap
 from .losses import check_terms, per_sample_terms, primary_output, weighted_total
 from .margins import MarginBook
 
@@ -84,6 +85,7 @@ class AdversarialIteration:
         self.attack = attack if attack is not None else L2PGD(steps=10, alpha=4.0)
         self.beta = float(beta)
         self.id_key = id_key
+        self._visits: FirstVisits | None = None  # data-parallel runs: the first visit of each sample per epoch
 
     # -- hooks -----------------------------------------------------------------------------------------------------
     def adversarial(self, engine, inputs, targets, ids, forward) -> tuple[torch.Tensor, dict]:  # pragma: no cover
@@ -132,7 +134,12 @@ class AdversarialIteration:
         def forward(x: torch.Tensor) -> Any:
             return engine.inferer(x, engine.network, *args, **kwargs)
 
-        x_adv, info = self.adversarial(engine, inputs, targets, ids, forward)
+        bare = unwrap(engine.network)  # attack passes bypass a DistributedDataParallel wrapper
+
+        def attack_forward(x: torch.Tensor) -> Any:
+            return engine.inferer(x, bare, *args, **kwargs)
+
+        x_adv, info = self.adversarial(engine, inputs, targets, ids, attack_forward)
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         amp = bool(engine.amp and getattr(engine, "scaler", None) is not None)
         ctx = torch.autocast("cuda", **engine.amp_kwargs) if amp else contextlib.nullcontext()
@@ -185,7 +192,7 @@ class VATIteration(AdversarialIteration):
             inputs,
             targets,
             eps=self.eps,
-            model=self.attack.model or engine.network,
+            model=self.attack.model or unwrap(engine.network),
             loss_fn=self.attack.loss_fn or engine.loss_function,
             forward=forward,
             final_check=False,
@@ -410,7 +417,10 @@ class TEATIteration(VATIteration):
                     clean = forward(inputs)
                 finally:
                     engine.network.train()
-                self.ensemble.update(ids, self._act(engine, clean))
+                if self._visits is None and is_distributed():
+                    self._visits = FirstVisits(self.ensemble.num_samples)
+                self.ensemble.update(*gather_first_visits(self._visits, engine.state.epoch, ids,
+                                                          self._act(engine, clean)))
             target, seen = self.ensemble.targets(ids, device=inputs.device)
             adv = self._act(engine, info["pred_adv"])
             per_sample = ((adv - target) ** 2).flatten(1).mean(1) * seen.float()
@@ -475,7 +485,7 @@ class AMATIteration(AdversarialIteration):
             inputs,
             targets,
             eps=eps,
-            model=self.attack.model or engine.network,
+            model=self.attack.model or unwrap(engine.network),
             loss_fn=loss_fn,
             forward=forward,
             start_radius=start if self.attack.random_start else None,
@@ -501,5 +511,9 @@ class AMATIteration(AdversarialIteration):
 
     def after_step(self, engine, ids, info):
         robust = info["robust"]
-        self.margins.record(ids, robust, info["norms"], epoch=engine.state.epoch)
+        if self._visits is None and is_distributed():
+            self._visits = FirstVisits(len(self.margins))
+        all_ids, all_robust, all_norms = gather_first_visits(self._visits, engine.state.epoch, ids, robust,
+                                                             info["norms"])
+        self.margins.record(all_ids, all_robust, all_norms, epoch=engine.state.epoch)
         return {"robust_fraction": float(robust.float().mean())}

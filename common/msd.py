@@ -41,10 +41,12 @@ from urllib.request import url2pathname
 import nibabel as nib
 import numpy as np
 
+from .bundle import announce_synthetic, is_synthetic, mark_synthetic
 from .io import atomic_write_text
 from .transforms import assign_sample_ids, datalist_digest
 
 __all__ = [
+    "synthetic_default",
     "read_msd_datalist",
     "split_cases",
     "load_volume_pair",
@@ -799,8 +801,21 @@ def write_synthetic_msd(
         "test": [],
         "synthetic": params,
     }
+    mark_synthetic(out, "robust_bundles.msd.write_synthetic_msd")
     atomic_write_text(json_path, json.dumps(meta, indent=1) + "\n")
     return out
+
+
+def synthetic_default(out_dir: str | os.PathLike, num_cases: int = 12, **kwargs) -> str:
+    """The default ``dataset_dir`` of a bundle: :func:`write_synthetic_msd` (written once), announced loudly.
+
+    Every run on it logs a warning that its numbers say nothing about the real task, and the robustness reports
+    say so too (:func:`robust_bundles.bundle.is_synthetic`).
+    """
+    out = write_synthetic_msd(out_dir, num_cases=num_cases, **kwargs)
+    if not is_synthetic(out):  # written by an older version
+        mark_synthetic(out, "robust_bundles.msd.write_synthetic_msd")
+    return announce_synthetic(out, "synthetic MSD volumes (robust_bundles.msd.write_synthetic_msd)")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

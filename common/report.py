@@ -513,6 +513,11 @@ def write_report(
         recorded = results[0]["settings"].get("input_shape")
         input_shape = recorded[1:] if recorded else None
     md, csv_text, table = paper_table(results, caption, input_shape)
+    synthetic = sorted(r["run"] for r in results if (r["settings"].get("dataset") or {}).get("synthetic"))
+    table["synthetic_data"] = bool(synthetic)
+    if synthetic:
+        md = (f"**SYNTHETIC DATA** (runs {', '.join(synthetic)}): the bundle's default data, written by its "
+              f"generator; these numbers say nothing about the real task. Give --dataset_dir a real dataset.\n\n" + md)
     files = {"metric_vs_eps": plot_metric_vs_eps(results, out / "metric_vs_eps.png")}
     others = metric_names(results)[1:]
     if others:  # the task's further metrics, one table each (the headline's caption states the settings)

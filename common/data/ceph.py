@@ -37,6 +37,7 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from ..bundle import announce_synthetic, mark_synthetic
 from ..io import atomic_write, atomic_write_text
 from ..transforms import assign_sample_ids, datalist_digest
 
@@ -55,6 +56,7 @@ __all__ = [
     "xray_datalist",
     "LoadXrayd",
     "write_synthetic_ceph",
+    "synthetic_default",
 ]
 
 logger = logging.getLogger("robust_bundles.ceph")
@@ -544,3 +546,12 @@ def write_synthetic_ceph(
         atomic_write_text(out / f"{set_name}_{doctor}.csv", text)
     atomic_write_text(out / "synthetic.json", json.dumps(params, indent=1) + "\n")
     return out
+
+
+def synthetic_default(out_dir: str | os.PathLike, **kwargs: Any) -> str:
+    """The bundle's default ``dataset_dir``: :func:`write_synthetic_ceph` (written once), marked and announced loudly
+    as synthetic (:func:`robust_bundles.bundle.is_synthetic`), so that every log and report says its numbers mean
+    nothing about the real task."""
+    out = write_synthetic_ceph(out_dir, **kwargs)
+    mark_synthetic(out, "robust_bundles.data.ceph.write_synthetic_ceph")
+    return announce_synthetic(out, "synthetic cephalometric X-rays (robust_bundles.data.ceph.write_synthetic_ceph)")

@@ -44,6 +44,7 @@ from ignite.engine import Engine, Events
 from monai.data import list_data_collate
 
 from ..attacks import Attack, gradient_masking_warning
+from ..bundle import is_synthetic
 from ..io import atomic_write_json, atomic_write_text
 from ..losses import per_sample_terms, weighted_total
 from ..metrics import FunctionMetric, MetricSpec, SliceDice, TaskMetric, nanmean
@@ -53,6 +54,9 @@ __all__ = ["RobustnessEvaluationHandler", "format_eps"]
 logger = logging.getLogger("robust_bundles.robustness")
 
 _QUANTILES = (("q05", 0.05), ("q25", 0.25), ("median", 0.5), ("q75", 0.75), ("q95", 0.95))
+
+
+SYNTHETIC_NOTE = "SYNTHETIC DATA: these numbers say nothing about the real task."
 
 
 def format_eps(eps: float) -> str:
@@ -78,6 +82,8 @@ class RobustnessEvaluationHandler:
         restarts: random restarts per attack (random-start attacks only); the per-sample worst is kept.
         id_keys: batch keys copied into the per-sample rows when present.
         log_every: log progress (with an ETA) every this many batches.
+        dataset_dir: the data evaluated on, recorded in the settings; a synthetic dataset
+            (:func:`robust_bundles.bundle.is_synthetic`) is flagged in every output.
     """
 
     def __init__(
@@ -94,6 +100,7 @@ class RobustnessEvaluationHandler:
         restarts: int = 1,
         id_keys: Sequence[str] = ("sample_id", "case", "slice"),
         log_every: int = 1,
+        dataset_dir: str | Path | None = None,
     ) -> None:
         if not isinstance(attacks, Mapping):
             attacks = {a.name: a for a in attacks}
@@ -121,6 +128,8 @@ class RobustnessEvaluationHandler:
         self.restarts = restarts
         self.id_keys = tuple(id_keys)
         self.log_every = max(1, int(log_every))
+        self.dataset_dir = str(dataset_dir) if dataset_dir is not None else None
+        self.synthetic = is_synthetic(dataset_dir)
         self.rows: list[dict] = []
         self.input_shape: list[int] | None = None
         self.summary: dict = {}
@@ -356,7 +365,7 @@ class RobustnessEvaluationHandler:
             for attack, res in m["attacks"].items():
                 for e, v in res.items():
                     engine.state.metrics[f"{prefix}{attack}_eps{e}"] = v
-        logger.info("\n" + self.markdown())
+        logger.info(("\n" + SYNTHETIC_NOTE if self.synthetic else "") + "\n" + self.markdown())
         if self.output_dir is not None:
             self.write(self.output_dir)
 
@@ -374,6 +383,7 @@ class RobustnessEvaluationHandler:
             "higher_is_better": self.higher_is_better,
             "metrics": [s.to_dict() for s in self.specs],
             "per_sample": bool(self.metric.per_sample),
+            "dataset": {"dir": self.dataset_dir, "synthetic": self.synthetic},
         }
 
     def markdown(self) -> str:
@@ -404,7 +414,8 @@ class RobustnessEvaluationHandler:
         attacks = ", ".join(f"{n}: {a.norm.upper()} {a.steps} steps" for n, a in self.attacks.items())
         atomic_write_text(
             out / "robustness.md",
-            f"{self.metric_name} over {self.summary['num_counted']} of {self.summary['num_samples']} samples; "
+            (f"**{SYNTHETIC_NOTE}**\n\n" if self.synthetic else "")
+            + f"{self.metric_name} over {self.summary['num_counted']} of {self.summary['num_samples']} samples; "
             f"eps in input intensity units ({attacks})\n\n" + self.markdown(),
         )
         logger.info(f"robustness report written to {out}")
