@@ -164,3 +164,13 @@ def test_real_isbi2015_copy():
     assert (w, h) == (1935, 2400)
     sample = ceph.load_ceph(REAL, "test", max_images=1)[0]
     assert sample["image"].shape == (1, 200, 160) and 0 <= sample["image"].min() < sample["image"].max() <= 1
+
+
+def test_synthetic_dataset_with_other_settings_replaces_the_old_one(tmp_path):
+    root = ceph.write_synthetic_ceph(tmp_path / "s", num_train=3, num_test1=2, size=(60, 48))
+    ceph.write_synthetic_ceph(tmp_path / "s", num_train=2, num_test1=2, size=(60, 48))
+    assert len(ceph.read_ceph_datalist(root)) == 4  # no stale image of the first set
+    assert ceph.synthetic_default(tmp_path / "s", num_train=2, num_test1=2, size=(60, 48)) == str(root)
+    from robust_bundles.bundle import is_synthetic
+
+    assert is_synthetic(root)

@@ -116,7 +116,8 @@ def test_csv_parses_and_json_round_trip(root):
     assert {p.name for p in (root / "report").iterdir()} == {
         "results.md", "results.csv", "results.json", "metric_vs_eps.png"}  # no margins.csv, no temp files left
     written = json.loads(files["json"].read_text())
-    assert written == {**table, "caption": written["caption"]} and written["caption"].endswith("test")
+    assert written == {**table, "caption": written["caption"], "synthetic_data": False}
+    assert written["caption"].endswith("test")
     assert files["markdown"].read_text().startswith("| method | clean |")
     assert list(csv.DictReader(files["csv"].open())) == list(csv.DictReader(io.StringIO(
         report.paper_table(results, caption="test")[1])))

@@ -515,7 +515,14 @@ def write_synthetic_ceph(
     if out.is_dir() and any(out.iterdir()) and not (out / "synthetic.json").is_file():
         raise FileExistsError(f"{out} holds files that write_synthetic_ceph did not write: refusing to overwrite a "
                               f"real dataset; choose an empty folder.")
-    (out / "synthetic.json").unlink(missing_ok=True)
+    if (out / "synthetic.json").is_file():  # an older synthetic set of other settings: replace it whole
+        import shutil
+
+        (out / "synthetic.json").unlink()
+        for sub in ("RawImage", "AnnotationsByMD", "cepha400"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        for f in out.glob("*_senior.csv"):
+            f.unlink()
     rng = np.random.default_rng([int(seed), 0])
     template = _template(int(num_landmarks), rng)
     h, w = int(size[0]), int(size[1])
