@@ -248,6 +248,24 @@ def test_ckpt_export_torchscript(std, tmp_path):
         assert exported(torch.zeros(1, 1, 200, 160)).shape == (1, 57, 200, 160)
 
 
+CHECK_PROPERTIES = """
+import sys
+from monai.bundle import ConfigWorkflow
+configs, kind, root = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
+w = ConfigWorkflow(config_file=configs, meta_file="{meta}", workflow_type=kind, output_root=root, max_images=2,
+                   max_val_images=1, features=[4, 4, 8, 8, 16, 4])
+w.initialize()
+print("MISSING", w.check_properties())
+"""
+
+
+@pytest.mark.parametrize("kind,configs", [("train", ("train",)), ("infer", ("train", "inference"))])
+def test_check_properties(kind, configs, root, std):
+    files = ",".join(f"{CONFIGS}/{c}.json" for c in configs)
+    proc = run([sys.executable, "-c", CHECK_PROPERTIES.format(meta=META), files, kind, str(root)])
+    assert "MISSING []" in proc.stdout
+
+
 def test_experiment_plan_of_the_quick_profile(tmp_path):
     proc = run([sys.executable, "scripts/experiment.py", "--bundle", BUNDLE, "--profile", "quick", "--output_root",
                 str(tmp_path), "--dry_run"])
