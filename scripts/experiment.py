@@ -7,7 +7,7 @@ robustness evaluation of every trained model, and the report.
         --dataset_dir /data/Task04_Hippocampus
     python scripts/experiment.py --bundle ... --profile quick --stages "[amat,robustness_amat,report]" --force "[amat]"
     python scripts/experiment.py --bundle ... --profile quick --vat_eps "[2]" --teat_eps "[]" \\
-        --override '{"epochs": 1, "network_def#filters": [8, 16, 32, 64]}'
+        --override '{"epochs": 1, "filters": [8, 16, 32, 64]}'
 
 Options: see ``python scripts/experiment.py --help`` (the docstring of :func:`main`).
 
@@ -42,6 +42,7 @@ from typing import Any, Sequence
 import fire
 
 from robust_bundles import layout, report  # noqa: E402
+from robust_bundles.bundle import unknown_override_errors  # noqa: E402
 from robust_bundles.io import atomic_write_json  # noqa: E402
 
 BUNDLE_CONFIGS = (
@@ -304,6 +305,8 @@ class Experiment:
         self.output_root = Path(output_root).expanduser().resolve() if output_root else default_root
         self.dataset_dir = Path(dataset_dir).expanduser().resolve() if dataset_dir else None
         self.stages = build_stages(self.vat_eps, self.teat_eps, self.extra_runs)
+        self._stage_keys_cache: dict[str, set[str]] = {}
+        self.check_overrides()
 
     # -------------------------------------------------------------------------------------------------- status
     def path(self, rel: str) -> Path:
@@ -326,7 +329,7 @@ class Experiment:
             labels = {run: spec["label"] for run, spec in self.extra_runs.items() if spec["label"]}
             return ["report", self.runs(), self.report_caption(), *([labels] if labels else [])]
         return _signature(bundle_command(stage, self.profile_file, self.output_root, self.dataset_dir,
-                                         self.overrides))
+                                         self.stage_overrides(stage)))
 
     def runs(self) -> list[str]:
         return [s.run for s in self.stages if s.kind == "train"]
@@ -387,7 +390,44 @@ class Experiment:
         return out
 
     def command(self, stage: Stage, resume: bool = False) -> list[str]:
-        return bundle_command(stage, self.profile_file, self.output_root, self.dataset_dir, self.overrides, resume)
+        return bundle_command(stage, self.profile_file, self.output_root, self.dataset_dir,
+                              self.stage_overrides(stage), resume)
+
+    def _stage_config(self, stage: Stage) -> dict:
+        """The merged configs of a stage (its overlays, then the profile), for checking override keys."""
+        from monai.bundle import ConfigParser
+
+        files = [self.bundle / "configs" / c for c in stage.configs]
+        if self.profile_file:
+            files.append(self.bundle / self.profile_file)
+        parser = ConfigParser()
+        parser.read_config([str(f) for f in files])
+        return parser.get()
+
+    def stage_overrides(self, stage: Stage) -> dict[str, Any]:
+        """The --override keys that the stage's configs have (e.g. robustness_eps goes to robustness stages only):
+        a bundle run refuses keys it does not know, and a stage is not re-run for a setting it does not read."""
+        if stage.kind == "report":
+            return {}
+        if stage.name not in self._stage_keys_cache:
+            config = self._stage_config(stage)
+            self._stage_keys_cache[stage.name] = {
+                k for k in self.overrides if not unknown_override_errors(config, [k])}
+        known = self._stage_keys_cache[stage.name]
+        return {k: v for k, v in self.overrides.items() if k in known}
+
+    def check_overrides(self) -> None:
+        """Every --override key must be a key of some stage's configs (else it is a misspelling)."""
+        unknown = set(self.overrides)
+        problems: list[str] = []
+        for stage in self.stages:
+            if stage.kind != "report" and unknown:
+                unknown -= set(self.stage_overrides(stage))
+        if unknown:
+            config = self._stage_config(self.stages[0])
+            problems = unknown_override_errors(config, sorted(unknown))
+            raise ExperimentError("--override: unknown config key(s), read by no stage of this bundle: "
+                                  + " | ".join(problems))
 
     # ----------------------------------------------------------------------------------------------------- running
     def run_stage(self, stage: Stage, resume: bool) -> None:

@@ -116,7 +116,7 @@ def test_dry_run_hippocampus_lists_stages_with_profile_last(tmp_path):
     p = subprocess.run(
         [sys.executable, str(SCRIPT), "--bundle", str(HIPPOCAMPUS), "--profile", "quick",
          "--output_root", str(out_root),
-         "--dry_run", "--override", '{"epochs": 2, "amp": false, "max_margin": null, "network_def#filters": [8, 16]}'],
+         "--dry_run", "--override", '{"epochs": 2, "amp": false, "max_margin": null, "filters": [8, 16]}'],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert p.returncode == 0, p.stderr
@@ -137,8 +137,9 @@ def test_dry_run_hippocampus_lists_stages_with_profile_last(tmp_path):
         if name in overlays:
             assert files[:-1] == [f"configs/{f}" for f in overlays[name]]
         assert arg(cmd, "--output_root") == str(out_root) and "--dataset_dir" not in cmd
-        assert arg(cmd, "--epochs") == "2" and arg(cmd, "--amp") == "False" and arg(cmd, "--max_margin") == "None"
-        assert arg(cmd, "--network_def#filters") == "[8, 16]"
+        assert arg(cmd, "--epochs") == "2" and arg(cmd, "--amp") == "False" and arg(cmd, "--filters") == "[8, 16]"
+        # a key goes only to the stages whose configs have it (a bundle run refuses unknown keys)
+        assert arg(cmd, "--max_margin") == ("None" if name == "amat" else None), name
     assert arg(cmds["vat_eps6"], "--train_eps") == "6" and arg(cmds["vat_eps6"], "--run_name") == "vat_eps6"
     assert arg(cmds["teat_eps6"], "--train_eps") == "6"
     assert arg(cmds["robustness_teat_eps6"], "--run_name") == "teat_eps6"
@@ -174,6 +175,8 @@ def test_bad_options_are_clear_errors(bundle, capsys):
     assert rc == 1 and "not a complete bundle" in err
     rc, _, err = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--override", '{"run_name": "x"}')
     assert rc == 1 and "--override cannot set" in err
+    rc, _, err = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--override", '{"epoch": 3}', "--dry_run")
+    assert rc == 1 and "unknown config key" in err and "--epoch:" in err and "did you mean --epochs" in err
     # a stage whose input is neither there nor made by a selected stage
     rc, _, err = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--stages", "[amat]", "--dry_run")
     assert rc == 1 and "thresholds.json" in err and "'thresholds'" in err
@@ -319,7 +322,7 @@ def test_full_run_resume_rerun_and_failure(bundle, capsys, tmp_path, monkeypatch
 
 # ------------------------------------------------------------------------------------------ real end to end (slow)
 TINY = {"max_cases": 1, "max_val_cases": 1, "max_test_cases": 1, "epochs": 1, "val_interval": 1, "batch_size": 64,
-        "patch_size": [24, 32], "network_def#filters": [8, 16, 32, 64], "attack_steps": 1, "pgd_steps": 2,
+        "patch_size": [24, 32], "filters": [8, 16, 32, 64], "attack_steps": 1, "pgd_steps": 2,
         "ifgsm_steps": 1, "robustness_eps": [2, 6]}
 
 

@@ -123,6 +123,16 @@ def test_csv_parses_and_json_round_trip(root):
         report.paper_table(results, caption="test")[1])))
 
 
+def test_synthetic_data_is_flagged_at_the_top_of_the_report(root):
+    path = root / "eval" / "amat" / "robustness.json"
+    data = json.loads(path.read_text())
+    data["settings"]["dataset"] = {"dir": "/x/data/synthetic_msd", "synthetic": True}
+    path.write_text(json.dumps(data))
+    files = report.write_report(root, list(VALUES))
+    assert files["markdown"].read_text().startswith("**SYNTHETIC DATA** (runs amat)")
+    assert json.loads(files["json"].read_text())["synthetic_data"] is True
+
+
 def test_lower_is_better_and_nan(tmp_path):
     for run, clean, pgd in (("std", 3.0, (5.0, float("nan"))), ("amat", 3.5, (4.0, 6.0))):
         data = write_run(tmp_path, run, clean, pgd, pgd, eps=(1, 2))
