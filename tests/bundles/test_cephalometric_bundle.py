@@ -271,11 +271,23 @@ def test_check_properties(kind, configs, root, std):
     assert "MISSING []" in proc.stdout
 
 
-def test_experiment_plan_of_the_quick_profile(tmp_path):
-    proc = run([sys.executable, "scripts/experiment.py", "--bundle", BUNDLE, "--profile", "quick", "--output_root",
-                str(tmp_path), "--dry_run"])
-    for stage in ("std", "thresholds", "std_bce", "amat", "robustness_std_bce", "robustness_amat", "report"):
-        assert f" {stage} " in proc.stdout or f" {stage}:" in proc.stdout, stage
+def _planned(profile: str, root: Path) -> str:
+    return run([sys.executable, "scripts/experiment.py", "--bundle", BUNDLE, "--profile", profile, "--output_root",
+                str(root), "--dry_run"]).stdout
+
+
+def _has_stage(plan: str, stage: str) -> bool:
+    return f" {stage} " in plan or f" {stage}:" in plan
+
+
+def test_experiment_plans_of_the_profiles(tmp_path):
+    quick = _planned("quick", tmp_path / "quick")
+    for stage in ("std", "thresholds", "vat_eps3", "teat_eps3", "amat", "robustness_std", "robustness_amat", "report"):
+        assert _has_stage(quick, stage), stage
+    assert not _has_stage(quick, "std_bce")  # the STD (BCE) row costs another STD training: paper profile only
+    paper = _planned("paper", tmp_path / "paper")
+    for stage in ("std_bce", "vat_eps5", "teat_eps5", "robustness_std_bce"):
+        assert _has_stage(paper, stage), stage
 
 
 @pytest.mark.realdata
