@@ -47,7 +47,7 @@ from typing import Any, Sequence
 
 import fire
 
-from robust_bundles import report  # noqa: E402
+from robust_bundles import layout, report  # noqa: E402
 from robust_bundles.bundle import unknown_override_errors  # noqa: E402
 from robust_bundles.finetune import INIT_RECORD  # noqa: E402
 from robust_bundles.io import atomic_write_json  # noqa: E402
@@ -56,8 +56,8 @@ BUNDLE_CONFIGS = (
     "train.json", "vat.json", "teat.json", "amat.json", "thresholds.json", "evaluate.json", "robustness.json"
 )
 GROUPS = ("train", "vat", "teat", "robustness")
-REPORT_DIR = "report"
-LOG_DIR = "logs"
+REPORT_DIR = layout.report_dir("")
+LOG_DIR = layout.logs_dir("")
 
 
 class ExperimentError(RuntimeError):
@@ -89,14 +89,16 @@ class Stage:
 
 
 def model_file(run: str) -> str:
-    return f"models/{run}/model.pt"
+    """The run's model, relative to the output root (robust_bundles.layout owns the layout)."""
+    return layout.model_file("", run)
 
 
 def robustness_file(run: str) -> str:
-    return f"eval/{run}/robustness.json"
+    """The run's robustness result, relative to the output root."""
+    return layout.robustness_file("", run)
 
 
-THRESHOLDS_FILE = "models/std/thresholds.json"
+THRESHOLDS_FILE = layout.thresholds_file("")
 FINETUNE_CONFIG = "finetune.json"
 SCRATCH = "scratch"
 
@@ -118,19 +120,25 @@ def finetune(stage: Stage, init: str | None, epochs: int | None = None) -> Stage
 
 
 def build_stages(vat_eps: Sequence[float], teat_eps: Sequence[float], inits: dict[str, str] | None = None,
-                 finetune_epochs: int | None = None) -> list[Stage]:
-    """All stages in order, for the given VAT and TEAT training noise levels.
+                 finetune_epochs: int | None = None, extra_runs: dict[str, dict] | None = None) -> list[Stage]:
+    """All stages in order, for the given VAT and TEAT training noise levels and extra runs.
 
     Args:
         vat_eps, teat_eps: training noise levels of VAT and TEAT.
         inits: per method ("VAT", "TEAT", "AMAT"), where its runs start: "scratch", "std" or a model file.
         finetune_epochs: epochs of the fine-tuned runs (None: the profile's epochs).
+        extra_runs: further STD-style runs (train.json with config overrides), by run name, each
+            ``{"override": {...}, "label": "..."}`` (see :func:`extra_runs_of`); trained after the thresholds and
+            evaluated like the others.
     """
     inits = inits or {}
     std, amat = report.run_name("STD"), report.run_name("AMAT")
     train = [Stage(std, "train", model_file(std), configs=["train.json"], args={"run_name": std}, run=std),
              Stage("thresholds", "thresholds", THRESHOLDS_FILE, needs=[model_file(std)],
                    configs=["train.json", "thresholds.json"])]
+    for run, spec in (extra_runs or {}).items():
+        train.append(Stage(run, "train", model_file(run), configs=["train.json"],
+                           args={**spec.get("override", {}), "run_name": run}, run=run))
     for method, overlay, levels in (("VAT", "vat.json", vat_eps), ("TEAT", "teat.json", teat_eps)):
         for e in levels:
             run = report.run_name(method, e)
@@ -146,6 +154,35 @@ def build_stages(vat_eps: Sequence[float], teat_eps: Sequence[float], inits: dic
              for r in runs]
     needs = [robustness_file(r) for r in runs]
     return train + evals + [Stage("report", "report", f"{REPORT_DIR}/results.md", needs=needs)]
+
+
+def extra_runs_of(value: Any) -> dict[str, dict]:
+    """The profile's ``experiment.extra_runs``: ``{run: {"override": {config key: value}, "label": row label}}``.
+
+    For example the landmark bundle's STD model with the BCE heatmap loss beside the default Dice one:
+    ``{"std_bce": {"override": {"heatmap_loss": "bce"}, "label": "STD (BCE)"}}``. A run name is lower-case letters,
+    digits and underscores and differs from the built-in runs.
+    """
+    if value in (None, {}):
+        return {}
+    if not isinstance(value, dict):
+        raise ExperimentError(f"experiment.extra_runs must be a dict {{run: {{\"override\": {{...}}, \"label\": ...}}}}; "
+                              f"got {value!r}.")
+    out = {}
+    for run, spec in value.items():
+        if not re.fullmatch(r"[a-z0-9_]+", str(run)) or run in ("std", "amat") or _RUN_EPS.match(str(run)):
+            raise ExperimentError(f"experiment.extra_runs: {run!r} is not a free run name (lower-case letters, digits "
+                                  f"and _, not std, amat, vat_eps*, teat_eps*).")
+        spec = spec if isinstance(spec, dict) else {}
+        override = spec.get("override", {})
+        if not isinstance(override, dict) or set(override) & {"output_root", "dataset_dir", "run_name", "resume"}:
+            raise ExperimentError(f"experiment.extra_runs.{run}.override must be a dict of config overrides (not "
+                                  f"output_root, dataset_dir, run_name or resume); got {override!r}.")
+        out[str(run)] = {"override": dict(override), "label": str(spec.get("label") or "")}
+    return out
+
+
+_RUN_EPS = re.compile(r"^(vat|teat)_eps")
 
 
 def _as_list(value: Any, what: str) -> list:
@@ -325,6 +362,7 @@ class Experiment:
         self.vat_eps = _eps_list(vat_eps if vat_eps is not None else experiment.get("vat_eps", []), "vat_eps")
         self.teat_eps = _eps_list(teat_eps if teat_eps is not None else experiment.get("teat_eps", []), "teat_eps")
         self.caption = str(experiment.get("caption", "") or "")
+        self.extra_runs = extra_runs_of(experiment.get("extra_runs"))
         default_root = self.bundle / "runs" / (self.profile or "default")
         self.output_root = Path(output_root).expanduser().resolve() if output_root else default_root
         self.dataset_dir = Path(dataset_dir).expanduser().resolve() if dataset_dir else None
@@ -334,7 +372,8 @@ class Experiment:
         if any(v != SCRATCH for v in self.inits.values()) and not (cfg / FINETUNE_CONFIG).is_file():
             raise ExperimentError(f"Fine-tuning ({self.inits}) needs configs/{FINETUNE_CONFIG} in {self.bundle}, "
                                   f"which does not exist: add it (see the hippocampus bundle) or use scratch.")
-        self.stages = build_stages(self.vat_eps, self.teat_eps, self.inits, self.finetune_epochs)
+        self.stages = build_stages(self.vat_eps, self.teat_eps, self.inits, self.finetune_epochs,
+                                   self.extra_runs)
         self._stage_keys_cache: dict[str, set[str]] = {}
         self.check_overrides()
 
@@ -356,7 +395,8 @@ class Experiment:
 
     def signature(self, stage: Stage) -> list:
         if stage.kind == "report":
-            return ["report", self.runs(), self.report_caption()]
+            labels = {run: spec["label"] for run, spec in self.extra_runs.items() if spec["label"]}
+            return ["report", self.runs(), self.report_caption(), *([labels] if labels else [])]
         return _signature(bundle_command(stage, self.profile_file, self.output_root, self.dataset_dir,
                                          self.stage_overrides(stage)))
 
@@ -530,7 +570,8 @@ class Experiment:
         return " ".join(p if p.endswith((".", "!", "?")) else p + "." for p in parts if p)
 
     def write_report(self) -> dict[str, Path]:
-        return report.write_report(self.output_root, self.runs(), caption=self.report_caption(),
+        labels = {run: spec["label"] for run, spec in self.extra_runs.items() if spec["label"]}
+        return report.write_report(self.output_root, self.runs(), caption=self.report_caption(), labels=labels,
                                    out_dir=self.output_root / REPORT_DIR)
 
     # ------------------------------------------------------------------------------------------------- printing
@@ -547,6 +588,9 @@ class Experiment:
         if tuned:
             length = f"{self.finetune_epochs} epochs" if self.finetune_epochs else "the profile's epochs"
             lines.append("  fine-tuned: " + ", ".join(f"{m} from {v}" for m, v in tuned.items()) + f" ({length})")
+        if self.extra_runs:
+            lines.append("  extra runs: " + "; ".join(f"{run} {json.dumps(spec['override'])}"
+                                                     for run, spec in self.extra_runs.items()))
         if self.overrides:
             lines.append(f"  overrides: {json.dumps(self.overrides)}")
         return "\n".join(lines)

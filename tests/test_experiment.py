@@ -394,3 +394,19 @@ def test_end_to_end_hippocampus_quick(tmp_path):
     # a second run finds everything done
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and "Plan: 10 stages, 10 done, 0 to run" in p.stdout, p.stdout[-3000:]
+
+
+def test_extra_runs_of_a_profile(bundle, capsys, tmp_path):
+    extra = {"std_bce": {"override": {"heatmap_loss": "bce", "epochs": 2}, "label": "STD (BCE)"}}
+    rc, out, _ = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--output_root", tmp_path / "o",
+                          "--override", json.dumps({"experiment": {"extra_runs": extra}}), "--dry_run")
+    assert rc == 0, out
+    cmds = commands(out)
+    assert list(cmds)[:3] == ["std", "thresholds", "std_bce"] and "robustness_std_bce" in cmds
+    cmd = cmds["std_bce"]
+    assert config_files(cmd)[0] == "configs/train.json" and arg(cmd, "--heatmap_loss") == "bce"
+    assert arg(cmd, "--epochs") == "2" and arg(cmd, "--run_name") == "std_bce"
+    assert 'extra runs: std_bce {"heatmap_loss": "bce", "epochs": 2}' in out
+    rc, _, err = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--override",
+                          json.dumps({"experiment": {"extra_runs": {"vat_eps2": {}}}}), "--dry_run")
+    assert rc == 1 and "'vat_eps2' is not a free run name" in err

@@ -1,5 +1,5 @@
-"""Ignite handlers in MONAI style: margin bookkeeping, threshold estimation, robustness evaluation, model loading and
-checkpoints that survive a crash."""
+"""Ignite handlers in MONAI style: margin bookkeeping, threshold estimation, robustness evaluation, task metrics,
+model loading and checkpoints that survive a crash."""
 
 from .margin_handler import MarginHandler
 from .threshold_handler import ThresholdEstimationHandler
@@ -7,6 +7,7 @@ from .robustness_handler import RobustnessEvaluationHandler
 from .progress_handler import ProgressHandler
 from .finite_loss_guard import FiniteLossGuard
 from .init_from_checkpoint import InitFromCheckpoint
+from .task_metric import TaskIgniteMetric
 from .model_loader import ModelLoader
 from .checkpoint_saver import AtomicCheckpointSaver, KeepLatestCheckpoints
 
@@ -20,4 +21,5 @@ __all__ = [
     "AtomicCheckpointSaver",
     "KeepLatestCheckpoints",
     "InitFromCheckpoint",
+    "TaskIgniteMetric",
 ]

@@ -19,6 +19,10 @@ HIPPOCAMPUS = Bundle("bundles/hippocampus_mri_segmentation", {
     "filters": "[8,16,32,64]", "batch_size": "16", "max_cases": "2", "max_val_cases": "1", "epochs": "2",
     "val_interval": "1", "attack_steps": "2",
 })
+LANDMARKS = Bundle("bundles/cephalometric_xray_landmarks", {
+    "features": "[4,4,8,8,16,4]", "image_size": "[64,48]", "heatmap_radius": "3", "batch_size": "2",
+    "max_images": "6", "max_val_images": "2", "epochs": "2", "val_interval": "1", "attack_steps": "2",
+})
 FROZEN = ["--learning_rate", "0", "--training_attack#random_start", "false"]
 
 
@@ -28,10 +32,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(configs: tuple[str, ...], *args: str) -> str:
+def _torchrun(configs: tuple[str, ...], *args: str, bundle: Bundle = HIPPOCAMPUS) -> str:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "-m", "monai.bundle", "run", "--config_file",
-           HIPPOCAMPUS.config_list(*configs), *args]
+           bundle.config_list(*configs), *args]
     return run(cmd).stdout
 
 
@@ -59,6 +63,24 @@ def test_two_processes_hold_the_state_of_one(tmp_path):
     e2 = load(tmp_path / "models" / "teat_two" / "checkpoint.pt")["teat_ensemble"]
     assert torch.equal(e1["count"], e2["count"]) and int(e2["count"].min()) == 1  # each slice once, in epoch 2
     assert torch.allclose(e1["ema"], e2["ema"], atol=1e-5)
+
+
+def test_landmark_amat_two_processes_hold_the_margins_of_one(tmp_path):
+    """The landmark bundle's overlay (its network is built by network_init): AMAT's margins of 6 images gathered from
+    two processes equal those of one process."""
+    out = ["--output_root", str(tmp_path)]
+    LANDMARKS.run(("train",), *LANDMARKS.tiny(), *out)
+    LANDMARKS.run(("train", "thresholds"), *LANDMARKS.tiny(), *out)
+    data = ["--dataset_dir", str(tmp_path / "data" / "synthetic_ceph")]
+    args = [*LANDMARKS.tiny(), *FROZEN, *out, *data]
+    LANDMARKS.run(("train", "amat"), *args, "--run_name", "amat_one")
+    _torchrun(("train", "amat", "multi_gpu_train"), *args, "--run_name", "amat_two", bundle=LANDMARKS)
+    one, two = (load(tmp_path / "models" / r / "checkpoint.pt") for r in ("amat_one", "amat_two"))
+    assert one["trainer"]["iteration"] == 2 * 3 and two["trainer"]["iteration"] == 2 * 2  # 6 images, batch 2
+    m1, m2 = one["margins"], two["margins"]
+    assert m1["margins"].numel() == 6 and int(m2["epochs_completed"]) == 2
+    assert torch.allclose(m1["margins"], m2["margins"], atol=1e-4), (m1["margins"] - m2["margins"]).abs().max()
+    assert set(two["model"]) == set(one["model"])  # process 0 saved the bare network, not the DDP wrapper
 
 
 def test_first_visits_and_gather_without_a_process_group():

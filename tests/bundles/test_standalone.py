@@ -50,6 +50,12 @@ SPECS = {
         evaluate={"max_test_cases": "1", "foreground_slices_only": "true", "pgd_steps": "2", "ifgsm_steps": "1"},
         predictions=("*_seg.nii.gz", 12),
     ),
+    "cephalometric_xray_landmarks": Spec(  # the default network (shipped weights, TorchScript) on small images
+        tiny={"batch_size": "2", "max_images": "2", "max_val_images": "1", "epochs": "1", "val_interval": "1",
+              "attack_steps": "1", "image_size": "[64,48]", "heatmap_radius": "3"},
+        evaluate={"max_test_images": "1", "pgd_steps": "2", "ifgsm_steps": "1"},
+        predictions=("*_landmarks.json", 9),  # the synthetic Test1 set
+    ),
 }
 
 
