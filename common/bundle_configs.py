@@ -9,8 +9,11 @@ bundle of the family, the hippocampus). What a task changes lives in its bundle,
 .. code-block:: json
 
     {"family": "segmentation",
-     "configs": {"train.json": {"num_classes": 2, "network_def#in_channels": 1, "+setup": ["..."]},
-                 "vat.json": {"train_eps": 15.0}}}
+     "common": {"num_classes": 2, "network_def#in_channels": 1},
+     "configs": {"train.json": {"epochs": 50, "+setup": ["..."]}, "vat.json": {"train_eps": 15.0}}}
+
+``common`` is applied first to every base config that runs alone (that defines ``bundle_root``: ``train.json`` and
+``inference.json`` here), so what both need (network, classes, channels) is written once.
 
 Each overlay is applied to the base file of the same name exactly as MONAI applies an overlay config given after it
 in ``--config_file``: ``"a#b"`` keys replace nested values (and create missing ones), ``"+key"`` extends a list or
@@ -26,6 +29,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -40,6 +44,18 @@ FAMILIES_DIR = Path(__file__).resolve().parent / "configs"
 """Where the base configs of every family live: ``<FAMILIES_DIR>/<family>/``."""
 
 _MERGE, _SEP = "+", "#"
+_FLAT_LIST = re.compile(r"^( *)(.*)\[\n\s+([^\[\]{}]*?)\n\s*\]", re.MULTILINE)
+_LINE = 120
+
+
+def _dumps(config: dict) -> str:
+    """JSON with an indent of 4, lists of plain values on one line where the line stays within 120 characters."""
+
+    def one_line(match: re.Match) -> str:
+        flat = f"{match.group(1)}{match.group(2)}[{', '.join(v.strip() for v in match.group(3).split(',' + chr(10)))}]"
+        return flat if len(flat) <= _LINE else match.group(0)
+
+    return _FLAT_LIST.sub(one_line, json.dumps(config, indent=4, ensure_ascii=False)) + "\n"
 
 
 def family_dir(family: str) -> Path:
@@ -106,7 +122,7 @@ def _task(bundle_dir: Path) -> dict | None:
         return None
     task = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(task, dict) or not isinstance(task.get("family"), str):
-        raise ValueError(f'{path} needs a "family" (e.g. "segmentation") and "configs": {{file: overlay}}.')
+        raise ValueError(f'{path} needs a "family" (e.g. "segmentation"), "common": {{...}} and "configs": {{file: overlay}}.')
     unknown = sorted(set(task.get("configs", {})) - {p.name for p in family_dir(task["family"]).iterdir()})
     if unknown:
         raise ValueError(
@@ -119,7 +135,8 @@ def _task(bundle_dir: Path) -> dict | None:
 def rendered_configs(bundle_dir: str | os.PathLike) -> dict[str, str]:
     """The text of every config of a bundle as its ``task.json`` renders it: ``{file name: text}`` ({} without one).
 
-    JSON files are base + overlay, written with an indent of 4; other files (``logging.conf``) are copied.
+    JSON files are base + ``common`` overlay (configs that run alone) + the file's overlay, written with an indent of
+    4; other files (``logging.conf``) are copied.
     """
     task = _task(Path(bundle_dir))
     if task is None:
@@ -128,8 +145,11 @@ def rendered_configs(bundle_dir: str | os.PathLike) -> dict[str, str]:
     for base_file in sorted(family_dir(task["family"]).iterdir()):
         text = base_file.read_text(encoding="utf-8")
         if base_file.suffix == ".json":
-            config = apply_overlay(json.loads(text), task.get("configs", {}).get(base_file.name, {}))
-            text = json.dumps(config, indent=4, ensure_ascii=False) + "\n"
+            config = json.loads(text)
+            if "bundle_root" in config:
+                config = apply_overlay(config, task.get("common", {}))
+            config = apply_overlay(config, task.get("configs", {}).get(base_file.name, {}))
+            text = _dumps(config)
         out[base_file.name] = text
     return out
 
