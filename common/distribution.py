@@ -273,6 +273,7 @@ def stage_bundle(
     if staged.exists():
         raise FileExistsError(f"{staged} exists: give an empty stage_root.")
     _copy_tree(src, staged)
+    (staged / "task.json").unlink(missing_ok=True)  # the source of rendered configs (bundle_configs), not needed
 
     texts = [p.read_text(encoding="utf-8") for p in sorted((staged / "configs").rglob("*.json"))]
     modules = library_modules(texts)

@@ -8,6 +8,11 @@
     python scripts/bundles.py download --url file:///tmp/hippocampus_mri_segmentation.zip --sha256 <hex> \\
         --bundle_dir ~/bundles
     python scripts/bundles.py list --index dist/bundles/index.json
+    python scripts/bundles.py render [--check]               # configs/ of bundles with a task.json, from the base
+
+``render`` writes the configs of every bundle that has a ``task.json`` (a family's shared base configs in
+``common/configs/<family>/`` with the bundle's overlays applied, see ``robust_bundles.bundle_configs``); ``--check``
+writes nothing and fails when a committed config differs from its rendering.
 
 ``package`` writes ``<out_dir>/<name>.zip`` for each bundle (configs, docs, LICENSE, the ``robust_bundles`` modules
 its configs need, ``models/model.pt`` and ``models/model.ts`` when the bundle folder has trained weights at
@@ -32,7 +37,7 @@ from typing import Any
 
 import fire
 
-from robust_bundles import distribution
+from robust_bundles import bundle_configs, distribution
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,9 +125,31 @@ def list_bundles(index: str = str(REPO / "dist" / "bundles" / "index.json")) -> 
     print(distribution.describe(distribution.read_index(index)["bundles"]))
 
 
+def render(bundles: Any = None, check: bool = False) -> None:
+    """Render the configs of the bundles that have a task.json from their family's base configs.
+
+    Args:
+        bundles: bundle names or folders (default: every folder in bundles/ with a task.json).
+        check: write nothing; exit with an error listing the configs that differ from their rendering.
+    """
+    folders = [Path(b) if Path(b).is_dir() else REPO / "bundles" / b for b in _names(bundles)] or sorted(
+        p.parent for p in (REPO / "bundles").glob(f"*/{bundle_configs.TASK_FILE}"))
+    stale = {f.name: bundle_configs.stale_configs(f) for f in folders}
+    if check:
+        bad = {name: files for name, files in stale.items() if files}
+        if bad:
+            raise ValueError(f"configs differ from their rendering: {bad}; run python scripts/bundles.py render "
+                             f"(edit the base in common/configs/ or the bundle's task.json, not configs/*.json).")
+        print(f"{len(folders)} bundle(s): configs match their rendering")
+        return
+    for folder in folders:
+        written = bundle_configs.render_bundle(folder)
+        print(f"{folder.name}: {len(written)} config(s) written" + "".join(f"\n  {w}" for w in written))
+
+
 def cli(argv: list[str] | None = None) -> int:
     try:
-        fire.Fire({"package": package, "download": download, "list": list_bundles},
+        fire.Fire({"package": package, "download": download, "list": list_bundles, "render": render},
                   command=sys.argv[1:] if argv is None else argv)
     except (distribution.IntegrityError, FileNotFoundError, FileExistsError, KeyError, ValueError, OSError) as e:
         print(f"bundles.py: error: {e}", file=sys.stderr)

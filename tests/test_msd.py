@@ -383,6 +383,49 @@ def test_multichannel_image(small):
         msd.load_volume_pair(image, label)
 
 
+@pytest.mark.parametrize("task,modalities,labels,first,shape", [
+    ("heart", {"0": "MRI"}, {"0": "background", "1": "left atrium"}, "la_001.nii.gz", (20, 24, 8)),
+    ("prostate", {"0": "T2", "1": "ADC"}, {"0": "background", "1": "PZ", "2": "TZ"}, "prostate_01.nii.gz",
+     (20, 24, 8, 2)),
+])
+def test_synthetic_task_has_the_real_msd_layout(tmp_path, task, modalities, labels, first, shape):
+    """The fields of the real Task02/Task05 dataset.json, their file names, 4D prostate images (X, Y, Z, modality)
+    and a ._ AppleDouble file beside the first case that the loaders skip."""
+    folder = msd.write_synthetic_msd(tmp_path / task, num_cases=3, shape=(20, 24, 8), task=task)
+    meta = json.loads((folder / "dataset.json").read_text())
+    assert meta["modality"] == modalities and meta["labels"] == labels and meta["numTraining"] == 3
+    assert meta["tensorImageSize"] == ("4D" if task == "prostate" else "3D")
+    assert meta["name"] == {"heart": "LeftAtrium", "prostate": "PROSTATE"}[task]
+    apple = folder / "imagesTr" / f"._{first}"
+    assert apple.read_bytes()[:4] == bytes.fromhex("00051607")
+    assert nib.load(str(folder / "imagesTr" / first)).shape == shape
+    assert [c["case"] for c in msd.read_msd_datalist(folder)][0] == first[: -len(".nii.gz")]
+    slices = msd.load_slices(folder, split="all", expected_labels=labels, channels=len(modalities))
+    assert len(slices) == 24 and slices[0]["image"].shape == (len(modalities), 20, 24)
+    from robust_bundles.bundle import image_datalist
+
+    assert [Path(d["image"]).name for d in image_datalist(str(folder / "imagesTr"))][0] == first  # ._ skipped
+    # the second modality is the same anatomy with another contrast, normalised on its own
+    if task == "prostate":
+        volume = np.stack([s["image"] for s in slices[:8]], -1)  # (2, X, Y, Z) of the first case
+        assert abs(float(volume[1].mean())) < 1e-4 and abs(float(volume[1].std()) - 1) < 1e-3
+        assert not np.allclose(volume[0], volume[1])
+    assert msd.write_synthetic_msd(tmp_path / task, num_cases=3, shape=(20, 24, 8), task=task) == folder  # idempotent
+
+
+def test_load_slices_refuses_images_with_other_channel_counts(tmp_path):
+    """The prostate bundle given a heart folder (one modality), and the heart bundle given prostate images."""
+    heart = msd.write_synthetic_msd(tmp_path / "heart", num_cases=2, shape=(12, 12, 8), task="heart")
+    with pytest.raises(ValueError, match=r"image la_001.nii.gz has 1 channel\(s\) \(shape \(12, 12, 8\)\) but this "
+                                         r"bundle expects 2 \(T2, ADC\), stored as a 4D NIfTI .*file: .*la_001"):
+        msd.load_slices(heart, split="all", channels=2, channel_names=["T2", "ADC"])
+    prostate = msd.write_synthetic_msd(tmp_path / "prostate", num_cases=2, shape=(12, 12, 8), task="prostate")
+    with pytest.raises(ValueError, match=r"prostate_01.nii.gz has 2 channel\(s\).*expects 1 \(MRI\), stored as a 3D"):
+        msd.load_slices(prostate, split="all", channels=1, channel_names=["MRI"])
+    with pytest.raises(ValueError, match="task='liver'"):
+        msd.write_synthetic_msd(tmp_path / "x", task="liver")
+
+
 def test_label_values_outside_expected(small):
     image, label = _first_pair(small)
     bad = np.zeros((12, 14, 10), np.uint8)

@@ -300,6 +300,8 @@ def load_slices(
     expected_labels: Iterable[int | str] | Mapping | None = None,
     max_cases: int | None = None,
     cases: Sequence[str] | None = None,
+    channels: int | None = None,
+    channel_names: Sequence[str] | None = None,
 ) -> list[dict]:
     """Load the volumes of one split and cut them into 2D slice samples with stable ids.
 
@@ -317,6 +319,10 @@ def load_slices(
         expected_labels: class indices a label may hold (see :func:`load_volume_pair`); ``None`` skips the check.
         max_cases: keep only the first n cases of the split (sorted by name), for quick profiles.
         cases: use exactly these cases instead of a split (``split`` then only names them in the log).
+        channels: the number of image channels (modalities) the bundle's network takes, e.g. 2 for Task05_Prostate
+            (T2, ADC); an image with another number stops the run with an error naming the file. ``None``: only
+            check against the modalities of dataset.json.
+        channel_names: what the channels are, for that error (e.g. ``["T2", "ADC"]``).
 
     Returns:
         A plain list of dicts ``{"image": float32 (C, H, W), "label": uint8 (1, H, W), "case": str, "slice": int,
@@ -335,6 +341,14 @@ def load_slices(
     for item in selected:
         image, label, _ = load_volume_pair(item["image"], item["label"], expected_labels)
         volume = image[..., None] if image.ndim == 3 else image  # (X, Y, Z, C)
+        if channels is not None and volume.shape[-1] != int(channels):
+            names = f" ({', '.join(channel_names)})" if channel_names else ""
+            raise ValueError(
+                f"image {Path(item['image']).name} has {volume.shape[-1]} channel(s) (shape "
+                f"{tuple(image.shape)}) but this bundle expects {int(channels)}{names}, stored as "
+                f"{'a 4D NIfTI (X, Y, Z, modality)' if int(channels) > 1 else 'a 3D NIfTI (X, Y, Z)'}: give the "
+                f"dataset this bundle is for (file: {item['image']})."
+            )
         if modalities is not None and volume.shape[-1] != modalities:
             raise ValueError(
                 f"image {Path(item['image']).name} has {volume.shape[-1]} channel(s) but dataset.json lists "

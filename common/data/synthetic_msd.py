@@ -1,6 +1,11 @@
 """A small MSD-layout dataset with hippocampus-like anatomy, for tests, quick profiles and the bundles whose real data
 is not available (Heart, Prostate): :func:`write_synthetic_msd`, and :func:`synthetic_default` for a bundle's default
-``dataset_dir``."""
+``dataset_dir``.
+
+``task="heart"`` or ``task="prostate"`` writes the layout details of the real MSD Task02_Heart / Task05_Prostate
+folders (:data:`MSD_TASKS`): their dataset.json fields (name, tensorImageSize, modality, labels, numTraining), their
+file names (``la_003.nii.gz``, ``prostate_00.nii.gz``), 4D ``(X, Y, Z, modality)`` images for the two prostate
+modalities, and a macOS ``._`` AppleDouble file beside the first image, as the real archives have."""
 
 from __future__ import annotations
 
@@ -18,7 +23,40 @@ from ..bundle import announce_synthetic, is_synthetic, mark_synthetic
 from ..io import atomic_write_text
 from .nifti import _atomic_save_nifti
 
-__all__ = ["write_synthetic_msd", "synthetic_default"]
+__all__ = ["write_synthetic_msd", "synthetic_default", "MSD_TASKS"]
+
+#: dataset.json fields and file names of the real MSD tasks whose images are not on these machines
+MSD_TASKS = {
+    "heart": {
+        "fields": {
+            "name": "LeftAtrium",
+            "description": "Left atrium segmentation",
+            "reference": "King's College London",
+            "licence": "CC-BY-SA 4.0",
+            "release": "1.0 04/05/2018",
+            "tensorImageSize": "3D",
+        },
+        "modalities": ("MRI",),
+        "labels": ("background", "left atrium"),
+        "file_name": "la_{:03d}.nii.gz",
+    },
+    "prostate": {
+        "fields": {
+            "name": "PROSTATE",
+            "description": "Prostate transitional zone and peripheral zone segmentation",
+            "reference": "Radboud University, Nijmegen Medical Centre",
+            "licence": "CC-BY-SA 4.0",
+            "release": "1.0 04/05/2018",
+            "tensorImageSize": "4D",
+        },
+        "modalities": ("T2", "ADC"),
+        "labels": ("background", "PZ", "TZ"),
+        "file_name": "prostate_{:02d}.nii.gz",
+    },
+}
+
+#: the first bytes of a macOS AppleDouble file (magic number 0x00051607, version 2)
+_APPLEDOUBLE = bytes.fromhex("0005160700020000") + b"Mac OS X        " + bytes(8)
 
 logger = logging.getLogger("robust_bundles.msd")
 
@@ -47,13 +85,19 @@ def _random_rotation(rng: np.random.Generator, max_angle: float) -> np.ndarray:
     return rotation
 
 
-def _synthetic_case(rng: np.random.Generator, shape: Sequence[int], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def _synthetic_case(
+    rng: np.random.Generator, shape: Sequence[int], num_classes: int, num_modalities: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic volume: smooth background, a chain of adjacent ellipsoids (one per foreground class), noise.
 
-    Returns (image float32 in arbitrary MRI-like units, label uint8 in 0..num_classes-1).
+    Returns (image float32 in arbitrary MRI-like units, (X, Y, Z), or (X, Y, Z, M) for M > 1 modalities; label uint8
+    in 0..num_classes-1). The first modality does not depend on M; every further modality (e.g. ADC beside T2) shows
+    the same anatomy with its own contrast (the structures in reverse order of brightness), field, noise and scanner units.
     """
     grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float64) for s in shape], indexing="ij"))
-    scale = min(shape) / 35.0  # sizes below are for a 35-voxel crop, like the MSD hippocampus
+    # sizes below are for a 35-voxel crop, like the MSD hippocampus; thin stacks of large slices (heart, prostate)
+    # scale with their in-plane extent
+    scale = (min(shape[:2]) if shape[2] < min(shape[:2]) / 2 else min(shape)) / 35.0
     # the chain of ellipsoids runs roughly along the longest axis of the crop (as the anterior and posterior parts of
     # a hippocampus do), turned by up to about 30 degrees about every axis
     long_axis = int(np.argmax(shape))
@@ -79,11 +123,15 @@ def _synthetic_case(rng: np.random.Generator, shape: Sequence[int], num_classes:
 
     # class means overlap the bright end of the background and each other: context and shape are needed too
     class_means = np.concatenate([[0.0], 1.6 + 0.9 * np.arange(num_classes - 1)])
-    image = 0.55 * _smooth_field(rng, grid) + class_means[label]
-    image += 0.2 * _smooth_field(rng, grid, waves=4, wavelength=(6.0, 12.0)) * (label > 0)
-    image += rng.normal(0.0, 0.4, size=shape)
-    gain, offset = rng.uniform(60, 140), rng.uniform(150, 350)  # arbitrary scanner units, removed by zscore
-    return np.clip(image * gain + offset, 0, None).astype(np.float32), label
+    channels = []
+    for modality in range(int(num_modalities)):
+        means = class_means if modality == 0 else np.concatenate([[0.0], class_means[:0:-1]])
+        image = 0.55 * _smooth_field(rng, grid) + means[label]
+        image += 0.2 * _smooth_field(rng, grid, waves=4, wavelength=(6.0, 12.0)) * (label > 0)
+        image += rng.normal(0.0, 0.4, size=shape)
+        gain, offset = rng.uniform(60, 140), rng.uniform(150, 350)  # arbitrary scanner units, removed by zscore
+        channels.append(np.clip(image * gain + offset, 0, None).astype(np.float32))
+    return (channels[0] if len(channels) == 1 else np.stack(channels, axis=-1)), label
 
 
 def _slug(name: str) -> str:
@@ -107,6 +155,7 @@ def write_synthetic_msd(
     seed: int = 0,
     name: str = "SyntheticHippocampus",
     labels: Sequence[str] = ("background", "anterior", "posterior"),
+    task: str | None = None,
 ) -> Path:
     """Write a small MSD-layout dataset with hippocampus-like anatomy, for tests and quick profiles.
 
@@ -132,6 +181,10 @@ def write_synthetic_msd(
         seed: random seed.
         name: dataset name in dataset.json; case files are ``<name in snake case>_001.nii.gz``, ...
         labels: class names, background first; there are ``len(labels) - 1`` foreground classes.
+        task: ``"heart"`` or ``"prostate"`` (:data:`MSD_TASKS`): the real task's dataset.json fields, labels,
+            modalities and file names replace ``name`` and ``labels``; the prostate images are 4D
+            ``(X, Y, Z, 2)`` (T2, ADC), and ``imagesTr/`` gets a ``._`` AppleDouble file beside the first case
+            (dataset.json does not list it, as in the real archives).
 
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
@@ -146,6 +199,12 @@ def write_synthetic_msd(
         raise ValueError(f"shape={shape}: give a 3D shape of at least 8 voxels per axis, e.g. (35, 50, 36).")
     if int(num_cases) < 1:
         raise ValueError(f"num_cases={num_cases}: give at least one case.")
+    if task is not None and task not in MSD_TASKS:
+        raise ValueError(f"task={task!r}: give one of {sorted(MSD_TASKS)} or None.")
+    preset = MSD_TASKS.get(task, {})
+    labels = preset.get("labels", labels)
+    name = preset.get("fields", {}).get("name", name)
+    modalities = preset.get("modalities", ("MRI",))
     if len(labels) < 2:
         raise ValueError(f"labels={tuple(labels)}: give the background and at least one foreground class name.")
     params = {
@@ -157,6 +216,8 @@ def write_synthetic_msd(
         "name": str(name),
         "labels": [str(label) for label in labels],
     }
+    if task is not None:
+        params["task"] = task
     json_path = out / "dataset.json"
     if json_path.is_file():
         if _is_complete(out, params):
@@ -180,17 +241,19 @@ def write_synthetic_msd(
     (out / "imagesTr").mkdir(parents=True, exist_ok=True)
     (out / "labelsTr").mkdir(parents=True, exist_ok=True)
     affine = np.eye(4)
-    prefix = _slug(name)
+    file_pattern = preset.get("file_name", _slug(name) + "_{:03d}.nii.gz")
     training = []
     for index in range(1, int(num_cases) + 1):
         rng = np.random.default_rng([int(seed), index])
-        image, label = _synthetic_case(rng, shape, len(labels))
-        file_name = f"{prefix}_{index:03d}.nii.gz"
+        image, label = _synthetic_case(rng, shape, len(labels), len(modalities))
+        file_name = file_pattern.format(index)
         for folder, array in (("imagesTr", image), ("labelsTr", label)):
             nifti = nib.Nifti1Image(array, affine)
             nifti.header.set_xyzt_units("mm")
             _atomic_save_nifti(nifti, out / folder / file_name)
         training.append({"image": f"./imagesTr/{file_name}", "label": f"./labelsTr/{file_name}"})
+    if task is not None:
+        (out / "imagesTr" / f"._{file_pattern.format(1)}").write_bytes(_APPLEDOUBLE)
 
     meta = {
         "name": str(name),
@@ -198,7 +261,7 @@ def write_synthetic_msd(
         "reference": "robust-bundles robust_bundles.msd.write_synthetic_msd",
         "licence": "CC0 (synthetic)",
         "tensorImageSize": "3D",
-        "modality": {"0": "MRI"},
+        "modality": {str(i): str(m) for i, m in enumerate(modalities)},
         "labels": {str(i): str(label) for i, label in enumerate(labels)},
         "numTraining": len(training),
         "numTest": 0,
@@ -206,6 +269,9 @@ def write_synthetic_msd(
         "test": [],
         "synthetic": params,
     }
+    if task is not None:
+        meta.update(preset["fields"], description=f"SYNTHETIC stand-in for: {preset['fields']['description']}",
+                    licence="CC0 (synthetic)")
     mark_synthetic(out, "robust_bundles.msd.write_synthetic_msd")
     atomic_write_text(json_path, json.dumps(meta, indent=1) + "\n")
     return out

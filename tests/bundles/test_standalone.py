@@ -33,6 +33,9 @@ class Spec:
         predictions: glob of the files inference writes into ``--output_dir`` and how many it writes on the synthetic
             default data.
         torchscript: whether the packaged zip holds ``models/model.ts``.
+        network: overrides of the network size, for training the shipped weights and for inference with them
+            (bundles whose default network is too large for a test); the TorchScript export, traced from the
+            default network, then fails and the zip holds model.pt only.
         misspelt: a misspelt override and the valid key its error must suggest.
     """
 
@@ -40,16 +43,24 @@ class Spec:
     evaluate: dict[str, str] = field(default_factory=dict)
     predictions: tuple[str, int] = ("*", 1)
     torchscript: bool = True
+    network: dict[str, str] = field(default_factory=dict)
     misspelt: tuple[str, str] = ("data_dir", "dataset_dir")
 
 
+#: the MRI segmentation bundles: 2 training cases, 1 epoch, one-step attacks, one test case
+SEG_TINY = {"batch_size": "16", "max_cases": "2", "max_val_cases": "1", "epochs": "1", "val_interval": "1",
+            "attack_steps": "1"}
+SEG_EVALUATE = {"max_test_cases": "1", "foreground_slices_only": "true", "pgd_steps": "2", "ifgsm_steps": "1"}
+TINY_NET = {"filters": "[8,16,32,64]", "patch_size": "[32,32]"}
 SPECS = {
-    "hippocampus_mri_segmentation": Spec(
-        tiny={"batch_size": "16", "max_cases": "2", "max_val_cases": "1", "epochs": "1", "val_interval": "1",
-              "attack_steps": "1"},
-        evaluate={"max_test_cases": "1", "foreground_slices_only": "true", "pgd_steps": "2", "ifgsm_steps": "1"},
-        predictions=("*_seg.nii.gz", 12),
-    ),
+    "hippocampus_mri_segmentation": Spec(tiny=SEG_TINY, evaluate=SEG_EVALUATE, predictions=("*_seg.nii.gz", 12)),
+    **{
+        name: Spec(  # nnU-Net's 7-level network on 320 x 256 / 320 x 320 patches by default: a tiny one here
+            tiny={**SEG_TINY, **TINY_NET}, evaluate=SEG_EVALUATE, predictions=("*_seg.nii.gz", 12), torchscript=False,
+            network=TINY_NET,
+        )
+        for name in ("heart_mri_segmentation", "prostate_mri_segmentation")
+    },
     "cephalometric_xray_landmarks": Spec(  # the default network (shipped weights, TorchScript) on small images
         tiny={"batch_size": "2", "max_images": "2", "max_val_images": "1", "epochs": "1", "val_interval": "1",
               "attack_steps": "1", "image_size": "[64,48]", "heatmap_radius": "3"},
@@ -131,7 +142,8 @@ def test_zip_runs_alone_in_a_fresh_environment(bundle, bare_python, tmp_path):
     b.run(("train", "evaluate", "robustness"), *b.tiny(), "--run_name", "amat", *evaluate, **common)
     report = json.loads((root / "eval" / "amat" / "robustness.json").read_text())
     assert report["settings"]["dataset"]["synthetic"] is True
-    infer = b.run(("inference",), "--output_dir", str(tmp_path / "pred"), **common)  # the shipped weights
+    network = [a for k, v in spec.network.items() for a in (f"--{k}", v)]
+    infer = b.run(("inference",), "--output_dir", str(tmp_path / "pred"), *network, **common)  # the shipped weights
     assert f"Restored the network weights from {root / 'models' / 'model.pt'}" in infer.stdout
     pattern, count = spec.predictions
     assert len(list((tmp_path / "pred").glob(pattern))) == count

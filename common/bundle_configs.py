@@ -1,0 +1,189 @@
+"""One family of bundles, one set of configs: a bundle's configs rendered from a shared base and its small overlay.
+
+The three MRI segmentation bundles (hippocampus, heart, prostate) run the same pipeline: MSD folder -> 2D slices ->
+DynUNet configured the nnU-Net way, with the same STD/VAT/TEAT/AMAT overlays, thresholds, robustness evaluation,
+inference and multi-GPU overlay. What they share lives once, in ``robust_bundles/configs/<family>/`` (the family
+``segmentation``: ``train.json``, ``evaluate.json``, ``inference.json``, ...; its values are those of the first
+bundle of the family, the hippocampus). What a task changes lives in its bundle, in ``<bundle>/task.json``:
+
+.. code-block:: json
+
+    {"family": "segmentation",
+     "common": {"num_classes": 2, "network_def#in_channels": 1},
+     "configs": {"train.json": {"epochs": 50, "+setup": ["..."]}, "vat.json": {"train_eps": 15.0}}}
+
+``common`` is applied first to every base config that runs alone (that defines ``bundle_root``: ``train.json`` and
+``inference.json`` here), so what both need (network, classes, channels) is written once.
+
+Each overlay is applied to the base file of the same name exactly as MONAI applies an overlay config given after it
+in ``--config_file``: ``"a#b"`` keys replace nested values (and create missing ones), ``"+key"`` extends a list or
+updates a dict, other keys replace the whole value. The result is written to ``<bundle>/configs/<file>``: complete
+MONAI configs, so a bundle (and its zip) still runs alone with ``--config_file configs/train.json``. A bundle
+without a ``task.json`` is not rendered. ``python scripts/bundles.py render`` rewrites the configs after a change of
+the base or of an overlay; ``render --check`` (and the tests) fail when a committed config differs from its
+rendering, so nobody edits a rendered config by hand and loses the change at the next render.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+from .io import atomic_write_text
+
+__all__ = ["TASK_FILE", "FAMILIES_DIR", "family_dir", "apply_overlay", "render_bundle", "stale_configs"]
+
+TASK_FILE = "task.json"
+"""The file in a bundle folder that names its family and holds its overlays."""
+
+FAMILIES_DIR = Path(__file__).resolve().parent / "configs"
+"""Where the base configs of every family live: ``<FAMILIES_DIR>/<family>/``."""
+
+_MERGE, _SEP = "+", "#"
+_FLAT_LIST = re.compile(r"^( *)(.*)\[\n\s+([^\[\]{}]*?)\n\s*\]", re.MULTILINE)
+_LINE = 120
+
+
+def _dumps(config: dict) -> str:
+    """JSON with an indent of 4, lists of plain values on one line where the line stays within 120 characters."""
+
+    def one_line(match: re.Match) -> str:
+        flat = f"{match.group(1)}{match.group(2)}[{', '.join(v.strip() for v in match.group(3).split(',' + chr(10)))}]"
+        return flat if len(flat) <= _LINE else match.group(0)
+
+    return _FLAT_LIST.sub(one_line, json.dumps(config, indent=4, ensure_ascii=False)) + "\n"
+
+
+def family_dir(family: str) -> Path:
+    """The folder of the base configs of ``family`` (e.g. ``"segmentation"``); errors list the families."""
+    folder = FAMILIES_DIR / str(family)
+    if not folder.is_dir():
+        known = sorted(p.name for p in FAMILIES_DIR.iterdir() if p.is_dir())
+        raise ValueError(f"no config family {family!r} in {FAMILIES_DIR}: use one of {known}.")
+    return folder
+
+
+def _parent(config: dict, path: list[str], key: str) -> Any:
+    """The container holding the last part of ``path`` (missing dicts are created); ``key`` is for errors."""
+    node: Any = config
+    for part in path[:-1]:
+        if isinstance(node, list):
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+        if not isinstance(node, (dict, list)):
+            raise ValueError(f"overlay key {key!r}: {part!r} is a {type(node).__name__}, not a dict or a list.")
+    return node
+
+
+def apply_overlay(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict:
+    """``base`` with ``overlay`` applied the way MONAI applies a later config file (see the module docstring).
+
+    Args:
+        base: a config as loaded from JSON (not modified).
+        overlay: ``{key: value}``; keys may be ``"a#b#0"`` paths and may start with ``"+"`` (extend a list, update
+            a dict).
+
+    Returns:
+        A new config dict.
+
+    Raises:
+        ValueError: a ``"+key"`` names a value that is not a list or dict, or does not match the overlay's type.
+    """
+    config = copy.deepcopy(dict(base))
+    for key, value in overlay.items():
+        merge = key.startswith(_MERGE)
+        path = key[len(_MERGE):].split(_SEP) if merge else key.split(_SEP)
+        parent = _parent(config, path, key)
+        last = int(path[-1]) if isinstance(parent, list) else path[-1]
+        value = copy.deepcopy(value)
+        if merge and isinstance(parent, dict) and parent.get(last) is not None:
+            old = parent[last]
+            if isinstance(old, list) and isinstance(value, list):
+                value = old + value
+            elif isinstance(old, dict) and isinstance(value, dict):
+                value = {**old, **value}
+            else:
+                raise ValueError(
+                    f"overlay key {key!r} merges a {type(value).__name__} into a {type(old).__name__}: '+' extends "
+                    f"a list with a list or updates a dict with a dict."
+                )
+        parent[last] = value
+    return config
+
+
+def _task(bundle_dir: Path) -> dict | None:
+    path = bundle_dir / TASK_FILE
+    if not path.is_file():
+        return None
+    task = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(task, dict) or not isinstance(task.get("family"), str):
+        raise ValueError(f'{path} needs a "family" (e.g. "segmentation"), "common": {{...}} and "configs": {{file: overlay}}.')
+    unknown = sorted(set(task.get("configs", {})) - {p.name for p in family_dir(task["family"]).iterdir()})
+    if unknown:
+        raise ValueError(
+            f"{path} overlays {unknown}, which the {task['family']!r} family does not have: overlay one of "
+            f"{sorted(p.name for p in family_dir(task['family']).iterdir())}."
+        )
+    return task
+
+
+def rendered_configs(bundle_dir: str | os.PathLike) -> dict[str, str]:
+    """The text of every config of a bundle as its ``task.json`` renders it: ``{file name: text}`` ({} without one).
+
+    JSON files are base + ``common`` overlay (configs that run alone) + the file's overlay, written with an indent of
+    4; other files (``logging.conf``) are copied.
+    """
+    task = _task(Path(bundle_dir))
+    if task is None:
+        return {}
+    out = {}
+    for base_file in sorted(family_dir(task["family"]).iterdir()):
+        text = base_file.read_text(encoding="utf-8")
+        if base_file.suffix == ".json":
+            config = json.loads(text)
+            if "bundle_root" in config:
+                config = apply_overlay(config, task.get("common", {}))
+            config = apply_overlay(config, task.get("configs", {}).get(base_file.name, {}))
+            text = _dumps(config)
+        out[base_file.name] = text
+    return out
+
+
+def _same(name: str, a: str, b: str) -> bool:
+    """Equal configs: equal JSON values for .json files (formatting is free), equal text otherwise."""
+    if name.endswith(".json"):
+        try:
+            return json.loads(a) == json.loads(b)
+        except ValueError:
+            return False
+    return a == b
+
+
+def stale_configs(bundle_dir: str | os.PathLike) -> list[str]:
+    """The config files of a bundle that differ from their rendering (missing ones included), sorted."""
+    configs = Path(bundle_dir) / "configs"
+    stale = []
+    for name, text in rendered_configs(bundle_dir).items():
+        path = configs / name
+        if not path.is_file() or not _same(name, path.read_text(encoding="utf-8"), text):
+            stale.append(name)
+    return stale
+
+
+def render_bundle(bundle_dir: str | os.PathLike) -> list[Path]:
+    """Write the configs of a bundle that differ from their rendering (atomically); return the files written.
+
+    A config whose JSON value already equals its rendering is left as it is (its formatting too).
+    """
+    rendered = rendered_configs(bundle_dir)
+    written = []
+    for name in stale_configs(bundle_dir):
+        path = Path(bundle_dir) / "configs" / name
+        atomic_write_text(path, rendered[name])
+        written.append(path)
+    return written

@@ -1,0 +1,67 @@
+"""robust_bundles.bundle_configs: a bundle's configs rendered from its family's base and its task.json overlays."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from robust_bundles import bundle_configs as bc
+
+REPO = Path(__file__).resolve().parents[1]
+RENDERED = sorted(p.parent for p in (REPO / "bundles").glob(f"*/{bc.TASK_FILE}"))
+
+
+def test_overlay_follows_monai_overlay_rules():
+    base = {"a": 1, "net": {"in": 1, "f": [8, 16]}, "setup": ["x"], "d": {"k": 1}, "keep": {"z": 0}}
+    overlay = {"a": 2, "net#in": 2, "net#f#1": 32, "+setup": ["y"], "+d": {"j": 2}, "new#deep": 3, "keep": None}
+    assert bc.apply_overlay(base, overlay) == {
+        "a": 2, "net": {"in": 2, "f": [8, 32]}, "setup": ["x", "y"], "d": {"k": 1, "j": 2}, "keep": None,
+        "new": {"deep": 3},
+    }
+    assert base["net"] == {"in": 1, "f": [8, 16]} and base["setup"] == ["x"]  # the base is not modified
+    with pytest.raises(ValueError, match=r"'\+a' merges a list into a int"):
+        bc.apply_overlay(base, {"+a": [1]})
+    with pytest.raises(ValueError, match=r"'a#b#c': 'a' is a int"):
+        bc.apply_overlay(base, {"a#b#c": 1})
+
+
+def test_the_three_segmentation_bundles_are_rendered_from_one_base():
+    assert [p.name for p in RENDERED] == ["heart_mri_segmentation", "hippocampus_mri_segmentation",
+                                          "prostate_mri_segmentation"]
+    # the hippocampus bundle is the base itself: an empty overlay, configs unchanged
+    assert json.loads((REPO / "bundles/hippocampus_mri_segmentation" / bc.TASK_FILE).read_text())["configs"] == {}
+
+
+@pytest.mark.parametrize("bundle", RENDERED, ids=[p.name for p in RENDERED])
+def test_committed_configs_equal_their_rendering(bundle):
+    """Edit common/configs/<family>/ or the bundle's task.json, then run python scripts/bundles.py render."""
+    assert bc.stale_configs(bundle) == []
+
+
+def test_render_writes_only_what_differs_and_reports_bad_task_files(tmp_path):
+    bundle = tmp_path / "b"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / bc.TASK_FILE).write_text(json.dumps({"family": "segmentation", "common": {"num_classes": 7},
+                                                   "configs": {"vat.json": {"train_eps": 9},
+                                                               "inference.json": {"num_classes": 5}}}))
+    written = bc.render_bundle(bundle)
+    names = sorted(p.name for p in written)
+    assert names == sorted(p.name for p in bc.family_dir("segmentation").iterdir())
+    config = {p.stem: json.loads(p.read_text()) for p in (bundle / "configs").glob("*.json")}
+    assert config["vat"]["train_eps"] == 9 and "num_classes" not in config["vat"]
+    # "common" goes to the configs that run alone (train, inference), before their own overlay
+    assert config["train"]["num_classes"] == 7 and config["inference"]["num_classes"] == 5
+    assert (bundle / "configs" / "logging.conf").read_text() == (bc.family_dir("segmentation") / "logging.conf").read_text()
+    assert '"expected_labels": [0, 1, 2],' in (bundle / "configs" / "train.json").read_text()  # short lists on one line
+    assert bc.render_bundle(bundle) == [] and bc.stale_configs(bundle) == []
+    (bundle / "configs" / "vat.json").write_text('{"train_eps": 1}')  # a hand edit is found
+    assert bc.stale_configs(bundle) == ["vat.json"]
+    (bundle / bc.TASK_FILE).write_text(json.dumps({"family": "segmentation", "configs": {"nope.json": {}}}))
+    with pytest.raises(ValueError, match=r"overlays \['nope.json'\], which the 'segmentation' family does not have"):
+        bc.rendered_configs(bundle)
+    (bundle / bc.TASK_FILE).write_text(json.dumps({"family": "detection3d"}))
+    with pytest.raises(ValueError, match="no config family 'detection3d'"):
+        bc.rendered_configs(bundle)
+    assert bc.rendered_configs(tmp_path) == {}  # no task.json: not a rendered bundle
