@@ -1,0 +1,149 @@
+"""Inference: an image file in, boxes with class and score out (JSON) and an overlay PNG.
+
+:func:`detect` runs the network on one image preprocessed as in training (:func:`detection_preprocessing`) and decodes
+with the detector's post-processing; boxes come back in the pixels of the *original* image, VOC convention
+``[xmin, ymin, xmax, ymax]`` (x along columns, y along rows). :func:`write_detections` writes the JSON and
+:func:`draw_overlay` the PNG; :func:`run_inference` does all three for a list of files (what a bundle's
+``inference.json`` calls).
+
+JSON layout::
+
+    {"image": "<path>", "image_size": [width, height], "network_input_size": [X, Y], "classes": [...],
+     "score_threshold": 0.05, "detections": [{"box": [xmin, ymin, xmax, ymax], "label": 0, "class": "RBC",
+     "score": 0.93}, ...]}
+
+Detections are sorted by decreasing score.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from monai.transforms import Compose
+
+from ...attacks import preserve_model_state
+from ...io import atomic_write, atomic_write_text
+from .heads import RetinaNetHeads
+from .transforms import boxes_to_original, detection_preprocessing
+
+__all__ = ["detect", "write_detections", "draw_overlay", "run_inference", "CLASS_COLOURS"]
+
+#: Outline colours (RGB) of the classes in the overlay, by label; repeated when there are more classes.
+CLASS_COLOURS = ((220, 30, 30), (30, 90, 230), (20, 160, 60), (230, 150, 0), (150, 40, 180))
+
+
+def detect(
+    network: torch.nn.Module,
+    detector: Any,
+    image_path: str | os.PathLike,
+    image_size: Sequence[int],
+    classes: Sequence[str],
+    device: str | torch.device = "cpu",
+    score_threshold: float | None = None,
+) -> dict:
+    """Detect objects in one image file.
+
+    Args:
+        network: the trained ``detector.network`` (run in eval mode; its mode is restored).
+        detector: the ``RetinaNetDetector`` whose post-processing decodes the output.
+        image_path: a 2D RGB image (JPEG, PNG).
+        image_size: network input size (X, Y) used in training.
+        classes: class names in label order.
+        device: where to run.
+        score_threshold: keep detections with at least this score (None: the detector's box selector threshold).
+
+    Returns:
+        The JSON-ready dict of the module docstring.
+    """
+    path = Path(image_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Image {path} does not exist.")
+    sample = Compose(detection_preprocessing(image_size, with_boxes=False))({"image": str(path)})
+    x = sample["image"].unsqueeze(0).to(device)
+    heads = RetinaNetHeads(detector, image_size)
+    with preserve_model_state(network, train=False), torch.no_grad():
+        pred = heads.decode(network(x))[0]
+    original = [int(v) for v in sample["original_size"]]
+    boxes = boxes_to_original(pred[detector.target_box_key].cpu(), image_size, original)
+    scores = pred[detector.pred_score_key].cpu().float()
+    labels = pred[detector.target_label_key].cpu().long()
+    threshold = float(detector.box_selector.score_thresh if score_threshold is None else score_threshold)
+    order = torch.argsort(scores, descending=True)
+    detections = [
+        {
+            "box": [round(float(v), 2) for v in boxes[i]],
+            "label": int(labels[i]),
+            "class": str(classes[int(labels[i])]) if int(labels[i]) < len(classes) else str(int(labels[i])),
+            "score": round(float(scores[i]), 4),
+        }
+        for i in order.tolist()
+        if float(scores[i]) >= threshold
+    ]
+    return {
+        "image": str(path),
+        "image_size": original,
+        "network_input_size": [int(v) for v in image_size],
+        "classes": [str(c) for c in classes],
+        "score_threshold": threshold,
+        "detections": detections,
+    }
+
+
+def write_detections(result: dict, path: str | os.PathLike) -> Path:
+    """Write :func:`detect`'s result as JSON (atomically)."""
+    return atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+
+
+def draw_overlay(result: dict, path: str | os.PathLike, min_score: float = 0.3, line_width: int = 2) -> Path:
+    """Draw the detections on the original image and save a PNG (atomically).
+
+    Args:
+        result: :func:`detect`'s dict (its ``image`` is read again).
+        path: the PNG to write.
+        min_score: draw only detections with at least this score (the JSON keeps all).
+        line_width: outline width in pixels.
+    """
+    from PIL import Image, ImageDraw
+
+    with Image.open(result["image"]) as im:
+        canvas = im.convert("RGB")
+    draw = ImageDraw.Draw(canvas)
+    for d in result["detections"]:
+        if d["score"] < min_score:
+            continue
+        colour = CLASS_COLOURS[d["label"] % len(CLASS_COLOURS)]
+        x0, y0, x1, y1 = d["box"]
+        draw.rectangle([x0, y0, x1, y1], outline=colour, width=line_width)
+        draw.text((x0 + 2, y0 + 1), f"{d['class']} {d['score']:.2f}", fill=colour)
+    return atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))
+
+
+def run_inference(
+    files: Sequence[str | os.PathLike],
+    network: torch.nn.Module,
+    detector: Any,
+    image_size: Sequence[int],
+    classes: Sequence[str],
+    output_dir: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    min_overlay_score: float = 0.3,
+) -> list[Path]:
+    """Detect objects in every file; write ``<stem>.json`` and ``<stem>_overlay.png`` into ``output_dir``.
+
+    Returns:
+        The JSON paths, in the order of ``files``.
+    """
+    if not files:
+        raise ValueError("No image files given to run_inference.")
+    out = Path(output_dir)
+    written = []
+    for f in files:
+        result = detect(network, detector, f, image_size, classes, device)
+        stem = Path(f).stem
+        written.append(write_detections(result, out / f"{stem}.json"))
+        draw_overlay(result, out / f"{stem}_overlay.png", min_score=min_overlay_score)
+    return written
