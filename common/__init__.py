@@ -2,10 +2,13 @@
 transforms and metrics used by every bundle in ``bundles/``.
 
 Its source is the repository folder ``common/``; it is installed (``pip install -e .``) and imported as
-``robust_bundles``, and a bundle zip carries a copy under the same name (``<bundle>/robust_bundles``).
-``import robust_bundles`` makes every submodule available (bundle configs write ``"$import robust_bundles"`` and then
-``robust_bundles.msd.load_slices(...)``).
+``robust_bundles``, and a bundle zip carries the modules it needs under the same name (``<bundle>/robust_bundles``,
+see ``scripts/bundles.py``). Submodules load on first use, so ``import robust_bundles`` followed by
+``robust_bundles.msd.load_slices(...)`` works (bundle configs write ``"$import robust_bundles"``), and a bundle's copy
+of the library needs only the modules its configs use.
 """
+
+import importlib
 
 if __name__ != "robust_bundles":  # e.g. "import common" from the repository root: a second copy of every class
     raise ImportError(
@@ -15,4 +18,13 @@ if __name__ != "robust_bundles":  # e.g. "import common" from the repository roo
 
 __version__ = "0.1.0"
 
-from . import io, losses, attacks, metrics, margins, thresholds, transforms, msd, bundle, adversarial, handlers  # noqa: E402,F401
+def __getattr__(name: str):
+    """Import the submodule ``name`` on first access (``robust_bundles.msd`` ...)."""
+    if name.startswith("_"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as e:
+        if e.name != f"{__name__}.{name}":
+            raise  # the submodule exists but needs something that is missing: say what
+        raise AttributeError(f"module {__name__!r} has no attribute or submodule {name!r}") from None

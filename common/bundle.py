@@ -6,73 +6,124 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["find_root", "latest_checkpoint", "drop_none", "require_file", "flag", "image_datalist", "explain_errors"]
+__all__ = [
+    "find_root",
+    "latest_checkpoint",
+    "resume_checkpoint",
+    "drop_none",
+    "require_file",
+    "flag",
+    "image_datalist",
+    "explain_errors",
+    "check_command_line",
+    "unknown_override_errors",
+    "SYNTHETIC_MARKER",
+    "mark_synthetic",
+    "is_synthetic",
+    "announce_synthetic",
+]
+
+
+def _names_bundle(folder: Path, name: str) -> bool:
+    """Whether ``folder`` is the root of bundle ``name`` (its configs/metadata.json names it, or it is so called)."""
+    meta = folder / "configs" / "metadata.json"
+    if not meta.is_file():
+        return False
+    if folder.name == name:
+        return True
+    try:
+        return json.loads(meta.read_text()).get("name") == name
+    except (OSError, ValueError):
+        return False
 
 
 def find_root(name: str) -> str:
-    """The folder of bundle ``name``, whether the command runs in the bundle folder or in the repository root.
+    """The folder of bundle ``name``, from whatever directory the command runs in.
 
-    Looks, in order, at the working directory (its ``configs/metadata.json`` names the bundle, or the folder is called
-    ``name``), ``./bundles/<name>`` and ``./<name>``.
+    ``python -m monai.bundle run --config_file <bundle>/configs/train.json`` puts ``<bundle>`` on ``sys.path`` before
+    it runs the config, so that folder is found from any working directory. Otherwise (or when that entry is another
+    bundle) the working directory (the bundle folder itself or the repository root), ``./bundles/<name>`` and
+    ``./<name>`` are tried.
+
+    Raises:
+        FileNotFoundError: none of them is bundle ``name``; the message says how to point to it.
     """
     cwd = Path.cwd()
-    candidates = [cwd, cwd / "bundles" / name, cwd / name]
+    candidates = [Path(p) for p in sys.path if p]
+    candidates += [cwd, cwd / "bundles" / name, cwd / name]
     for c in candidates:
-        meta = c / "configs" / "metadata.json"
-        if meta.is_file():
-            if c.name == name:
-                return str(c)
-            try:
-                if json.loads(meta.read_text()).get("name") == name:
-                    return str(c)
-            except (OSError, ValueError):
-                pass
+        if _names_bundle(c, name):
+            return str(c.resolve())
     raise FileNotFoundError(
-        f"Cannot find the bundle {name!r} from {cwd}: run the command in the bundle folder or in the repository root "
-        f"(which holds bundles/{name}), or pass --bundle_root PATH."
+        f"Cannot find the bundle {name!r} from {cwd}: give the config files by their path "
+        f"(--config_file <bundle>/configs/train.json), run the command in the bundle folder, or pass "
+        f"--bundle_root PATH."
     )
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike, final_name: str = "checkpoint.pt") -> str:
-    """The checkpoint to resume from: ``final_name`` if present, else the ``*epoch=N.pt`` with the largest N.
+    """The checkpoint to resume from: the newest readable one of ``final_name`` and the ``*epoch=N.pt`` files.
 
-    Raises a FileNotFoundError naming the folder and the fix when there is none.
+    Checkpoints are ordered by the epoch stored in them (the file name's N for epoch checkpoints); a file that cannot
+    be read (e.g. truncated by a crash while an older version of the saver wrote it) is skipped with a warning, so a
+    resume falls back to the previous complete checkpoint.
+
+    Raises:
+        FileNotFoundError: no readable checkpoint in ``ckpt_dir``; the message names the folder and the fix.
     """
+    import logging
+
     d = Path(ckpt_dir)
-    best, best_epoch = None, -1
+    candidates: list[tuple[int, int, Path]] = []
+    unreadable: list[str] = []
     if d.is_dir():
         for f in d.glob("*.pt"):
             m = re.search(r"epoch=(\d+)", f.name)
-            if m and int(m.group(1)) > best_epoch:
-                best, best_epoch = f, int(m.group(1))
-        final = d / final_name
-        if final.is_file():
-            epoch_of_final = _epoch_of(final)
-            if best is None or epoch_of_final is None or epoch_of_final >= best_epoch:
-                best = final
-    if best is None:
-        raise FileNotFoundError(
-            f"No checkpoint to resume from in {d}: train first (without --resume), or point --ckpt_dir to the run."
+            if m is None and f.name != final_name:
+                continue
+            epoch = _epoch_of(f)
+            if epoch is None:
+                unreadable.append(f.name)
+                continue
+            candidates.append((epoch, int(f.name == final_name), f))
+    for name in sorted(unreadable):
+        logging.getLogger("robust_bundles.checkpointing").warning(
+            f"{d / name} cannot be read (damaged or not a training checkpoint): not resuming from it"
         )
-    return str(best)
+    if not candidates:
+        found = f" ({', '.join(sorted(unreadable))} cannot be read)" if unreadable else ""
+        raise FileNotFoundError(
+            f"No checkpoint to resume from in {d}{found}: train first (without --resume), or point --ckpt_dir to the "
+            f"run."
+        )
+    return str(max(candidates, key=lambda c: (c[0], c[1]))[2])
+
+
+def resume_checkpoint(ckpt_dir: str | os.PathLike, resume: Any) -> str:
+    """The checkpoint a training run resumes from (:func:`latest_checkpoint`), or ``""`` when ``resume`` is off.
+
+    Meant to run before anything of the training is built (train.json's ``run`` calls it first), so that a
+    ``--resume true`` without a checkpoint stops before any folder is made.
+    """
+    return latest_checkpoint(ckpt_dir) if flag(resume, "resume") else ""
 
 
 def _epoch_of(path: Path) -> int | None:
+    """The epoch a training checkpoint was saved at, or None when it cannot be read or holds no trainer state."""
     try:
         import torch
 
         sd = torch.load(path, map_location="cpu", weights_only=True)
-        if "trainer" not in sd:
-            return None
         state = sd["trainer"]
         if "epoch" in state:
             return int(state["epoch"])
         # an ignite Engine.state_dict() holds the iteration and the epoch length, not the epoch
         return int(state["iteration"]) // max(int(state["epoch_length"]), 1)
-    except Exception:  # an unreadable file is reported by the loader itself
+    except Exception:
         return None
 
 
@@ -173,12 +224,28 @@ def image_datalist(source: Any) -> list[dict]:
     return items
 
 
+_WRAPPER_MESSAGES = ("Failed to evaluate", "Failed to instantiate", "applying transform", "Component to instantiate")
+
+
+def _is_wrapper(exc: BaseException) -> bool:
+    """Whether ``exc`` only wraps another error (MONAI's config and transform wrappers)."""
+    return isinstance(exc, RuntimeError) and str(exc).lstrip().startswith(_WRAPPER_MESSAGES) and (
+        exc.__cause__ is not None or exc.__context__ is not None
+    )
+
+
 def _root_cause(exc: BaseException) -> BaseException:
-    """The innermost exception of an explicit ``raise ... from`` chain (MONAI's config wrappers use it)."""
+    """The error that says what went wrong: the outermost exception of the chain that is not a MONAI wrapper.
+
+    MONAI wraps every error raised while a config item is built or a transform runs (``RuntimeError: Failed to
+    evaluate ...``, ``applying transform ...``). Below the wrappers sits the error of the code that knew the context
+    (e.g. ``ValueError: image /data/x.nii.gz cannot be read ...``), and below that possibly a low-level cause
+    (``EOFError: Compressed file ended ...``) that names no file: the middle one is reported.
+    """
     seen = set()
-    while exc.__cause__ is not None and id(exc) not in seen:
+    while _is_wrapper(exc) and id(exc) not in seen:
         seen.add(id(exc))
-        exc = exc.__cause__
+        exc = exc.__cause__ if exc.__cause__ is not None else exc.__context__  # type: ignore[assignment]
     return exc
 
 
@@ -187,7 +254,7 @@ def explain_errors() -> None:
 
     ``monai.bundle run`` wraps every error raised while a config item is built in ``RuntimeError: Failed to evaluate
     ConfigExpression ...`` / ``Failed to instantiate ...``; the message that says what to fix (a missing file, a wrong
-    dataset layout) sits in the middle of a long traceback. Called from a config's ``initialize`` list, this installs
+    dataset layout) sits in the middle of a long traceback. Called first by a config's ``run`` (its ``setup`` list), this installs
     a ``sys.excepthook`` that prints the usual traceback and then one line ``ERROR (cause): <type>: <message>``.
     Installed once; other exceptions and the previous hook are left as they were.
     """
@@ -202,10 +269,173 @@ def explain_errors() -> None:
         if exc is None:
             return
         cause = _root_cause(exc)
-        if cause is not exc:
+        if not isinstance(cause, KeyboardInterrupt):
             sys.stdout.flush()
             sys.stderr.write(f"\nERROR (cause): {type(cause).__name__}: {cause}\n")
             sys.stderr.flush()
 
     hook._robust_bundles_explain = True  # type: ignore[attr-defined]
     sys.excepthook = hook
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# command-line overrides
+# ----------------------------------------------------------------------------------------------------------------------
+
+#: the arguments of ``monai.bundle run`` itself; every other ``--key`` is a config override
+RUN_ARGUMENTS = frozenset(
+    {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file"}
+)
+
+
+def _config_ids(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Every id of a config (``"train#dataloader#batch_size"``...) and its raw value."""
+    out: dict[str, Any] = {}
+    items = config.items() if isinstance(config, dict) else enumerate(config) if isinstance(config, list) else ()
+    for k, v in items:
+        key = f"{prefix}#{k}" if prefix else str(k)
+        out[key] = v
+        out.update(_config_ids(v, key))
+    return out
+
+
+def unknown_override_errors(config: Mapping, overrides: Iterable[str]) -> list[str]:
+    """The problems of command-line override ids against a config, one message per unknown id.
+
+    An id is known when the config holds it. A new id is accepted only as a new argument of a component (a dict with
+    ``_target_``, where a wrong name fails loudly when it is built); anywhere else it would be silently unused, so
+    it is reported with the nearest valid ids.
+
+    Args:
+        config: the merged config (all ``--config_file`` files).
+        overrides: override ids as given (``"epochs"``, ``"train::dataloader::batch_size"``, ``"+key"`` is not a CLI
+            form and is reported too).
+    """
+    import difflib
+
+    ids = _config_ids(config)
+    problems = []
+    for raw in overrides:
+        key = str(raw).replace("::", "#")
+        if key in ids:
+            continue
+        parent, _, leaf = key.rpartition("#")
+        if parent and isinstance(ids.get(parent), dict) and "_target_" in ids[parent]:
+            continue  # a new constructor argument of a component
+        level = [i for i in ids if i.count("#") == key.count("#")]
+        near = difflib.get_close_matches(key, level, n=3, cutoff=0.6) or difflib.get_close_matches(
+            key, list(ids), n=3, cutoff=0.6
+        )
+        hint = f"did you mean {' or '.join('--' + n for n in near)}?" if near else "no config key is close to it."
+        where = f"--{raw}"
+        if parent and parent not in ids:
+            problems.append(f"{where}: the config has no {parent!r}, so this override would be ignored; {hint}")
+        else:
+            problems.append(f"{where}: the config has no key {key!r}, so this override would be ignored; {hint}")
+    return problems
+
+
+def _parse_run_argv(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]] | None:
+    """``(run arguments, override ids)`` of a ``monai.bundle run`` command line, or None for another command."""
+    import ast
+
+    args = list(argv)
+    if "run" not in args:
+        return None
+    args = args[args.index("run") + 1 :]
+    run_args: dict[str, Any] = {}
+    overrides: list[str] = []
+    i = 0
+    while i < len(args):
+        token = args[i]
+        i += 1
+        if not token.startswith("--"):
+            continue  # a value, or a positional run_id
+        name, eq, value = token[2:].partition("=")
+        if not eq:
+            if i < len(args) and not args[i].startswith("--"):
+                value = args[i]
+                i += 1
+        name_u = name.replace("-", "_")
+        if name_u in RUN_ARGUMENTS:
+            try:
+                run_args[name_u] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                run_args[name_u] = value
+        else:
+            overrides.append(name)
+    return run_args, overrides
+
+
+def check_command_line(argv: Sequence[str] | None = None) -> None:
+    """Refuse command-line overrides of config keys that do not exist, naming the nearest valid keys.
+
+    ``python -m monai.bundle run ... --data_dir /data`` (for ``--dataset_dir``) or ``--epoch 5`` (for ``--epochs``)
+    would otherwise add an unused key and silently run on the defaults, e.g. train on synthetic data. Called first
+    by every config's ``run``; it reads the command line (``sys.argv``) and the config files it names, so other
+    ways of running a config (Python, the experiment tool's dry run) are unaffected.
+
+    Raises:
+        ValueError: some override names no key of the configs; the message lists each with the nearest valid keys.
+    """
+    parsed = _parse_run_argv(sys.argv[1:] if argv is None else argv)
+    if parsed is None:
+        return
+    run_args, overrides = parsed
+    if not overrides and "args_file" not in run_args:
+        return
+    from monai.bundle import ConfigParser
+
+    config_files = run_args.get("config_file")
+    if "args_file" in run_args:
+        extra = ConfigParser.load_config_file(str(run_args["args_file"]))
+        config_files = config_files if config_files is not None else extra.get("config_file")
+        overrides += [k for k in extra if k not in RUN_ARGUMENTS]
+    if not config_files:
+        return
+    files = [config_files] if isinstance(config_files, (str, os.PathLike)) else list(config_files)
+    parser = ConfigParser()
+    parser.read_config(files)
+    problems = unknown_override_errors(parser.get(), overrides)
+    if problems:
+        raise ValueError(
+            "Unknown config key(s) on the command line: " + " | ".join(problems)
+            + f" (configs: {', '.join(str(f) for f in files)}; to add a new key on purpose, put it in an overlay "
+            f"config file)."
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# synthetic data
+# ----------------------------------------------------------------------------------------------------------------------
+
+#: a file in the root of every synthetic dataset the bundles write, so that logs and reports can say so
+SYNTHETIC_MARKER = "SYNTHETIC_DATA.txt"
+
+
+def mark_synthetic(folder: str | os.PathLike, generator: str) -> None:
+    """Mark ``folder`` as synthetic data written by ``generator`` (see :func:`is_synthetic`)."""
+    from .io import atomic_write_text
+
+    atomic_write_text(
+        Path(folder) / SYNTHETIC_MARKER,
+        f"This folder holds SYNTHETIC data written by {generator}.\n"
+        "Models trained and evaluated on it say nothing about the real task: give --dataset_dir a real dataset.\n",
+    )
+
+
+def is_synthetic(folder: str | os.PathLike | None) -> bool:
+    """Whether ``folder`` is a synthetic dataset written by one of the bundles' generators."""
+    return folder is not None and (Path(folder) / SYNTHETIC_MARKER).is_file()
+
+
+def announce_synthetic(folder: str | os.PathLike, what: str = "the bundle's default") -> str:
+    """Log, loudly, that a run uses synthetic data; return ``folder`` as a string (for ``dataset_dir`` defaults)."""
+    import logging
+
+    bar = "!" * 100
+    logging.getLogger("robust_bundles.data").warning(
+        f"\n{bar}\nSYNTHETIC DATA: no --dataset_dir was given, so this run uses {what}, synthetic data written to "
+        f"{folder}.\nIts numbers say nothing about the real task. Give --dataset_dir a real dataset.\n{bar}"
+    )
+    return str(folder)

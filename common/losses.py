@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["PerSampleLoss", "DiceCELoss", "primary_output", "per_sample_terms"]
+__all__ = ["PerSampleLoss", "DiceCELoss", "primary_output", "per_sample_terms", "weighted_total"]
 
 
 def primary_output(pred: Any, key: str | int | None = None) -> torch.Tensor:
@@ -86,6 +86,15 @@ def per_sample_terms(loss_fn: Any, pred: Any, target: Any) -> torch.Tensor:
             "(use reduction='none' and average over the non-batch dimensions)."
         )
     return out
+
+
+def weighted_total(loss_fn: Any, terms: torch.Tensor) -> torch.Tensor:
+    """The per-sample total (B,) of per-term values (B, K): weighted by ``loss_fn.term_weights`` when it has K of
+    them (what ``PerSampleLoss.forward`` returns), else the plain sum."""
+    w = getattr(loss_fn, "term_weights", None)
+    if w is None or len(w) != terms.shape[1]:
+        return terms.sum(1)
+    return (terms * torch.as_tensor(w, dtype=terms.dtype, device=terms.device)).sum(1)
 
 
 class DiceCELoss(PerSampleLoss):

@@ -4,11 +4,16 @@ Every robustness run of a bundle writes ``<output_root>/eval/<run>/robustness.js
 :class:`robust_bundles.handlers.RobustnessEvaluationHandler`). This module reads those files and writes, in one folder:
 
 - ``results.md``: the table of the paper (rows STD, VAT (eps ...), TEAT (eps ...), AMAT; columns clean, each attack at
-  each eps and its average), 3 decimals, best value of each column in bold, a caption that states the metric, the
-  attacks, the eps units, the input size and the number of test samples counted;
+  each eps and its average), 3 decimals, best value of each column in bold, a caption that states the metric with its
+  unit and direction, the attacks, the eps units, the input size and the number of test samples counted; first for
+  the headline metric, then one table for each further metric of the task (e.g. landmark SDR at 2/2.5/3/4 mm);
 - ``results.csv`` and ``results.json``: the same numbers at full precision (NaN is an empty CSV cell, ``null`` in JSON);
 - ``metric_vs_eps.png``: the metric against eps for every method (eps 0 is the clean metric);
 - ``margins.png``: the histogram of AMAT's final margins (when ``models/amat/margins.csv`` exists).
+
+The report needs no task knowledge: every robustness.json carries its metrics' specs (name, unit, direction) in
+``settings["metrics"]`` and their values in ``summary["metrics"]``; files with a single metric (``summary["metric"]``
+and ``settings["higher_is_better"]``) are read too.
 
 Run names follow the experiment tool: ``std``, ``vat_eps<g>``, ``teat_eps<g>``, ``amat`` (``format(eps, 'g')``).
 Every file is written whole (temporary file, then ``os.replace``), figures included.
@@ -28,6 +33,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from . import layout
 from .io import atomic_write, atomic_write_json, atomic_write_text
 
 __all__ = [
@@ -36,6 +42,7 @@ __all__ = [
     "parse_run",
     "robustness_stage",
     "collect",
+    "metric_names",
     "paper_table",
     "margin_summary",
     "plot_metric_vs_eps",
@@ -67,7 +74,8 @@ def run_name(method: str, eps: float | None = None) -> str:
 
 
 def parse_run(run: str) -> tuple[str, float | None, str]:
-    """``"vat_eps6" -> ("VAT", 6.0, "VAT (eps 6)")``; ``"amat" -> ("AMAT", None, "AMAT")``; other names as given."""
+    """``"vat_eps6" -> ("VAT", 6.0, "VAT (eps 6)")``; ``"amat" -> ("AMAT", None, "AMAT")``; a variant of a method,
+    ``"std_bce" -> ("STD", None, "STD (bce)")``; other names as given."""
     m = _RUN_RE.match(run)
     if m:
         try:
@@ -78,6 +86,9 @@ def parse_run(run: str) -> tuple[str, float | None, str]:
         return method, eps, f"{method} (eps {format(eps, 'g')})"
     if run.upper() in METHODS:
         return run.upper(), None, run.upper()
+    method, _, variant = run.partition("_")
+    if method.upper() in METHODS and variant:
+        return method.upper(), None, f"{method.upper()} ({variant})"
     return run, None, run
 
 
@@ -87,12 +98,13 @@ def robustness_stage(run: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------- read
-def collect(output_root: str | Path, runs: Iterable[str]) -> list[dict]:
+def collect(output_root: str | Path, runs: Iterable[str], labels: dict[str, str] | None = None) -> list[dict]:
     """Read ``<output_root>/eval/<run>/robustness.json`` of every run.
 
     Args:
         output_root: the experiment's output folder (holds ``models/`` and ``eval/``).
         runs: run names, e.g. ``["std", "vat_eps6", "amat"]``.
+        labels: row labels by run, replacing :func:`parse_run`'s (e.g. ``{"std_bce": "STD (BCE)"}``).
 
     Returns:
         One dict per run, in the order given: ``run``, ``method``, ``train_eps`` (None for STD and AMAT), ``label``
@@ -105,9 +117,9 @@ def collect(output_root: str | Path, runs: Iterable[str]) -> list[dict]:
     root = Path(output_root)
     out = []
     for run in runs:
-        path = root / "eval" / run / "robustness.json"
+        path = Path(layout.robustness_file(root, run))
         if not path.is_file():
-            model = root / "models" / run / "model.pt"
+            model = Path(layout.model_file(root, run))
             also = "" if model.is_file() else (
                 f" (its model {model} is missing too: run the training stage {run!r} first)")
             raise FileNotFoundError(
@@ -125,28 +137,65 @@ def collect(output_root: str | Path, runs: Iterable[str]) -> list[dict]:
                 f"{robustness_stage(run)!r}."
             )
         method, eps, label = parse_run(run)
+        label = (labels or {}).get(run) or label
         out.append({"run": run, "method": method, "train_eps": eps, "label": label, "path": str(path),
                     "settings": data.get("settings", {}), "summary": summary})
     return out
 
 
 def _ordered(results: Sequence[dict]) -> list[dict]:
-    """STD, VAT by eps, TEAT by eps, AMAT, then any other run in the order given."""
+    """STD, VAT by eps, TEAT by eps, AMAT (a method before its variants, e.g. STD before std_bce), then any other
+    run in the order given."""
     rank = {m: i for i, m in enumerate(METHODS)}
-    keyed = [(rank.get(r["method"], len(METHODS)), r["train_eps"] if r["train_eps"] is not None else -1.0, i, r)
+    keyed = [(rank.get(r["method"], len(METHODS)), r["train_eps"] if r["train_eps"] is not None else -1.0,
+              r["run"] != r["method"].lower() and r["train_eps"] is None, i, r)
              for i, r in enumerate(results)]
-    return [k[-1] for k in sorted(keyed, key=lambda k: k[:3])]
+    return [k[-1] for k in sorted(keyed, key=lambda k: k[:4])]
 
 
 def _eps_key(e: Any) -> str:
     return format(float(e), "g")
 
 
-def _columns(results: Sequence[dict]) -> tuple[list[str], list[tuple[str, str | None]]]:
+def metric_names(results: Sequence[dict]) -> list[str]:
+    """The metrics of the runs, the headline (the first run's) first."""
+    names: list[str] = []
+    for r in results:
+        names.append(str(r["summary"].get("metric", "metric")))
+        names += [str(m["name"]) for m in r["settings"].get("metrics", []) or []]
+        names += list((r["summary"].get("metrics") or {}))
+    return list(dict.fromkeys(names))
+
+
+def _view(summary: dict, metric: str | None) -> dict:
+    """The part of a summary that holds one metric: ``clean``, ``attacks`` (and ``worst``); the headline by default."""
+    if metric is None or metric == summary.get("metric"):
+        return summary
+    by_metric = summary.get("metrics") or {}
+    if metric not in by_metric:
+        return {"clean": float("nan"), "attacks": {}}
+    return by_metric[metric]
+
+
+def _spec(results: Sequence[dict], metric: str | None) -> dict:
+    """``name``, ``unit``, ``higher_is_better`` and ``description`` of a metric (the headline by default)."""
+    if not results:
+        return {"name": metric or "metric", "unit": "", "higher_is_better": True, "description": ""}
+    first = results[0]
+    name = metric if metric is not None else str(first["summary"].get("metric", "metric"))
+    for r in results:
+        for m in r["settings"].get("metrics", []) or []:
+            if m.get("name") == name:
+                return {"unit": "", "higher_is_better": True, "description": "", **m}
+    return {"name": name, "unit": "", "higher_is_better": bool(first["settings"].get("higher_is_better", True)),
+            "description": ""}
+
+
+def _columns(results: Sequence[dict], metric: str | None = None) -> tuple[list[str], list[tuple[str, str | None]]]:
     """Column names and, for each, (attack, eps key or "avg"); the clean column is (\"clean\", None)."""
     attacks: dict[str, list[str]] = {}
     for r in results:
-        for name, by_eps in r["summary"]["attacks"].items():
+        for name, by_eps in _view(r["summary"], metric)["attacks"].items():
             keys = attacks.setdefault(name, [])
             for k in by_eps:
                 if k != "avg" and k not in keys:
@@ -183,12 +232,10 @@ def _float(v: Any) -> float:
         return float("nan")
 
 
-def _higher_is_better(results: Sequence[dict]) -> bool:
-    return bool(results[0]["settings"].get("higher_is_better", True)) if results else True
-
-
-def _metric(results: Sequence[dict]) -> str:
-    return str(results[0]["summary"].get("metric", "metric")) if results else "metric"
+def _metric_label(spec: dict) -> str:
+    """``"MRE (mm, lower is better)"``."""
+    unit = f"{spec['unit']}, " if spec.get("unit") else ""
+    return f"{spec['name']} ({unit}{'higher' if spec['higher_is_better'] else 'lower'} is better)"
 
 
 def _attack_text(settings: dict) -> str:
@@ -211,7 +258,7 @@ def _fmt(v: float) -> str:
 
 # ---------------------------------------------------------------------------------------------------------- table
 def paper_table(
-    results: Sequence[dict], caption: str = "", input_shape: Sequence[int] | None = None
+    results: Sequence[dict], caption: str = "", input_shape: Sequence[int] | None = None, metric: str | None = None
 ) -> tuple[str, str, dict]:
     """The paper's table from :func:`collect`'s results.
 
@@ -220,20 +267,21 @@ def paper_table(
         caption: free text appended to the caption line (e.g. the profile's description).
         input_shape: optional spatial size of the network input, stated in the caption (L2 eps grows with
             sqrt(#pixels)).
+        metric: the metric to tabulate (see :func:`metric_names`); default the headline metric.
 
     Returns:
         ``(markdown, csv_text, table)``: the Markdown table with its caption (3 decimals, best of each column in bold;
         ties at 3 decimals are all bold), the CSV text (full precision, empty cell for NaN) and a JSON-ready dict
-        (``metric``, ``higher_is_better``, ``columns``, ``rows`` with ``label``, ``run``, ``method``, ``train_eps``,
+        (``metric``, ``unit``, ``higher_is_better``, ``columns``, ``rows`` with ``label``, ``run``, ``method``, ``train_eps``,
         ``values``, ``num_counted``, ``num_samples``; ``caption``, ``settings``, ``warnings``; NaN as None).
     """
     if not results:
         raise ValueError("No results to tabulate: give at least one run.")
     rows = _ordered(results)
-    names, refs = _columns(rows)
-    values = [[_value(r["summary"], ref) for ref in refs] for r in rows]
-    hib = _higher_is_better(rows)
-    metric = _metric(rows)
+    names, refs = _columns(rows, metric)
+    values = [[_value(_view(r["summary"], metric), ref) for ref in refs] for r in rows]
+    spec = _spec(rows, metric)
+    hib = bool(spec["higher_is_better"])
 
     best = []
     for j in range(len(names)):
@@ -250,7 +298,7 @@ def paper_table(
             cells.append(f"**{s}**" if best[j] is not None and not math.isnan(v) and round(v, 3) == best[j] else s)
         body.append(f"| {r['label']} | " + " | ".join(cells) + " |")
 
-    caption_line = _caption(rows, metric, hib, caption, input_shape)
+    caption_line = _caption(rows, spec, caption, input_shape)
     warnings = [f"{r['label']}: {w}" for r in rows for w in r["summary"].get("warnings", []) or []]
     md = "\n".join([head, rule, *body]) + "\n\n" + caption_line + "\n"
     if warnings:
@@ -266,7 +314,8 @@ def paper_table(
                     r["summary"].get("num_counted", ""), r["summary"].get("num_samples", "")])
 
     table = {
-        "metric": metric,
+        "metric": spec["name"],
+        "unit": spec["unit"],
         "higher_is_better": hib,
         "columns": names,
         "rows": [
@@ -282,7 +331,7 @@ def paper_table(
     return md, buf.getvalue(), _finite(table)
 
 
-def _caption(rows: Sequence[dict], metric: str, hib: bool, caption: str, input_shape: Sequence[int] | None) -> str:
+def _caption(rows: Sequence[dict], spec: dict, caption: str, input_shape: Sequence[int] | None) -> str:
     counted = {(r["summary"].get("num_counted"), r["summary"].get("num_samples")) for r in rows}
     if len(counted) == 1:
         c, n = counted.pop()
@@ -295,7 +344,7 @@ def _caption(rows: Sequence[dict], metric: str, hib: bool, caption: str, input_s
         f"{r['label']}: {_attack_text(r['settings'])}" for r in rows)
     shape = f", network input {' x '.join(str(s) for s in input_shape)} pixels" if input_shape else ""
     text = (
-        f"Table: {metric} ({'higher' if hib else 'lower'} is better, best of each column in bold) on the test set, "
+        f"Table: {_metric_label(spec)[:-1]}, best of each column in bold) on the test set, "
         f"{samples}. White-box attacks on the task loss, model in eval mode: {attacks or 'none'}. "
         f"eps is the {_norm(rows)} norm of the perturbation of the whole network input, in input intensity units "
         f"(after the bundle's intensity normalisation){shape}; Avg. is the mean over the eps > 0 columns."
@@ -358,13 +407,14 @@ def _save(fig, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
 
 
-def plot_metric_vs_eps(results: Sequence[dict], path: str | Path) -> Path:
+def plot_metric_vs_eps(results: Sequence[dict], path: str | Path, metric: str | None = None) -> Path:
     """PNG of the metric against eps: one colour per method, the clean metric at eps 0, then each attack's eps
     (the first attack, PGD, solid; the others, IFGSM, dashed/dotted).
 
     Args:
         results: from :func:`collect`.
         path: the PNG file to write (written whole).
+        metric: the metric to plot; default the headline metric.
     """
     if not results:
         raise ValueError("No results to plot: give at least one run.")
@@ -372,12 +422,13 @@ def plot_metric_vs_eps(results: Sequence[dict], path: str | Path) -> Path:
     fig = _figure((7.0, 4.5))
     ax = fig.add_subplot(1, 1, 1)
     styles = ["-", "--", ":", "-."]
-    attack_names = list(dict.fromkeys(n for r in rows for n in r["summary"]["attacks"]))
+    attack_names = list(dict.fromkeys(n for r in rows for n in _view(r["summary"], metric)["attacks"]))
     colors = [f"C{i % 10}" for i in range(len(rows))]
     for r, color in zip(rows, colors):
-        clean = _value(r["summary"], ("clean", None))
+        view = _view(r["summary"], metric)
+        clean = _value(view, ("clean", None))
         for k, name in enumerate(attack_names):
-            by_eps = r["summary"]["attacks"].get(name)
+            by_eps = view["attacks"].get(name)
             if not by_eps:
                 continue
             pts = sorted((float(e), float(v)) for e, v in by_eps.items() if e != "avg" and float(e) > 0)
@@ -385,10 +436,10 @@ def plot_metric_vs_eps(results: Sequence[dict], path: str | Path) -> Path:
             ys = [clean] + [p[1] for p in pts]
             ax.plot(xs, ys, linestyle=styles[k % len(styles)], marker="o" if k == 0 else "s", markersize=4,
                     color=color, label=f"{r['label']} {name}")
-    metric = _metric(rows)
+    spec = _spec(rows, metric)
     ax.set_xlabel(f"eps ({_norm(rows)}, input intensity units)")
-    ax.set_ylabel(f"{metric} ({'higher' if _higher_is_better(rows) else 'lower'} is better)")
-    ax.set_title(f"{metric} under attack ({', '.join(attack_names)}; eps 0 = clean)")
+    ax.set_ylabel(_metric_label(spec))
+    ax.set_title(f"{spec['name']} under attack ({', '.join(attack_names)}; eps 0 = clean)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="best")
     return _save(fig, path)
@@ -437,6 +488,7 @@ def write_report(
     out_dir: str | Path | None = None,
     input_shape: Sequence[int] | None = None,
     margins_run: str = "amat",
+    labels: dict[str, str] | None = None,
 ) -> dict[str, Path]:
     """Collect the runs, write results.md/.csv/.json and the figures into ``out_dir``.
 
@@ -447,20 +499,36 @@ def write_report(
         out_dir: where to write; default ``<output_root>/report``.
         input_shape: optional spatial size of the network input, stated in the caption.
         margins_run: the run whose ``models/<run>/margins.csv`` is summarised and plotted when present.
+        labels: row labels by run (see :func:`collect`).
 
     Returns:
         The written files by name: ``markdown``, ``csv``, ``json``, ``metric_vs_eps`` and, with margins, ``margins``.
+        The CSV holds the headline metric; the JSON holds the headline table and, under ``other_metrics``, the table
+        of every further metric.
     """
     root = Path(output_root)
-    out = Path(out_dir) if out_dir is not None else root / "report"
-    results = collect(root, runs)
+    out = Path(out_dir) if out_dir is not None else Path(layout.report_dir(root))
+    results = collect(root, runs, labels)
     if input_shape is None and results:  # recorded by the robustness handler: (C, *spatial)
         recorded = results[0]["settings"].get("input_shape")
         input_shape = recorded[1:] if recorded else None
     md, csv_text, table = paper_table(results, caption, input_shape)
+    synthetic = sorted(r["run"] for r in results if (r["settings"].get("dataset") or {}).get("synthetic"))
+    table["synthetic_data"] = bool(synthetic)
+    if synthetic:
+        md = (f"**SYNTHETIC DATA** (runs {', '.join(synthetic)}): the bundle's default data, written by its "
+              f"generator; these numbers say nothing about the real task. Give --dataset_dir a real dataset.\n\n" + md)
     files = {"metric_vs_eps": plot_metric_vs_eps(results, out / "metric_vs_eps.png")}
+    others = metric_names(results)[1:]
+    if others:  # the task's further metrics, one table each (the headline's caption states the settings)
+        table["other_metrics"] = {}
+        for name in others:
+            other_md, _, other_table = paper_table(results, "", input_shape, metric=name)
+            table["other_metrics"][name] = other_table
+            rows_only = other_md.split("\n\n", 1)[0]  # the table without its caption
+            md += f"\n{_metric_label(_spec(results, name))}:\n\n{rows_only}\n"
 
-    margins_csv = root / "models" / margins_run / "margins.csv"
+    margins_csv = Path(layout.margins_file(root, margins_run))
     if margins_run in runs and margins_csv.is_file():
         eval_eps = sorted({float(e) for r in results for e in r["settings"].get("eps", [])})
         s = margin_summary(margins_csv)

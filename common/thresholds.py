@@ -22,7 +22,6 @@ term names, number of samples, path and SHA-256 of the STD checkpoint, creation 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -32,7 +31,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .io import atomic_write_text
+from .io import atomic_write_text, sha256_file  # noqa: F401 (sha256_file: part of this module's API)
 
 __all__ = [
     "RULES",
@@ -219,15 +218,6 @@ def estimate_thresholds(
     return _huber_location(v, med, scale, huber_c) + z * scale  # "huber"
 
 
-def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file, read in chunks of ``chunk_size`` bytes (works for multi-GB checkpoints)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(chunk_size), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -378,7 +368,10 @@ class Thresholds:
         try:
             th = cls(**{key: value for key, value in data.items() if key in known})
         except ValueError as e:
-            raise ValueError(f"Invalid thresholds file {path!r}: {e}") from e
+            raise ValueError(
+                f"Invalid thresholds file {path!r}: {e} Re-estimate it (the file is written by the thresholds "
+                f"config), or fix the file."
+            ) from e
         th.check_terms(expected_terms, source=f"thresholds file {path!r}")
         return th
 

@@ -1,4 +1,4 @@
-"""Stable per-sample ids.
+"""Stable per-sample ids, and an image loader that refuses bad input with the file named.
 
 AMAT keeps one margin E(i) per training sample, so every sample needs an integer id i in 0..N-1 that does not change
 between epochs and survives shuffling, caching (``monai.data.CacheDataset``), worker processes and resuming from a
@@ -24,7 +24,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-__all__ = ["assign_sample_ids", "datalist_digest", "SampleIdd"]
+__all__ = ["assign_sample_ids", "datalist_digest", "SampleIdd", "LoadCheckedImaged"]
 
 _NO_ID_FIX = (
     "assign ids with robust_bundles.transforms.assign_sample_ids (or robust_bundles.msd.load_slices) before the dataset is built"
@@ -186,3 +186,70 @@ class SampleIdd(MapTransform):
         if value < 0:
             raise ValueError(f"{where} has {key!r} = {value}: ids are 0..N-1; {_NO_ID_FIX}.")
         return torch.tensor(int(value), dtype=torch.int64)
+
+
+class LoadCheckedImaged(MapTransform):
+    """MONAI's ``LoadImaged`` (channel first) that refuses bad input and names the file.
+
+    Inference must never write a silently wrong result: a file that cannot be read (truncated, not an image), an
+    image with another number of channels or spatial dimensions than the network was trained on, or non-finite
+    voxels (NaN, inf) stop the run with an error that names the file, what is wrong and the expected input, and
+    nothing is written for it.
+
+    Args:
+        keys: the image key(s); their values are file paths.
+        channels: the number of channels the network takes (MRI modalities), after ``ensure_channel_first``.
+        spatial_dims: the number of spatial dimensions of the image file (3 for a volume).
+        channel_names: what the channels are, for the messages (e.g. ``["T1"]`` or ``["T2", "ADC"]``).
+        reader: the ``LoadImaged`` reader (default: chosen by MONAI from the file suffix).
+        allow_missing_keys: do not raise when a key is missing.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        channels: int,
+        spatial_dims: int = 3,
+        channel_names: Sequence[str] | None = None,
+        reader: Any = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        from monai.transforms import LoadImaged
+
+        super().__init__(keys, allow_missing_keys)
+        self.channels, self.spatial_dims = int(channels), int(spatial_dims)
+        self.channel_names = list(channel_names) if channel_names is not None else None
+        self.loader = LoadImaged(keys, reader=reader, image_only=True, ensure_channel_first=True,
+                                 allow_missing_keys=allow_missing_keys)
+
+    def _expected(self) -> str:
+        names = f" ({', '.join(self.channel_names)})" if self.channel_names else ""
+        return f"{self.spatial_dims}D images with {self.channels} channel(s){names}"
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        paths = {k: data[k] for k in self.key_iterator(dict(data))}
+        try:
+            out = self.loader(data)
+        except Exception as e:
+            path = next(iter(paths.values()), "?")
+            raise ValueError(
+                f"Cannot read the image {path} ({type(e).__name__}: {e}): the file is damaged or not an image "
+                f"this bundle reads; replace it, or leave it out of the input."
+            ) from e
+        for key, path in paths.items():
+            img = out[key]
+            shape = tuple(img.shape)
+            if len(shape) != self.spatial_dims + 1 or shape[0] != self.channels:
+                raise ValueError(
+                    f"The image {path} has shape {shape[1:] if len(shape) == self.spatial_dims + 1 else shape} with "
+                    f"{shape[0]} channel(s) after loading (channel first: {shape}), but this model takes "
+                    f"{self._expected()}: give such images."
+                )
+            finite = torch.isfinite(torch.as_tensor(img))
+            if not bool(finite.all()):
+                bad = int((~finite).sum())
+                raise ValueError(
+                    f"The image {path} has {bad} non-finite voxel(s) (NaN or inf) of {finite.numel()}: a prediction "
+                    f"on it would be wrong. Repair or replace the file; nothing was written for it."
+                )
+        return out

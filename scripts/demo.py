@@ -12,8 +12,6 @@ Dice, L2 PGD and L2 IFGSM). eps is the L2 norm of the perturbation of a whole 32
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import time
 
 import fire

@@ -7,7 +7,7 @@ robustness evaluation of every trained model, and the report.
         --dataset_dir /data/Task04_Hippocampus
     python scripts/experiment.py --bundle ... --profile quick --stages "[amat,robustness_amat,report]" --force "[amat]"
     python scripts/experiment.py --bundle ... --profile quick --vat_eps "[2]" --teat_eps "[]" \\
-        --override '{"epochs": 1, "network_def#filters": [8, 16, 32, 64]}'
+        --override '{"epochs": 1, "filters": [8, 16, 32, 64]}'
 
 Options: see ``python scripts/experiment.py --help`` (the docstring of :func:`main`).
 
@@ -41,15 +41,16 @@ from typing import Any, Sequence
 
 import fire
 
-from robust_bundles import report  # noqa: E402
+from robust_bundles import layout, report  # noqa: E402
+from robust_bundles.bundle import unknown_override_errors  # noqa: E402
 from robust_bundles.io import atomic_write_json  # noqa: E402
 
 BUNDLE_CONFIGS = (
     "train.json", "vat.json", "teat.json", "amat.json", "thresholds.json", "evaluate.json", "robustness.json"
 )
 GROUPS = ("train", "vat", "teat", "robustness")
-REPORT_DIR = "report"
-LOG_DIR = "logs"
+REPORT_DIR = layout.report_dir("")
+LOG_DIR = layout.logs_dir("")
 
 
 class ExperimentError(RuntimeError):
@@ -81,22 +82,35 @@ class Stage:
 
 
 def model_file(run: str) -> str:
-    return f"models/{run}/model.pt"
+    """The run's model, relative to the output root (robust_bundles.layout owns the layout)."""
+    return layout.model_file("", run)
 
 
 def robustness_file(run: str) -> str:
-    return f"eval/{run}/robustness.json"
+    """The run's robustness result, relative to the output root."""
+    return layout.robustness_file("", run)
 
 
-THRESHOLDS_FILE = "models/std/thresholds.json"
+THRESHOLDS_FILE = layout.thresholds_file("")
 
 
-def build_stages(vat_eps: Sequence[float], teat_eps: Sequence[float]) -> list[Stage]:
-    """All stages in order, for the given VAT and TEAT training noise levels."""
+def build_stages(vat_eps: Sequence[float], teat_eps: Sequence[float],
+                 extra_runs: dict[str, dict] | None = None) -> list[Stage]:
+    """All stages in order, for the given VAT and TEAT training noise levels and extra runs.
+
+    Args:
+        vat_eps, teat_eps: training noise levels of VAT and TEAT.
+        extra_runs: further STD-style runs (train.json with config overrides), by run name, each
+            ``{"override": {...}, "label": "..."}`` (see :func:`extra_runs_of`); trained after the thresholds and
+            evaluated like the others.
+    """
     std, amat = report.run_name("STD"), report.run_name("AMAT")
     train = [Stage(std, "train", model_file(std), configs=["train.json"], args={"run_name": std}, run=std),
              Stage("thresholds", "thresholds", THRESHOLDS_FILE, needs=[model_file(std)],
                    configs=["train.json", "thresholds.json"])]
+    for run, spec in (extra_runs or {}).items():
+        train.append(Stage(run, "train", model_file(run), configs=["train.json"],
+                           args={**spec.get("override", {}), "run_name": run}, run=run))
     for method, overlay, levels in (("VAT", "vat.json", vat_eps), ("TEAT", "teat.json", teat_eps)):
         for e in levels:
             run = report.run_name(method, e)
@@ -110,6 +124,35 @@ def build_stages(vat_eps: Sequence[float], teat_eps: Sequence[float]) -> list[St
              for r in runs]
     needs = [robustness_file(r) for r in runs]
     return train + evals + [Stage("report", "report", f"{REPORT_DIR}/results.md", needs=needs)]
+
+
+def extra_runs_of(value: Any) -> dict[str, dict]:
+    """The profile's ``experiment.extra_runs``: ``{run: {"override": {config key: value}, "label": row label}}``.
+
+    For example the landmark bundle's STD model with the BCE heatmap loss beside the default Dice one:
+    ``{"std_bce": {"override": {"heatmap_loss": "bce"}, "label": "STD (BCE)"}}``. A run name is lower-case letters,
+    digits and underscores and differs from the built-in runs.
+    """
+    if value in (None, {}):
+        return {}
+    if not isinstance(value, dict):
+        raise ExperimentError(f"experiment.extra_runs must be a dict {{run: {{\"override\": {{...}}, \"label\": ...}}}}; "
+                              f"got {value!r}.")
+    out = {}
+    for run, spec in value.items():
+        if not re.fullmatch(r"[a-z0-9_]+", str(run)) or run in ("std", "amat") or _RUN_EPS.match(str(run)):
+            raise ExperimentError(f"experiment.extra_runs: {run!r} is not a free run name (lower-case letters, digits "
+                                  f"and _, not std, amat, vat_eps*, teat_eps*).")
+        spec = spec if isinstance(spec, dict) else {}
+        override = spec.get("override", {})
+        if not isinstance(override, dict) or set(override) & {"output_root", "dataset_dir", "run_name", "resume"}:
+            raise ExperimentError(f"experiment.extra_runs.{run}.override must be a dict of config overrides (not "
+                                  f"output_root, dataset_dir, run_name or resume); got {override!r}.")
+        out[str(run)] = {"override": dict(override), "label": str(spec.get("label") or "")}
+    return out
+
+
+_RUN_EPS = re.compile(r"^(vat|teat)_eps")
 
 
 def _as_list(value: Any, what: str) -> list:
@@ -257,10 +300,13 @@ class Experiment:
         self.vat_eps = _eps_list(vat_eps if vat_eps is not None else experiment.get("vat_eps", []), "vat_eps")
         self.teat_eps = _eps_list(teat_eps if teat_eps is not None else experiment.get("teat_eps", []), "teat_eps")
         self.caption = str(experiment.get("caption", "") or "")
+        self.extra_runs = extra_runs_of(experiment.get("extra_runs"))
         default_root = self.bundle / "runs" / (self.profile or "default")
         self.output_root = Path(output_root).expanduser().resolve() if output_root else default_root
         self.dataset_dir = Path(dataset_dir).expanduser().resolve() if dataset_dir else None
-        self.stages = build_stages(self.vat_eps, self.teat_eps)
+        self.stages = build_stages(self.vat_eps, self.teat_eps, self.extra_runs)
+        self._stage_keys_cache: dict[str, set[str]] = {}
+        self.check_overrides()
 
     # -------------------------------------------------------------------------------------------------- status
     def path(self, rel: str) -> Path:
@@ -280,9 +326,10 @@ class Experiment:
 
     def signature(self, stage: Stage) -> list:
         if stage.kind == "report":
-            return ["report", self.runs(), self.report_caption()]
+            labels = {run: spec["label"] for run, spec in self.extra_runs.items() if spec["label"]}
+            return ["report", self.runs(), self.report_caption(), *([labels] if labels else [])]
         return _signature(bundle_command(stage, self.profile_file, self.output_root, self.dataset_dir,
-                                         self.overrides))
+                                         self.stage_overrides(stage)))
 
     def runs(self) -> list[str]:
         return [s.run for s in self.stages if s.kind == "train"]
@@ -343,7 +390,44 @@ class Experiment:
         return out
 
     def command(self, stage: Stage, resume: bool = False) -> list[str]:
-        return bundle_command(stage, self.profile_file, self.output_root, self.dataset_dir, self.overrides, resume)
+        return bundle_command(stage, self.profile_file, self.output_root, self.dataset_dir,
+                              self.stage_overrides(stage), resume)
+
+    def _stage_config(self, stage: Stage) -> dict:
+        """The merged configs of a stage (its overlays, then the profile), for checking override keys."""
+        from monai.bundle import ConfigParser
+
+        files = [self.bundle / "configs" / c for c in stage.configs]
+        if self.profile_file:
+            files.append(self.bundle / self.profile_file)
+        parser = ConfigParser()
+        parser.read_config([str(f) for f in files])
+        return parser.get()
+
+    def stage_overrides(self, stage: Stage) -> dict[str, Any]:
+        """The --override keys that the stage's configs have (e.g. robustness_eps goes to robustness stages only):
+        a bundle run refuses keys it does not know, and a stage is not re-run for a setting it does not read."""
+        if stage.kind == "report":
+            return {}
+        if stage.name not in self._stage_keys_cache:
+            config = self._stage_config(stage)
+            self._stage_keys_cache[stage.name] = {
+                k for k in self.overrides if not unknown_override_errors(config, [k])}
+        known = self._stage_keys_cache[stage.name]
+        return {k: v for k, v in self.overrides.items() if k in known}
+
+    def check_overrides(self) -> None:
+        """Every --override key must be a key of some stage's configs (else it is a misspelling)."""
+        unknown = set(self.overrides)
+        problems: list[str] = []
+        for stage in self.stages:
+            if stage.kind != "report" and unknown:
+                unknown -= set(self.stage_overrides(stage))
+        if unknown:
+            config = self._stage_config(self.stages[0])
+            problems = unknown_override_errors(config, sorted(unknown))
+            raise ExperimentError("--override: unknown config key(s), read by no stage of this bundle: "
+                                  + " | ".join(problems))
 
     # ----------------------------------------------------------------------------------------------------- running
     def run_stage(self, stage: Stage, resume: bool) -> None:
@@ -416,7 +500,8 @@ class Experiment:
         return " ".join(p if p.endswith((".", "!", "?")) else p + "." for p in parts if p)
 
     def write_report(self) -> dict[str, Path]:
-        return report.write_report(self.output_root, self.runs(), caption=self.report_caption(),
+        labels = {run: spec["label"] for run, spec in self.extra_runs.items() if spec["label"]}
+        return report.write_report(self.output_root, self.runs(), caption=self.report_caption(), labels=labels,
                                    out_dir=self.output_root / REPORT_DIR)
 
     # ------------------------------------------------------------------------------------------------- printing
@@ -428,6 +513,9 @@ class Experiment:
             f"  VAT eps: {', '.join(format(e, 'g') for e in self.vat_eps) or 'none'}; "
             f"TEAT eps: {', '.join(format(e, 'g') for e in self.teat_eps) or 'none'}",
         ]
+        if self.extra_runs:
+            lines.append("  extra runs: " + "; ".join(f"{run} {json.dumps(spec['override'])}"
+                                                     for run, spec in self.extra_runs.items()))
         if self.overrides:
             lines.append(f"  overrides: {json.dumps(self.overrides)}")
         return "\n".join(lines)

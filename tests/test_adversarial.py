@@ -143,6 +143,53 @@ def test_teat_runs_and_fills_ensemble():
     assert tr.state.adversarial["teat_weight"] > 0
 
 
+class _HeadedLoss(DiceCELoss):
+    """DiceCE whose output has named heads: channel 0 ("a") and channels 1-2 ("b")."""
+
+    def heads(self, out):
+        return {"a": out[:, :1], "b": out[:, 1:]}
+
+
+def test_teat_activation_by_head():
+    data = make_toy_segmentation(4, size=16, seed=5)
+    torch.manual_seed(0)
+    net = toy_network(filters=(4, 8, 8))
+    ens = TemporalEnsemble(4, storage_dtype="float16")
+    it = TEATIteration(eps=0.5, ensemble=ens, max_epochs=1, start=0.0, attack=L2PGD(steps=1),
+                       activation={"a": "sigmoid", "b": "none"})
+    tr = _trainer(it, data, net=net, lr=0.0)  # lr 0: the network does not change, the targets are known exactly
+    tr.loss_function = _HeadedLoss()
+    tr.run()
+    x = torch.stack([torch.as_tensor(d["image"]) for d in data])
+    net.eval()
+    with torch.no_grad():
+        out = net(x)
+    expected = torch.cat([out[:, :1].sigmoid().flatten(1), out[:, 1:].flatten(1)], 1)
+    target, seen = ens.targets(torch.arange(4))
+    assert ens.ema.dtype == torch.float16 and seen.all()
+    assert torch.allclose(target, expected, rtol=2e-3, atol=2e-3)  # float16 storage
+    restored = TemporalEnsemble(4, storage_dtype="float16")
+    restored.load_state_dict(ens.state_dict())
+    assert restored.ema.dtype == torch.float16 and torch.equal(restored.ema, ens.ema)
+
+
+def test_teat_activation_errors():
+    ens = TemporalEnsemble(4)
+    with pytest.raises(ValueError, match="unknown activations"):
+        TEATIteration(eps=0.5, ensemble=ens, max_epochs=1, activation={"a": "relu"})
+    with pytest.raises(ValueError, match="storage_dtype"):
+        TemporalEnsemble(4, storage_dtype="int8")
+    data = make_toy_segmentation(4, size=16, seed=5)
+    it = TEATIteration(eps=0.5, ensemble=ens, max_epochs=1, start=0.0, attack=L2PGD(steps=1),
+                       activation={"heatmap": "sigmoid"})
+    with pytest.raises(TypeError, match="has no heads"):
+        _trainer(it, data).run()
+    tr = _trainer(it, data)
+    tr.loss_function = _HeadedLoss()
+    with pytest.raises(KeyError, match=r"heads \['heatmap'\] that the output does not have"):
+        tr.run()
+
+
 def test_amat_resume_restores_margins_and_optimizer(tmp_path):
     data = make_toy_segmentation(8, size=16, seed=6)
     book = MarginBook(8, expansion_step=0.5)

@@ -116,7 +116,7 @@ def test_dry_run_hippocampus_lists_stages_with_profile_last(tmp_path):
     p = subprocess.run(
         [sys.executable, str(SCRIPT), "--bundle", str(HIPPOCAMPUS), "--profile", "quick",
          "--output_root", str(out_root),
-         "--dry_run", "--override", '{"epochs": 2, "amp": false, "max_margin": null, "network_def#filters": [8, 16]}'],
+         "--dry_run", "--override", '{"epochs": 2, "amp": false, "max_margin": null, "filters": [8, 16]}'],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert p.returncode == 0, p.stderr
@@ -137,8 +137,9 @@ def test_dry_run_hippocampus_lists_stages_with_profile_last(tmp_path):
         if name in overlays:
             assert files[:-1] == [f"configs/{f}" for f in overlays[name]]
         assert arg(cmd, "--output_root") == str(out_root) and "--dataset_dir" not in cmd
-        assert arg(cmd, "--epochs") == "2" and arg(cmd, "--amp") == "False" and arg(cmd, "--max_margin") == "None"
-        assert arg(cmd, "--network_def#filters") == "[8, 16]"
+        assert arg(cmd, "--epochs") == "2" and arg(cmd, "--amp") == "False" and arg(cmd, "--filters") == "[8, 16]"
+        # a key goes only to the stages whose configs have it (a bundle run refuses unknown keys)
+        assert arg(cmd, "--max_margin") == ("None" if name == "amat" else None), name
     assert arg(cmds["vat_eps6"], "--train_eps") == "6" and arg(cmds["vat_eps6"], "--run_name") == "vat_eps6"
     assert arg(cmds["teat_eps6"], "--train_eps") == "6"
     assert arg(cmds["robustness_teat_eps6"], "--run_name") == "teat_eps6"
@@ -174,6 +175,8 @@ def test_bad_options_are_clear_errors(bundle, capsys):
     assert rc == 1 and "not a complete bundle" in err
     rc, _, err = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--override", '{"run_name": "x"}')
     assert rc == 1 and "--override cannot set" in err
+    rc, _, err = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--override", '{"epoch": 3}', "--dry_run")
+    assert rc == 1 and "unknown config key" in err and "--epoch:" in err and "did you mean --epochs" in err
     # a stage whose input is neither there nor made by a selected stage
     rc, _, err = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--stages", "[amat]", "--dry_run")
     assert rc == 1 and "thresholds.json" in err and "'thresholds'" in err
@@ -319,7 +322,7 @@ def test_full_run_resume_rerun_and_failure(bundle, capsys, tmp_path, monkeypatch
 
 # ------------------------------------------------------------------------------------------ real end to end (slow)
 TINY = {"max_cases": 1, "max_val_cases": 1, "max_test_cases": 1, "epochs": 1, "val_interval": 1, "batch_size": 64,
-        "patch_size": [24, 32], "network_def#filters": [8, 16, 32, 64], "attack_steps": 1, "pgd_steps": 2,
+        "patch_size": [24, 32], "filters": [8, 16, 32, 64], "attack_steps": 1, "pgd_steps": 2,
         "ifgsm_steps": 1, "robustness_eps": [2, 6]}
 
 
@@ -347,3 +350,19 @@ def test_end_to_end_hippocampus_quick(tmp_path):
     # a second run finds everything done
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and "Plan: 10 stages, 10 done, 0 to run" in p.stdout, p.stdout[-3000:]
+
+
+def test_extra_runs_of_a_profile(bundle, capsys, tmp_path):
+    extra = {"std_bce": {"override": {"heatmap_loss": "bce", "epochs": 2}, "label": "STD (BCE)"}}
+    rc, out, _ = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--output_root", tmp_path / "o",
+                          "--override", json.dumps({"experiment": {"extra_runs": extra}}), "--dry_run")
+    assert rc == 0, out
+    cmds = commands(out)
+    assert list(cmds)[:3] == ["std", "thresholds", "std_bce"] and "robustness_std_bce" in cmds
+    cmd = cmds["std_bce"]
+    assert config_files(cmd)[0] == "configs/train.json" and arg(cmd, "--heatmap_loss") == "bce"
+    assert arg(cmd, "--epochs") == "2" and arg(cmd, "--run_name") == "std_bce"
+    assert 'extra runs: std_bce {"heatmap_loss": "bce", "epochs": 2}' in out
+    rc, _, err = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--override",
+                          json.dumps({"experiment": {"extra_runs": {"vat_eps2": {}}}}), "--dry_run")
+    assert rc == 1 and "'vat_eps2' is not a free run name" in err

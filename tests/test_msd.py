@@ -17,7 +17,7 @@ import pytest
 from robust_bundles import msd
 from robust_bundles.transforms import assign_sample_ids
 
-REAL_HIPPOCAMPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "msd_hippocampus"
+REAL_HIPPOCAMPUS = Path(os.environ.get("ROBUST_BUNDLES_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")) / "msd_hippocampus"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -39,6 +39,10 @@ def small(tmp_path) -> Path:
 
 def _save(array: np.ndarray, path: Path, affine: np.ndarray | None = None) -> None:
     nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), str(path))
+
+
+def _first_case(folder: Path) -> str:
+    return msd.read_msd_datalist(folder)[0]["case"]
 
 
 def _first_pair(folder: Path) -> tuple[Path, Path]:
@@ -355,12 +359,28 @@ def test_corrupt_nifti(small, damage):
 
 def test_multichannel_image(small):
     image, label = _first_pair(small)
-    _save(np.zeros((12, 14, 10, 2), np.float32), image)
-    with pytest.raises(ValueError, match=rf"image imagesTr/{image.name} has 2 channels .*single-modality"):
-        msd.load_volume_pair(image, label)
     _save(np.ones((12, 14, 10, 1), np.float32), image)  # a singleton channel is squeezed
     volume, _, _ = msd.load_volume_pair(image, label)
     assert volume.shape == (12, 14, 10)
+    # two modalities (as Task05_Prostate: T2 and ADC) on the last axis, each z-scored on its own
+    two = np.stack([np.arange(12 * 14 * 10, dtype=np.float32).reshape(12, 14, 10), np.full((12, 14, 10), 7.0)], -1)
+    two[0, 0, 0, 1] = 8.0
+    _save(two, image)
+    volume, _, _ = msd.load_volume_pair(image, label)
+    assert volume.shape == (12, 14, 10, 2)
+    with pytest.raises(ValueError, match=r"has 2 channel\(s\) but dataset.json lists 1 modality"):
+        msd.load_slices(small, split="all", cases=[_first_case(small)])
+    meta = json.loads((small / "dataset.json").read_text())
+    meta["modality"] = {"0": "T2", "1": "ADC"}
+    (small / "dataset.json").write_text(json.dumps(meta))
+    slices = msd.load_slices(small, split="all", cases=[_first_case(small)])
+    assert slices[0]["image"].shape == (2, 12, 14) and len(slices) == 10
+    stacked = np.stack([s["image"] for s in slices], -1)  # (2, X, Y, Z)
+    np.testing.assert_allclose(stacked[0], msd.zscore(two[..., 0]), atol=1e-6)
+    np.testing.assert_allclose(stacked[1], msd.zscore(two[..., 1]), atol=1e-6)
+    _save(np.zeros((12, 14, 10, 2), np.uint8), label)
+    with pytest.raises(ValueError, match=rf"label labelsTr/{label.name} has 2 channels .*one 3D volume"):
+        msd.load_volume_pair(image, label)
 
 
 def test_label_values_outside_expected(small):

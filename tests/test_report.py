@@ -116,10 +116,21 @@ def test_csv_parses_and_json_round_trip(root):
     assert {p.name for p in (root / "report").iterdir()} == {
         "results.md", "results.csv", "results.json", "metric_vs_eps.png"}  # no margins.csv, no temp files left
     written = json.loads(files["json"].read_text())
-    assert written == {**table, "caption": written["caption"]} and written["caption"].endswith("test")
+    assert written == {**table, "caption": written["caption"], "synthetic_data": False}
+    assert written["caption"].endswith("test")
     assert files["markdown"].read_text().startswith("| method | clean |")
     assert list(csv.DictReader(files["csv"].open())) == list(csv.DictReader(io.StringIO(
         report.paper_table(results, caption="test")[1])))
+
+
+def test_synthetic_data_is_flagged_at_the_top_of_the_report(root):
+    path = root / "eval" / "amat" / "robustness.json"
+    data = json.loads(path.read_text())
+    data["settings"]["dataset"] = {"dir": "/x/data/synthetic_msd", "synthetic": True}
+    path.write_text(json.dumps(data))
+    files = report.write_report(root, list(VALUES))
+    assert files["markdown"].read_text().startswith("**SYNTHETIC DATA** (runs amat)")
+    assert json.loads(files["json"].read_text())["synthetic_data"] is True
 
 
 def test_lower_is_better_and_nan(tmp_path):
@@ -203,3 +214,54 @@ def test_nan_summary_values_do_not_break_plot(tmp_path):
     assert math.isnan(results[0]["summary"]["clean"])
     p = report.plot_metric_vs_eps(results, tmp_path / "x.png")
     assert p.read_bytes()[:8] == PNG_MAGIC
+
+
+def _landmark_run(root: Path, run: str, mre: tuple, sdr: tuple) -> None:
+    """A robustness.json with two metrics as the handler writes them: MRE (mm, lower is better, the headline) and
+    SDR_2mm (%, higher is better); values (clean, PGD 0.5, PGD 1)."""
+    def view(vals):
+        by = {"0.5": vals[1], "1": vals[2]}
+        return {"clean": vals[0], "attacks": {"PGD": {**by, "avg": (vals[1] + vals[2]) / 2}}, "worst": by}
+
+    data = {
+        "settings": {"eps": [0.5, 1.0], "attacks": {"PGD": {"norm": "l2", "steps": 20, "random_start": True}},
+                     "higher_is_better": False, "input_shape": [1, 200, 160],
+                     "metrics": [{"name": "MRE", "unit": "mm", "higher_is_better": False, "description": ""},
+                                 {"name": "SDR_2mm", "unit": "%", "higher_is_better": True, "description": ""}]},
+        "summary": {"metric": "MRE", **view(mre), "num_samples": 100, "num_counted": 100, "warnings": [],
+                    "metrics": {"MRE": view(mre), "SDR_2mm": view(sdr)}},
+    }
+    path = root / "eval" / run / "robustness.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def test_several_metrics_with_units_and_directions(tmp_path):
+    _landmark_run(tmp_path, "std", (1.5, 4.3, 14.3), (80.0, 30.0, 5.0))
+    _landmark_run(tmp_path, "amat", (1.8, 1.9, 2.0), (70.0, 65.0, 60.0))
+    results = report.collect(tmp_path, ["std", "amat"])
+    assert report.metric_names(results) == ["MRE", "SDR_2mm"]
+    md, _, table = report.paper_table(results)
+    assert table["metric"] == "MRE" and table["unit"] == "mm" and table["higher_is_better"] is False
+    assert "| STD | **1.500** | 4.300 | 14.300 | 9.300 |" in md  # lower is better: the smallest is bold
+    assert "MRE (mm, lower is better" in md
+    md2, _, table2 = report.paper_table(results, metric="SDR_2mm")
+    assert "| STD | **80.000** | 30.000 | 5.000 | 17.500 |" in md2 and table2["higher_is_better"] is True
+    assert "SDR_2mm (%, higher is better" in md2
+
+    files = report.write_report(tmp_path, ["std", "amat"])
+    text = files["markdown"].read_text()
+    assert text.index("MRE (mm, lower is better") < text.index("SDR_2mm (%, higher is better):")
+    assert "network input 200 x 160 pixels" in text
+    js = json.loads(files["json"].read_text())
+    assert js["metric"] == "MRE" and js["other_metrics"]["SDR_2mm"]["rows"][1]["values"]["clean"] == 70.0
+    assert files["metric_vs_eps"].read_bytes().startswith(PNG_MAGIC)
+
+
+def test_method_variants_sort_with_their_method_and_take_labels(root):
+    assert report.parse_run("std_bce") == ("STD", None, "STD (bce)")
+    write_run(root, "std_bce", 0.74, (0.5, 0.03, 0.001), (0.58, 0.09, 0.01))
+    results = report.collect(root, ["amat", "std_bce", "std"], labels={"std_bce": "STD (BCE)"})
+    md, _, table = report.paper_table(results)
+    assert [r["label"] for r in table["rows"]] == ["STD", "STD (BCE)", "AMAT"]
+    assert "| STD (BCE) | 0.740 |" in md

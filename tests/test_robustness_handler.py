@@ -13,7 +13,7 @@ from monai.engines import SupervisedEvaluator
 from robust_bundles.attacks import L2IFGSM, L2PGD
 from robust_bundles.handlers import RobustnessEvaluationHandler
 from robust_bundles.losses import DiceCELoss
-from robust_bundles.metrics import nanmean, slice_dice
+from robust_bundles.metrics import MetricSpec, PerSampleMetric, SliceDice, TaskMetric, nanmean, slice_dice
 from robust_bundles.toy import make_toy_segmentation, run_toy
 
 
@@ -78,3 +78,88 @@ def test_bad_settings():
         RobustnessEvaluationHandler(DiceCELoss(), [L2PGD()], eps=[-1.0])
     with pytest.raises(ValueError, match="at least one attack"):
         RobustnessEvaluationHandler(DiceCELoss(), {}, eps=[1.0])
+
+
+class _TwoDirections(PerSampleMetric):
+    """Slice Dice twice: once as higher-is-better, once declared lower-is-better (its worst case is the maximum)."""
+
+    specs = (MetricSpec("dice", "", True), MetricSpec("dice_down", "", False))
+
+    def compute(self, output, batch):
+        d = slice_dice(output, batch["label"].to(output.device))
+        return {"dice": d, "dice_down": d}
+
+
+class _PooledLoss(TaskMetric):
+    """A dataset-level metric: the mean task loss over the dataset, only known at the end."""
+
+    specs = (MetricSpec("pooled_loss", "", False),)
+    per_sample = False
+
+    def __init__(self):
+        self.loss = DiceCELoss()
+        self.reset()
+
+    def reset(self):
+        self.sum, self.n = 0.0, 0
+
+    def update(self, output, batch):
+        self.sum += float(self.loss(output, batch["label"].to(output.device)).sum())
+        self.n += output.shape[0]
+        return None
+
+    def aggregate(self):
+        return {"pooled_loss": self.sum / self.n}
+
+
+def _rows(path):
+    return list(csv.DictReader((path / "robustness.csv").open()))
+
+
+def test_worst_case_follows_each_metrics_direction(trained, tmp_path):
+    net, data = trained
+    h, ev = _evaluate(net, data, tmp_path, eps=[3.0], metric=_TwoDirections())
+    s = h.summary
+    assert s["metric"] == "dice" and set(s["metrics"]) == {"dice", "dice_down"}
+    rows = _rows(tmp_path)
+    by = {}
+    for r in rows:
+        if r["dice"] != "nan":
+            by.setdefault(r["index"], {})[r["attack"]] = float(r["dice"])
+    lows = [min(v["PGD"], v["IFGSM"]) for v in by.values()]
+    highs = [max(v["PGD"], v["IFGSM"]) for v in by.values()]
+    assert any(v["PGD"] != v["IFGSM"] for v in by.values())  # the two attacks disagree on some sample
+    assert s["metrics"]["dice"]["worst"]["3"] == pytest.approx(sum(lows) / len(lows), abs=1e-6)
+    assert s["metrics"]["dice_down"]["worst"]["3"] == pytest.approx(sum(highs) / len(highs), abs=1e-6)
+    assert s["metrics"]["dice_down"]["worst"]["3"] > s["metrics"]["dice"]["worst"]["3"]
+    # same values, so the same per-attack means; the specs travel with the results
+    assert s["metrics"]["dice_down"]["attacks"] == s["metrics"]["dice"]["attacks"]
+    js = json.loads((tmp_path / "robustness.json").read_text())
+    assert js["settings"]["metrics"][1] == {"name": "dice_down", "unit": "", "higher_is_better": False,
+                                            "description": ""}
+    assert ev.state.metrics["dice_down_PGD_eps3"] == s["metrics"]["dice_down"]["attacks"]["PGD"]["3"]
+    assert "dice_down (lower is better)" in (tmp_path / "robustness.md").read_text()
+
+
+def test_dataset_level_metric_worst_takes_the_highest_loss_input(trained, tmp_path):
+    net, data = trained
+    h, _ = _evaluate(net, data, tmp_path, eps=[0.0, 3.0], metric=_PooledLoss())
+    s = h.summary
+    rows = _rows(tmp_path)
+    assert "pooled_loss" not in rows[0]  # no per-sample value
+    clean = [float(r["loss"]) for r in rows if r["attack"] == "clean"]
+    assert s["clean"] == pytest.approx(sum(clean) / len(clean), rel=1e-5)
+    assert s["attacks"]["PGD"]["0"] == s["clean"] == s["attacks"]["IFGSM"]["0"]  # eps 0 is the clean input
+    by = {}
+    for r in rows:
+        if r["eps"] == "3.0":
+            by.setdefault(r["index"], []).append(float(r["loss"]))
+    worst = [max(v) for v in by.values()]
+    assert s["worst"]["3"] == pytest.approx(sum(worst) / len(worst), rel=1e-5)
+    assert s["worst"]["3"] >= max(s["attacks"]["PGD"]["3"], s["attacks"]["IFGSM"]["3"]) - 1e-6
+    assert s["num_counted"] == s["num_samples"] == len(data)
+
+
+def test_metric_and_metric_fn_exclusive():
+    with pytest.raises(ValueError, match="either metric"):
+        RobustnessEvaluationHandler(DiceCELoss(), [L2PGD()], eps=[1.0], metric=SliceDice(), metric_fn=slice_dice)

@@ -15,7 +15,8 @@ import logging
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from robust_bundles.margins import MarginBook
+from ..distributed import is_main_process
+from ..margins import MarginBook
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -120,6 +121,10 @@ class MarginHandler:
             int(epoch_stats["visited"]),
         )
 
+        for name, value in reported.items():
+            engine.state.metrics[f"{self.tag_prefix}_{name}"] = value
+        if not is_main_process():  # data-parallel: every process holds the same margins; process 0 writes them
+            return
         if self.csv_path is not None:
             self.margins.to_csv(self.csv_path)
 
@@ -128,5 +133,3 @@ class MarginHandler:
                 self.summary_writer.add_scalar(f"{self.tag_prefix}/{name}", value, epoch)
             self.summary_writer.add_histogram(f"{self.tag_prefix}/histogram", self.margins.margins, epoch)
 
-        for name, value in reported.items():
-            engine.state.metrics[f"{self.tag_prefix}_{name}"] = value

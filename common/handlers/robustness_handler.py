@@ -1,18 +1,36 @@
-"""Robustness evaluation for a MONAI evaluator: the clean metric plus white-box attacks at a list of noise levels.
+"""Robustness evaluation for a MONAI evaluator: the clean metrics plus white-box attacks at a list of noise levels.
 
 Attach :class:`RobustnessEvaluationHandler` to a ``SupervisedEvaluator`` that runs over the test set. For every
 batch it takes the evaluator's own inputs (after ``prepare_batch``), its network (in eval mode) and inferer, and
-computes per sample the task metric on the clean input and on the adversarial input of every attack at every eps.
-eps = 0 is the clean input itself (the attacks return ``x`` unchanged), so it reproduces the clean metric exactly.
+evaluates the task metric (:class:`robust_bundles.metrics.TaskMetric`, e.g. slice Dice, landmark MRE and SDR, COCO
+mAP) on the clean input and on the adversarial input of every attack at every eps. The metric gets the raw eval-mode
+network output and the collated batch dict (which carries per-sample metadata such as pixel spacing); one copy of it
+accumulates per (attack, eps). eps = 0 is the clean input itself (the attacks return ``x`` unchanged), so it
+reproduces the clean metrics exactly.
 
-Outputs, in ``output_dir`` (written whole): ``robustness.json`` (settings, summary, warnings), ``robustness.csv``
-(one row per sample, attack and eps: metric, final loss, perturbation norm, zero-gradient steps) and
-``robustness.md`` (a table). The summary is also put into ``engine.state.metrics`` (``"PGD-L2_eps6"``...) and kept in
-``handler.summary``. Besides each attack, the per-sample worst case over all attacks is reported ("worst").
+The per-sample worst case over all attacks ("worst") is reported at every eps:
+
+- per-sample metrics: for every metric on its own, the sample's worst value over the attacks in that metric's
+  direction (the minimum of a higher-is-better metric, the maximum of a lower-is-better one), then the mean over
+  samples; different metrics of one sample may take their worst from different attacks;
+- dataset-level metrics (no per-sample value): for every sample the adversarial input with the highest task loss
+  over the attacks is fed to a separate "worst" copy of the metric.
+
+Restarts (random-start attacks): per sample the restart with the worst headline metric is kept (per-sample metrics)
+or the one with the highest loss (dataset-level metrics).
+
+Outputs, in ``output_dir`` (written whole): ``robustness.json`` (settings with the metric specs, summary, warnings),
+``robustness.csv`` (one row per sample, attack and eps: every per-sample metric, final loss, perturbation norm,
+zero-gradient steps) and ``robustness.md`` (a table). The summary is also put into ``engine.state.metrics`` (headline:
+``"<metric>_clean"``, ``"PGD_eps6"``...; other metrics: ``"<metric>_clean"``, ``"<metric>_PGD_eps6"``) and kept in
+``handler.summary``.
+
+Under DDP each rank evaluates its own shard and would write the same files: run the robustness evaluation on one process.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import logging
@@ -26,13 +44,19 @@ from ignite.engine import Engine, Events
 from monai.data import list_data_collate
 
 from ..attacks import Attack, gradient_masking_warning
+from ..bundle import is_synthetic
 from ..io import atomic_write_json, atomic_write_text
-from ..losses import per_sample_terms
-from ..metrics import nanmean, slice_dice
+from ..losses import per_sample_terms, weighted_total
+from ..metrics import FunctionMetric, MetricSpec, SliceDice, TaskMetric, nanmean
 
 __all__ = ["RobustnessEvaluationHandler", "format_eps"]
 
 logger = logging.getLogger("robust_bundles.robustness")
+
+_QUANTILES = (("q05", 0.05), ("q25", 0.25), ("median", 0.5), ("q75", 0.75), ("q95", 0.95))
+
+
+SYNTHETIC_NOTE = "SYNTHETIC DATA: these numbers say nothing about the real task."
 
 
 def format_eps(eps: float) -> str:
@@ -41,22 +65,25 @@ def format_eps(eps: float) -> str:
 
 
 class RobustnessEvaluationHandler:
-    """Per-sample clean and adversarial metrics over an evaluator's data.
+    """Clean and adversarial task metrics over an evaluator's data (see the module docstring).
 
     Args:
         loss_fn: the task loss the attacks maximise (per-sample, see :mod:`robust_bundles.losses`).
         attacks: attacks by name, e.g. ``{"PGD": L2PGD(steps=100), "IFGSM": L2IFGSM(steps=10)}`` (a list is named
             by ``Attack.name``). Their ``eps`` is ignored: the levels come from ``eps``.
         eps: noise levels (input intensity units, the attacks' norm) evaluated for every attack.
-        metric_fn: ``metric_fn(pred, label) -> (B,)`` per-sample metric (NaN for samples that do not count);
-            default: :func:`robust_bundles.metrics.slice_dice`.
-        higher_is_better: direction of the metric (the worst case takes the min when True, the max otherwise).
+        metric: the task metric; default: slice Dice (:class:`robust_bundles.metrics.SliceDice`).
+        metric_fn: instead of ``metric``, a per-sample function ``metric_fn(pred, label) -> (B,)`` (NaN for samples
+            that do not count), named ``metric_name`` with direction ``higher_is_better``.
+        higher_is_better: direction of ``metric_fn``.
         output_dir: folder for the report files; None to keep results in memory only.
-        metric_name: column name of the metric in the reports.
+        metric_name: name of ``metric_fn``, or of the default Dice metric.
         seed: seed of the attacks' random starts (evaluation is deterministic).
         restarts: random restarts per attack (random-start attacks only); the per-sample worst is kept.
         id_keys: batch keys copied into the per-sample rows when present.
         log_every: log progress (with an ETA) every this many batches.
+        dataset_dir: the data evaluated on, recorded in the settings; a synthetic dataset
+            (:func:`robust_bundles.bundle.is_synthetic`) is flagged in every output.
     """
 
     def __init__(
@@ -64,6 +91,7 @@ class RobustnessEvaluationHandler:
         loss_fn: Callable,
         attacks: Mapping[str, Attack] | Sequence[Attack],
         eps: Sequence[float],
+        metric: TaskMetric | None = None,
         metric_fn: Callable[[Any, Any], torch.Tensor] | None = None,
         higher_is_better: bool = True,
         output_dir: str | Path | None = None,
@@ -72,6 +100,7 @@ class RobustnessEvaluationHandler:
         restarts: int = 1,
         id_keys: Sequence[str] = ("sample_id", "case", "slice"),
         log_every: int = 1,
+        dataset_dir: str | Path | None = None,
     ) -> None:
         if not isinstance(attacks, Mapping):
             attacks = {a.name: a for a in attacks}
@@ -82,21 +111,45 @@ class RobustnessEvaluationHandler:
             raise ValueError(f"Noise levels must be finite numbers >= 0; got {bad}.")
         if restarts < 1:
             raise ValueError("restarts must be >= 1.")
+        if metric is not None and metric_fn is not None:
+            raise ValueError("Give either metric (a TaskMetric) or metric_fn (a per-sample function), not both.")
+        if metric is None:
+            metric = (FunctionMetric(metric_fn, MetricSpec(metric_name, "", bool(higher_is_better)))
+                      if metric_fn is not None else SliceDice(name=metric_name))
+        if not isinstance(metric, TaskMetric):
+            raise TypeError(f"metric must be a robust_bundles.metrics.TaskMetric; got {type(metric).__name__}.")
+        metric.headline  # noqa: B018 - a clear error for a metric without specs
         self.loss_fn = loss_fn
         self.attacks = dict(attacks)
         self.eps = sorted(float(e) for e in eps)
-        self.metric_fn = metric_fn or slice_dice
-        self.higher_is_better = higher_is_better
+        self.metric = metric
         self.output_dir = Path(output_dir) if output_dir is not None else None
-        self.metric_name = metric_name
         self.seed = seed
         self.restarts = restarts
         self.id_keys = tuple(id_keys)
         self.log_every = max(1, int(log_every))
+        self.dataset_dir = str(dataset_dir) if dataset_dir is not None else None
+        self.synthetic = is_synthetic(dataset_dir)
         self.rows: list[dict] = []
         self.input_shape: list[int] | None = None
         self.summary: dict = {}
         self.warnings: list[str] = []
+        self._accumulators: dict[tuple[str, float], TaskMetric] = {}
+
+    # ------------------------------------------------------------------------------------------------ properties
+    @property
+    def specs(self) -> tuple[MetricSpec, ...]:
+        return tuple(self.metric.specs)
+
+    @property
+    def metric_name(self) -> str:
+        """The headline metric's name."""
+        return self.metric.headline.name
+
+    @property
+    def higher_is_better(self) -> bool:
+        """The headline metric's direction."""
+        return self.metric.headline.higher_is_better
 
     def attach(self, engine: Engine) -> None:
         if not engine.has_event_handler(self._started, Events.STARTED):
@@ -104,12 +157,21 @@ class RobustnessEvaluationHandler:
             engine.add_event_handler(Events.ITERATION_COMPLETED, self)
             engine.add_event_handler(Events.COMPLETED, self._completed)
 
-    # ---------------------------------------------------------------------------------------------------------------
+    # ---------------------------------------------------------------------------------------------------- batches
     def _started(self, engine: Engine) -> None:
         self.rows, self.summary, self.warnings = [], {}, []
         self._zero_grad: dict[tuple[str, float], list[torch.Tensor]] = {}
+        self._accumulators = {}
         self._t0 = time.time()
         self._count = 0
+
+    def _accumulator(self, attack: str, eps: float) -> TaskMetric:
+        key = (attack, eps)
+        if key not in self._accumulators:
+            acc = copy.deepcopy(self.metric)
+            acc.reset()
+            self._accumulators[key] = acc
+        return self._accumulators[key]
 
     def _keys_of(self, batchdata: Any, batch_size: int) -> list[dict]:
         out = [{"index": self._count + b} for b in range(batch_size)]
@@ -122,9 +184,56 @@ class RobustnessEvaluationHandler:
                         out[b][k] = vals[b]
         return out
 
-    def _metric(self, pred: Any, label: Any) -> torch.Tensor:
-        m = torch.as_tensor(self.metric_fn(pred, label)).float().reshape(-1).cpu()
-        return m
+    def _loss(self, out: Any, targets: Any) -> torch.Tensor:
+        return weighted_total(self.loss_fn, per_sample_terms(self.loss_fn, out, targets)).detach().float().cpu()
+
+    def _rows(self, keys: list[dict], attack: str, eps: float, values: Mapping[str, torch.Tensor] | None,
+              loss: torch.Tensor, norms: torch.Tensor, zero_grad: torch.Tensor) -> None:
+        for b, k in enumerate(keys):
+            row = {**k, "attack": attack, "eps": eps}
+            for name, v in (values or {}).items():
+                row[name] = float(v[b])
+            row.update(loss=float(loss[b]), norm=float(norms[b]), zero_grad_steps=int(zero_grad[b]))
+            self.rows.append(row)
+
+    def _worse(self, new: torch.Tensor, old: torch.Tensor, higher_is_better: bool) -> torch.Tensor:
+        """Per sample: is ``new`` worse than ``old``? (NaN never is.)"""
+        return new < old if higher_is_better else new > old
+
+    def _attack(self, attack: Attack, eps: float, inputs, targets, batchdata, forward, network, gen):
+        """One attack at one eps, with restarts: (x_adv, output, loss (B,), norms (B,), zero-gradient steps (B,))."""
+        tries = self.restarts if attack.random_start else 1
+        best = None
+        for _ in range(tries):
+            with torch.enable_grad():
+                res = attack.run(inputs, targets, eps=eps, model=network, loss_fn=self.loss_fn, forward=forward,
+                                 generator=gen, train=False)
+            with torch.no_grad():
+                out = forward(res.x_adv)
+                loss = self._loss(out, targets)
+            cur = {"x": res.x_adv, "out": out, "loss": loss, "norms": res.norms.detach().cpu(),
+                   "zero_grad": res.zero_grad_steps.detach().cpu()}
+            if best is None:
+                best = cur
+                continue
+            if self.metric.per_sample:
+                probe = copy.deepcopy(self.metric)
+                probe.reset()
+                name, hib = self.metric_name, self.higher_is_better
+                old = probe.update(best["out"], batchdata)[name]
+                new = probe.update(out, batchdata)[name]
+                worse = self._worse(new, old, hib)
+            else:
+                worse = loss > best["loss"]
+            if worse.any():
+                w = worse.to(inputs.device).reshape(-1, *([1] * (inputs.ndim - 1)))
+                best = {"x": torch.where(w, res.x_adv, best["x"]), "out": None,
+                        "loss": torch.where(worse, loss, best["loss"]),
+                        "norms": torch.where(worse, cur["norms"], best["norms"]),
+                        "zero_grad": torch.where(worse, cur["zero_grad"], best["zero_grad"])}
+                with torch.no_grad():
+                    best["out"] = forward(best["x"])
+        return best["x"], best["out"], best["loss"], best["norms"], best["zero_grad"]
 
     def __call__(self, engine: Engine) -> None:
         batchdata = engine.state.batch
@@ -140,48 +249,33 @@ class RobustnessEvaluationHandler:
             return engine.inferer(x, network, *args, **kwargs)
 
         self.input_shape = list(inputs.shape[1:])  # (C, *spatial): L2 eps grows with sqrt of its size
-        keys = self._keys_of(batchdata, inputs.shape[0])
+        size = inputs.shape[0]
+        keys = self._keys_of(batchdata, size)
+        zeros = torch.zeros(size)
         with torch.no_grad():
-            clean_pred = forward(inputs)
-            clean = self._metric(clean_pred, targets)
-            clean_loss = per_sample_terms(self.loss_fn, clean_pred, targets).sum(1).cpu()
-        for b, k in enumerate(keys):
-            self.rows.append(
-                {**k, "attack": "clean", "eps": 0.0, self.metric_name: float(clean[b]), "loss": float(clean_loss[b]),
-                 "norm": 0.0, "zero_grad_steps": 0}
-            )
+            clean_out = forward(inputs)
+            values = self._accumulator("clean", 0.0).update(clean_out, batchdata)
+            clean_loss = self._loss(clean_out, targets)
+        self._rows(keys, "clean", 0.0, values, clean_loss, zeros, zeros.long())
         gen = torch.Generator(device=inputs.device)
         gen.manual_seed(self.seed + self._count)
-        for name, attack in self.attacks.items():
-            for eps in self.eps:
-                best_metric, best = None, None
-                tries = self.restarts if attack.random_start else 1
-                for _ in range(tries):
-                    with torch.enable_grad():
-                        res = attack.run(
-                            inputs, targets, eps=eps, model=network, loss_fn=self.loss_fn, forward=forward,
-                            generator=gen, train=False,
-                        )
-                    with torch.no_grad():
-                        m = self._metric(forward(res.x_adv), targets)
-                    if best_metric is None:
-                        best_metric, best = m, res
-                    else:
-                        worse = m < best_metric if self.higher_is_better else m > best_metric
-                        best_metric = torch.where(worse, m, best_metric)
-                        if worse.any():  # keep the worst sample's figures
-                            w = worse.to(res.norms.device)
-                            best.norms = torch.where(w, res.norms, best.norms)
-                            best.loss = torch.where(w[:, None], res.loss, best.loss)
-                self._zero_grad.setdefault((name, eps), []).append(best.zero_grad_steps.cpu())
-                loss_total = best.loss.sum(1).cpu() if best.loss is not None else torch.full_like(clean, float("nan"))
-                for b, k in enumerate(keys):
-                    self.rows.append(
-                        {**k, "attack": name, "eps": eps, self.metric_name: float(best_metric[b]),
-                         "loss": float(loss_total[b]), "norm": float(best.norms[b]),
-                         "zero_grad_steps": int(best.zero_grad_steps[b])}
-                    )
-        self._count += inputs.shape[0]
+        for eps in self.eps:
+            losses, x_advs = [], []
+            for name, attack in self.attacks.items():
+                x_adv, out, loss, norms, zero_grad = self._attack(
+                    attack, eps, inputs, targets, batchdata, forward, network, gen)
+                with torch.no_grad():
+                    values = self._accumulator(name, eps).update(out, batchdata)
+                self._zero_grad.setdefault((name, eps), []).append(zero_grad)
+                self._rows(keys, name, eps, values, loss, norms, zero_grad)
+                losses.append(loss)
+                x_advs.append(x_adv)
+            if not self.metric.per_sample:  # the highest-loss adversarial input of every sample
+                pick = torch.stack(losses).argmax(0)
+                x_worst = torch.stack(x_advs)[pick.to(inputs.device), torch.arange(size, device=inputs.device)]
+                with torch.no_grad():
+                    self._accumulator("worst", eps).update(forward(x_worst), batchdata)
+        self._count += size
         it, total = engine.state.iteration, engine.state.epoch_length
         if it % self.log_every == 0 or it == total:
             elapsed = time.time() - self._t0
@@ -190,38 +284,72 @@ class RobustnessEvaluationHandler:
                 f"robustness: batch {it}/{total}, {self._count} samples, {elapsed:.0f}s elapsed, ETA {eta:.0f}s"
             )
 
-    # ---------------------------------------------------------------------------------------------------------------
-    def _aggregate(self) -> dict:
-        by: dict[tuple[str, float], dict[Any, float]] = {}
+    # ------------------------------------------------------------------------------------------------- summaries
+    def _per_sample(self, name: str) -> dict[tuple[str, float], dict[int, float]]:
+        by: dict[tuple[str, float], dict[int, float]] = {}
         for r in self.rows:
-            by.setdefault((r["attack"], r["eps"]), {})[r["index"]] = r[self.metric_name]
-        clean = by.get(("clean", 0.0), {})
-        summary: dict = {"metric": self.metric_name, "clean": nanmean(torch.tensor(list(clean.values()))),
-                         "num_samples": len(clean), "attacks": {}, "worst": {}}
-        summary["num_counted"] = int(sum(1 for v in clean.values() if not math.isnan(v)))
-        for name in self.attacks:
-            summary["attacks"][name] = {
-                format_eps(e): nanmean(torch.tensor(list(by[(name, e)].values()))) for e in self.eps
-            }
-            vals = list(summary["attacks"][name].values())
-            summary["attacks"][name]["avg"] = sum(vals) / len(vals) if vals else float("nan")
-        pick = min if self.higher_is_better else max
-        for e in self.eps:
-            worst = []
-            for idx, c in clean.items():
-                vals = [by[(n, e)][idx] for n in self.attacks]
-                worst.append(float("nan") if any(math.isnan(v) for v in vals) else pick(vals))
-            summary["worst"][format_eps(e)] = nanmean(torch.tensor(worst)) if worst else float("nan")
-        # distribution of the per-sample metric, for the report
-        summary["quantiles"] = {}
-        for (name, e), vals in by.items():
-            t = torch.tensor([v for v in vals.values() if not math.isnan(v)])
-            if t.numel():
-                q = torch.quantile(t, torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95])).tolist()
-                summary["quantiles"][f"{name}@{format_eps(e)}"] = dict(zip(["q05", "q25", "median", "q75", "q95"], q))
+            if name in r:
+                by.setdefault((r["attack"], r["eps"]), {})[r["index"]] = r[name]
+        return by
+
+    def _metric_summary(self, spec: MetricSpec, aggregated: dict[tuple[str, float], dict[str, float]]) -> dict:
+        name = spec.name
+        out: dict = {"clean": aggregated[("clean", 0.0)][name], "attacks": {}, "worst": {}}
+        for attack in self.attacks:
+            by_eps = {format_eps(e): aggregated[(attack, e)][name] for e in self.eps}
+            vals = list(by_eps.values())
+            by_eps["avg"] = sum(vals) / len(vals) if vals else float("nan")
+            out["attacks"][attack] = by_eps
+        if self.metric.per_sample:
+            by = self._per_sample(name)
+            pick = min if spec.higher_is_better else max
+            for e in self.eps:
+                worst = []
+                for idx in by.get(("clean", 0.0), {}):
+                    vals = [by[(a, e)][idx] for a in self.attacks]
+                    worst.append(float("nan") if any(math.isnan(v) for v in vals) else pick(vals))
+                out["worst"][format_eps(e)] = nanmean(torch.tensor(worst)) if worst else float("nan")
+            out["quantiles"] = {}
+            for (attack, e), vals in by.items():
+                t = torch.tensor([v for v in vals.values() if not math.isnan(v)])
+                if t.numel():
+                    q = torch.quantile(t, torch.tensor([q for _, q in _QUANTILES])).tolist()
+                    out["quantiles"][f"{attack}@{format_eps(e)}"] = dict(zip([n for n, _ in _QUANTILES], q))
+        else:
+            out["worst"] = {format_eps(e): aggregated[("worst", e)][name] for e in self.eps}
+        return out
+
+    def _aggregate(self) -> dict:
+        aggregated = {key: acc.aggregate() for key, acc in self._accumulators.items()}
+        num_samples = sum(1 for r in self.rows if r["attack"] == "clean")
+        if self.metric.per_sample:
+            clean = self._per_sample(self.metric_name).get(("clean", 0.0), {})
+            num_counted = int(sum(1 for v in clean.values() if not math.isnan(v)))
+        else:
+            num_counted = num_samples
+        metrics = {spec.name: self._metric_summary(spec, aggregated) for spec in self.specs}
+        head = metrics[self.metric_name]
+        summary: dict = {
+            # the headline metric, in the layout reports of a single metric read
+            "metric": self.metric_name,
+            "clean": head["clean"],
+            "attacks": head["attacks"],
+            "worst": head["worst"],
+            "quantiles": head.get("quantiles", {}),
+            "num_samples": num_samples,
+            "num_counted": num_counted,
+            # every metric of the task, the headline included
+            "metrics": metrics,
+        }
+        details = {f"{a}@{format_eps(e)}": acc.details() for (a, e), acc in self._accumulators.items()}
+        details = {k: v for k, v in details.items() if v}
+        if details:
+            summary["details"] = details
         return summary
 
     def _completed(self, engine: Engine) -> None:
+        if not self.rows:
+            raise ValueError("The robustness evaluation saw no sample: the evaluator's data loader is empty.")
         self.summary = self._aggregate()
         for (name, eps), zs in self._zero_grad.items():
             steps = self.attacks[name].steps
@@ -230,11 +358,14 @@ class RobustnessEvaluationHandler:
                 self.warnings.append(f"{name} eps {format_eps(eps)}: {w}")
                 logger.warning(self.warnings[-1])
         self.summary["warnings"] = self.warnings
-        engine.state.metrics[f"{self.metric_name}_clean"] = self.summary["clean"]
-        for name, res in self.summary["attacks"].items():
-            for e, v in res.items():
-                engine.state.metrics[f"{name}_eps{e}"] = v
-        logger.info("\n" + self.markdown())
+        for spec in self.specs:
+            m = self.summary["metrics"][spec.name]
+            engine.state.metrics[f"{spec.name}_clean"] = m["clean"]
+            prefix = "" if spec.name == self.metric_name else f"{spec.name}_"
+            for attack, res in m["attacks"].items():
+                for e, v in res.items():
+                    engine.state.metrics[f"{prefix}{attack}_eps{e}"] = v
+        logger.info(("\n" + SYNTHETIC_NOTE if self.synthetic else "") + "\n" + self.markdown())
         if self.output_dir is not None:
             self.write(self.output_dir)
 
@@ -250,22 +381,26 @@ class RobustnessEvaluationHandler:
             "seed": self.seed,
             "input_shape": self.input_shape,
             "higher_is_better": self.higher_is_better,
+            "metrics": [s.to_dict() for s in self.specs],
+            "per_sample": bool(self.metric.per_sample),
+            "dataset": {"dir": self.dataset_dir, "synthetic": self.synthetic},
         }
 
     def markdown(self) -> str:
-        s = self.summary
-        heads = ["clean"]
-        cells = [f"{s['clean']:.4f}"]
-        for name, res in s["attacks"].items():
-            for e in self.eps:
-                heads.append(f"{name} {format_eps(e)}")
-                cells.append(f"{res[format_eps(e)]:.4f}")
-            heads.append(f"{name} avg")
-            cells.append(f"{res['avg']:.4f}")
-        for e in self.eps:
-            heads.append(f"worst {format_eps(e)}")
-            cells.append(f"{s['worst'][format_eps(e)]:.4f}")
-        return "| " + " | ".join(heads) + " |\n|" + "---|" * len(heads) + "\n| " + " | ".join(cells) + " |\n"
+        """One row per metric: clean, every attack at every eps and its average, the worst case at every eps."""
+        heads = ["metric", "clean"]
+        for name in self.attacks:
+            heads += [f"{name} {format_eps(e)}" for e in self.eps] + [f"{name} avg"]
+        heads += [f"worst {format_eps(e)}" for e in self.eps]
+        lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+        for spec in self.specs:
+            m = self.summary["metrics"][spec.name]
+            cells = [spec.label(), f"{m['clean']:.4f}"]
+            for name, res in m["attacks"].items():
+                cells += [f"{res[format_eps(e)]:.4f}" for e in self.eps] + [f"{res['avg']:.4f}"]
+            cells += [f"{m['worst'][format_eps(e)]:.4f}" for e in self.eps]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
 
     def write(self, output_dir: str | Path) -> None:
         out = Path(output_dir)
@@ -276,11 +411,11 @@ class RobustnessEvaluationHandler:
         w.writeheader()
         w.writerows(self.rows)
         atomic_write_text(out / "robustness.csv", buf.getvalue())
+        attacks = ", ".join(f"{n}: {a.norm.upper()} {a.steps} steps" for n, a in self.attacks.items())
         atomic_write_text(
             out / "robustness.md",
-            f"{self.metric_name} over {self.summary['num_counted']} of {self.summary['num_samples']} samples; "
-            f"eps in input intensity units ({', '.join(f'{n}: {a.norm.upper()} {a.steps} steps' for n, a in self.attacks.items())})\n\n"
-            + self.markdown(),
+            (f"**{SYNTHETIC_NOTE}**\n\n" if self.synthetic else "")
+            + f"{self.metric_name} over {self.summary['num_counted']} of {self.summary['num_samples']} samples; "
+            f"eps in input intensity units ({attacks})\n\n" + self.markdown(),
         )
         logger.info(f"robustness report written to {out}")
-

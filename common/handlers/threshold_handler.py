@@ -10,8 +10,8 @@ import torch
 from monai.utils import CommonKeys, IgniteInfo, convert_to_tensor, evenly_divisible_all_gather, min_version
 from monai.utils import optional_import
 
-from robust_bundles.losses import per_sample_terms
-from robust_bundles.thresholds import Thresholds, check_rule, from_values
+from ..losses import per_sample_terms
+from ..thresholds import Thresholds, check_rule, from_values
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 idist, _ = optional_import("ignite", IgniteInfo.OPT_IMPORT_VERSION, min_version, "distributed")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,70 +24,28 @@ import torch
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
+from bundle_run import REPO, SHARED_DATA, Bundle, epoch_of, last_error, load, run
+
 BUNDLE = "bundles/hippocampus_mri_segmentation"
 CONFIGS = f"{BUNDLE}/configs"
 META = f"{CONFIGS}/metadata.json"
 SCHEMA = "bundles/meta_schema.json"
-REAL_HIPPOCAMPUS = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "msd_hippocampus"
+REAL_HIPPOCAMPUS = SHARED_DATA / "msd_hippocampus"
 
 #: shrinking overrides: tiny network, 2 training cases (72 slices), 1 validation case, 1 epoch, 1-step attacks
-TINY = {
-    "network_def#filters": "[8,16,32,64]",
+HIPPOCAMPUS = Bundle(BUNDLE, {
+    "filters": "[8,16,32,64]",
     "batch_size": "16",
     "max_cases": "2",
     "max_val_cases": "1",
     "epochs": "1",
     "val_interval": "1",
     "attack_steps": "1",
-}
-
-
-def tiny(**changes: str) -> list[str]:
-    """The TINY overrides with some changed, as command-line arguments."""
-    return [a for k, v in {**TINY, **changes}.items() for a in (f"--{k}", v)]
-
+})
+tiny = HIPPOCAMPUS.tiny
+run_bundle = HIPPOCAMPUS.run
 
 TEST_SPLIT = ["--max_test_cases", "1", "--foreground_slices_only", "true"]
-
-
-def config_list(*names: str) -> str:
-    return "[" + ",".join(f"'{CONFIGS}/{n}.json'" for n in names) + "]"
-
-
-def run_bundle(configs: tuple[str, ...], *args: str, expect_ok: bool = True, timeout: int = 300):
-    """Run ``python -m monai.bundle run`` in the repository root; return the process (stdout+stderr in .stdout)."""
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_list(*configs), *args]
-    return run(cmd, expect_ok=expect_ok, timeout=timeout)
-
-
-def run(cmd: list[str], expect_ok: bool = True, timeout: int = 300):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout
-    )
-    if expect_ok and proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
-    if not expect_ok and proc.returncode == 0:
-        pytest.fail(f"{' '.join(cmd)} should have failed:\n{proc.stdout[-3000:]}")
-    return proc
-
-
-def last_error(proc) -> str:
-    """The ``ERROR (cause): ...`` line robust_bundles.bundle.explain_errors prints last."""
-    lines = [ln for ln in proc.stdout.strip().splitlines() if ln.strip()]
-    assert lines and lines[-1].startswith("ERROR (cause): "), proc.stdout[-3000:]
-    return lines[-1]
-
-
-def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def epoch_of(checkpoint: dict) -> int:
-    """The epoch of a trainer checkpoint (ignite stores the iteration and the epoch length)."""
-    state = checkpoint["trainer"]
-    return int(state["iteration"]) // int(state["epoch_length"])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -202,6 +159,54 @@ def test_resume_restores_margins_optimizer_scheduler_and_epoch(root, thresholds)
     assert epoch_of(load(run_dir / "checkpoint.pt")) == 1
 
 
+def _kill_after_first_checkpoint(cmd: list[str], ckpt_dir: Path, timeout: float = 300) -> None:
+    """Start a training run and SIGKILL it as soon as its first epoch checkpoint exists (as a crash would)."""
+    import time
+
+    from bundle_run import env
+
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = ckpt_dir / "checkpoint_checkpoint_epoch=1.pt"
+    t0 = time.time()
+    try:
+        while not first.is_file():
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended (exit {proc.returncode}) before its first checkpoint: {cmd}")
+            if time.time() - t0 > timeout:
+                pytest.fail("no checkpoint within the timeout")
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_kill_and_resume_equals_the_uninterrupted_run(root, thresholds):
+    """AMAT, 3 epochs, validation every epoch: killed after the first checkpoint and resumed, the run ends with
+    bit-identical weights, optimizer state, margins and best model, and keeps one epoch checkpoint only."""
+    args = [*tiny(epochs="3"), "--output_root", str(root)]
+    run_bundle(("train", "amat"), *args, "--run_name", "amat_straight")
+    killed = root / "models" / "amat_killed"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", HIPPOCAMPUS.config_list("train", "amat"),
+           *args, "--run_name", "amat_killed"]
+    _kill_after_first_checkpoint(cmd, killed)
+    resumed = run_bundle(("train", "amat"), *args, "--run_name", "amat_killed", "--resume", "true")
+    assert "Restored all variables from" in resumed.stdout and "Epoch: 1/3" not in resumed.stdout
+
+    straight = root / "models" / "amat_straight"
+    a, b = load(straight / "checkpoint.pt"), load(killed / "checkpoint.pt")
+    for name, wa in a["model"].items():
+        assert torch.equal(wa, b["model"][name]), name
+    assert torch.equal(a["margins"]["margins"], b["margins"]["margins"])
+    for (pa, sa), (pb, sb) in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].items()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), pa
+    assert a["validation"]["best_metric"] == b["validation"]["best_metric"]
+    assert a["validation"]["best_metric_epoch"] == b["validation"]["best_metric_epoch"]
+    best_a, best_b = load(straight / "model_best_val.pt"), load(killed / "model_best_val.pt")
+    assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
+    assert sorted(p.name for p in killed.glob("*epoch=*.pt")) == ["checkpoint_checkpoint_epoch=3.pt"]
+    assert (killed / "margins.csv").read_text() == (straight / "margins.csv").read_text()
+
+
 def test_latest_checkpoint_reads_the_epoch_of_ignite_checkpoints(std, tmp_path):
     """--resume picks the newest of checkpoint.pt and checkpoint_checkpoint_epoch=N.pt by their trainer state."""
     from robust_bundles.bundle import latest_checkpoint
@@ -225,7 +230,7 @@ def _metrics_csv(path: Path) -> dict[str, float]:
 
 def test_evaluate_std(root, std):
     proc = run_bundle(("train", "evaluate"), *tiny(), *TEST_SPLIT, "--output_root", str(root))
-    assert f"Restored all variables from {std / 'model.pt'}" in proc.stdout
+    assert f"Restored the network weights from {std / 'model.pt'}" in proc.stdout
     metrics = _metrics_csv(root / "eval" / "std" / "metrics.csv")
     assert 0.0 <= metrics["test_mean_dice"] <= 1.0
 
@@ -235,7 +240,7 @@ def test_robustness_of_the_amat_run(root, amat):
         ("train", "evaluate", "robustness"), *tiny(), *TEST_SPLIT, "--run_name", "amat", "--pgd_steps", "2",
         "--ifgsm_steps", "1", "--output_root", str(root),
     )
-    assert f"Restored all variables from {amat / 'model.pt'}" in proc.stdout
+    assert f"Restored the network weights from {amat / 'model.pt'}" in proc.stdout
     out = root / "eval" / "amat"
     report = json.loads((out / "robustness.json").read_text())
     assert report["settings"]["eps"] == [2.0, 6.0, 10.0]  # no eps 0 needed: the clean metric is always there
@@ -293,7 +298,7 @@ def test_inference_writes_label_maps_with_the_input_grid(root, std, tmp_path):
     out = tmp_path / "out"
 
     run_bundle(
-        ("train", "inference"), "--network_def#filters", "[8,16,32,64]", "--input_dir", str(inputs),
+        ("inference",), "--filters", "[8,16,32,64]", "--input_dir", str(inputs), "--model_path", str(std / "model.pt"),
         "--output_dir", str(out), "--output_root", str(root),
     )
     for name, stem in (("oblique.nii.gz", "oblique"), ("plain.nii", "plain")):
@@ -309,7 +314,7 @@ def test_inference_writes_label_maps_with_the_input_grid(root, std, tmp_path):
     # --datalist instead of a folder, and --model_path for the weights
     out2 = tmp_path / "out2"
     run_bundle(
-        ("train", "inference"), "--network_def#filters", "[8,16,32,64]",
+        ("train", "inference"), "--filters", "[8,16,32,64]",
         "--datalist", f"[{{'image': '{inputs / 'plain.nii'}'}}]", "--model_path", str(std / "model_best_val.pt"),
         "--output_dir", str(out2), "--output_root", str(root),
     )
@@ -392,7 +397,7 @@ def test_error_evaluate_without_model(root, std, tmp_path):
 
 def test_error_inference_without_input(root, std, tmp_path):
     proc = run_bundle(
-        ("train", "inference"), "--network_def#filters", "[8,16,32,64]", "--input_dir", str(tmp_path / "nowhere"),
+        ("inference",), "--filters", "[8,16,32,64]", "--input_dir", str(tmp_path / "nowhere"),
         "--output_root", str(root), expect_ok=False,
     )
     err = last_error(proc)
@@ -405,6 +410,95 @@ def test_error_bad_flag_and_resume_without_checkpoint(root, std, tmp_path):
     assert "--resume 'maybe' is not a yes/no value" in last_error(proc)
     proc = run_bundle(("train",), *tiny(), "--resume", "true", *data, expect_ok=False)
     assert "No checkpoint to resume from" in last_error(proc)
+    assert not (tmp_path / "models").exists()  # a failed resume leaves no (empty) run folder behind
+
+
+def test_error_misspelt_override_names_the_nearest_key(root, tmp_path):
+    """A misspelt key would silently add an unused key and train on the synthetic default data."""
+    proc = run_bundle(("train",), *tiny(), "--data_dir", str(tmp_path), "--output_root", str(tmp_path),
+                      expect_ok=False)
+    err = last_error(proc)
+    assert "--data_dir" in err and "did you mean --dataset_dir" in err
+    proc = run_bundle(("train", "amat"), *tiny(), "--epoch", "3", "--expansion_stp", "2",
+                      "--output_root", str(tmp_path), expect_ok=False)
+    err = last_error(proc)
+    assert "--epoch:" in err and "did you mean --epochs" in err and "--expansion_step" in err
+    assert not (tmp_path / "models").exists() and not (tmp_path / "data").exists()  # stopped before any work
+    proc = run_bundle(("train",), *tiny(), "--train#dataloader#batchsize", "4", "--output_root", str(tmp_path),
+                      expect_ok=False)  # a new argument of a component is allowed; this one fails when built
+    assert "batchsize" in last_error(proc)
+
+
+def test_synthetic_default_data_is_announced(tmp_path):
+    proc = run_bundle(("train",), *tiny(max_cases="1"), "--output_root", str(tmp_path))
+    assert "SYNTHETIC DATA: no --dataset_dir was given" in proc.stdout
+    assert (tmp_path / "data" / "synthetic_msd" / "SYNTHETIC_DATA.txt").is_file()
+
+
+def _write_volume(path: Path, data: np.ndarray) -> Path:
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    return path
+
+
+def test_error_inference_refuses_bad_images_and_names_them(root, std, tmp_path):
+    """NaN voxels, a truncated file and a 4D two-channel image each stop inference, name the file and write
+    nothing for it; a model of another network size is explained."""
+    rng = np.random.default_rng(0)
+    good = rng.normal(100, 20, size=(30, 44, 7)).astype(np.float32)
+    cases = {}
+    nan = good.copy()
+    nan[3, 4, 5] = np.nan
+    cases["nan"] = _write_volume(tmp_path / "nan.nii.gz", nan)
+    full = _write_volume(tmp_path / "full.nii.gz", good)
+    cases["truncated"] = tmp_path / "truncated.nii.gz"
+    cases["truncated"].write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    cases["4d"] = _write_volume(tmp_path / "two_channels.nii.gz", np.stack([good, good], axis=-1))
+    expected = {"nan": "non-finite voxel", "truncated": "Cannot read the image", "4d": "2 channel(s)"}
+    for kind, image in cases.items():
+        out = tmp_path / f"out_{kind}"
+        proc = run_bundle(
+            ("inference",), "--filters", "[8,16,32,64]", "--datalist", f"['{image}']",
+            "--model_path", str(std / "model.pt"), "--output_dir", str(out), "--output_root", str(root),
+            expect_ok=False,
+        )
+        err = last_error(proc)
+        assert str(image) in err and expected[kind] in err, (kind, err)
+        assert not out.exists() or not any(out.iterdir()), kind
+
+    proc = run_bundle(  # the default network ([16, ...]) with the tiny model ([8, ...])
+        ("inference",), "--datalist", f"['{full}']", "--model_path", str(std / "model.pt"),
+        "--output_dir", str(tmp_path / "out_size"), "--output_root", str(root), expect_ok=False,
+    )
+    err = last_error(proc)
+    assert "was trained with another network than this config builds" in err and str(std / "model.pt") in err
+    assert "file 8x1x3x3, network 16x1x3x3" in err and "--filters" in err and "profiles/paper.json" in err
+    assert "size mismatch" not in err
+
+
+def test_error_training_on_a_truncated_volume_names_it(msd_copy, tmp_path):
+    data = msd_copy(tmp_path / "Task04")
+    image = data / "imagesTr" / "synthetichippocampus_002.nii.gz"
+    image.write_bytes(image.read_bytes()[:2000])
+    proc = run_bundle(
+        ("train",), *tiny(max_cases="3"), "--split_fractions", "[1.0,0.0,0.0]", "--dataset_dir", str(data),
+        "--output_root", str(tmp_path), expect_ok=False,
+    )
+    err = last_error(proc)
+    assert "synthetichippocampus_002.nii.gz" in err and "cannot be read" in err and "EOFError" in err
+
+
+@pytest.mark.parametrize("change,expected", [
+    ({"xi": [float("nan"), 0.1]}, "Thresholds must be finite"),
+    ({"xi": [0.1], "term_names": ["dice"]}, "the file has terms [dice] but the loss has [dice, ce]"),
+])
+def test_error_bad_thresholds_file_names_it(std, root, tmp_path, change, expected):
+    bad = tmp_path / "thresholds.json"
+    bad.write_text(json.dumps({"xi": [0.1, 0.1], "term_names": ["dice", "ce"], "rule": "mean", "num_samples": 72,
+                               **change}))
+    proc = run_bundle(("train", "amat"), *tiny(), "--thresholds_file", str(bad), "--output_root", str(tmp_path),
+                      expect_ok=False)
+    err = last_error(proc)
+    assert str(bad) in err and expected in err
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -412,24 +506,16 @@ def test_error_bad_flag_and_resume_without_checkpoint(root, std, tmp_path):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def test_verify_metadata_against_the_schema(tmp_path):
-    run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", META, "--filepath", SCHEMA])
-    meta = json.loads((REPO / META).read_text())
-    assert meta["version"] in meta["changelog"]  # JSON Schema cannot express this one
-    bad = {k: v for k, v in meta.items() if k != "task"}
-    (tmp_path / "bad.json").write_text(json.dumps(bad))
-    proc = run(
-        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(tmp_path / "bad.json"),
-         "--filepath", SCHEMA],
-        expect_ok=False,
-    )
-    assert "'task' is a required property" in proc.stdout
+def test_verify_metadata_against_the_schema():
+    """MONAI's own check (tests/bundles/test_metadata.py checks every field of every bundle in-process)."""
+    proc = run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", META, "--filepath", SCHEMA])
+    assert "metadata is verified with no error" in proc.stdout
 
 
 def test_verify_net_in_out():
     proc = run(
         [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file", META,
-         "--config_file", f"{CONFIGS}/train.json", "--network_def#filters", "[8,16,32,64]"]
+         "--config_file", f"{CONFIGS}/train.json", "--filters", "[8,16,32,64]"]
     )
     assert "data shape of network is verified with no error" in proc.stdout
 
@@ -439,8 +525,8 @@ def test_ckpt_export_torchscript(std, tmp_path):
     # DynUNet with deep supervision cannot be scripted (it assigns into a list of heads): trace the eval-mode model
     run(
         [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts),
-         "--ckpt_file", str(std / "model.pt"), "--meta_file", META, "--config_file", f"{CONFIGS}/train.json",
-         "--network_def#filters", "[8,16,32,64]", "--use_trace", "True"]
+         "--ckpt_file", str(std / "model.pt"), "--meta_file", META, "--config_file", f"{CONFIGS}/inference.json",
+         "--filters", "[8,16,32,64]", "--use_trace", "True"]
     )
     exported = torch.jit.load(str(ts), map_location="cpu")
     x = torch.randn(2, 1, 40, 56, generator=torch.Generator().manual_seed(0))
@@ -454,13 +540,13 @@ import sys
 from monai.bundle import ConfigWorkflow
 configs, kind, root = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
 w = ConfigWorkflow(config_file=configs, meta_file="{meta}", workflow_type=kind, output_root=root,
-                   max_cases=2, max_val_cases=1, **{{"network_def#filters": [8, 16, 32, 64]}})
+                   max_cases=2, max_val_cases=1, **{{"filters": [8, 16, 32, 64]}})
 w.initialize()
 print("MISSING", w.check_properties())
 """
 
 
-@pytest.mark.parametrize("kind,configs", [("train", ("train",)), ("infer", ("train", "inference"))])
+@pytest.mark.parametrize("kind,configs", [("train", ("train",)), ("infer", ("inference",))])
 def test_check_properties(kind, configs, root, std):
     files = ",".join(f"{CONFIGS}/{c}.json" for c in configs)
     proc = run([sys.executable, "-c", CHECK_PROPERTIES.format(meta=META), files, kind, str(root)])

@@ -23,7 +23,7 @@ from .batch import BOX_KEYS, DetectionPrepareBatch, collate_detection
 from .heads import RetinaNetHeads
 from .inference import detect, draw_overlay, run_inference, write_detections
 from .loss import RetinaNetLoss
-from .metric import COCODetectionMetric, MetricSpec
+from .metric import COCODetectionMetric
 from .network import BACKBONES, build_detector, build_retinanet, level_strides
 from .transforms import ResizeBoxd, boxes_to_original, detection_preprocessing
 
@@ -32,7 +32,6 @@ __all__ = [
     "BACKBONES",
     "COCODetectionMetric",
     "DetectionPrepareBatch",
-    "MetricSpec",
     "ResizeBoxd",
     "RetinaNetHeads",
     "RetinaNetLoss",

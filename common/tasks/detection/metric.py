@@ -1,6 +1,6 @@
 """COCO detection metrics as an accumulator: mAP@[.5:.95], mAP@.5 and per-class AP, with MONAI's ``COCOMetric``.
 
-:class:`COCODetectionMetric` follows the metric-accumulator interface of the task-general core:
+:class:`COCODetectionMetric` is a :class:`robust_bundles.metrics.TaskMetric` of the task-general core:
 
 - ``specs``: one :class:`MetricSpec` (name, unit, higher_is_better, description) per reported value;
 - ``per_sample = False``: the values are dataset-level (an AP pools every detection of every image);
@@ -19,42 +19,23 @@ number when every class is present), and an absent class's AP is NaN.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from ...metrics import MetricSpec, TaskMetric
 from .heads import RetinaNetHeads
 
-__all__ = ["MetricSpec", "COCODetectionMetric"]
+__all__ = ["COCODetectionMetric"]
 
 logger = logging.getLogger("robust_bundles.tasks.detection")
 
-try:  # the task-general core defines MetricSpec (issue 7); until then, the same minimal record here
-    from ...metrics import MetricSpec  # type: ignore[attr-defined]
-except ImportError:
 
-    @dataclass(frozen=True)
-    class MetricSpec:  # type: ignore[no-redef]
-        """What a metric value is.
-
-        Attributes:
-            name: key in ``aggregate()``'s dict and column name in reports.
-            unit: unit of the value ("" for a dimensionless fraction, "mm", ...).
-            higher_is_better: direction (the worst case over attacks takes the min when True, the max otherwise).
-            description: one line for tables and logs.
-        """
-
-        name: str
-        unit: str
-        higher_is_better: bool
-        description: str = ""
-
-
-class COCODetectionMetric:
+class COCODetectionMetric(TaskMetric):
     """COCO mAP of a RetinaNet over an evaluator's data.
 
     Args:
@@ -114,6 +95,13 @@ class COCODetectionMetric:
             self.box_key, self.label_key, self.difficult_key,
         )
 
+    def __deepcopy__(self, memo: dict) -> "COCODetectionMetric":
+        """A copy with its own results that shares the detector (the robustness handler copies the metric per attack
+        and eps; decoding only reads the detector's settings and anchors, so copying its network would only cost)."""
+        other = self.clone()
+        other._results = copy.deepcopy(self._results, memo)
+        return other
+
     def reset(self) -> None:
         """Forget every image seen so far."""
         self._results = []
@@ -140,7 +128,7 @@ class COCODetectionMetric:
         return list(boxes), list(labels), (list(ignore) if ignore is not None else None)
 
     def update(self, output: Any, batch: Any) -> None:
-        """Add a batch.
+        """Add a batch (dataset-level metric: returns None, no per-image values).
 
         Args:
             output: raw eval-mode head outputs of ``detector.network`` for the batch (or their packed tensor).

@@ -1,0 +1,283 @@
+"""End-to-end tests of the cephalometric_xray_landmarks bundle: every config runs in its own process.
+
+Each run is ``python -m monai.bundle run ...`` started in the repository root with a temporary ``--output_root``
+(models/, eval/ and the bundle's default synthetic dataset, official ISBI layout, go there), a tiny network, 64 x 48
+inputs, four training images and one-step attacks, so that each takes seconds. One module-scoped fixture trains STD
+once; the thresholds, AMAT, evaluation, robustness, inference and model-zoo checks reuse it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from bundle_helpers import REPO, SHARED, epoch_of, last_error, load, run
+from bundle_helpers import metrics_csv as _metrics_csv
+from bundle_helpers import run_bundle as _run_bundle
+
+pytestmark = pytest.mark.slow
+
+BUNDLE = "bundles/cephalometric_xray_landmarks"
+CONFIGS = f"{BUNDLE}/configs"
+META = f"{CONFIGS}/metadata.json"
+SCHEMA = "bundles/meta_schema.json"
+REAL = SHARED / "isbi2015_ceph"
+
+FEATURES = "[4,4,8,8,16,4]"
+#: shrinking overrides: tiny network and input, 4 training images, 2 validation images, 1 epoch, 1-step attacks
+TINY = {
+    "features": FEATURES,
+    "image_size": "[64,48]",
+    "heatmap_radius": "3",
+    "batch_size": "4",
+    "max_images": "4",
+    "max_val_images": "2",
+    "epochs": "1",
+    "val_interval": "1",
+    "attack_steps": "1",
+}
+SHAPE = ["--features", FEATURES, "--image_size", "[64,48]", "--heatmap_radius", "3"]
+
+
+def tiny(**changes: str) -> list[str]:
+    return [a for k, v in {**TINY, **changes}.items() for a in (f"--{k}", v)]
+
+
+def run_bundle(configs: tuple[str, ...], *args: str, expect_ok: bool = True):
+    return _run_bundle(CONFIGS, configs, *args, expect_ok=expect_ok)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# shared runs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ceph_bundle")
+
+
+@pytest.fixture(scope="module")
+def std(root) -> Path:
+    """STD trained once (1 epoch); the default synthetic dataset is written to root/data on the way."""
+    run_bundle(("train",), *tiny(), "--output_root", str(root))
+    return root / "models" / "std"
+
+
+@pytest.fixture(scope="module")
+def thresholds(std, root) -> Path:
+    run_bundle(("train", "thresholds"), *tiny(), "--output_root", str(root))
+    return std / "thresholds.json"
+
+
+@pytest.fixture(scope="module")
+def amat(thresholds, root) -> Path:
+    run_bundle(("train", "amat"), *tiny(), "--output_root", str(root))
+    return root / "models" / "amat"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# training configs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_std_training_writes_model_and_checkpoints(std, root):
+    for name in ("model.pt", "checkpoint.pt", "model_best_val.pt"):
+        assert (std / name).is_file(), name
+    ckpt = load(std / "checkpoint.pt")
+    assert epoch_of(ckpt) == 1 and set(load(std / "model.pt")) == set(ckpt["model"])
+    assert (root / "data" / "synthetic_ceph" / "RawImage" / "TrainingData").is_dir()  # the official layout
+
+
+def test_thresholds_have_three_terms(thresholds):
+    data = json.loads(thresholds.read_text())
+    assert data["term_names"] == ["heatmap", "offset_x", "offset_y"]
+    assert len(data["xi"]) == 3 and all(x > 0 for x in data["xi"])
+    assert data["num_samples"] == 4 and data["rule"] == "mean_std"  # the paper's rule for landmarks
+
+
+def test_vat_training(root, std):
+    run_bundle(("train", "vat"), *tiny(), "--train_eps", "2", "--output_root", str(root))
+    assert (root / "models" / "vat_eps2" / "model.pt").is_file()
+
+
+def test_teat_training_keeps_a_float16_ensemble_of_all_heads(root, std):
+    # batch 2: the second of the two iterations is in the second half of training, where the ensemble starts
+    run_bundle(("train", "teat"), *tiny(batch_size="2"), "--train_eps", "2", "--output_root", str(root))
+    ensemble = load(root / "models" / "teat_eps2" / "checkpoint.pt")["teat_ensemble"]
+    assert ensemble["num_samples"] == 4 and ensemble["ema"].dtype == torch.float16
+    assert ensemble["ema"].shape == (4, 3 * 19 * 64 * 48)  # sigmoid heatmaps and raw offsets, concatenated
+    assert int((ensemble["count"] > 0).sum()) == 2
+
+
+def test_amat_training_saves_margins(amat):
+    with open(amat / "margins.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    margins = load(amat / "checkpoint.pt")["margins"]
+    assert margins["num_samples"] == 4 and margins["epochs_completed"] == 1
+    assert float(margins["margins"].min()) >= 0.1 - 1e-6  # floored at the expansion step
+
+
+def test_std_with_the_bce_heatmap_loss_and_the_csv_layout(tmp_path):
+    from robust_bundles.data.ceph import write_synthetic_ceph
+
+    data = write_synthetic_ceph(tmp_path / "isbi2015_ceph", num_train=4, num_test1=3, layout="csv", size=(120, 96))
+    run_bundle(("train",), *tiny(), "--heatmap_loss", "bce", "--run_name", "std_bce", "--dataset_dir", str(data),
+               "--output_root", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "models" / "std_bce" / "model.pt").is_file()
+    assert not (tmp_path / "out" / "data").exists()  # no synthetic data written when dataset_dir is given
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# evaluation
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_evaluate_and_robustness(root, amat):
+    run_bundle(("train", "evaluate"), *tiny(), "--run_name", "amat", "--max_test_images", "3", "--output_root",
+               str(root))
+    metrics = _metrics_csv(root / "eval" / "amat" / "metrics.csv")
+    assert metrics["test_MRE"] > 0 and 0 <= metrics["test_MRE_SDR_4mm"] <= 100
+    run_bundle(("train", "evaluate", "robustness"), *tiny(), "--run_name", "amat", "--max_test_images", "3",
+               "--pgd_steps", "2", "--ifgsm_steps", "1", "--output_root", str(root))
+    report = json.loads((root / "eval" / "amat" / "robustness.json").read_text())
+    assert report["settings"]["eps"] == [0.5, 1.0, 2.0]
+    assert report["settings"]["input_shape"] == [1, 64, 48]
+    assert [m["name"] for m in report["settings"]["metrics"]] == ["MRE", "SDR_2mm", "SDR_2.5mm", "SDR_3mm", "SDR_4mm"]
+    assert report["settings"]["metrics"][0]["unit"] == "mm" and report["settings"]["higher_is_better"] is False
+    s = report["summary"]
+    assert s["metric"] == "MRE" and s["clean"] == pytest.approx(metrics["test_MRE"], rel=1e-5)
+    assert s["metrics"]["SDR_2mm"]["clean"] == pytest.approx(metrics["test_MRE_SDR_2mm"], rel=1e-5)
+    assert set(s["details"]["clean@0"]["per_landmark"]) >= {"sella", "articulare"}
+    rows = list(csv.DictReader((root / "eval" / "amat" / "robustness.csv").open()))
+    assert len(rows) == 3 * (1 + 2 * 3) and {"MRE", "SDR_4mm", "case"} <= set(rows[0])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# inference
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_inference_writes_landmarks_in_the_original_frame(root, std, tmp_path):
+    from monai.networks.nets import BasicUNet
+    from PIL import Image
+
+    from robust_bundles.data.ceph import read_xray
+    from robust_bundles.tasks.landmarks import predict_landmarks
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    source = sorted((root / "data" / "synthetic_ceph" / "RawImage" / "Test1Data").glob("*.bmp"))[0]
+    with Image.open(source) as im:
+        im.convert("RGB").save(inputs / "rgb.png")  # another format, RGB
+        im.crop((0, 0, 300, 400)).save(inputs / "crop.jpg")  # another size
+    out = tmp_path / "out"
+    run_bundle(("train", "inference"), *SHAPE, "--input_dir", str(inputs), "--output_dir", str(out),
+               "--output_root", str(root))
+    net = BasicUNet(2, 1, 57, features=(4, 4, 8, 8, 16, 4))
+    net.load_state_dict(load(std / "model.pt"))
+    net.eval()
+    for stem in ("crop", "rgb"):
+        record = json.loads((out / f"{stem}_landmarks.json").read_text())
+        assert len(record["landmarks"]) == 19 and record["landmarks"][0]["name"] == "sella"
+        image, orig = read_xray(next(inputs.glob(f"{stem}.*")), (64, 48))
+        assert (record["height_px"], record["width_px"]) == orig
+        with torch.no_grad():
+            ref = predict_landmarks(net(torch.from_numpy(image)[None, None]), torch.tensor([orig]), 19, 3.0)[0]
+        got = torch.tensor([[r["x_px"], r["y_px"]] for r in record["landmarks"]], dtype=torch.float64)
+        assert torch.allclose(got, ref, atol=0.01)  # 2 decimals in the file
+        assert record["landmarks"][3]["x_mm"] == pytest.approx(record["landmarks"][3]["x_px"] * 0.1, abs=1e-3)
+        rows = list(csv.DictReader((out / f"{stem}_landmarks.csv").open()))
+        assert len(rows) == 19 and float(rows[0]["x_px"]) == record["landmarks"][0]["x_px"]
+        with Image.open(out / f"{stem}_overlay.png") as ov:
+            assert ov.height == min(800, orig[0])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# bad input
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_error_not_a_dataset(tmp_path):
+    (tmp_path / "data" / "ISBI" / "RawImage").mkdir(parents=True)
+    (tmp_path / "data" / "ISBI" / "AnnotationsByMD").mkdir()
+    proc = run_bundle(("train",), *tiny(), "--dataset_dir", str(tmp_path / "data"), "--output_root", str(tmp_path),
+                      expect_ok=False)
+    err = last_error(proc)
+    assert "is not an ISBI 2015 cephalometric dataset" in err and f"did you mean {tmp_path / 'data' / 'ISBI'}" in err
+
+
+def test_error_amat_without_thresholds(root, std, tmp_path):
+    proc = run_bundle(("train", "amat"), *tiny(), "--dataset_dir", str(root / "data" / "synthetic_ceph"),
+                      "--output_root", str(tmp_path), expect_ok=False)
+    err = last_error(proc)
+    assert str(tmp_path / "models" / "std" / "thresholds.json") in err and "configs/thresholds.json" in err
+
+
+def test_error_evaluate_without_model(root, std):
+    proc = run_bundle(("train", "evaluate"), *tiny(), "--run_name", "vat_eps9", "--output_root", str(root),
+                      expect_ok=False)
+    assert str(root / "models" / "vat_eps9" / "model.pt") in last_error(proc)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# model-zoo checks and the experiment tool
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_verify_metadata_and_net_in_out():
+    run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", META, "--filepath", SCHEMA])
+    meta = json.loads((REPO / META).read_text())
+    assert meta["version"] in meta["changelog"]
+    proc = run([sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file", META,
+                "--config_file", f"{CONFIGS}/train.json", "--features", FEATURES])
+    assert "data shape of network is verified with no error" in proc.stdout
+
+
+def test_ckpt_export_torchscript(std, tmp_path):
+    ts = tmp_path / "model.ts"
+    run([sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file",
+         str(std / "model.pt"), "--meta_file", META, "--config_file", f"{CONFIGS}/train.json", "--features", FEATURES])
+    exported = torch.jit.load(str(ts), map_location="cpu")
+    with torch.no_grad():
+        assert exported(torch.zeros(1, 1, 200, 160)).shape == (1, 57, 200, 160)
+
+
+CHECK_PROPERTIES = """
+import sys
+from monai.bundle import ConfigWorkflow
+configs, kind, root = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
+w = ConfigWorkflow(config_file=configs, meta_file="{meta}", workflow_type=kind, output_root=root, max_images=2,
+                   max_val_images=1, features=[4, 4, 8, 8, 16, 4])
+w.initialize()
+print("MISSING", w.check_properties())
+"""
+
+
+@pytest.mark.parametrize("kind,configs", [("train", ("train",)), ("infer", ("train", "inference"))])
+def test_check_properties(kind, configs, root, std):
+    files = ",".join(f"{CONFIGS}/{c}.json" for c in configs)
+    proc = run([sys.executable, "-c", CHECK_PROPERTIES.format(meta=META), files, kind, str(root)])
+    assert "MISSING []" in proc.stdout
+
+
+def test_experiment_plan_of_the_quick_profile(tmp_path):
+    proc = run([sys.executable, "scripts/experiment.py", "--bundle", BUNDLE, "--profile", "quick", "--output_root",
+                str(tmp_path), "--dry_run"])
+    for stage in ("std", "thresholds", "std_bce", "amat", "robustness_std_bce", "robustness_amat", "report"):
+        assert f" {stage} " in proc.stdout or f" {stage}:" in proc.stdout, stage
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not (REAL / "train_senior.csv").is_file(),
+                    reason=f"the ISBI 2015 data is not at {REAL} (../shared/data/isbi2015_ceph beside the repo)")
+def test_one_short_epoch_on_the_real_xrays(tmp_path):
+    run_bundle(("train",), *tiny(image_size="[200,160]", heatmap_radius="8"), "--dataset_dir", str(REAL.resolve()),
+               "--output_root", str(tmp_path))
+    assert epoch_of(load(tmp_path / "models" / "std" / "checkpoint.pt")) == 1
+    assert not (tmp_path / "data").exists()
