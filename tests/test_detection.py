@@ -19,9 +19,9 @@ from monai.data import DataLoader, Dataset  # noqa: E402
 from monai.engines import SupervisedEvaluator, SupervisedTrainer  # noqa: E402
 from monai.transforms import Compose  # noqa: E402
 
-from robust_bundles import adversarial, attacks, margins  # noqa: E402
+from robust_bundles import adversarial, attacks, margins, thresholds  # noqa: E402
 from robust_bundles.data import voc  # noqa: E402
-from robust_bundles.handlers import ThresholdEstimationHandler  # noqa: E402
+from robust_bundles.handlers import MarginHandler, ThresholdEstimationHandler  # noqa: E402
 from robust_bundles.tasks import detection as D  # noqa: E402
 from robust_bundles.transforms import SampleIdd  # noqa: E402
 
@@ -519,3 +519,100 @@ def test_tiny_retinanet_learns_synthetic_rectangles(tmp_path):
     after = held_out_map()
     print(f"held-out mAP {before:.3f} -> {after:.3f}")
     assert before < 0.05 and after > 0.2, (before, after)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# TEAT's soft target, and adversarial training that pays off
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_soft_target_is_class_probabilities_and_box_codes(batch):
+    det = tiny_detector()
+    loss = D.RetinaNetLoss(det)
+    det.network.eval()
+    with torch.no_grad():
+        out = det.network(batch["image"])
+    cls, box, _ = D.RetinaNetHeads(det).split(out)
+    target = loss.soft_target(out)
+    anchors = sum(g * g for g in (16, 8, 4)) * 3
+    assert target.shape == (4, anchors * 7) and target.dtype == torch.float32
+    per_anchor = target.reshape(4, anchors, 7)
+    assert torch.allclose(per_anchor[..., :3], cls.sigmoid()) and torch.equal(per_anchor[..., 3:], box)
+    assert torch.allclose(loss.soft_target(loss.primary(out)), target)  # the packed output gives the same
+
+
+def _fit(det, samples, iteration_update=None, iterations=80, handlers=()):
+    """Adam 1e-3, batch 8, shuffled, ``iterations`` steps of a stock SupervisedTrainer."""
+    loader = DataLoader(Dataset(samples), batch_size=8, shuffle=True, collate_fn=D.collate_detection,
+                        generator=torch.Generator().manual_seed(0))
+    trainer = SupervisedTrainer(
+        device="cpu", max_epochs=math.ceil(iterations / len(loader)), train_data_loader=loader, network=det.network,
+        optimizer=torch.optim.Adam(det.network.parameters(), 1e-3), loss_function=D.RetinaNetLoss(det, sampling_seed=0),
+        prepare_batch=D.DetectionPrepareBatch(det), iteration_update=iteration_update, decollate=False,
+        train_handlers=list(handlers),
+    )
+    trainer.run()
+    return det
+
+
+def _attacked_map(det, held, eps: float) -> float:
+    """Held-out mAP@[.5:.95] under L2 PGD (10 steps, alpha 4, random start, seed 0) at ``eps``."""
+    loss, prep = D.RetinaNetLoss(det, sampling_seed=0), D.DetectionPrepareBatch(det)
+    x, t = prep(held, "cpu")
+    if eps > 0:
+        x = attacks.L2PGD(steps=10, clamp=(0.0, 1.0)).run(
+            x, t, eps=eps, model=det.network, loss_fn=loss, generator=torch.Generator().manual_seed(0)).x_adv
+    metric = D.COCODetectionMetric(det, voc.BCCD_CLASSES)
+    det.network.eval()
+    with torch.no_grad():
+        metric.update(det.network(x), held)
+    return metric.aggregate()["mAP"]
+
+
+@pytest.mark.slow
+def test_adversarial_training_gains_robustness(tmp_path):
+    """On synthetic rectangles (48 training images, 64 x 64), 80 steps each from the same start: STD collapses under
+    L2 PGD at eps 2 (RMS 0.018 per value in [0, 1]) while VAT (eps 2) and AMAT (Delta 0.5, xi = mean + 2 std of the
+    STD model's training losses) keep a clearly higher mAP. Measured (loaded machine, about 3 CPU minutes): held-out
+    mAP clean / eps 1 / eps 2: STD 0.357 / 0.062 / 0.011, VAT 0.433 / 0.311 / 0.191."""
+    root = voc.write_synthetic_voc(tmp_path / "SYN", num_images=64, image_size=SIZE, seed=0)
+    tf = Compose(D.detection_preprocessing(SIZE) + [SampleIdd()])
+    train = [tf(i) for i in voc.load_voc(root, "train")]
+    held = D.collate_detection([tf(i) for i in voc.load_voc(root, "validation") + voc.load_voc(root, "test")])
+    pgd = attacks.L2PGD(steps=2, alpha=4.0, clamp=(0.0, 1.0))
+
+    def detector():
+        torch.manual_seed(0)
+        return D.build_detector(3, backbone="resnet10", returned_layers=(1, 2), fpn_channels=32, width=8,
+                                base_anchor_shapes=ANCHORS)
+
+    std = _fit(detector(), train)
+    vat = _fit(detector(), train, adversarial.VATIteration(eps=2.0, attack=pgd))
+    loss = D.RetinaNetLoss(std, sampling_seed=0)
+    std.network.eval()
+    with torch.no_grad():
+        x, t = D.DetectionPrepareBatch(std)(D.collate_detection(train), "cpu")
+        xi = thresholds.estimate_thresholds(loss.terms(std.network(x), t), rule="mean_std")
+    book = margins.MarginBook(num_samples=len(train), expansion_step=0.5)
+    amat = _fit(detector(), train, adversarial.AMATIteration(margins=book, thresholds=xi.tolist(), attack=pgd),
+                handlers=[MarginHandler(book)])
+    result = {name: [_attacked_map(d, held, e) for e in (0.0, 2.0)] for name, d in
+              (("STD", std), ("VAT", vat), ("AMAT", amat))}
+    print(result, "AMAT margins: mean", float(book.margins.mean()), "max", float(book.margins.max()))
+    assert result["STD"][0] > 0.2 and result["STD"][1] < 0.05, result  # learnt, and not robust
+    for name in ("VAT", "AMAT"):
+        assert result[name][0] > 0.2, result  # still detects on clean images
+        assert result[name][1] > result["STD"][1] + 0.08, result  # the robustness gain
+
+
+def test_image_files_from_a_folder_or_a_list(data_root, tmp_path):
+    files = D.image_files(data_root / "JPEGImages")
+    assert len(files) == 16 and files == sorted(files) and files[0].endswith("synthetic_0000.jpg")
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(FileNotFoundError, match="holds no image"):
+        D.image_files(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        D.image_files(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="nowhere.jpg"):
+        D.image_files([files[0], str(tmp_path / "nowhere.jpg")])
+    assert D.image_files(files[:2]) == files[:2]

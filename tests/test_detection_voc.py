@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import pytest
 
 from robust_bundles.data import voc
 
-REAL_BCCD = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "bccd"
+#: ROBUST_BUNDLES_SHARED_DATA names the shared data folder when the repository is not beside it (a git worktree)
+REAL_BCCD = Path(os.environ.get("ROBUST_BUNDLES_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")) / "bccd"
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +209,23 @@ def test_load_voc_assigns_stable_ids_per_split(synthetic):
     assert len(voc.load_voc(synthetic, "all")) == 20
     with pytest.raises(ValueError, match="Unknown split"):
         voc.load_voc(synthetic, "training")
+
+
+
+def test_synthetic_default_is_marked_and_announced(tmp_path, caplog):
+    from robust_bundles.bundle import is_synthetic
+
+    with caplog.at_level(logging.WARNING):
+        out = voc.synthetic_default(tmp_path / "syn")
+    assert out == str(tmp_path / "syn") and is_synthetic(out) and "SYNTHETIC DATA" in caplog.text
+    sizes = {split: len(voc.load_voc(out, split)) for split in voc.SPLITS}
+    assert sizes == {"train": 24, "validation": 8, "test": 8}
+
+
+def test_voc_digest_depends_on_the_image_names_only(synthetic):
+    train = voc.load_voc(synthetic, "train")
+    assert voc.voc_digest(train) == voc.voc_digest(list(reversed(train)))
+    assert voc.voc_digest(train) != voc.voc_digest(train[1:])
 
 
 # ----------------------------------------------------------------------------------------------------------------------

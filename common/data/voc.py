@@ -37,8 +37,9 @@ from typing import Sequence
 
 import numpy as np
 
+from ..bundle import announce_synthetic, mark_synthetic
 from ..io import atomic_write, atomic_write_text
-from ..transforms import assign_sample_ids
+from ..transforms import assign_sample_ids, datalist_digest
 
 __all__ = [
     "BCCD_CLASSES",
@@ -50,6 +51,8 @@ __all__ = [
     "voc_splits",
     "load_voc",
     "write_synthetic_voc",
+    "synthetic_default",
+    "voc_digest",
 ]
 
 logger = logging.getLogger("robust_bundles.data.voc")
@@ -349,6 +352,11 @@ def load_voc(
     return items
 
 
+def voc_digest(samples: Sequence[dict]) -> str:
+    """The digest of a datalist (sha256 of its sorted image names): what the margins of AMAT are stored with."""
+    return datalist_digest(samples, ("name",))
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # synthetic data in the same layout
 # ----------------------------------------------------------------------------------------------------------------------
@@ -528,3 +536,20 @@ def write_synthetic_voc(
     atomic_write_text(main / "trainval.txt", "\n".join(names) + "\n")
     atomic_write_text(marker, json.dumps(params, indent=2) + "\n")
     return out
+
+
+def synthetic_default(
+    out_dir: str | os.PathLike,
+    num_images: int = 40,
+    image_size: Sequence[int] = (160, 120),
+    objects_per_image: Sequence[int] = (3, 8),
+    val_fraction: float = 0.4,
+    **kwargs,
+) -> str:
+    """A bundle's default ``dataset_dir``: :func:`write_synthetic_voc` (written once; 40 images of 160 x 120 pixels,
+    24 train, 8 validation, 8 test), marked and announced loudly as synthetic
+    (:func:`robust_bundles.bundle.is_synthetic`), so that every log and report says its numbers mean nothing about the
+    real task."""
+    out = write_synthetic_voc(out_dir, num_images, image_size, objects_per_image, val_fraction, **kwargs)
+    mark_synthetic(out, "robust_bundles.data.voc.write_synthetic_voc")
+    return announce_synthetic(out, "synthetic blood-cell rectangles in VOC layout (robust_bundles.data.voc.write_synthetic_voc)")

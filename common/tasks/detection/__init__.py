@@ -21,7 +21,7 @@ MONAI's detection code needs torchvision: install the ``detection`` extra (``pip
 
 from .batch import BOX_KEYS, DetectionPrepareBatch, collate_detection
 from .heads import RetinaNetHeads
-from .inference import detect, draw_overlay, run_inference, write_detections
+from .inference import detect, draw_overlay, image_files, run_inference, write_detections
 from .loss import RetinaNetLoss
 from .metric import COCODetectionMetric
 from .network import BACKBONES, build_detector, build_retinanet, level_strides
@@ -42,6 +42,7 @@ __all__ = [
     "detect",
     "detection_preprocessing",
     "draw_overlay",
+    "image_files",
     "level_strides",
     "run_inference",
     "write_detections",

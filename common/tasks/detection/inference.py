@@ -30,10 +30,37 @@ from ...io import atomic_write, atomic_write_text
 from .heads import RetinaNetHeads
 from .transforms import boxes_to_original, detection_preprocessing
 
-__all__ = ["detect", "write_detections", "draw_overlay", "run_inference", "CLASS_COLOURS"]
+__all__ = ["detect", "write_detections", "draw_overlay", "run_inference", "image_files", "CLASS_COLOURS", "IMAGE_SUFFIXES"]
 
 #: Outline colours (RGB) of the classes in the overlay, by label; repeated when there are more classes.
 CLASS_COLOURS = ((220, 30, 30), (30, 90, 230), (20, 160, 60), (230, 150, 0), (150, 40, 180))
+
+
+#: File name endings that :func:`image_files` takes from a folder (case-insensitive).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+def image_files(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """The image files of an inference run: every image in a folder (sorted; ``._`` files skipped) or a list of paths.
+
+    Raises:
+        FileNotFoundError: the folder or a listed file does not exist, or the folder holds no image.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        folder = Path(source).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"The input folder {folder} does not exist: set --input_dir to a folder of images "
+                                    f"({', '.join(IMAGE_SUFFIXES)}) or give --datalist \"['path/to/image.jpg']\".")
+        files = sorted(str(p) for p in folder.iterdir()
+                       if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("._") and p.is_file())
+        if not files:
+            raise FileNotFoundError(f"The input folder {folder} holds no image ({', '.join(IMAGE_SUFFIXES)}): set "
+                                    "--input_dir to a folder of images, or give --datalist.")
+        return files
+    missing = [str(f) for f in source if not Path(f).is_file()]
+    if missing or not source:
+        raise FileNotFoundError(f"Input images {missing or '(none)'} do not exist: fix the paths in --datalist.")
+    return [str(f) for f in source]
 
 
 def detect(

@@ -93,6 +93,16 @@ class RetinaNetLoss(PerSampleLoss):
         """The packed (B, A, C + 2D) tensor: logits and box codes of every anchor (TEAT's soft target; ``terms`` takes it)."""
         return self.heads.pack(pred)
 
+    def soft_target(self, pred: Any) -> torch.Tensor:
+        """TEAT's per-image output to ensemble: class probabilities (sigmoid of the logits, RetinaNet's focal/BCE
+        activation) and raw box codes of every anchor, flattened: (B, A * (C + 2D)) float32.
+
+        Give it as ``TEATIteration(activation=loss.soft_target)``. Box codes of anchors matched to no object are
+        included as they are (they carry no target but cost nothing to ensemble).
+        """
+        cls, box, _ = self.heads.split(pred)
+        return torch.cat([cls.float().sigmoid(), box.float()], dim=-1).flatten(1)
+
     # ------------------------------------------------------------------------------------------------------------------
     def _targets(self, targets: Any, batch: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
         det = self.detector
