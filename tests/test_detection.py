@@ -573,8 +573,9 @@ def _attacked_map(det, held, eps: float) -> float:
 def test_adversarial_training_gains_robustness(tmp_path):
     """On synthetic rectangles (48 training images, 64 x 64), 80 steps each from the same start: STD collapses under
     L2 PGD at eps 2 (RMS 0.018 per value in [0, 1]) while VAT (eps 2) and AMAT (Delta 0.5, xi = mean + 2 std of the
-    STD model's training losses) keep a clearly higher mAP. Measured (loaded machine, about 3 CPU minutes): held-out
-    mAP clean / eps 1 / eps 2: STD 0.357 / 0.062 / 0.011, VAT 0.433 / 0.311 / 0.191."""
+    STD model's training losses) keep a clearly higher mAP. Measured (about 2.5 CPU minutes, 9 wall minutes on a loaded
+    machine): held-out mAP clean / eps 2: STD 0.385 / 0.005, VAT 0.296 / 0.171, AMAT 0.430 / 0.113 (margins: mean 0.87,
+    max 1.5)."""
     root = voc.write_synthetic_voc(tmp_path / "SYN", num_images=64, image_size=SIZE, seed=0)
     tf = Compose(D.detection_preprocessing(SIZE) + [SampleIdd()])
     train = [tf(i) for i in voc.load_voc(root, "train")]
@@ -602,7 +603,7 @@ def test_adversarial_training_gains_robustness(tmp_path):
     assert result["STD"][0] > 0.2 and result["STD"][1] < 0.05, result  # learnt, and not robust
     for name in ("VAT", "AMAT"):
         assert result[name][0] > 0.2, result  # still detects on clean images
-        assert result[name][1] > result["STD"][1] + 0.08, result  # the robustness gain
+        assert result[name][1] > result["STD"][1] + 0.05, result  # the robustness gain
 
 
 def test_image_files_from_a_folder_or_a_list(data_root, tmp_path):
