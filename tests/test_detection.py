@@ -617,3 +617,21 @@ def test_image_files_from_a_folder_or_a_list(data_root, tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.jpg"):
         D.image_files([files[0], str(tmp_path / "nowhere.jpg")])
     assert D.image_files(files[:2]) == files[:2]
+
+
+def test_detection_writer_on_an_evaluator_writes_what_detect_gives(data_root, tmp_path):
+    det = tiny_detector()
+    det.box_selector.score_thresh = 0.0  # an untrained network scores about 0.01: keep its boxes to compare
+    files = D.image_files(data_root / "JPEGImages")[:3]
+    tf = Compose(D.detection_preprocessing(SIZE, with_boxes=False))
+    loader = DataLoader(Dataset([{"image": f, "image_path": f} for f in files], transform=tf), batch_size=2,
+                        collate_fn=D.collate_detection)
+    writer = D.DetectionWriter(det, voc.BCCD_CLASSES, tmp_path, SIZE, score_threshold=0.0)
+    SupervisedEvaluator(device="cpu", val_data_loader=loader, network=det.network, decollate=False,
+                        val_handlers=[writer]).run()
+    assert [p.name for p in writer.written] == [f"synthetic_000{i}.json" for i in range(3)]
+    for f in files:
+        stem = f.rsplit("/", 1)[-1][:-4]
+        got = json.loads((tmp_path / f"{stem}.json").read_text())
+        assert got == D.detect(det.network, det, f, SIZE, voc.BCCD_CLASSES, score_threshold=0.0)
+        assert got["detections"] and (tmp_path / f"{stem}_overlay.png").is_file()

@@ -9,7 +9,7 @@ What a detection bundle plugs into a stock ``SupervisedTrainer`` / ``SupervisedE
   images (B, C, X, Y) plus a list of per-image target dicts.
 - data: :func:`detection_preprocessing` / :class:`ResizeBoxd` (load, [0, 1] RGB, resize with boxes).
 - metric: :class:`COCODetectionMetric` (mAP@[.5:.95], mAP@.5, per-class AP; a dataset-level accumulator).
-- inference: :func:`run_inference` (JSON + overlay PNG per image).
+- inference: :func:`run_inference` (JSON + overlay PNG per image), or :class:`DetectionWriter` on an evaluator.
 
 Attack input (state it with every number): the network input, a (3, X, Y) RGB image in [0, 1] (``value / 255``) at the
 network input size (e.g. 320 x 320), X along image columns; the L2 norm and eps are per image over all 3 * X * Y
@@ -21,7 +21,7 @@ MONAI's detection code needs torchvision: install the ``detection`` extra (``pip
 
 from .batch import BOX_KEYS, DetectionPrepareBatch, collate_detection
 from .heads import RetinaNetHeads
-from .inference import detect, draw_overlay, image_files, run_inference, write_detections
+from .inference import DetectionWriter, detect, detection_result, draw_overlay, image_files, run_inference, write_detections
 from .loss import RetinaNetLoss
 from .metric import COCODetectionMetric
 from .network import BACKBONES, build_detector, build_retinanet, level_strides
@@ -32,6 +32,7 @@ __all__ = [
     "BACKBONES",
     "COCODetectionMetric",
     "DetectionPrepareBatch",
+    "DetectionWriter",
     "ResizeBoxd",
     "RetinaNetHeads",
     "RetinaNetLoss",
@@ -40,6 +41,7 @@ __all__ = [
     "build_retinanet",
     "collate_detection",
     "detect",
+    "detection_result",
     "detection_preprocessing",
     "draw_overlay",
     "image_files",

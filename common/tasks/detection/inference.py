@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
+from ignite.engine import Engine, Events
 from monai.transforms import Compose
 
 from ...attacks import preserve_model_state
@@ -30,7 +31,17 @@ from ...io import atomic_write, atomic_write_text
 from .heads import RetinaNetHeads
 from .transforms import boxes_to_original, detection_preprocessing
 
-__all__ = ["detect", "write_detections", "draw_overlay", "run_inference", "image_files", "CLASS_COLOURS", "IMAGE_SUFFIXES"]
+__all__ = [
+    "detect",
+    "detection_result",
+    "write_detections",
+    "draw_overlay",
+    "run_inference",
+    "image_files",
+    "DetectionWriter",
+    "CLASS_COLOURS",
+    "IMAGE_SUFFIXES",
+]
 
 #: Outline colours (RGB) of the classes in the overlay, by label; repeated when there are more classes.
 CLASS_COLOURS = ((220, 30, 30), (30, 90, 230), (20, 160, 60), (230, 150, 0), (150, 40, 180))
@@ -94,10 +105,34 @@ def detect(
     heads = RetinaNetHeads(detector, image_size)
     with preserve_model_state(network, train=False), torch.no_grad():
         pred = heads.decode(network(x))[0]
-    original = [int(v) for v in sample["original_size"]]
-    boxes = boxes_to_original(pred[detector.target_box_key].cpu(), image_size, original)
-    scores = pred[detector.pred_score_key].cpu().float()
-    labels = pred[detector.target_label_key].cpu().long()
+    return detection_result(pred, detector, path, image_size, sample["original_size"], classes, score_threshold)
+
+
+def detection_result(
+    pred: Mapping[str, Any],
+    detector: Any,
+    image_path: str | os.PathLike,
+    image_size: Sequence[int],
+    original_size: Sequence[int],
+    classes: Sequence[str],
+    score_threshold: float | None = None,
+) -> dict:
+    """The JSON-ready dict of the module docstring for one image's decoded detections.
+
+    Args:
+        pred: one image's decoded detections (:meth:`RetinaNetHeads.decode`): boxes in network-input pixels, labels,
+            scores.
+        detector: the ``RetinaNetDetector`` (its keys and box-selector threshold).
+        image_path: the image file.
+        image_size: network input size (X, Y).
+        original_size: the image's size (width, height) before resizing.
+        classes: class names in label order.
+        score_threshold: keep detections with at least this score (None: the detector's box selector threshold).
+    """
+    original = [int(v) for v in original_size]
+    boxes = boxes_to_original(pred[detector.target_box_key].detach().cpu(), image_size, original)
+    scores = pred[detector.pred_score_key].detach().cpu().float()
+    labels = pred[detector.target_label_key].detach().cpu().long()
     threshold = float(detector.box_selector.score_thresh if score_threshold is None else score_threshold)
     order = torch.argsort(scores, descending=True)
     detections = [
@@ -111,7 +146,7 @@ def detect(
         if float(scores[i]) >= threshold
     ]
     return {
-        "image": str(path),
+        "image": str(image_path),
         "image_size": original,
         "network_input_size": [int(v) for v in image_size],
         "classes": [str(c) for c in classes],
@@ -174,3 +209,62 @@ def run_inference(
         written.append(write_detections(result, out / f"{stem}.json"))
         draw_overlay(result, out / f"{stem}_overlay.png", min_score=min_overlay_score)
     return written
+
+
+class DetectionWriter:
+    """Ignite handler of an inference evaluator: per image ``<stem>.json`` (:func:`detection_result`) and
+    ``<stem>_overlay.png`` (:func:`draw_overlay`) in ``output_dir``.
+
+    The evaluator runs ``detector.network`` on batches of :func:`detection_preprocessing` samples (``with_boxes=False``)
+    with ``decollate=False``; this handler decodes the raw outputs with the detector's post-processing and maps the
+    boxes back to each image's original size.
+
+    Args:
+        detector: the ``RetinaNetDetector`` whose post-processing decodes the outputs.
+        classes: class names in label order.
+        output_dir: where the files go (created).
+        image_size: network input size (X, Y).
+        score_threshold: keep detections with at least this score in the JSON (None: the detector's threshold).
+        min_overlay_score: outline only detections with at least this score in the overlay.
+        path_key: batch key of the image file paths.
+        size_key: batch key of the original sizes (:class:`ResizeBoxd` writes it).
+    """
+
+    def __init__(
+        self,
+        detector: Any,
+        classes: Sequence[str],
+        output_dir: str | os.PathLike,
+        image_size: Sequence[int],
+        score_threshold: float | None = None,
+        min_overlay_score: float = 0.3,
+        path_key: str = "image_path",
+        size_key: str = "original_size",
+    ) -> None:
+        self.heads = RetinaNetHeads(detector, image_size)
+        self.classes = tuple(str(c) for c in classes)
+        self.output_dir = Path(output_dir)
+        self.image_size = tuple(int(v) for v in image_size)
+        self.score_threshold, self.min_overlay_score = score_threshold, float(min_overlay_score)
+        self.path_key, self.size_key = path_key, size_key
+        self.written: list[Path] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        from ...handlers.task_metric import engine_pred_and_batch
+
+        pred, batch = engine_pred_and_batch(engine)
+        missing = [k for k in (self.path_key, self.size_key) if k not in batch]
+        if missing:
+            raise KeyError(f"DetectionWriter needs {missing} in the batch (it has {sorted(batch)}): keep the image path "
+                           f"under {self.path_key!r} in the datalist and resize with ResizeBoxd.")
+        sizes = torch.as_tensor(batch[self.size_key]).reshape(-1, 2).tolist()
+        for b, det in enumerate(self.heads.decode(pred)):
+            path = batch[self.path_key][b]
+            result = detection_result(det, self.heads.detector, path, self.image_size, sizes[b], self.classes,
+                                      self.score_threshold)
+            stem = Path(path).stem
+            self.written.append(write_detections(result, self.output_dir / f"{stem}.json"))
+            draw_overlay(result, self.output_dir / f"{stem}_overlay.png", min_score=self.min_overlay_score)
