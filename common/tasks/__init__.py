@@ -1,4 +1,15 @@
 """Task adapters: what one kind of task adds to the shared core (targets, decoding, per-sample loss terms, metrics).
 
-Each module is a small adapter plugged in by a bundle's config; none edits another task or the core.
+Each module is a small adapter plugged in by a bundle's config; none edits another task or the core. An adapter is a
+small set of components a bundle config wires into a stock MONAI ``SupervisedTrainer`` / ``SupervisedEvaluator`` and
+into the core's attacks, thresholds and adversarial iterations:
+
+- a per-sample, per-term loss (:class:`robust_bundles.losses.PerSampleLoss` interface),
+- the batch layout (a collate function and a ``prepare_batch``) when samples do not stack into tensors,
+- a metric accumulator with a direction (:mod:`robust_bundles.metrics`),
+- decoding and inference helpers.
+
+Subpackages are imported on demand, so a task's optional dependencies are only needed by the bundles that use it:
+:mod:`robust_bundles.tasks.detection` (2D object detection with MONAI's RetinaNet) needs ``torchvision``, the
+``detection`` extra.
 """

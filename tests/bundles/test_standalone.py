@@ -67,6 +67,14 @@ SPECS = {
         evaluate={"max_test_images": "1", "pgd_steps": "2", "ifgsm_steps": "1"},
         predictions=("*_landmarks.json", 9),  # the synthetic Test1 set
     ),
+    "bccd_blood_cell_detection": Spec(
+        # the default network (ResNet10-FPN at 160 x 160) is small enough for a tiny epoch on 8 images
+        tiny={"batch_size": "8", "max_images": "8", "max_val_images": "2", "epochs": "1", "val_interval": "1",
+              "attack_steps": "1"},
+        evaluate={"max_test_images": "2", "pgd_steps": "2", "ifgsm_steps": "1"},
+        predictions=("*_overlay.png", 40),
+        torchscript=False,  # MONAI's RetinaNet returns a dict of lists of feature maps: no TorchScript export
+    ),
 }
 
 

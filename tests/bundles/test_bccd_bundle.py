@@ -1,0 +1,287 @@
+"""End-to-end tests of the bccd_blood_cell_detection bundle: every config runs in its own process.
+
+Each run is ``python -m monai.bundle run ...`` started in the repository root with a temporary ``--output_root``
+(models/, eval/ and the bundle's default synthetic VOC dataset go there), a tiny RetinaNet (ResNet10 of width 8, FPN of
+16 channels at strides 4, 8, 16), 64 x 64 inputs and one-step attacks, so that each takes seconds. One module-scoped
+fixture trains STD once; the thresholds, AMAT, evaluation, robustness, inference and model-zoo checks reuse it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from bundle_run import REPO, SHARED_DATA, Bundle, epoch_of, last_error, load, run
+
+pytestmark = pytest.mark.slow
+
+BUNDLE = "bundles/bccd_blood_cell_detection"
+CONFIGS = f"{BUNDLE}/configs"
+META = f"{CONFIGS}/metadata.json"
+SCHEMA = "bundles/meta_schema.json"
+#: ROBUST_BUNDLES_SHARED_DATA names the shared data folder when the repository is not beside it (a git worktree)
+REAL = Path(os.environ.get("ROBUST_BUNDLES_SHARED_DATA", SHARED_DATA)) / "bccd"
+
+#: the network's shape: give it to every config that builds the detector
+SHAPE = ["--width", "8", "--fpn_channels", "16", "--returned_layers", "[1,2]", "--anchor_shapes", "[[4,4],[6,6],[8,8]]",
+         "--image_size", "[64,64]"]
+#: shrinking overrides besides the shape: 24 training images (the synthetic default), 1 epoch, 1-step attacks
+TINY = {"batch_size": "8", "epochs": "1", "val_interval": "1", "attack_steps": "1"}
+
+BCCD = Bundle(BUNDLE, TINY)
+
+
+def run_bundle(configs: tuple[str, ...], *args: str, expect_ok: bool = True):
+    return BCCD.run(configs, *args, expect_ok=expect_ok)
+
+
+def tiny(**changes: str) -> list[str]:
+    return [*BCCD.tiny(**changes), *SHAPE]
+
+
+def _metrics_csv(path: Path) -> dict[str, float]:
+    """MONAI MetricsSaver's metrics.csv as a dict."""
+    return {k: float(v) for k, v in (ln.split(",") for ln in path.read_text().splitlines() if ln.strip())}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# shared runs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bccd_bundle")
+
+
+@pytest.fixture(scope="module")
+def std(root) -> Path:
+    """STD trained once (1 epoch); the default synthetic dataset is written to root/data on the way."""
+    proc = run_bundle(("train",), *tiny(), "--output_root", str(root))
+    assert "SYNTHETIC DATA" in proc.stdout
+    return root / "models" / "std"
+
+
+@pytest.fixture(scope="module")
+def thresholds(std, root) -> Path:
+    run_bundle(("train", "thresholds"), *tiny(), "--output_root", str(root))
+    return std / "thresholds.json"
+
+
+@pytest.fixture(scope="module")
+def amat(thresholds, root) -> Path:
+    run_bundle(("train", "amat"), *tiny(), "--output_root", str(root))
+    return root / "models" / "amat"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# training configs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_std_training_writes_model_and_checkpoints(std, root):
+    for name in ("model.pt", "checkpoint.pt", "model_best_val.pt"):
+        assert (std / name).is_file(), name
+    ckpt = load(std / "checkpoint.pt")
+    assert epoch_of(ckpt) == 1 and set(load(std / "model.pt")) == set(ckpt["model"])
+    assert {"random_states", "validation", "optimizer", "lr_scheduler"} <= set(ckpt)
+    data = root / "data" / "synthetic_voc"
+    assert (data / "SYNTHETIC_DATA.txt").is_file() and len(list((data / "JPEGImages").glob("*.jpg"))) == 40
+
+
+def test_thresholds_have_the_two_detection_terms(thresholds):
+    data = json.loads(thresholds.read_text())
+    assert data["term_names"] == ["classification", "box_regression"]
+    assert len(data["xi"]) == 2 and all(x > 0 for x in data["xi"])
+    assert data["num_samples"] == 24 and data["rule"] == "mean_std"  # the paper's rule for detection
+
+
+def test_vat_training(root, std):
+    run_bundle(("train", "vat"), *tiny(), "--train_eps", "2", "--output_root", str(root))
+    assert (root / "models" / "vat_eps2" / "model.pt").is_file()
+
+
+def test_teat_training_ensembles_class_probabilities_and_box_codes(root, std):
+    # batch 4: 6 iterations, the last 3 in the second half of training, where the ensemble starts
+    run_bundle(("train", "teat"), *tiny(batch_size="4"), "--train_eps", "2", "--output_root", str(root))
+    ensemble = load(root / "models" / "teat_eps2" / "checkpoint.pt")["teat_ensemble"]
+    anchors = 3 * (16 * 16 + 8 * 8 + 4 * 4)  # 3 anchors per location at strides 4, 8, 16 of a 64 x 64 input
+    assert ensemble["num_samples"] == 24 and ensemble["ema"].dtype == torch.float16
+    assert ensemble["ema"].shape == (24, anchors * (3 + 4))
+    assert int((ensemble["count"] > 0).sum()) == 12
+
+
+def test_amat_training_saves_margins(amat):
+    with open(amat / "margins.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 24
+    margins = load(amat / "checkpoint.pt")["margins"]
+    assert margins["num_samples"] == 24 and margins["epochs_completed"] == 1
+    assert float(margins["margins"].min()) >= 1.0 - 1e-6  # floored at the expansion step
+
+
+def test_resume_continues_the_run(root, std, tmp_path):
+    out = ["--output_root", str(tmp_path), "--dataset_dir", str(root / "data" / "synthetic_voc")]
+    run_bundle(("train",), *tiny(), *out)
+    run_bundle(("train",), *tiny(epochs="2"), *out, "--resume", "true")
+    assert epoch_of(load(tmp_path / "models" / "std" / "checkpoint.pt")) == 2
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# evaluation
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_evaluate_and_robustness(root, amat):
+    run_bundle(("train", "evaluate"), *tiny(), "--run_name", "amat", "--max_test_images", "4", "--output_root",
+               str(root))
+    metrics = _metrics_csv(root / "eval" / "amat" / "metrics.csv")
+    assert 0 <= metrics["test_mAP"] <= 1 and {"test_mAP_mAP50", "test_mAP_AP_RBC", "test_mAP_AP_Platelets"} <= set(metrics)
+    run_bundle(("train", "evaluate", "robustness"), *tiny(), "--run_name", "amat", "--max_test_images", "4",
+               "--pgd_steps", "2", "--ifgsm_steps", "1", "--output_root", str(root))
+    report = json.loads((root / "eval" / "amat" / "robustness.json").read_text())
+    settings = report["settings"]
+    assert settings["eps"] == [5.0, 10.0, 15.0] and settings["input_shape"] == [3, 64, 64]
+    assert [m["name"] for m in settings["metrics"]] == ["mAP", "mAP50", "AP_RBC", "AP_WBC", "AP_Platelets"]
+    assert settings["per_sample"] is False and settings["higher_is_better"] is True
+    assert settings["dataset"]["synthetic"] is True
+    s = report["summary"]
+    assert s["metric"] == "mAP" and s["clean"] == pytest.approx(metrics["test_mAP"], abs=1e-6)
+    rows = list(csv.DictReader((root / "eval" / "amat" / "robustness.csv").open()))
+    assert len(rows) == 4 * (1 + 2 * 3) and {"loss", "norm", "name"} <= set(rows[0])  # per image: clean, attacks x eps
+    for r in rows:
+        assert float(r["norm"]) <= float(r["eps"]) * (1 + 1e-4) + 1e-6
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# inference
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_inference_writes_boxes_in_the_original_frame(root, std, tmp_path):
+    from PIL import Image
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    source = root / "data" / "synthetic_voc" / "JPEGImages" / "synthetic_0005.jpg"
+    with Image.open(source) as im:
+        im.save(inputs / "a.png")
+        im.resize((320, 240)).save(inputs / "b.jpg")  # another size
+    out = tmp_path / "out"
+    # a low score threshold: a one-epoch model has low scores, and the JSON must hold boxes to check
+    run_bundle(("inference",), *SHAPE, "--input_dir", str(inputs), "--output_dir", str(out), "--model_path",
+               str(std / "model.pt"), "--score_threshold", "0.0", "--output_root", str(root))
+    for stem, size in (("a", [160, 120]), ("b", [320, 240])):
+        record = json.loads((out / f"{stem}.json").read_text())
+        assert record["image_size"] == size and record["classes"] == ["RBC", "WBC", "Platelets"]
+        assert record["network_input_size"] == [64, 64] and record["detections"]
+        scores = [d["score"] for d in record["detections"]]
+        assert scores == sorted(scores, reverse=True)
+        for d in record["detections"]:
+            x0, y0, x1, y1 = d["box"]
+            assert 0 <= x0 <= x1 <= size[0] + 0.01 and 0 <= y0 <= y1 <= size[1] + 0.01
+        with Image.open(out / f"{stem}_overlay.png") as ov:
+            assert list(ov.size) == size
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# bad input
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_error_not_a_dataset(tmp_path):
+    (tmp_path / "data" / "JPEGImages").mkdir(parents=True)
+    proc = run_bundle(("train",), *tiny(), "--dataset_dir", str(tmp_path / "data"), "--output_root", str(tmp_path),
+                      expect_ok=False)
+    assert str(tmp_path / "data") in last_error(proc)
+
+
+def test_error_amat_without_thresholds(root, std, tmp_path):
+    proc = run_bundle(("train", "amat"), *tiny(), "--dataset_dir", str(root / "data" / "synthetic_voc"),
+                      "--output_root", str(tmp_path), expect_ok=False)
+    err = last_error(proc)
+    assert str(tmp_path / "models" / "std" / "thresholds.json") in err and "configs/thresholds.json" in err
+
+
+def test_error_evaluate_without_model(root, std):
+    proc = run_bundle(("train", "evaluate"), *tiny(), "--run_name", "vat_eps9", "--output_root", str(root),
+                      expect_ok=False)
+    assert str(root / "models" / "vat_eps9" / "model.pt") in last_error(proc)
+
+
+def test_error_model_of_another_shape(root, std, tmp_path):
+    proc = run_bundle(("inference",), "--output_dir", str(tmp_path), "--model_path", str(std / "model.pt"),
+                      "--output_root", str(root), expect_ok=False)  # default shape, tiny weights
+    err = last_error(proc)
+    assert "--fpn_channels" in err and "profile" in err
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# model-zoo checks, several processes, the experiment tool
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_verify_metadata():
+    run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", META, "--filepath", SCHEMA])
+
+
+CHECK_PROPERTIES = """
+import sys
+from monai.bundle import ConfigWorkflow
+configs, kind, root = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
+w = ConfigWorkflow(config_file=configs, meta_file="{meta}", workflow_type=kind, output_root=root, width=8,
+                   fpn_channels=16)
+w.initialize()
+print("MISSING", w.check_properties())
+"""
+
+
+@pytest.mark.parametrize("kind,configs", [("train", ("train",)), ("infer", ("inference",))])
+def test_check_properties(kind, configs, root, std):
+    files = ",".join(f"{CONFIGS}/{c}.json" for c in configs)
+    proc = run([sys.executable, "-c", CHECK_PROPERTIES.format(meta=META), files, kind, str(root)])
+    assert "MISSING []" in proc.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_amat_on_two_processes(root, thresholds, tmp_path):
+    """multi_gpu_train.json: two processes (gloo on the CPU) train AMAT; process 0 saves the bare network and the
+    margins of every training image (BatchNorm statistics are per process, so the margins are not compared with a
+    one-process run as the hippocampus test does)."""
+    data = ["--dataset_dir", str(root / "data" / "synthetic_voc"), "--output_root", str(root)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "monai.bundle", "run", "--config_file",
+           BCCD.config_list("train", "amat", "multi_gpu_train"), *tiny(batch_size="4"), *data, "--run_name", "amat_two"]
+    run(cmd)
+    ckpt = load(root / "models" / "amat_two" / "checkpoint.pt")
+    assert ckpt["trainer"]["iteration"] == 3  # 24 images on 2 processes, 4 per batch
+    assert ckpt["margins"]["num_samples"] == 24 and int(ckpt["margins"]["epochs_completed"]) == 1
+    assert set(ckpt["model"]) == set(load(root / "models" / "std" / "model.pt"))  # no "module." prefix
+
+
+def test_experiment_plan_of_the_quick_profile(tmp_path):
+    proc = run([sys.executable, "scripts/experiment.py", "--bundle", BUNDLE, "--profile", "quick", "--output_root",
+                str(tmp_path), "--dry_run"])
+    for stage in ("std", "thresholds", "vat_eps10", "teat_eps10", "amat", "robustness_amat", "report"):
+        assert f" {stage} " in proc.stdout or f" {stage}:" in proc.stdout, stage
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not (REAL / "BCCD" / "Annotations").is_dir(),
+                    reason=f"the BCCD data is not at {REAL} (../shared/data/bccd beside the repo)")
+def test_one_short_epoch_on_the_real_images(tmp_path):
+    proc = run_bundle(("train",), *tiny(image_size="[160,160]"), "--max_images", "8", "--max_val_images", "4",
+                      "--dataset_dir", str(REAL.resolve()), "--output_root", str(tmp_path))
+    assert epoch_of(load(tmp_path / "models" / "std" / "checkpoint.pt")) == 1
+    assert "SYNTHETIC DATA" not in proc.stdout and not (tmp_path / "data").exists()
