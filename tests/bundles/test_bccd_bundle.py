@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle_run import REPO, SHARED_DATA, Bundle, epoch_of, last_error, load, run
+from bundle_run import SHARED_DATA, Bundle, epoch_of, last_error, load, run
 
 pytestmark = pytest.mark.slow
 

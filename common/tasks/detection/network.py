@@ -22,7 +22,6 @@ from typing import Sequence
 
 import torch
 from monai.networks.nets import resnet
-from monai.utils import optional_import
 
 __all__ = ["BACKBONES", "build_retinanet", "build_detector", "level_strides"]
 
