@@ -217,7 +217,7 @@ def test_whole_study_on_tiny_synthetic_data(tmp_path):
         assert "--eval_split test" in record["command"] and record["status"] == "done"
         assert (root / "test" / "eval" / run / "robustness.json").is_file()
     table = (root / "test" / "report" / "results.md").read_text()
-    assert "| amat_ft (fine-tuned) |" in table or choice["run"] == "amat_scratch"
+    assert "| AMAT (ft) (fine-tuned) |" in table or choice["run"] == "amat_scratch"
     md = (s / "study.md").read_text()
     assert "Choice (" in md and "| **" + choice["run"] + "** |" in md
     # the same command again: nothing to do

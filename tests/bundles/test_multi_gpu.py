@@ -45,15 +45,17 @@ def test_two_processes_hold_the_state_of_one(tmp_path):
     HIPPOCAMPUS.run(("train", "thresholds"), *HIPPOCAMPUS.tiny(), *out)
     data = ["--dataset_dir", str(tmp_path / "data" / "synthetic_msd")]  # written once, read by both processes
 
-    HIPPOCAMPUS.run(("train", "amat"), *HIPPOCAMPUS.tiny(), *FROZEN, *out, *data, "--run_name", "amat_one")
-    _torchrun(("train", "amat", "multi_gpu_train"), *HIPPOCAMPUS.tiny(), *FROZEN, *out, *data, "--run_name", "amat_two")
+    # a small initial margin: the frozen one-epoch STD model passes the xi test there, so margins do expand
+    amat = [*HIPPOCAMPUS.tiny(), *FROZEN, *out, *data, "--initial_margin", "0.1"]
+    HIPPOCAMPUS.run(("train", "amat"), *amat, "--run_name", "amat_one")
+    _torchrun(("train", "amat", "multi_gpu_train"), *amat, "--run_name", "amat_two")
     one, two = load(tmp_path / "models" / "amat_one" / "checkpoint.pt"), load(tmp_path / "models" / "amat_two" /
                                                                                "checkpoint.pt")
     assert one["trainer"]["iteration"] == 2 * 5 and two["trainer"]["iteration"] == 2 * 3  # 72 slices: 16 per batch
     m1, m2 = one["margins"], two["margins"]
     assert int(m2["epochs_completed"]) == 2
     assert torch.allclose(m1["margins"], m2["margins"], atol=1e-4), (m1["margins"] - m2["margins"]).abs().max()
-    assert float(m1["margins"].max()) > 1.0  # some slices expanded: the comparison is not trivial
+    assert float(m1["margins"].max()) > 0.1 + 1e-6  # some slices expanded: the comparison is not trivial
     assert set(two["model"]) == set(one["model"])  # process 0 saved the bare network, not the DDP wrapper
 
     args = [*HIPPOCAMPUS.tiny(), *FROZEN, *out, *data, "--train_eps", "2"]
