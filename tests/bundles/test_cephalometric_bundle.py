@@ -128,6 +128,28 @@ def test_amat_training_saves_margins(amat):
     assert float(margins["margins"].min()) >= 0.1 - 1e-6  # floored at the expansion step
 
 
+def test_finetuned_amat_with_target_margin(root, thresholds):
+    """The quick profile's AMAT: finetune.json after amat.json starts from the STD weights (provenance recorded), with
+    the schedule-aware margin (target 2 over the 1 epoch of this run: Delta = A = 2, capped at 2)."""
+    proc = run_bundle(("train", "amat", "finetune"), *tiny(), "--margin_rule", "target", "--target_margin", "2",
+                      "--run_name", "amat_ft", "--output_root", str(root))
+    run_dir = root / "models" / "amat_ft"
+    std_model = root / "models" / "std" / "model.pt"
+    record = json.loads((run_dir / "init_from.json").read_text())
+    assert record["init_from"] == str(std_model.resolve()) and record["skipped"] == []
+    assert f"Fine-tuning from {std_model.resolve()}" in proc.stdout
+    margins = load(run_dir / "checkpoint.pt")["margins"]
+    assert margins["config"]["target_margin"] == 2.0 and margins["config"]["epochs"] == 1
+    assert margins["config"]["expansion_step"] == 2.0 and margins["config"]["max_margin"] == 2.0
+    assert float(margins["margins"].min()) >= 2.0 and float(margins["margins"].max()) <= 2.0
+
+
+def test_finetuned_vat(root, std):
+    run_bundle(("train", "vat", "finetune"), *tiny(), "--train_eps", "2", "--run_name", "vat_eps2_ft",
+               "--output_root", str(root))
+    assert json.loads((root / "models" / "vat_eps2_ft" / "init_from.json").read_text())["skipped"] == []
+
+
 def test_std_with_the_bce_heatmap_loss_and_the_csv_layout(tmp_path):
     from robust_bundles.data.ceph import write_synthetic_ceph
 
@@ -285,6 +307,8 @@ def test_experiment_plans_of_the_profiles(tmp_path):
     for stage in ("std", "thresholds", "vat_eps3", "teat_eps3", "amat", "robustness_std", "robustness_amat", "report"):
         assert _has_stage(quick, stage), stage
     assert not _has_stage(quick, "std_bce")  # the STD (BCE) row costs another STD training: paper profile only
+    # the quick profile fine-tunes VAT, TEAT and AMAT from its STD model for 10 epochs (paper: from scratch)
+    assert "fine-tuned: VAT from std, TEAT from std, AMAT from std (10 epochs)" in quick
     paper = _planned("paper", tmp_path / "paper")
     for stage in ("std_bce", "vat_eps5", "teat_eps5", "robustness_std_bce"):
         assert _has_stage(paper, stage), stage
