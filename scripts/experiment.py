@@ -367,6 +367,8 @@ class Experiment:
         self.output_root = Path(output_root).expanduser().resolve() if output_root else default_root
         self.dataset_dir = Path(dataset_dir).expanduser().resolve() if dataset_dir else None
         self.inits = _inits(experiment, inits or {})
+        if finetune_epochs is None and "epochs" in override:  # --override epochs N: every run is N epochs long
+            finetune_epochs = override["epochs"]
         self.finetune_epochs = _epochs(finetune_epochs if finetune_epochs is not None
                                        else experiment.get("finetune_epochs"))
         if any(v != SCRATCH for v in self.inits.values()) and not (cfg / FINETUNE_CONFIG).is_file():
@@ -645,8 +647,9 @@ def main(
             model) or a model.pt / checkpoint.pt file; default: the profile's "amat_init", else scratch.
         vat_init: the same for the VAT runs.
         teat_init: the same for the TEAT runs.
-        finetune_epochs: epochs of the fine-tuned runs (their own optimizer and schedule); default: the profile's
-            "finetune_epochs", else the profile's epochs.
+        finetune_epochs: epochs of the fine-tuned runs (their own optimizer and schedule); default: the epochs of
+            ``--override`` if it sets them (every run is then that long), else the profile's "finetune_epochs", else
+            the profile's epochs.
         dry_run: print the plan and the commands, run nothing.
     """
     t0 = time.time()

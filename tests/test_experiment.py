@@ -137,8 +137,8 @@ def test_dry_run_hippocampus_lists_stages_with_profile_last(tmp_path):
         if name in overlays:
             assert files[:-1] == [f"configs/{f}" for f in overlays[name]]
         assert arg(cmd, "--output_root") == str(out_root) and "--dataset_dir" not in cmd
-        # the fine-tuned AMAT trains the profile's finetune_epochs (6), the stage's own setting over --override
-        assert arg(cmd, "--epochs") == ("6" if name == "amat" else "2"), name
+        # --override epochs 2: every run is 2 epochs long, the fine-tuned AMAT too (not the profile's finetune_epochs 6)
+        assert arg(cmd, "--epochs") == "2", name
         assert arg(cmd, "--amp") == "False" and arg(cmd, "--filters") == "[8, 16]"
         # a key goes only to the stages whose configs have it (a bundle run refuses unknown keys)
         assert arg(cmd, "--max_margin") == ("None" if name == "amat" else None), name
@@ -181,6 +181,11 @@ def test_fine_tuning_options(bundle, capsys, tmp_path):
     assert arg(cmds["amat"], "--epochs") == "4" and "--init_from" not in cmds["amat"]
     assert "configs/finetune.json" not in config_files(cmds["vat_eps3"]) and "--epochs" not in cmds["vat_eps3"]
     assert "fine-tuned: AMAT from std (4 epochs)" in out
+    # --finetune_epochs wins over the epochs of --override, which set only the runs from scratch then
+    rc, out, err = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--dry_run", "--amat_init", "std",
+                            "--finetune_epochs", "4", "--override", '{"epochs": 3}')
+    assert rc == 0, err
+    assert arg(commands(out)["amat"], "--epochs") == "4" and arg(commands(out)["std"], "--epochs") == "3"
     # a model file, for VAT; the epochs default to the profile's (no --epochs)
     weights = tmp_path / "zoo" / "model.pt"
     weights.parent.mkdir()
