@@ -7,6 +7,8 @@ unless a test says otherwise.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -83,3 +85,21 @@ class Bundle:
         cmd = [python, "-m", "monai.bundle", "run", "--config_file",
                self.config_list(*configs, configs_dir=configs_dir), *args]
         return run(cmd, expect_ok=expect_ok, timeout=timeout, cwd=cwd, python_env=python_env)
+
+    def check_finetuned_amat(self, root: Path, target_margin: float, *args: str) -> subprocess.CompletedProcess:
+        """Train AMAT with finetune.json after amat.json and the schedule-aware margin over the one epoch of a tiny
+        run (Delta = A = cap = ``target_margin``); check that it started from root's STD weights (provenance
+        recorded and logged) and that every margin equals the target. Returns the training process."""
+        proc = self.run(("train", "amat", "finetune"), *self.tiny(), *args, "--margin_rule", "target",
+                        "--target_margin", str(target_margin), "--run_name", "amat_ft", "--output_root", str(root))
+        run_dir, std_model = root / "models" / "amat_ft", root / "models" / "std" / "model.pt"
+        record = json.loads((run_dir / "init_from.json").read_text())
+        assert record["init_from"] == str(std_model.resolve()) and record["max_epochs"] == 1
+        assert record["sha256"] == hashlib.sha256(std_model.read_bytes()).hexdigest() and record["skipped"] == []
+        assert f"Fine-tuning from {std_model.resolve()}" in proc.stdout
+        margins = load(run_dir / "checkpoint.pt")["margins"]
+        assert margins["version"] == 2 and margins["config"]["epochs"] == 1
+        assert margins["config"]["target_margin"] == margins["config"]["expansion_step"] == target_margin
+        assert margins["config"]["max_margin"] == target_margin
+        assert torch.all(margins["margins"] == torch.tensor(target_margin, dtype=margins["margins"].dtype))
+        return proc

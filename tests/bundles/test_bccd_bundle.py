@@ -126,6 +126,12 @@ def test_amat_training_saves_margins(amat):
     assert float(margins["margins"].min()) >= 1.0 - 1e-6  # floored at the expansion step
 
 
+def test_finetuned_amat_with_target_margin(root, thresholds):
+    """Robust fine-tuning of a trained detector: AMAT from the STD weights with the schedule-aware margin (target 15,
+    the largest evaluated eps, over the 1 epoch of this run: Delta = A = 15, capped at 15)."""
+    BCCD.check_finetuned_amat(root, 15.0, *SHAPE)
+
+
 def test_resume_continues_the_run(root, std, tmp_path):
     out = ["--output_root", str(tmp_path), "--dataset_dir", str(root / "data" / "synthetic_voc")]
     run_bundle(("train",), *tiny(), *out)

@@ -129,19 +129,9 @@ def test_amat_training_saves_margins(amat):
 
 
 def test_finetuned_amat_with_target_margin(root, thresholds):
-    """The quick profile's AMAT: finetune.json after amat.json starts from the STD weights (provenance recorded), with
-    the schedule-aware margin (target 2 over the 1 epoch of this run: Delta = A = 2, capped at 2)."""
-    proc = run_bundle(("train", "amat", "finetune"), *tiny(), "--margin_rule", "target", "--target_margin", "2",
-                      "--run_name", "amat_ft", "--output_root", str(root))
-    run_dir = root / "models" / "amat_ft"
-    std_model = root / "models" / "std" / "model.pt"
-    record = json.loads((run_dir / "init_from.json").read_text())
-    assert record["init_from"] == str(std_model.resolve()) and record["skipped"] == []
-    assert f"Fine-tuning from {std_model.resolve()}" in proc.stdout
-    margins = load(run_dir / "checkpoint.pt")["margins"]
-    assert margins["config"]["target_margin"] == 2.0 and margins["config"]["epochs"] == 1
-    assert margins["config"]["expansion_step"] == 2.0 and margins["config"]["max_margin"] == 2.0
-    assert float(margins["margins"].min()) >= 2.0 and float(margins["margins"].max()) <= 2.0
+    """The quick profile's AMAT: fine-tuned from the STD weights with the schedule-aware margin (target 2 over the 1
+    epoch of this run: Delta = A = 2, capped at 2)."""
+    CEPH.check_finetuned_amat(root, 2.0)
 
 
 def test_finetuned_vat(root, std):

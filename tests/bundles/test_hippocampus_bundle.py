@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 import torch
 
-import robust_bundles.thresholds
 
 pytestmark = pytest.mark.slow
 
@@ -131,19 +130,7 @@ def test_amat_training_saves_margins(amat):
 def test_finetuned_amat_with_target_margin(root, thresholds):
     """finetune.json after amat.json: AMAT starts from the STD weights (provenance recorded) with the schedule-aware
     margin (target 4 over the 1 epoch of this run: Delta = A = 4, capped at 4)."""
-    proc = run_bundle(("train", "amat", "finetune"), *tiny(), "--margin_rule", "target", "--target_margin", "4",
-                      "--run_name", "amat_ft", "--output_root", str(root))
-    run_dir = root / "models" / "amat_ft"
-    std_model = root / "models" / "std" / "model.pt"
-    record = json.loads((run_dir / "init_from.json").read_text())
-    assert record["init_from"] == str(std_model.resolve()) and record["max_epochs"] == 1
-    assert record["sha256"] == robust_bundles.thresholds.sha256_file(std_model) and record["skipped"] == []
-    assert f"Fine-tuning from {std_model.resolve()}" in proc.stdout
-    margins = load(run_dir / "checkpoint.pt")["margins"]
-    assert margins["version"] == 2
-    assert margins["config"]["target_margin"] == 4.0 and margins["config"]["epochs"] == 1
-    assert margins["config"]["expansion_step"] == 4.0 and margins["config"]["max_margin"] == 4.0
-    assert float(margins["margins"].min()) >= 4.0 and float(margins["margins"].max()) <= 4.0
+    HIPPOCAMPUS.check_finetuned_amat(root, 4.0)
 
 
 def test_resume_restores_margins_optimizer_scheduler_and_epoch(root, thresholds):
