@@ -21,7 +21,9 @@ Fine-tuning: ``--amat_init std`` (likewise ``--vat_init``, ``--teat_init``; or a
 starts that method's runs from the trained weights instead of a random initialisation: the stage stacks
 ``finetune.json`` after the method overlay, trains ``--finetune_epochs`` epochs (default: the profile's) with a fresh
 optimizer and schedule, and the report marks the run as fine-tuned. ``scratch`` (the default) trains from scratch.
-The profile's "experiment" dict may set ``amat_init``, ``vat_init``, ``teat_init`` and ``finetune_epochs``.
+The profile's "experiment" dict may set ``amat_init``, ``vat_init``, ``teat_init`` and ``finetune_epochs``, and
+``amat_override`` (likewise ``vat_override``, ``teat_override``): config overrides of that method's training runs only,
+e.g. ``{"attack_steps": 5}``; a key of ``--override`` wins over them.
 
 Resume: a stage is skipped when its output exists, is newer than its inputs, and was made with the same command
 (recorded in ``logs/<stage>.json``); stages after a re-run stage that read its output run again. A training stage that
@@ -230,6 +232,29 @@ def _inits(experiment: dict, given: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+#: the overlay that makes a training stage a method's run
+METHOD_OVERLAYS = {"vat.json": "VAT", "teat.json": "TEAT", "amat.json": "AMAT"}
+
+
+def method_overrides_of(experiment: dict) -> dict[str, dict]:
+    """The profile's ``amat_override``, ``vat_override`` and ``teat_override``: config overrides of that method's
+    training runs only (e.g. ``{"attack_steps": 5}`` for AMAT while VAT and TEAT keep the profile's 3), by method.
+    A key given with ``--override`` wins over them."""
+    out = {}
+    for method in METHOD_OVERLAYS.values():
+        key = f"{method.lower()}_override"
+        value = experiment.get(key) or {}
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ExperimentError(f"experiment.{key} must be a dict of config overrides such as "
+                                  f"{{\"attack_steps\": 5}}; got {value!r}.")
+        reserved = {"output_root", "dataset_dir", "run_name", "train_eps", "resume", "epochs"} & set(value)
+        if reserved:
+            raise ExperimentError(f"experiment.{key} cannot set {sorted(reserved)}: use the tool's own options "
+                                  f"(--finetune_epochs, --vat_eps/--teat_eps, ...).")
+        out[method] = dict(value)
+    return out
+
+
 def _epochs(value: Any) -> int | None:
     if value is None:
         return None
@@ -376,6 +401,11 @@ class Experiment:
                                   f"which does not exist: add it (see the hippocampus bundle) or use scratch.")
         self.stages = build_stages(self.vat_eps, self.teat_eps, self.inits, self.finetune_epochs,
                                    self.extra_runs)
+        self.method_overrides = method_overrides_of(experiment)
+        for stage in self.stages:  # under the stage's own arguments and under --override
+            method = METHOD_OVERLAYS.get(stage.configs[1]) if stage.kind == "train" and len(stage.configs) > 1 else None
+            extra = {k: v for k, v in self.method_overrides.get(method, {}).items() if k not in override}
+            stage.args = {**extra, **stage.args}
         self._stage_keys_cache: dict[str, set[str]] = {}
         self.check_overrides()
 

@@ -214,6 +214,29 @@ def test_fine_tuning_options(bundle, capsys, tmp_path):
     assert rc == 1 and "needs configs/finetune.json" in err
 
 
+def test_method_overrides_of_the_profile(bundle, capsys):
+    """experiment.amat_override: config overrides of the AMAT runs only, under --override and the stage's own args."""
+    train = json.loads((bundle / "configs" / "train.json").read_text())
+    _write(bundle / "configs" / "train.json", {**train, "attack_steps": 3})  # a key every training run has
+    override = '{"experiment": {"amat_override": {"attack_steps": 5, "amat_beta": 0.7}}}'
+    rc, out, err = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--dry_run", "--override", override)
+    assert rc == 0, err
+    cmds = commands(out)
+    assert arg(cmds["amat"], "--attack_steps") == "5" and arg(cmds["amat"], "--amat_beta") == "0.7"
+    assert "--attack_steps" not in cmds["vat_eps3"] and "--attack_steps" not in cmds["std"]
+    assert "--attack_steps" not in cmds["robustness_amat"]  # training runs only
+    # a key of --override wins (a smoke test shrinks every run)
+    rc, out, _ = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--dry_run", "--override",
+                          override[:-1] + ', "attack_steps": 1}')
+    assert arg(commands(out)["amat"], "--attack_steps") == "1" and arg(commands(out)["vat_eps3"], "--attack_steps") == "1"
+    rc, _, err = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--dry_run", "--override",
+                          '{"experiment": {"vat_override": {"epochs": 3}}}')
+    assert rc == 1 and "experiment.vat_override cannot set ['epochs']" in err
+    rc, _, err = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--dry_run", "--override",
+                          '{"experiment": {"teat_override": [1]}}')
+    assert rc == 1 and "experiment.teat_override must be a dict" in err
+
+
 def test_bad_options_are_clear_errors(bundle, capsys):
     rc, _, err = run_tool(capsys, "--bundle", bundle, "--profile", "nope", "--dry_run")
     assert rc == 1 and "No profile 'nope'" in err and "tiny" in err
