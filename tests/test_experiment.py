@@ -146,6 +146,8 @@ def test_dry_run_hippocampus_lists_stages_with_profile_last(tmp_path):
     assert arg(cmds["teat_eps6"], "--train_eps") == "6"
     assert arg(cmds["robustness_teat_eps6"], "--run_name") == "teat_eps6"
     assert "--train_eps" not in cmds["amat"] and "--resume" not in cmds["std"]
+    # the study's choice: AMAT trains with 5 PGD steps (the profile's amat_override), VAT and TEAT with the profile's 3
+    assert arg(cmds["amat"], "--attack_steps") == "5" and "--attack_steps" not in cmds["vat_eps2"]
 
 
 def test_default_output_root_and_eps_options(bundle, capsys, tmp_path):
