@@ -11,8 +11,9 @@ stage machinery of ``scripts/experiment.py``: a stage whose output exists and wh
 an interrupted training resumes, so running the same command again continues where it stopped):
 
 1. Phase "validation": STD (the profile's training), the thresholds xi with two rules (mean + 2 std, the 0.9
-   quantile), VAT at several noise levels from scratch (the frontier a fixed noise level can reach) and fine-tuned from
-   STD, TEAT, and every AMAT configuration of the grid (:data:`DEFAULT_GRID`: from scratch or fine-tuned from STD,
+   quantile), VAT at several noise levels fine-tuned from STD for the same epochs as the fine-tuned AMAT (the
+   frontier a fixed noise level can reach at that budget; ``--vat_eps`` adds VAT from scratch), TEAT fine-tuned, and
+   every AMAT configuration of the grid (:data:`DEFAULT_GRID`: from scratch or fine-tuned from STD,
    the paper's fixed Delta 1/2/3 or the schedule-aware margin, training attack steps 3/5, xi rule, epochs 6/9).
    Each model is evaluated on the first ``--val_cases`` cases of the validation split (the profile's PGD, its
    foreground-slices setting; IFGSM is skipped there, the choice reads PGD only). The study report
@@ -218,9 +219,9 @@ class Study(tool.Experiment):
     """
 
     def __init__(self, bundle: str, dataset_dir: str | None, output_root: str | None, profile: str = "quick",
-                 override: Any = None, grid: Any = None, vat_eps: Any = (1, 2, 4, 6), vat_ft_eps: Any = (2, 4),
-                 teat_eps: Any = (6,), val_cases: int = 8, finetune_epochs: int = 6,
-                 clean_tolerance: float = 0.03, teat_ft_eps: Any = (), test_baselines: str = "best") -> None:
+                 override: Any = None, grid: Any = None, vat_eps: Any = (), vat_ft_eps: Any = (2, 4, 6, 8),
+                 teat_eps: Any = (), val_cases: int = 8, finetune_epochs: int = 6,
+                 clean_tolerance: float = 0.03, teat_ft_eps: Any = (6,), test_baselines: str = "best") -> None:
         super().__init__(bundle, profile, dataset_dir, output_root, override, vat_eps=[], teat_eps=[])
         if output_root is None:
             self.output_root = self.bundle / "runs" / "amat_study"
@@ -674,10 +675,10 @@ def main(
     profile: str = "quick",
     phase: str = "all",
     grid: Any = None,
-    vat_eps: Any = (1, 2, 4, 6),
-    vat_ft_eps: Any = (2, 4),
-    teat_eps: Any = (6,),
-    teat_ft_eps: Any = (),
+    vat_eps: Any = (),
+    vat_ft_eps: Any = (2, 4, 6, 8),
+    teat_eps: Any = (),
+    teat_ft_eps: Any = (6,),
     test_baselines: str = "best",
     val_cases: int = 8,
     finetune_epochs: int = 6,
@@ -697,9 +698,9 @@ def main(
         phase: "validation" (train and choose), "test" (evaluate the choice once on the test split) or "all".
         grid: the AMAT configurations: a JSON list of dicts (keys of AmatConfig) or a JSON file; default: the
             DEFAULT_GRID of this script.
-        vat_eps: VAT noise levels trained from scratch (the frontier).
-        vat_ft_eps: VAT noise levels fine-tuned from STD for finetune_epochs epochs ("[]" for none).
-        teat_eps: TEAT noise levels (from scratch).
+        vat_eps: VAT noise levels trained from scratch (default none).
+        vat_ft_eps: VAT noise levels fine-tuned from STD for finetune_epochs epochs, the frontier ("[]" for none).
+        teat_eps: TEAT noise levels trained from scratch (default none).
         teat_ft_eps: TEAT noise levels fine-tuned from STD for finetune_epochs epochs.
         test_baselines: which baselines the test phase evaluates besides STD and the choice: "best" (the VAT/TEAT
             run with the best validation PGD average; the cheap default) or "all" (every one, and the reference AMAT).

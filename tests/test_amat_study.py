@@ -128,13 +128,13 @@ def _arg(cmd, key):
 def test_dry_run_plan_and_commands(tmp_path):
     out = _dry_run(tmp_path)
     cmds = _commands(out)
-    assert "Plan: 35 stages, 0 done, 35 to run" in out and not (tmp_path / "out").exists()
+    assert "Plan: 31 stages, 0 done, 31 to run" in out and not (tmp_path / "out").exists()
     # training then its validation evaluation, one run after the other; the study report last
     names = list(cmds)
     assert names[:4] == ["std", "robustness_std", "thresholds", "thresholds_quantile"]
     assert names[4:6] == ["amat_ft6_m10", "robustness_amat_ft6_m10"]  # the base first
-    assert names.index("robustness_vat_eps2") == names.index("vat_eps2") + 1
-    assert "[35/35] study" in out and "Phase test: evaluates the chosen configuration" in out
+    assert names.index("robustness_vat_eps2_ft") == names.index("vat_eps2_ft") + 1
+    assert "[31/31] study" in out and "Phase test: evaluates the chosen configuration" in out
     base = cmds["amat_ft6_m10"]
     files = ast.literal_eval(base[base.index("--config_file") + 1])
     assert files == ["configs/train.json", "configs/amat.json", "configs/finetune.json", "configs/profiles/quick.json"]
@@ -156,7 +156,11 @@ def test_dry_run_plan_and_commands(tmp_path):
     vat = cmds["vat_eps4_ft"]
     assert _arg(vat, "--init_from") is None and "configs/finetune.json" in vat[vat.index("--config_file") + 1]
     assert (_arg(vat, "--train_eps"), _arg(vat, "--epochs"), _arg(vat, "--attack_steps")) == ("4", "6", "3")
-    assert _arg(cmds["vat_eps6"], "--epochs") is None
+    # the default baselines: VAT fine-tuned at 2, 4, 6, 8 and TEAT 6 fine-tuned, none from scratch
+    assert [n for n in names if n.startswith(("vat", "teat"))] == [
+        "vat_eps2_ft", "vat_eps4_ft", "vat_eps6_ft", "vat_eps8_ft", "teat_eps6_ft"]
+    teat = cmds["teat_eps6_ft"]
+    assert (_arg(teat, "--train_eps"), _arg(teat, "--epochs")) == ("6", "6") and "configs/teat.json" in teat[teat.index("--config_file") + 1]
 
 
 def test_test_phase_runs_best_or_all_baselines(tmp_path):
@@ -193,7 +197,7 @@ GRID = [{"name": "scratch", "init": "scratch", "margin_rule": "fixed", "expansio
 def test_whole_study_on_tiny_synthetic_data(tmp_path):
     root = tmp_path / "study"
     cmd = [sys.executable, str(SCRIPT), "--bundle", str(HIPPOCAMPUS), "--output_root", str(root), "--vat_eps", "[2]",
-           "--vat_ft_eps", "[]", "--teat_eps", "[]", "--val_cases", "1", "--finetune_epochs", "1",
+           "--vat_ft_eps", "[]", "--teat_eps", "[]", "--teat_ft_eps", "[]", "--val_cases", "1", "--finetune_epochs", "1",
            "--grid", json.dumps(GRID), "--override", json.dumps(TINY)]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert p.returncode == 0, f"{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
