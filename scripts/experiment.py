@@ -232,6 +232,8 @@ def _inits(experiment: dict, given: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+#: config keys the tool sets itself; neither --override nor a profile's method override may set them
+TOOL_KEYS = frozenset({"output_root", "dataset_dir", "run_name", "train_eps", "resume"})
 #: the overlay that makes a training stage a method's run
 METHOD_OVERLAYS = {"vat.json": "VAT", "teat.json": "TEAT", "amat.json": "AMAT"}
 
@@ -247,7 +249,7 @@ def method_overrides_of(experiment: dict) -> dict[str, dict]:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise ExperimentError(f"experiment.{key} must be a dict of config overrides such as "
                                   f"{{\"attack_steps\": 5}}; got {value!r}.")
-        reserved = {"output_root", "dataset_dir", "run_name", "train_eps", "resume", "epochs"} & set(value)
+        reserved = (TOOL_KEYS | {"epochs"}) & set(value)
         if reserved:
             raise ExperimentError(f"experiment.{key} cannot set {sorted(reserved)}: use the tool's own options "
                                   f"(--finetune_epochs, --vat_eps/--teat_eps, ...).")
@@ -378,7 +380,7 @@ class Experiment:
         if not isinstance(extra, dict):
             raise ExperimentError("--override: 'experiment' must be a dict such as {\"vat_eps\": [2]}.")
         experiment.update(extra)
-        reserved = {"output_root", "dataset_dir", "run_name", "train_eps", "resume"} & set(override)
+        reserved = TOOL_KEYS & set(override)
         if reserved:
             raise ExperimentError(f"--override cannot set {sorted(reserved)}: use the tool's own options "
                                   f"(--output_root, --dataset_dir, --vat_eps/--teat_eps).")
@@ -403,7 +405,7 @@ class Experiment:
                                    self.extra_runs)
         self.method_overrides = method_overrides_of(experiment)
         for stage in self.stages:  # under the stage's own arguments and under --override
-            method = METHOD_OVERLAYS.get(stage.configs[1]) if stage.kind == "train" and len(stage.configs) > 1 else None
+            method = next((METHOD_OVERLAYS[c] for c in stage.configs if c in METHOD_OVERLAYS), None)
             extra = {k: v for k, v in self.method_overrides.get(method, {}).items() if k not in override}
             stage.args = {**extra, **stage.args}
         self._stage_keys_cache: dict[str, set[str]] = {}

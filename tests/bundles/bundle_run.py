@@ -7,7 +7,6 @@ unless a test says otherwise.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -17,6 +16,8 @@ from typing import Mapping
 
 import pytest
 import torch
+
+import robust_bundles.thresholds
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -95,7 +96,7 @@ class Bundle:
         run_dir, std_model = root / "models" / "amat_ft", root / "models" / "std" / "model.pt"
         record = json.loads((run_dir / "init_from.json").read_text())
         assert record["init_from"] == str(std_model.resolve()) and record["max_epochs"] == 1
-        assert record["sha256"] == hashlib.sha256(std_model.read_bytes()).hexdigest() and record["skipped"] == []
+        assert record["sha256"] == robust_bundles.thresholds.sha256_file(std_model) and record["skipped"] == []
         assert f"Fine-tuning from {std_model.resolve()}" in proc.stdout
         margins = load(run_dir / "checkpoint.pt")["margins"]
         assert margins["version"] == 2 and margins["config"]["epochs"] == 1
