@@ -45,19 +45,29 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import fire
 
-from robust_bundles import layout, report  # noqa: E402
-from robust_bundles.bundle import unknown_override_errors  # noqa: E402
-from robust_bundles.finetune import INIT_RECORD  # noqa: E402
-from robust_bundles.io import atomic_write_json  # noqa: E402
+from . import layout, methods, report
+from .bundle import unknown_override_errors
+from .finetune import INIT_RECORD
+from .io import atomic_write_json
 
-BUNDLE_CONFIGS = (
-    "train.json", "vat.json", "teat.json", "amat.json", "thresholds.json", "evaluate.json", "robustness.json"
-)
-GROUPS = ("train", "vat", "teat", "robustness")
+BASE_CONFIGS = ("train.json", "thresholds.json", "evaluate.json", "robustness.json")
+"""The configs every bundle of the experiment has besides the method overlays (:mod:`robust_bundles.methods`)."""
+
+
+def bundle_configs() -> tuple[str, ...]:
+    """The configs an experiment needs: train.json, every registered method's overlay, thresholds, evaluate and
+    robustness."""
+    return (BASE_CONFIGS[0], *(m.overlay for m in methods.with_overlay()), *BASE_CONFIGS[1:])
+
+
+def groups() -> tuple[str, ...]:
+    """Stage groups of --stages/--force: train, each method with eps (its key: vat, teat), robustness."""
+    return ("train", *(m.key for m in methods.all_methods() if m.takes_eps), "robustness")
+
 REPORT_DIR = layout.report_dir("")
 LOG_DIR = layout.logs_dir("")
 
@@ -101,8 +111,8 @@ def robustness_file(run: str) -> str:
 
 
 THRESHOLDS_FILE = layout.thresholds_file("")
-FINETUNE_CONFIG = "finetune.json"
-SCRATCH = "scratch"
+FINETUNE_CONFIG = methods.FINETUNE_OVERLAY
+SCRATCH = methods.SCRATCH
 
 
 def finetune(stage: Stage, init: str | None, epochs: int | None = None) -> Stage:
@@ -111,7 +121,7 @@ def finetune(stage: Stage, init: str | None, epochs: int | None = None) -> Stage
     if init in (None, SCRATCH):
         return stage
     stage.configs = [*stage.configs, FINETUNE_CONFIG]
-    if init == report.run_name("STD"):
+    if init == methods.STD.run_name():
         stage.needs = [*stage.needs, model_file(init)]  # finetune.json's default init_from
     else:
         stage.needs = [*stage.needs, str(init)]
@@ -121,12 +131,18 @@ def finetune(stage: Stage, init: str | None, epochs: int | None = None) -> Stage
     return stage
 
 
-def build_stages(vat_eps: Sequence[float], teat_eps: Sequence[float], inits: dict[str, str] | None = None,
+def build_stages(eps_levels: Mapping[str, Sequence[float]] | None = None, inits: dict[str, str] | None = None,
                  finetune_epochs: int | None = None, extra_runs: dict[str, dict] | None = None) -> list[Stage]:
-    """All stages in order, for the given VAT and TEAT training noise levels and extra runs.
+    """All stages in order: the paper's protocol, generated from the method registry (:mod:`robust_bundles.methods`).
+
+    STD (train.json), the thresholds (when a registered method needs them), the extra runs, then every other method
+    in registry order (VAT, TEAT, AMAT, ...): one run per training noise level for a method with eps, one run
+    otherwise, each ``train.json`` + the method's overlay (+ finetune.json when fine-tuned); then the robustness
+    evaluation of every trained run and the report.
 
     Args:
-        vat_eps, teat_eps: training noise levels of VAT and TEAT.
+        eps_levels: training noise levels by method name (``{"VAT": [2, 6], "TEAT": [6]}``); a method with eps
+            that is not given has no runs.
         inits: per method ("VAT", "TEAT", "AMAT"), where its runs start: "scratch", "std" or a model file.
         finetune_epochs: epochs of the fine-tuned runs (None: the profile's epochs).
         extra_runs: further STD-style runs (train.json with config overrides), by run name, each
@@ -134,22 +150,23 @@ def build_stages(vat_eps: Sequence[float], teat_eps: Sequence[float], inits: dic
             evaluated like the others.
     """
     inits = inits or {}
-    std, amat = report.run_name("STD"), report.run_name("AMAT")
-    train = [Stage(std, "train", model_file(std), configs=["train.json"], args={"run_name": std}, run=std),
-             Stage("thresholds", "thresholds", THRESHOLDS_FILE, needs=[model_file(std)],
-                   configs=["train.json", "thresholds.json"])]
+    levels_of = {str(k).upper(): list(v) for k, v in (eps_levels or {}).items()}
+    std = methods.STD.run_name()
+    train = [Stage(std, "train", model_file(std), configs=["train.json"], args={"run_name": std}, run=std)]
+    if any(m.needs_thresholds for m in methods.with_overlay()):
+        train.append(Stage("thresholds", "thresholds", THRESHOLDS_FILE, needs=[model_file(std)],
+                           configs=["train.json", methods.THRESHOLDS_OVERLAY]))
     for run, spec in (extra_runs or {}).items():
         train.append(Stage(run, "train", model_file(run), configs=["train.json"],
                            args={**spec.get("override", {}), "run_name": run}, run=run))
-    for method, overlay, levels in (("VAT", "vat.json", vat_eps), ("TEAT", "teat.json", teat_eps)):
-        for e in levels:
-            run = report.run_name(method, e)
-            train.append(finetune(Stage(run, "train", model_file(run), configs=["train.json", overlay],
-                                        args={"train_eps": float(e), "run_name": run}, run=run),
-                                  inits.get(method), finetune_epochs))
-    train.append(finetune(Stage(amat, "train", model_file(amat), needs=[THRESHOLDS_FILE],
-                                configs=["train.json", "amat.json"], args={"run_name": amat}, run=amat),
-                          inits.get("AMAT"), finetune_epochs))
+    for method in methods.with_overlay():
+        for e in levels_of.get(method.name, []) if method.takes_eps else [None]:
+            run = method.run_name(e)
+            args = {"run_name": run} if e is None else {"train_eps": float(e), "run_name": run}
+            needs = [THRESHOLDS_FILE] if method.needs_thresholds else []
+            train.append(finetune(Stage(run, "train", model_file(run), needs=needs,
+                                        configs=["train.json", method.overlay], args=args, run=run),
+                                  inits.get(method.name), finetune_epochs))
     runs = [s.run for s in train if s.kind == "train"]
     evals = [Stage(report.robustness_stage(r), "robustness", robustness_file(r), needs=[model_file(r)],
                    configs=["train.json", "evaluate.json", "robustness.json"], args={"run_name": r}, run=r)
@@ -172,9 +189,10 @@ def extra_runs_of(value: Any) -> dict[str, dict]:
                               f"got {value!r}.")
     out = {}
     for run, spec in value.items():
-        if not re.fullmatch(r"[a-z0-9_]+", str(run)) or run in ("std", "amat") or _RUN_EPS.match(str(run)):
+        if not re.fullmatch(r"[a-z0-9_]+", str(run)) or _method_run(str(run)):
+            taken = ", ".join(m.key + ("_eps*" if m.takes_eps else "") for m in methods.all_methods())
             raise ExperimentError(f"experiment.extra_runs: {run!r} is not a free run name (lower-case letters, digits "
-                                  f"and _, not std, amat, vat_eps*, teat_eps*).")
+                                  f"and _, not {taken}).")
         spec = spec if isinstance(spec, dict) else {}
         override = spec.get("override", {})
         if not isinstance(override, dict) or set(override) & {"output_root", "dataset_dir", "run_name", "resume"}:
@@ -184,10 +202,13 @@ def extra_runs_of(value: Any) -> dict[str, dict]:
     return out
 
 
-_RUN_EPS = re.compile(r"^(vat|teat)_eps")
+def _method_run(run: str) -> bool:
+    """A run name of a registered method (``std``, ``amat``, ``vat_eps*``...)."""
+    return any(m.run_pattern.match(run) or (m.takes_eps and run.startswith(f"{m.key}_eps"))
+               for m in methods.all_methods())
 
 
-def _as_list(value: Any, what: str) -> list:
+def as_list(value: Any, what: str) -> list:
     """A fire value given as a list, a tuple, a comma-separated string or a single item, as a list."""
     if value is None:
         return []
@@ -200,9 +221,10 @@ def _as_list(value: Any, what: str) -> list:
     raise ExperimentError(f"--{what} must be a list such as \"[a,b]\"; got {value!r}.")
 
 
-def _eps_list(value: Any, what: str) -> list[float]:
+def eps_list(value: Any, what: str) -> list[float]:
+    """Training noise levels (> 0, duplicates dropped) from a fire value; ``what`` names the option in errors."""
     out = []
-    for v in _as_list(value, what):
+    for v in as_list(value, what):
         try:
             e = float(v)
         except (TypeError, ValueError):
@@ -217,12 +239,12 @@ def _inits(experiment: dict, given: dict[str, Any]) -> dict[str, str]:
     """Where each adversarial method starts: the options (``given``, by method) over the profile's
     ``<method>_init``; "scratch", "std" or an existing model file (made absolute)."""
     out = {}
-    for method in ("VAT", "TEAT", "AMAT"):
+    for method in (m.name for m in methods.with_overlay()):
         key = f"{method.lower()}_init"
         value = given.get(method)
         value = experiment.get(key, SCRATCH) if value is None else value
         value = str(value).strip() or SCRATCH
-        if value not in (SCRATCH, report.run_name("STD")):
+        if value not in (SCRATCH, methods.STD.run_name()):
             path = Path(value).expanduser().resolve()
             if not path.is_file():
                 raise ExperimentError(f"--{key} {value!r}: give scratch, std (this experiment's STD model) or an "
@@ -234,8 +256,12 @@ def _inits(experiment: dict, given: dict[str, Any]) -> dict[str, str]:
 
 #: config keys the tool sets itself; neither --override nor a profile's method override may set them
 TOOL_KEYS = frozenset({"output_root", "dataset_dir", "run_name", "train_eps", "resume"})
-#: the overlay that makes a training stage a method's run
-METHOD_OVERLAYS = {"vat.json": "VAT", "teat.json": "TEAT", "amat.json": "AMAT"}
+
+
+def method_of_stage(stage: Stage) -> str | None:
+    """The method whose overlay makes a training stage its run (None: STD, thresholds, evaluations)."""
+    overlays = {m.overlay: m.name for m in methods.with_overlay()}
+    return next((overlays[c] for c in stage.configs if c in overlays), None)
 
 
 def method_overrides_of(experiment: dict) -> dict[str, dict]:
@@ -243,7 +269,7 @@ def method_overrides_of(experiment: dict) -> dict[str, dict]:
     training runs only (e.g. ``{"attack_steps": 5}`` for AMAT while VAT and TEAT keep the profile's 3), by method.
     A key given with ``--override`` wins over them."""
     out = {}
-    for method in METHOD_OVERLAYS.values():
+    for method in (m.name for m in methods.with_overlay()):
         key = f"{method.lower()}_override"
         value = experiment.get(key) or {}
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
@@ -257,7 +283,7 @@ def method_overrides_of(experiment: dict) -> dict[str, dict]:
     return out
 
 
-def _epochs(value: Any) -> int | None:
+def whole_epochs(value: Any) -> int | None:
     if value is None:
         return None
     try:
@@ -273,20 +299,20 @@ def select(stages: list[Stage], names: Any, what: str) -> set[str]:
     """Stage names from a list of stage names and group names (train, vat, teat, robustness)."""
     valid = [s.name for s in stages]
     chosen: set[str] = set()
-    for n in _as_list(names, what):
+    for n in as_list(names, what):
         n = str(n)
         if n in valid:
             chosen.add(n)
         elif n == "train":
             chosen |= {s.name for s in stages if s.kind in ("train", "thresholds")}
-        elif n in ("vat", "teat"):
+        elif n in groups()[1:-1]:
             chosen |= {s.name for s in stages if s.name.startswith(f"{n}_eps")}
         elif n == "robustness":
             chosen |= {s.name for s in stages if s.kind == "robustness"}
         else:
             raise ExperimentError(
                 f"--{what}: unknown stage {n!r}. Stages of this experiment: {', '.join(valid)}; groups: "
-                f"{', '.join(GROUPS)}."
+                f"{', '.join(groups())}."
             )
     return chosen
 
@@ -332,7 +358,7 @@ def _signature(cmd: list[str]) -> list[str]:
     return out
 
 
-def _fmt_time(seconds: float) -> str:
+def fmt_time(seconds: float) -> str:
     seconds = int(round(seconds))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
@@ -352,7 +378,7 @@ class Experiment:
                  finetune_epochs: Any = None) -> None:
         self.bundle = Path(bundle).expanduser().resolve()
         cfg = self.bundle / "configs"
-        missing = [c for c in BUNDLE_CONFIGS if not (cfg / c).is_file()]
+        missing = [c for c in bundle_configs() if not (cfg / c).is_file()]
         if missing:
             raise ExperimentError(f"{self.bundle} is not a complete bundle: configs/{', configs/'.join(missing)} "
                                   f"missing (give --bundle the bundle folder, e.g. bundles/<name>).")
@@ -386,8 +412,10 @@ class Experiment:
                                   f"(--output_root, --dataset_dir, --vat_eps/--teat_eps).")
         self.overrides = override
 
-        self.vat_eps = _eps_list(vat_eps if vat_eps is not None else experiment.get("vat_eps", []), "vat_eps")
-        self.teat_eps = _eps_list(teat_eps if teat_eps is not None else experiment.get("teat_eps", []), "teat_eps")
+        given_eps = {"VAT": vat_eps, "TEAT": teat_eps}
+        self.eps = {m.name: eps_list(given_eps.get(m.name) if given_eps.get(m.name) is not None
+                                     else experiment.get(f"{m.key}_eps", []), f"{m.key}_eps")
+                    for m in methods.all_methods() if m.takes_eps}
         self.caption = str(experiment.get("caption", "") or "")
         self.extra_runs = extra_runs_of(experiment.get("extra_runs"))
         default_root = self.bundle / "runs" / (self.profile or "default")
@@ -396,20 +424,27 @@ class Experiment:
         self.inits = _inits(experiment, inits or {})
         if finetune_epochs is None and "epochs" in override:  # --override epochs N: every run is N epochs long
             finetune_epochs = override["epochs"]
-        self.finetune_epochs = _epochs(finetune_epochs if finetune_epochs is not None
+        self.finetune_epochs = whole_epochs(finetune_epochs if finetune_epochs is not None
                                        else experiment.get("finetune_epochs"))
         if any(v != SCRATCH for v in self.inits.values()) and not (cfg / FINETUNE_CONFIG).is_file():
             raise ExperimentError(f"Fine-tuning ({self.inits}) needs configs/{FINETUNE_CONFIG} in {self.bundle}, "
                                   f"which does not exist: add it (see the hippocampus bundle) or use scratch.")
-        self.stages = build_stages(self.vat_eps, self.teat_eps, self.inits, self.finetune_epochs,
-                                   self.extra_runs)
+        self.stages = build_stages(self.eps, self.inits, self.finetune_epochs, self.extra_runs)
         self.method_overrides = method_overrides_of(experiment)
         for stage in self.stages:  # under the stage's own arguments and under --override
-            method = next((METHOD_OVERLAYS[c] for c in stage.configs if c in METHOD_OVERLAYS), None)
+            method = method_of_stage(stage)
             extra = {k: v for k, v in self.method_overrides.get(method, {}).items() if k not in override}
             stage.args = {**extra, **stage.args}
         self._stage_keys_cache: dict[str, set[str]] = {}
         self.check_overrides()
+
+    @property
+    def vat_eps(self) -> list[float]:
+        return self.eps.get("VAT", [])
+
+    @property
+    def teat_eps(self) -> list[float]:
+        return self.eps.get("TEAT", [])
 
     # -------------------------------------------------------------------------------------------------- status
     def path(self, rel: str) -> Path:
@@ -614,10 +649,10 @@ class Experiment:
             f"Experiment: bundle {self.bundle.name} ({self.bundle}), profile {self.profile or '(none)'}",
             f"  output root: {self.output_root}",
             f"  dataset: {self.dataset_dir or 'the bundle default (dataset_dir not given)'}",
-            f"  VAT eps: {', '.join(format(e, 'g') for e in self.vat_eps) or 'none'}; "
-            f"TEAT eps: {', '.join(format(e, 'g') for e in self.teat_eps) or 'none'}",
+            "  " + "; ".join(f"{m} eps: {', '.join(format(e, 'g') for e in levels) or 'none'}"
+                             for m, levels in self.eps.items()),
         ]
-        has_runs = {"VAT": bool(self.vat_eps), "TEAT": bool(self.teat_eps), "AMAT": True}
+        has_runs = {m.name: bool(self.eps.get(m.name)) if m.takes_eps else True for m in methods.with_overlay()}
         tuned = {m: v for m, v in self.inits.items() if v != SCRATCH and has_runs[m]}
         if tuned:
             length = f"{self.finetune_epochs} epochs" if self.finetune_epochs else "the profile's epochs"
@@ -630,7 +665,7 @@ class Experiment:
         return "\n".join(lines)
 
 
-def _print_plan(exp: Experiment, plan: list[tuple[Stage, str, str]]) -> None:
+def print_plan(exp: Experiment, plan: list[tuple[Stage, str, str]]) -> None:
     todo = sum(1 for _, a, _ in plan if a != "skip")
     print(exp.describe())
     print(f"Plan: {len(plan)} stages, {len(plan) - todo} done, {todo} to run")
@@ -688,7 +723,7 @@ def main(
     exp = Experiment(bundle, profile, dataset_dir, output_root, override, vat_eps, teat_eps,
                      inits={"AMAT": amat_init, "VAT": vat_init, "TEAT": teat_init}, finetune_epochs=finetune_epochs)
     plan = exp.plan(stages, force)
-    _print_plan(exp, plan)
+    print_plan(exp, plan)
     n = len(plan)
     if dry_run:
         print(f"\nDry run: commands, in {exp.bundle}:")
@@ -709,8 +744,8 @@ def main(
         print(f"\n[{i}/{n}] {s.name} ... ({what}: {reason}{log})", flush=True)
         ts = time.time()
         exp.run_stage(s, resume=action == "resume")
-        print(f"[{i}/{n}] {s.name} done in {_fmt_time(time.time() - ts)} "
-              f"(total {_fmt_time(time.time() - t0)})", flush=True)
+        print(f"[{i}/{n}] {s.name} done in {fmt_time(time.time() - ts)} "
+              f"(total {fmt_time(time.time() - t0)})", flush=True)
 
     report_dir = exp.output_root / REPORT_DIR
     if (report_dir / "results.md").is_file() and any(s.kind == "report" for s, _, _ in plan):
@@ -720,7 +755,7 @@ def main(
         print(f"  models:  {exp.output_root / 'models'}/<run>/model.pt")
         print(f"  eval:    {exp.output_root / 'eval'}/<run>/robustness.json, robustness.csv")
         print(f"  logs:    {exp.output_root / LOG_DIR}/<stage>.log")
-    print(f"Total time {_fmt_time(time.time() - t0)}.")
+    print(f"Total time {fmt_time(time.time() - t0)}.")
 
 
 def _json_override_argv(argv: list[str]) -> list[str]:

@@ -44,6 +44,7 @@ __all__ = [
     "robustness_stage",
     "collect",
     "metric_names",
+    "metric_spec",
     "paper_table",
     "margin_summary",
     "fine_tuned_note",
@@ -197,6 +198,12 @@ def _view(summary: dict, metric: str | None) -> dict:
     if metric not in by_metric:
         return {"clean": float("nan"), "attacks": {}}
     return by_metric[metric]
+
+
+def metric_spec(results: Sequence[dict], metric: str | None = None) -> dict:
+    """``name``, ``unit``, ``higher_is_better`` and ``description`` of a metric of :func:`collect`'s results (the
+    headline by default), from the ``MetricSpec`` every robustness.json carries."""
+    return _spec(results, metric)
 
 
 def _spec(results: Sequence[dict], metric: str | None) -> dict:

@@ -7,7 +7,7 @@ VALIDATION split, against the clean-versus-robust frontier that VAT draws with a
     python scripts/amat_study.py ... --phase validation        # the study only, no test-split evaluation
 
 What runs (every stage is a ``python -m monai.bundle run`` of the bundle, with the profile overlay last, through the
-stage machinery of ``scripts/experiment.py``: a stage whose output exists and whose command did not change is skipped,
+stage machinery of ``robust_bundles.experiment``: a stage whose output exists and whose command did not change is skipped,
 an interrupted training resumes, so running the same command again continues where it stopped):
 
 1. Phase "validation": STD (the profile's training), the thresholds xi with two rules (mean + 2 std, the 0.9
@@ -33,40 +33,32 @@ shared machine makes them noisy; the CPU time of each stage's process (user + sy
 (``logs/<stage>.json``, ``cpu_seconds``) and tabulated. The VAT frontier: STD (VAT at eps 0) and the VAT runs that no
 other of them beats on both clean Dice and PGD average, joined by straight lines; a point's "height" is its PGD
 average minus the frontier at its clean Dice.
+
+Dice stands for the bundle's headline metric: the study reads its name and direction from the ``MetricSpec`` that
+every robustness.json carries, so on a lower-is-better metric (the landmark bundle's MRE) "best", the frontier, the
+heights (positive: better than the frontier) and the clean tolerance (how much worse than STD) follow that direction.
+The stages and their resume are the experiment engine's (:mod:`robust_bundles.experiment`); the command line is
+``scripts/amat_study.py``.
 """
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import math
 import resource
-import sys
+import shlex
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from robust_bundles import report
-from robust_bundles.io import atomic_write_json, atomic_write_text
-from robust_bundles.margins import margin_schedule
+from . import experiment as tool
+from . import methods, report
+from .io import atomic_write_json, atomic_write_text
+from .margins import MARGIN_RULES, MarginBook
 
-
-def _load_tool():
-    """scripts/experiment.py as a module (scripts/ is not a package)."""
-    name = "robust_bundles_experiment_tool"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("experiment.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
 ExperimentError = tool.ExperimentError
 
 STUDY_DIR = "study"
@@ -111,13 +103,13 @@ class AmatConfig:
         where = f"grid entry {self.name!r}"
         if not self.name or not all(c.isalnum() or c in "_-." for c in self.name):
             raise ExperimentError(f"{where}: the name must be a non-empty word (letters, digits, _ - .).")
-        if self.init not in (tool.SCRATCH, "std"):
+        if self.init not in (methods.SCRATCH, methods.FINE_TUNED):
             raise ExperimentError(f"{where}: init must be 'scratch' or 'std', not {self.init!r}.")
         if self.margin_rule == "fixed" and not (self.expansion_step and self.expansion_step > 0):
             raise ExperimentError(f"{where}: the fixed rule needs expansion_step > 0.")
         if self.margin_rule == "target" and not (self.target_margin and self.target_margin > 0):
             raise ExperimentError(f"{where}: the target rule needs target_margin > 0.")
-        if self.margin_rule not in ("fixed", "target"):
+        if self.margin_rule not in MARGIN_RULES:
             raise ExperimentError(f"{where}: margin_rule must be 'fixed' or 'target', not {self.margin_rule!r}.")
         if self.xi not in XI_RULES:
             raise ExperimentError(f"{where}: xi must be one of {sorted(XI_RULES)}, not {self.xi!r}.")
@@ -130,9 +122,9 @@ class AmatConfig:
 
     def delta(self, epochs: int) -> float:
         """The expansion step this configuration trains with (target rule: from its epochs)."""
-        if self.margin_rule == "fixed":
-            return float(self.expansion_step)
-        return margin_schedule(self.target_margin, epochs, self.reach_fraction).expansion_step
+        return MarginBook(1, rule=self.margin_rule, expansion_step=self.expansion_step,
+                          target_margin=self.target_margin, epochs=epochs,
+                          reach_fraction=self.reach_fraction).expansion_step
 
     def margin_args(self) -> dict[str, Any]:
         args: dict[str, Any] = {"margin_rule": self.margin_rule, "attack_steps": int(self.attack_steps),
@@ -204,12 +196,12 @@ class Baseline:
 
     method: str
     eps: float
-    init: str = tool.SCRATCH
+    init: str = methods.SCRATCH
 
     @property
     def run(self) -> str:
-        name = report.run_name(self.method, self.eps)
-        return name if self.init == tool.SCRATCH else f"{name}_ft"
+        name = methods.get(self.method).run_name(self.eps)
+        return name if self.init == methods.SCRATCH else f"{name}_ft"
 
 
 class Study(tool.Experiment):
@@ -226,17 +218,17 @@ class Study(tool.Experiment):
         if output_root is None:
             self.output_root = self.bundle / "runs" / "amat_study"
         self.grid = parse_grid(grid)
-        self.baselines = ([Baseline("VAT", e) for e in tool._eps_list(vat_eps, "vat_eps")]
-                          + [Baseline("VAT", e, "std") for e in tool._eps_list(vat_ft_eps, "vat_ft_eps")]
-                          + [Baseline("TEAT", e) for e in tool._eps_list(teat_eps, "teat_eps")]
-                          + [Baseline("TEAT", e, "std") for e in tool._eps_list(teat_ft_eps, "teat_ft_eps")])
+        self.baselines = ([Baseline("VAT", e) for e in tool.eps_list(vat_eps, "vat_eps")]
+                          + [Baseline("VAT", e, "std") for e in tool.eps_list(vat_ft_eps, "vat_ft_eps")]
+                          + [Baseline("TEAT", e) for e in tool.eps_list(teat_eps, "teat_eps")]
+                          + [Baseline("TEAT", e, "std") for e in tool.eps_list(teat_ft_eps, "teat_ft_eps")])
         if test_baselines not in ("best", "all"):
             raise ExperimentError(f"--test_baselines must be 'best' or 'all'; got {test_baselines!r}.")
         self.test_baselines = test_baselines
         self.val_cases = int(val_cases)
         if self.val_cases < 1:
             raise ExperimentError(f"--val_cases must be >= 1; got {val_cases!r}.")
-        self.finetune_epochs = tool._epochs(finetune_epochs)
+        self.finetune_epochs = tool.whole_epochs(finetune_epochs)
         self.clean_tolerance = float(clean_tolerance)
         configs = [self.bundle / "configs" / "train.json"]
         if self.profile:
@@ -248,6 +240,7 @@ class Study(tool.Experiment):
         self.profile_epochs = int(merged["epochs"])  # of STD, the VAT/TEAT from scratch and AMAT without epochs
         self.profile_steps = int(merged["attack_steps"])  # T of every VAT and TEAT run
         self._stage: tool.Stage | None = None
+        self.metric: dict = {"name": "metric", "higher_is_better": True}  # the headline MetricSpec, read by rows()
         self.stages = self.phase_stages("validation")
 
     # ------------------------------------------------------------------------------------------------ stages
@@ -255,8 +248,8 @@ class Study(tool.Experiment):
         return int(config.epochs) if config.epochs is not None else self.profile_epochs
 
     def train_stages(self) -> list[tool.Stage]:
-        std = report.run_name("STD")
-        stages = [s for s in tool.build_stages([], []) if s.kind in ("train", "thresholds") and s.run != "amat"]
+        std = methods.STD.run_name()
+        stages = [s for s in tool.build_stages() if s.kind in ("train", "thresholds") and s.run in (std, None)]
         for s in stages:
             if s.kind == "thresholds":  # pinned: the study compares the rules, whatever the profile's default
                 s.args["threshold_rule"] = "mean_std"
@@ -270,10 +263,10 @@ class Study(tool.Experiment):
             if c.epochs is not None:
                 args["epochs"] = int(c.epochs)
             stage = tool.Stage(c.run, "train", tool.model_file(c.run), needs=[XI_RULES[c.xi]],
-                               configs=["train.json", "amat.json"], args=args, run=c.run)
+                               configs=["train.json", methods.AMAT.overlay], args=args, run=c.run)
             stages.append(tool.finetune(stage, c.init))
         for b in self.baselines:
-            overlay = "vat.json" if b.method == "VAT" else "teat.json"
+            overlay = methods.get(b.method).overlay
             stage = tool.Stage(b.run, "train", tool.model_file(b.run), configs=["train.json", overlay],
                                args={"train_eps": float(b.eps), "run_name": b.run,
                                      "attack_steps": self.profile_steps}, run=b.run)
@@ -290,15 +283,15 @@ class Study(tool.Experiment):
                           configs=["train.json", "evaluate.json", "robustness.json"], args=args, run=run)
 
     def study_runs(self) -> list[str]:
-        return [report.run_name("STD")] + [b.run for b in self.baselines] + [c.run for c in self.grid]
+        return [methods.STD.run_name()] + [b.run for b in self.baselines] + [c.run for c in self.grid]
 
     def test_runs(self, chosen: str) -> list[str]:
         """STD, the baselines ("all"; "best": the VAT/TEAT run with the best validation PGD average, read from
         study/study.json), the reference AMAT ("all" only) and the chosen configuration."""
         if self.test_baselines == "all":
-            runs = [report.run_name("STD")] + [b.run for b in self.baselines]
+            runs = [methods.STD.run_name()] + [b.run for b in self.baselines]
             return runs + [c.run for c in self.grid if c.reference and c.run != chosen] + [chosen]
-        return [report.run_name("STD")] + self.best_baselines() + [chosen]
+        return [methods.STD.run_name()] + self.best_baselines() + [chosen]
 
     def best_baselines(self) -> list[str]:
         """The VAT/TEAT run of this study with the best validation PGD average (a list: empty without baselines)."""
@@ -380,6 +373,7 @@ class Study(tool.Experiment):
     def rows(self, split: str, runs: Sequence[str]) -> list[dict]:
         """One row per run: the metrics on ``split``, the settings, margins, time and cost."""
         results = {r["run"]: r for r in report.collect(self.path(split), runs, models_root=self.output_root)}
+        self.metric = report.metric_spec(list(results.values()))
         vat_cost = cost_units(self.profile_epochs, self.profile_steps, 0.0)
         out = []
         for run in runs:
@@ -406,23 +400,24 @@ class Study(tool.Experiment):
                 margins_csv = self.path(f"models/{run}/margins.csv")
                 row["margins"] = report.margin_summary(margins_csv) if margins_csv.is_file() else None
             elif base is not None:
-                epochs = self.finetune_epochs if base.init != tool.SCRATCH and self.finetune_epochs else \
+                epochs = self.finetune_epochs if base.init != methods.SCRATCH and self.finetune_epochs else \
                     self.profile_epochs
                 row.update(method=base.method, init=base.init, epochs=epochs, steps=self.profile_steps,
                            eps=base.eps, cost=cost_units(epochs, self.profile_steps, 0.0) / vat_cost)
             else:
-                row.update(method="STD", init=tool.SCRATCH, epochs=self.profile_epochs, steps=0,
+                row.update(method="STD", init=methods.SCRATCH, epochs=self.profile_epochs, steps=0,
                            cost=cost_units(self.profile_epochs, 0, 0.0) / vat_cost)
             out.append(row)
         return out
 
     def write_study(self) -> dict[str, Path]:
         rows = self.rows("validation", self.study_runs())
-        analysis = analyse(rows, self.clean_tolerance)
+        analysis = analyse(rows, self.clean_tolerance, higher_is_better=self.metric["higher_is_better"])
         out = self.path(STUDY_DIR)
         files = {"frontier": plot_frontier(rows, analysis, out / "frontier.png",
-                                           f"validation split ({self.val_cases} cases)")}
-        md = study_markdown(rows, analysis, self.clean_tolerance, self.val_cases, self.report_caption())
+                                           f"validation split ({self.val_cases} cases)", self.metric["name"])}
+        md = study_markdown(rows, analysis, self.clean_tolerance, self.val_cases, self.report_caption(),
+                            self.metric["name"])
         files["markdown"] = atomic_write_text(out / "study.md", md)
         files["csv"] = atomic_write_text(out / "study.csv", study_csv(rows, analysis))
         files["json"] = atomic_write_json(out / "study.json", report._finite({"rows": rows, "analysis": analysis}))
@@ -437,10 +432,10 @@ class Study(tool.Experiment):
                                       f"split.", out_dir=self.path("test/report"), margins_run=chosen,
                                     models_root=self.output_root)
         rows = self.rows("test", runs)
-        analysis = analyse(rows, self.clean_tolerance, chosen=chosen)
+        analysis = analyse(rows, self.clean_tolerance, chosen=chosen, higher_is_better=self.metric["higher_is_better"])
         files["test_frontier"] = plot_frontier(rows, analysis, self.path(STUDY_DIR) / "test_frontier.png",
-                                               "test split")
-        md = test_markdown(rows, analysis, chosen, self.clean_tolerance)
+                                               "test split", self.metric["name"])
+        md = test_markdown(rows, analysis, chosen, self.clean_tolerance, self.metric["name"])
         files["test_markdown"] = atomic_write_text(self.path(STUDY_DIR) / "test.md", md)
         atomic_write_json(self.path(STUDY_DIR) / "test.json", report._finite({"rows": rows, "analysis": analysis}))
         return files
@@ -491,41 +486,54 @@ def frontier_at(front: Sequence[tuple[float, float]], clean: float) -> float | N
     return front[-1][1]  # pragma: no cover - the loop covers [front[0], front[-1]]
 
 
-def analyse(rows: list[dict], tolerance: float, chosen: str | None = None) -> dict:
+def analyse(rows: list[dict], tolerance: float, chosen: str | None = None, higher_is_better: bool = True) -> dict:
     """Frontier, heights, eligibility and the choice (module docstring's criterion); ``chosen`` fixes the choice
-    (the test split never chooses)."""
+    (the test split never chooses).
+
+    Args:
+        rows: the study's rows (:meth:`Study.rows`): ``method``, ``clean``, ``pgd_avg``, ``cost``...
+        tolerance: how much worse than STD's clean metric a configuration may be (in the metric's units).
+        chosen: the run chosen on the validation split (the test phase); None: choose.
+        higher_is_better: the metric's direction (``MetricSpec.higher_is_better``; False for a landmark MRE):
+            "better", the frontier, the heights (positive: better than the frontier) and the choice follow it.
+    """
+    sign = 1.0 if higher_is_better else -1.0
     std = next(r for r in rows if r["method"] == "STD")
     vat = [r for r in rows if r["method"] == "VAT"]
-    front = frontier([(std["clean"], std["pgd_avg"])] + [(r["clean"], r["pgd_avg"]) for r in vat])
+    # the frontier of "goodness" (the metric times its direction), mapped back to the metric's values
+    front = [(sign * c, sign * g) for c, g in frontier(
+        [(sign * std["clean"], sign * std["pgd_avg"])] + [(sign * r["clean"], sign * r["pgd_avg"]) for r in vat])]
+    front.sort()
     for r in rows:
-        f = frontier_at(front, r["clean"])
-        r["frontier"] = f
-        r["height"] = None if f is None else r["pgd_avg"] - f
-        r["clean_ok"] = r["clean"] >= std["clean"] - tolerance - 1e-12
+        f = frontier_at(sorted((sign * c, sign * g) for c, g in front), sign * r["clean"])
+        r["frontier"] = None if f is None else sign * f
+        r["height"] = None if f is None else sign * r["pgd_avg"] - f
+        r["clean_ok"] = sign * r["clean"] >= sign * std["clean"] - tolerance - 1e-12
         r["cost_ok"] = r.get("cost", 0.0) <= 1.0 + 1e-9
         r["eligible"] = r["method"] == "AMAT" and r["clean_ok"] and r["cost_ok"]
     amat = [r for r in rows if r["method"] == "AMAT"]
     if chosen is None:
         eligible = [r for r in amat if r["eligible"]]
         if eligible:
-            pick, why = max(eligible, key=lambda r: r["pgd_avg"]), "best PGD average among the eligible"
+            pick, why = max(eligible, key=lambda r: sign * r["pgd_avg"]), "best PGD average among the eligible"
         elif amat:
-            pick = max(amat, key=lambda r: (r["clean_ok"], r["cost_ok"], r["pgd_avg"]))
+            pick = max(amat, key=lambda r: (r["clean_ok"], r["cost_ok"], sign * r["pgd_avg"]))
             why = "no configuration met both conditions: the best PGD average among those meeting the most"
         else:
             pick, why = None, "no AMAT configuration"
     else:
         pick, why = next((r for r in amat if r["run"] == chosen), None), "chosen on the validation split"
     others = [r for r in rows if r["method"] in ("VAT", "TEAT")]
-    best_other = max(others, key=lambda r: r["pgd_avg"]) if others else None
+    best_other = max(others, key=lambda r: sign * r["pgd_avg"]) if others else None
     choice = None
     if pick is not None:
         choice = {"run": pick["run"], "why": why, "config": pick.get("config"), "clean": pick["clean"],
                   "pgd_avg": pick["pgd_avg"], "height": pick["height"], "std_clean": std["clean"],
                   "best_baseline": best_other and {k: best_other[k] for k in ("run", "clean", "pgd_avg")},
-                  "beats_best_baseline": bool(best_other and pick["pgd_avg"] >= best_other["pgd_avg"]),
+                  "beats_best_baseline": bool(best_other and sign * pick["pgd_avg"] >= sign * best_other["pgd_avg"]),
                   "above_frontier": bool(pick["height"] is not None and pick["height"] > 0)}
-    return {"frontier": front, "std_clean": std["clean"], "tolerance": tolerance, "choice": choice}
+    return {"frontier": front, "std_clean": std["clean"], "tolerance": tolerance, "choice": choice,
+            "higher_is_better": bool(higher_is_better)}
 
 
 # --------------------------------------------------------------------------------------------------------- output
@@ -536,13 +544,13 @@ def _f(v: Any, digits: int = 3) -> str:
 
 
 def _time(seconds: float | None) -> str:
-    return "n/a" if seconds is None else tool._fmt_time(seconds)
+    return "n/a" if seconds is None else tool.fmt_time(seconds)
 
 
 def _setting(r: dict) -> str:
     if r["method"] == "STD":
         return "STD"
-    if r["method"] in ("VAT", "TEAT"):
+    if r.get("eps") is not None:
         return f"{r['method']} eps {format(r['eps'], 'g')}"
     rule = f"M {format(r['target'], 'g')}" if r["rule"] == "target" else "fixed"
     return f"AMAT {rule}"
@@ -569,15 +577,16 @@ def study_table(rows: list[dict], analysis: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def study_markdown(rows: list[dict], analysis: dict, tolerance: float, val_cases: int, caption: str) -> str:
+def study_markdown(rows: list[dict], analysis: dict, tolerance: float, val_cases: int, caption: str,
+                   metric: str = "Dice") -> str:
     c = analysis["choice"] or {}
     text = [
         "# AMAT calibration study (validation split)\n",
         study_table(rows, analysis),
-        (f"\nValidation split, first {val_cases} cases, slices with foreground; Dice under white-box L2 PGD at each "
+        (f"\nValidation split, first {val_cases} cases; {metric} under white-box L2 PGD at each "
          f"eps (L2 norm of the whole network input, z-score units). 'height': PGD avg minus the VAT frontier "
          f"(STD and the VAT runs that no other VAT run beats on both axes, joined by straight lines) at the same "
-         f"clean Dice. 'cost': forward-backward passes per "
+         f"clean {metric}. 'cost': forward-backward passes per "
          f"batch over the run, relative to one VAT run of the profile; 'train CPU': CPU time of the training process "
          f"(one thread; wall time on a shared machine is in study.csv); '(clean)' / '(cost)' mark AMAT rows that fail "
          f"the clean condition (clean >= STD {analysis['std_clean']:.3f} - {tolerance}) or the cost condition "
@@ -589,11 +598,11 @@ def study_markdown(rows: list[dict], analysis: dict, tolerance: float, val_cases
             f"{c['pgd_avg']:.3f}, height above the VAT frontier {_f(c['height'])}; best VAT/TEAT PGD avg "
             f"{c['best_baseline']['pgd_avg']:.3f} ({c['best_baseline']['run']}, clean "
             f"{c['best_baseline']['clean']:.3f}).\n")
-    text.append("\n![clean vs robust Dice](frontier.png)\n")
+    text.append(f"\n![clean vs robust {metric}](frontier.png)\n")
     return "".join(text)
 
 
-def test_markdown(rows: list[dict], analysis: dict, chosen: str, tolerance: float) -> str:
+def test_markdown(rows: list[dict], analysis: dict, chosen: str, tolerance: float, metric: str = "Dice") -> str:
     c = analysis["choice"] or {}
     best = c.get("best_baseline") or {}
     return "".join([
@@ -603,7 +612,7 @@ def test_markdown(rows: list[dict], analysis: dict, chosen: str, tolerance: floa
          f"(STD {analysis['std_clean']:.3f}, tolerance {tolerance}), PGD avg {c.get('pgd_avg', float('nan')):.3f}; "
          f"best VAT/TEAT {best.get('run')} PGD avg {best.get('pgd_avg', float('nan')):.3f} (clean "
          f"{best.get('clean', float('nan')):.3f}); height above the VAT frontier {_f(c.get('height'))}.\n"),
-        "\n![clean vs robust Dice, test split](test_frontier.png)\n",
+        f"\n![clean vs robust {metric}, test split](test_frontier.png)\n",
     ])
 
 
@@ -633,8 +642,9 @@ def _csv(v: Any) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else repr(v)
 
 
-def plot_frontier(rows: list[dict], analysis: dict, path: Path, where: str) -> Path:
-    """PNG: clean Dice (x) against PGD average (y): STD, VAT runs and their frontier, TEAT, AMAT configurations."""
+def plot_frontier(rows: list[dict], analysis: dict, path: Path, where: str, metric: str = "Dice") -> Path:
+    """PNG: the clean metric (x) against its PGD average (y): STD, VAT runs and their frontier, TEAT, AMAT
+    configurations; point styles from the method registry (:meth:`robust_bundles.methods.Method.style`)."""
     fig = report._figure((7.0, 5.0))
     fig.set_dpi(100)
     ax = fig.add_subplot(1, 1, 1)
@@ -642,29 +652,33 @@ def plot_frontier(rows: list[dict], analysis: dict, path: Path, where: str) -> P
     if front:
         ax.plot([p[0] for p in front], [p[1] for p in front], color="C0", linewidth=1, alpha=0.6,
                 label="VAT frontier (with STD)")
-    styles = {("VAT", "scratch"): ("C0", "o", "VAT"), ("VAT", "std"): ("C9", "v", "VAT fine-tuned"),
-              ("TEAT", "scratch"): ("C2", "s", "TEAT"),
-              ("TEAT", "std"): ("C2", "P", "TEAT fine-tuned"), ("STD", "scratch"): ("k", "*", "STD"),
-              ("AMAT", "scratch"): ("C3", "^", "AMAT from scratch"), ("AMAT", "std"): ("C1", "D", "AMAT fine-tuned")}
     seen = set()
     chosen = (analysis.get("choice") or {}).get("run")
     for r in rows:
-        color, marker, label = styles.get((r["method"], r["init"]), ("C7", "x", r["method"]))
+        color, marker, label = point_style(r["method"], r["init"])
         ax.scatter([r["clean"]], [r["pgd_avg"]], color=color, marker=marker, s=70 if r["run"] == chosen else 28,
                    edgecolors="k" if r["run"] == chosen else "none", label=None if label in seen else label, zorder=3)
         seen.add(label)
-        text = (format(r["eps"], "g") if r["method"] in ("VAT", "TEAT") else
+        text = (format(r["eps"], "g") if r.get("eps") is not None else
                 r["run"].replace("amat_", "") if r["method"] == "AMAT" else "")
         if text:
             ax.annotate(text, (r["clean"], r["pgd_avg"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
     ax.axvline(analysis["std_clean"] - analysis["tolerance"], color="grey", linestyle=":", linewidth=1,
                label=f"STD clean - {analysis['tolerance']:g}")
-    ax.set_xlabel("clean Dice")
-    ax.set_ylabel("Dice under L2 PGD, average over eps")
-    ax.set_title(f"Clean vs robust Dice, {where}", fontsize=10)
+    ax.set_xlabel(f"clean {metric}")
+    ax.set_ylabel(f"{metric} under L2 PGD, average over eps")
+    ax.set_title(f"Clean vs robust {metric}, {where}", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     return report._save(fig, path)
+
+
+def point_style(method: str, init: str) -> tuple[str, str, str]:
+    """``(color, marker, label)`` of a run in the frontier plot: the registered method's style, grey x otherwise."""
+    try:
+        return methods.get(method).style(init)
+    except KeyError:
+        return ("C7", "x", method)
 
 
 # ------------------------------------------------------------------------------------------------------------- CLI
@@ -697,7 +711,7 @@ def main(
         profile: the profile overlay of every stage (its epochs and attack steps are the VAT baseline's).
         phase: "validation" (train and choose), "test" (evaluate the choice once on the test split) or "all".
         grid: the AMAT configurations: a JSON list of dicts (keys of AmatConfig) or a JSON file; default: the
-            DEFAULT_GRID of this script.
+            DEFAULT_GRID of robust_bundles.study.
         vat_eps: VAT noise levels trained from scratch (default none).
         vat_ft_eps: VAT noise levels fine-tuned from STD for finetune_epochs epochs, the frontier ("[]" for none).
         teat_eps: TEAT noise levels trained from scratch (default none).
@@ -731,35 +745,32 @@ def main(
             print("\n" + study.path(f"{STUDY_DIR}/study.md").read_text())
     if not dry_run and "test" in phases and study.path(f"{STUDY_DIR}/test.md").is_file():
         print("\n" + study.path(f"{STUDY_DIR}/test.md").read_text())
-    print(f"Total time {tool._fmt_time(time.time() - t0)}.")
+    print(f"Total time {tool.fmt_time(time.time() - t0)}.")
 
 
 def _run_plan(study: Study, stages: Any, force: Any, dry_run: bool, t0: float) -> None:
     names = {s.name for s in study.stages}
-    wanted = None if stages in (None, True, "", [], ()) else [n for n in tool._as_list(stages, "stages") if n in names]
+    wanted = None if stages in (None, True, "", [], ()) else [n for n in tool.as_list(stages, "stages") if n in names]
     if wanted == []:
         return  # none of the selected stages belongs to this phase
     plan = study.plan(wanted, force)
-    tool._print_plan(study, plan)
+    tool.print_plan(study, plan)
     n = len(plan)
     for i, (s, action, reason) in enumerate(plan, 1):
         if dry_run:
             if s.kind != "report":
                 print(f"[{i}/{n}] {s.name}{' (skip)' if action == 'skip' else ''}:\n  "
-                      f"{tool.shlex.join(study.command(s, resume=action == 'resume'))}")
+                      f"{shlex.join(study.command(s, resume=action == 'resume'))}")
             continue
         if action == "skip":
             continue
         print(f"\n[{i}/{n}] {s.name} ... ({action}: {reason})", flush=True)
         ts = time.time()
         study.run_stage(s, resume=action == "resume")
-        print(f"[{i}/{n}] {s.name} done in {tool._fmt_time(time.time() - ts)} "
-              f"(total {tool._fmt_time(time.time() - t0)})", flush=True)
+        print(f"[{i}/{n}] {s.name} done in {tool.fmt_time(time.time() - ts)} "
+              f"(total {tool.fmt_time(time.time() - t0)})", flush=True)
 
 
 def cli(argv: list[str] | None = None) -> int:
     return tool.run_cli(main, "amat_study", argv)
 
-
-if __name__ == "__main__":
-    sys.exit(cli())
