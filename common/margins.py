@@ -2,8 +2,8 @@
 
 Every training sample ``i`` (with a stable integer id in ``[0, N)``) has a *margin* ``E[i]``: the radius of its L2 PGD
 perturbation, in L2-norm units of the network input (after the bundle's intensity normalisation). Margins start at the
-initial margin ``A`` and change with the robustness test of every visit (see ``docs/method.md``, "State", "One training
-iteration" and "End of epoch"):
+initial margin ``A`` and change with the robustness test of every visit (Ma & Liang 2024, the AMAT algorithm; the
+README's "The method in a few lines of config" shows where each piece sits in a bundle):
 
 - during an epoch, every visit of sample ``i`` with reached perturbation norm ``r = ||x_adv - x||_2`` updates the
   running average ``E_new[i] = max((E_new[i] + r) / 2, Delta)`` (``E_new`` starts each epoch as a copy of ``E``)

@@ -38,7 +38,6 @@ from .finetune import read_init_record
 from .io import atomic_write, atomic_write_json, atomic_write_text
 
 __all__ = [
-    "METHODS",
     "run_name",
     "parse_run",
     "robustness_stage",

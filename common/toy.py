@@ -149,14 +149,15 @@ def run_toy(
 
 def toy_thresholds(network, data: list[dict], rule: str = "mean", **params):
     """Estimate xi on the training data with the eval-mode network (the ThresholdEstimationHandler)."""
+    import os
+    import tempfile
+
     import torch
     from monai.data import DataLoader, Dataset
     from monai.engines import SupervisedEvaluator
 
     from .handlers import ThresholdEstimationHandler
     from .losses import DiceCELoss
-
-    import tempfile, os
 
     with tempfile.TemporaryDirectory() as tmp:
         h = ThresholdEstimationHandler(DiceCELoss(), os.path.join(tmp, "xi.json"), rule=rule, **params)
