@@ -34,6 +34,7 @@ __all__ = [
     "get",
     "all_methods",
     "names",
+    "with_overlay",
     "parse_run",
     "FINETUNE_OVERLAY",
     "THRESHOLDS_OVERLAY",
