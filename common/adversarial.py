@@ -29,7 +29,7 @@ import torch
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
-from .attacks import Attack, L2PGD
+from .attacks import L2PGD, Attack
 from .distributed import FirstVisits, gather_first_visits, is_distributed, unwrap
 from .losses import check_terms, per_sample_terms, primary_output, weighted_total
 from .margins import MarginBook

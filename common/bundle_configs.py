@@ -12,6 +12,10 @@ bundle of the family, the hippocampus). What a task changes lives in its bundle,
      "common": {"num_classes": 2, "network_def#in_channels": 1},
      "configs": {"train.json": {"epochs": 50, "+setup": ["..."]}, "vat.json": {"train_eps": 15.0}}}
 
+Every overlay key must name a key of the base (a misspelt ``"trian#epochs"`` is refused with the nearest key); a key
+that adds what the base does not have is listed in the task's ``"new_keys"`` (e.g. ``["channels",
+"slices#channels"]``).
+
 ``common`` is applied first to every base config that runs alone (that defines ``bundle_root``: ``train.json`` and
 ``inference.json`` here), so what both need (network, classes, channels) is written once.
 
@@ -27,11 +31,12 @@ rendering, so nobody edits a rendered config by hand and loses the change at the
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from .io import atomic_write_text
 
@@ -67,10 +72,20 @@ def family_dir(family: str) -> Path:
     return folder
 
 
-def _parent(config: dict, path: list[str], key: str) -> Any:
-    """The container holding the last part of ``path`` (missing dicts are created); ``key`` is for errors."""
+def _parent(config: dict, path: list[str], key: str, new: bool = True) -> Any:
+    """The container holding the last part of ``path`` (missing dicts are created when ``new``, else refused with
+    the nearest existing key); ``key`` is for errors."""
     node: Any = config
-    for part in path[:-1]:
+    for i, part in enumerate(path):
+        if isinstance(node, dict) and part not in node and not new:
+            near = difflib.get_close_matches(part, [str(k) for k in node], n=1, cutoff=0.6)
+            where = _SEP.join(path[:i]) or "the top level"
+            hint = f" (nearest: {_SEP.join(path[:i] + near[:1])!r})" if near else ""
+            raise ValueError(f"overlay key {key!r}: {part!r} is not a key of the base config at {where}{hint}. Fix the "
+                             f"spelling, or list {key.lstrip(_MERGE)!r} in the \"new_keys\" of the task.json to add "
+                             f"a key the base does not have.")
+        if i == len(path) - 1:
+            break
         if isinstance(node, list):
             node = node[int(part)]
         else:
@@ -80,25 +95,31 @@ def _parent(config: dict, path: list[str], key: str) -> Any:
     return node
 
 
-def apply_overlay(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict:
+def apply_overlay(base: Mapping[str, Any], overlay: Mapping[str, Any], new_keys: Iterable[str] | None = None) -> dict:
     """``base`` with ``overlay`` applied the way MONAI applies a later config file (see the module docstring).
 
     Args:
         base: a config as loaded from JSON (not modified).
         overlay: ``{key: value}``; keys may be ``"a#b#0"`` paths and may start with ``"+"`` (extend a list, update
             a dict).
+        new_keys: the overlay keys (without ``"+"``) that may add what the base does not have; any other key must
+            name an existing one, so that a misspelt key (``"trian#epochs"``) is refused with the nearest key
+            instead of silently creating a new one. None: every key may add (MONAI's own rule).
 
     Returns:
         A new config dict.
 
     Raises:
-        ValueError: a ``"+key"`` names a value that is not a list or dict, or does not match the overlay's type.
+        ValueError: a key names what the base does not have (and is not in ``new_keys``), or a ``"+key"`` names a
+            value that is not a list or dict, or does not match the overlay's type.
     """
     config = copy.deepcopy(dict(base))
+    allowed = None if new_keys is None else {str(k).lstrip(_MERGE) for k in new_keys}
     for key, value in overlay.items():
         merge = key.startswith(_MERGE)
         path = key[len(_MERGE):].split(_SEP) if merge else key.split(_SEP)
-        parent = _parent(config, path, key)
+        new = allowed is None or key.lstrip(_MERGE) in allowed or key.startswith(("_desc", "_comment"))
+        parent = _parent(config, path, key, new)
         last = int(path[-1]) if isinstance(parent, list) else path[-1]
         value = copy.deepcopy(value)
         if merge and isinstance(parent, dict) and parent.get(last) is not None:
@@ -123,6 +144,8 @@ def _task(bundle_dir: Path) -> dict | None:
     task = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(task, dict) or not isinstance(task.get("family"), str):
         raise ValueError(f'{path} needs a "family" (e.g. "segmentation"), "common": {{...}} and "configs": {{file: overlay}}.')
+    if not isinstance(task.get("new_keys", []), list):
+        raise ValueError(f'{path}: "new_keys" must be a list of overlay keys that add to the base (e.g. ["channels"]).')
     unknown = sorted(set(task.get("configs", {})) - {p.name for p in family_dir(task["family"]).iterdir()})
     if unknown:
         raise ValueError(
@@ -146,9 +169,10 @@ def rendered_configs(bundle_dir: str | os.PathLike) -> dict[str, str]:
         text = base_file.read_text(encoding="utf-8")
         if base_file.suffix == ".json":
             config = json.loads(text)
+            new_keys = task.get("new_keys", [])
             if "bundle_root" in config:
-                config = apply_overlay(config, task.get("common", {}))
-            config = apply_overlay(config, task.get("configs", {}).get(base_file.name, {}))
+                config = apply_overlay(config, task.get("common", {}), new_keys)
+            config = apply_overlay(config, task.get("configs", {}).get(base_file.name, {}), new_keys)
             text = _dumps(config)
         out[base_file.name] = text
     return out

@@ -2,8 +2,8 @@
 
 Every training sample ``i`` (with a stable integer id in ``[0, N)``) has a *margin* ``E[i]``: the radius of its L2 PGD
 perturbation, in L2-norm units of the network input (after the bundle's intensity normalisation). Margins start at the
-initial margin ``A`` and change with the robustness test of every visit (see ``docs/method.md``, "State", "One training
-iteration" and "End of epoch"):
+initial margin ``A`` and change with the robustness test of every visit (Ma & Liang 2024, the AMAT algorithm; the
+README's "The method in a few lines of config" shows where each piece sits in a bundle):
 
 - during an epoch, every visit of sample ``i`` with reached perturbation norm ``r = ||x_adv - x||_2`` updates the
   running average ``E_new[i] = max((E_new[i] + r) / 2, Delta)`` (``E_new`` starts each epoch as a copy of ``E``)
@@ -45,11 +45,13 @@ import torch
 
 from .io import atomic_write_text
 
-__all__ = ["MarginBook", "MarginSchedule", "margin_schedule", "UPDATE_MODES"]
+__all__ = ["MarginBook", "MarginSchedule", "margin_schedule", "UPDATE_MODES", "MARGIN_RULES"]
 
 logger = logging.getLogger("robust_bundles.margins")
 
 UPDATE_MODES = ("epoch", "iteration")
+MARGIN_RULES = ("fixed", "target")
+"""The margin rules of :class:`MarginBook`: ``fixed`` (the paper's Delta) and ``target`` (the schedule-aware margin)."""
 
 _STATE_VERSION = 2
 """2: the config also holds target_margin, epochs and reach_fraction (target mode). Version 1 states load unchanged."""
@@ -172,6 +174,10 @@ class MarginBook:
             ``reach_fraction`` (:func:`margin_schedule`). Give either ``expansion_step`` or ``target_margin``.
         epochs: the number of epochs of this training run (target mode only).
         reach_fraction: rho, the fraction of the run after which an always-robust sample is at M (target mode only).
+        rule: which of ``expansion_step`` and ``target_margin`` sets the margins: ``"fixed"`` (the paper's rule, Delta
+            = ``expansion_step``; ``target_margin`` is ignored) or ``"target"`` (the schedule-aware rule from
+            ``target_margin``, ``epochs`` and ``reach_fraction``; ``expansion_step`` is ignored). A bundle passes both
+            values and its ``margin_rule``. None: the rule follows from which of the two is given (exactly one).
 
     Attributes:
         margins: float32 tensor (N,), the current margins E.
@@ -193,7 +199,21 @@ class MarginBook:
         target_margin: float | None = None,
         epochs: int | None = None,
         reach_fraction: float = 0.5,
+        rule: str | None = None,
     ) -> None:
+        if rule is not None:
+            if rule not in MARGIN_RULES:
+                raise ValueError(f"rule (margin_rule) must be one of {MARGIN_RULES}, got {rule!r}: 'fixed' with "
+                                 "expansion_step (Delta) or 'target' with target_margin (and epochs).")
+            needed = expansion_step if rule == "fixed" else target_margin
+            if needed is None:
+                what = "expansion_step (Delta)" if rule == "fixed" else "target_margin (M)"
+                raise ValueError(f"The {rule!r} margin rule needs {what}; it is None. In a bundle: --margin_rule "
+                                 f"{rule} --{what.split()[0]} <value>.")
+            if rule == "fixed":
+                target_margin = None
+            else:
+                expansion_step = None
         if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
             raise ValueError(
                 f"num_samples must be an integer >= 1 (the size of the training set), got {num_samples!r}."
@@ -230,6 +250,7 @@ class MarginBook:
             raise TypeError(f"key_digest must be a string or None, got {type(key_digest).__name__}.")
 
         self.num_samples = int(num_samples)
+        self.rule = "target" if self.target_margin is not None else "fixed"
         self.expansion_step = expansion_step
         self.initial_margin = initial_margin
         self.max_margin = max_margin

@@ -33,17 +33,17 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from . import layout
+from . import layout, methods
 from .finetune import read_init_record
 from .io import atomic_write, atomic_write_json, atomic_write_text
 
 __all__ = [
-    "METHODS",
     "run_name",
     "parse_run",
     "robustness_stage",
     "collect",
     "metric_names",
+    "metric_spec",
     "paper_table",
     "margin_summary",
     "fine_tuned_note",
@@ -52,11 +52,11 @@ __all__ = [
     "write_report",
 ]
 
-METHODS = ("STD", "VAT", "TEAT", "AMAT")
-"""Row order of the table; runs of other methods follow in the order given."""
 
-_EPS_METHODS = ("VAT", "TEAT")
-_RUN_RE = re.compile(r"^(vat|teat)_eps(.+)$")
+def __getattr__(name: str):
+    if name == "METHODS":  # the registry's names, read when asked (a method registered later is included)
+        return methods.names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ------------------------------------------------------------------------------------------------------ run names
@@ -64,32 +64,26 @@ def run_name(method: str, eps: float | None = None) -> str:
     """The run name of a method: ``run_name("VAT", 6) -> "vat_eps6"``, ``run_name("AMAT") -> "amat"``.
 
     Args:
-        method: STD, VAT, TEAT or AMAT (any case).
-        eps: the training noise level of VAT and TEAT (L2, input intensity units); ignored for the others.
+        method: a registered method (:mod:`robust_bundles.methods`; any case).
+        eps: the training noise level of a method with eps (VAT, TEAT; L2, input intensity units); ignored for the
+            others.
     """
-    m = method.upper()
-    if m in _EPS_METHODS:
-        if eps is None:
-            raise ValueError(f"{m} needs its training noise level eps.")
-        return f"{m.lower()}_eps{format(float(eps), 'g')}"
-    return m.lower()
+    return methods.get(method).run_name(eps)
 
 
 def parse_run(run: str) -> tuple[str, float | None, str]:
     """``"vat_eps6" -> ("VAT", 6.0, "VAT (eps 6)")``; ``"amat" -> ("AMAT", None, "AMAT")``; a variant of a method,
-    ``"std_bce" -> ("STD", None, "STD (bce)")``; other names as given."""
-    m = _RUN_RE.match(run)
-    if m:
-        try:
-            eps = float(m.group(2))
-        except ValueError:
-            return run, None, run
-        method = m.group(1).upper()
-        return method, eps, f"{method} (eps {format(eps, 'g')})"
-    if run.upper() in METHODS:
+    ``"std_bce" -> ("STD", None, "STD (bce)")``; other names as given (methods: :mod:`robust_bundles.methods`)."""
+    found = methods.parse_run(run)
+    if found is not None:
+        method, eps = found
+        return method.name, eps, method.name if eps is None else f"{method.name} (eps {format(eps, 'g')})"
+    if any(m.takes_eps and re.match(rf"^{m.key}_eps", run) for m in methods.all_methods()):
+        return run, None, run  # an eps that is not a number
+    if run.upper() in methods.names():
         return run.upper(), None, run.upper()
     method, _, variant = run.partition("_")
-    if method.upper() in METHODS and variant:
+    if method.upper() in methods.names() and variant:
         return method.upper(), None, f"{method.upper()} ({variant})"
     return run, None, run
 
@@ -173,8 +167,9 @@ def fine_tuned_note(results: Sequence[dict]) -> str:
 def _ordered(results: Sequence[dict]) -> list[dict]:
     """STD, VAT by eps, TEAT by eps, AMAT (a method before its variants, e.g. STD before std_bce), then any other
     run in the order given."""
-    rank = {m: i for i, m in enumerate(METHODS)}
-    keyed = [(rank.get(r["method"], len(METHODS)), r["train_eps"] if r["train_eps"] is not None else -1.0,
+    order = methods.names()
+    rank = {m: i for i, m in enumerate(order)}
+    keyed = [(rank.get(r["method"], len(order)), r["train_eps"] if r["train_eps"] is not None else -1.0,
               r["run"] != r["method"].lower() and r["train_eps"] is None, i, r)
              for i, r in enumerate(results)]
     return [k[-1] for k in sorted(keyed, key=lambda k: k[:4])]
@@ -202,6 +197,12 @@ def _view(summary: dict, metric: str | None) -> dict:
     if metric not in by_metric:
         return {"clean": float("nan"), "attacks": {}}
     return by_metric[metric]
+
+
+def metric_spec(results: Sequence[dict], metric: str | None = None) -> dict:
+    """``name``, ``unit``, ``higher_is_better`` and ``description`` of a metric of :func:`collect`'s results (the
+    headline by default), from the ``MetricSpec`` every robustness.json carries."""
+    return _spec(results, metric)
 
 
 def _spec(results: Sequence[dict], metric: str | None) -> dict:

@@ -111,11 +111,10 @@ def run_toy(
     from monai.engines import SupervisedTrainer
     from monai.utils import set_determinism
 
-    from .adversarial import AMATIteration, VATIteration
+    from . import methods
     from .attacks import L2PGD
-    from .handlers import InitFromCheckpoint, MarginHandler
+    from .handlers import InitFromCheckpoint
     from .losses import DiceCELoss
-    from .margins import MarginBook
 
     set_determinism(seed)
     data = train_data if train_data is not None else make_toy_segmentation(128, seed=seed)
@@ -123,23 +122,17 @@ def run_toy(
     loss = DiceCELoss()
     loader = DataLoader(Dataset(data), batch_size=batch_size, shuffle=True, num_workers=0)
     opt = torch.optim.Adam(net.parameters(), lr)
-    handlers, margins, update = [], None, None
+    handlers = []
     if init_from is not None:
         handlers.append(InitFromCheckpoint(init_from, net))
-    attack = L2PGD(steps=attack_steps, alpha=4.0)
-    if method == "vat":
-        update = VATIteration(eps=eps, attack=attack)
-    elif method == "amat":
-        if thresholds is None:
-            raise ValueError("AMAT needs thresholds: estimate them on the STD model first.")
-        if target_margin is not None:
-            margins = MarginBook(len(data), target_margin=target_margin, epochs=epochs, reach_fraction=reach_fraction)
-        else:
-            margins = MarginBook(len(data), expansion_step=expansion_step)
-        update = AMATIteration(margins, thresholds, attack=attack, beta=0.5)
-        handlers.append(MarginHandler(margins))
-    elif method != "std":
+    if method not in ("std", "vat", "amat"):
         raise ValueError(f"Unknown method {method!r}; use 'std', 'vat' or 'amat'.")
+    rule = "target" if target_margin is not None else "fixed"
+    training = methods.get(method).training(  # VAT's beta 0 and AMAT's 0.5: the builders' defaults
+        len(data), attack=L2PGD(steps=attack_steps, alpha=4.0), eps=eps, thresholds=thresholds, margin_rule=rule,
+        expansion_step=expansion_step, target_margin=target_margin, epochs=epochs, reach_fraction=reach_fraction)
+    handlers += training.handlers
+    update, margins = training.update, training.margins
     trainer = SupervisedTrainer(
         device=torch.device("cpu"),
         max_epochs=epochs,
@@ -156,14 +149,15 @@ def run_toy(
 
 def toy_thresholds(network, data: list[dict], rule: str = "mean", **params):
     """Estimate xi on the training data with the eval-mode network (the ThresholdEstimationHandler)."""
+    import os
+    import tempfile
+
     import torch
     from monai.data import DataLoader, Dataset
     from monai.engines import SupervisedEvaluator
 
     from .handlers import ThresholdEstimationHandler
     from .losses import DiceCELoss
-
-    import tempfile, os
 
     with tempfile.TemporaryDirectory() as tmp:
         h = ThresholdEstimationHandler(DiceCELoss(), os.path.join(tmp, "xi.json"), rule=rule, **params)

@@ -257,10 +257,8 @@ def run_method(
     from monai.engines import SupervisedTrainer
     from monai.utils import set_determinism
 
-    from robust_bundles.adversarial import AMATIteration, TEATIteration, TemporalEnsemble, VATIteration
+    from robust_bundles import methods
     from robust_bundles.attacks import L2PGD
-    from robust_bundles.handlers import MarginHandler
-    from robust_bundles.margins import MarginBook
 
     method = method.upper()
     if method not in METHODS:
@@ -274,19 +272,15 @@ def run_method(
     loader = DataLoader(Dataset(data), batch_size=batch, shuffle=False, num_workers=0)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.99, nesterov=True, weight_decay=3e-5)
     attack = L2PGD(steps=steps, alpha=4.0)
-    handlers: list[Any] = []
-    update = None
-    if method == "VAT":
-        update = VATIteration(eps=VAT_EPS, attack=attack)
-    elif method == "VAT_B05":  # control: VAT with AMAT's clean-loss weight, to isolate AMAT's own bookkeeping cost
-        update = VATIteration(eps=VAT_EPS, attack=attack, beta=0.5)
-    elif method == "TEAT":
-        ensemble = TemporalEnsemble(num_samples=batch, momentum=0.9)
-        update = TEATIteration(VAT_EPS, ensemble, max_epochs=1, attack=attack, start=0.0, ramp=0.0)
-    elif method == "AMAT":
-        margins = MarginBook(batch, expansion_step=AMAT_EXPANSION_STEP, initial_margin=AMAT_INITIAL_MARGIN)
-        update = AMATIteration(margins, list(AMAT_THRESHOLDS), attack=attack, beta=0.5, check="path")
-        handlers.append(MarginHandler(margins))
+    # every method from the registry; VAT_B05 is a control (VAT with AMAT's clean-loss weight, to isolate AMAT's own
+    # bookkeeping cost); TEAT with its ensemble active at w_max from the first iteration (start = ramp = 0)
+    registered = methods.get("VAT" if method == "VAT_B05" else method)
+    beta = 0.5 if method in ("VAT_B05", "AMAT") else 0.0
+    training = registered.training(batch, attack=attack, eps=VAT_EPS, beta=beta, max_epochs=1, momentum=0.9,
+                                   start=0.0, ramp=0.0, expansion_step=AMAT_EXPANSION_STEP,
+                                   initial_margin=AMAT_INITIAL_MARGIN, thresholds=list(AMAT_THRESHOLDS), check="path")
+    handlers: list[Any] = list(training.handlers)
+    update = training.update
     total = warmup + iters
     trainer = SupervisedTrainer(
         device=dev,

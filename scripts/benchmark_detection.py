@@ -169,7 +169,7 @@ def time_config(
     iterations are estimated as ``vat_step = std_step + T * attack_step`` and ``amat_step = 2 * std_step + T *
     attack_step`` (``estimated`` lists them); the full runs of the small configurations check the estimate.
     """
-    from robust_bundles import adversarial, attacks, margins
+    from robust_bundles import attacks, methods
     from robust_bundles.data import voc
     from robust_bundles.tasks import detection as D
 
@@ -190,9 +190,9 @@ def time_config(
     put("std_step", _trainer_step_time(det, batch, None, iters, warmup))
     if full:
         pgd = attacks.L2PGD(steps=steps, alpha=4.0, clamp=(0.0, 1.0))
-        put("vat_step", _trainer_step_time(det, batch, adversarial.VATIteration(eps=10.0, attack=pgd), iters, warmup))
-        book = margins.MarginBook(num_samples=batch_size, expansion_step=5.0)
-        amat = adversarial.AMATIteration(margins=book, thresholds=[1.0, 1.0], attack=pgd)
+        vat = methods.VAT.training(batch_size, attack=pgd, eps=10.0).update  # the registry's builders
+        put("vat_step", _trainer_step_time(det, batch, vat, iters, warmup))
+        amat = methods.AMAT.training(batch_size, attack=pgd, thresholds=[1.0, 1.0], expansion_step=5.0).update
         put("amat_step", _trainer_step_time(det, batch, amat, iters, warmup))
     metric = D.COCODetectionMetric(det, voc.BCCD_CLASSES)
     x, t = D.DetectionPrepareBatch(det)(batch, "cpu")

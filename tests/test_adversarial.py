@@ -11,7 +11,7 @@ from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedTrainer
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
-from robust_bundles.adversarial import AMATIteration, TemporalEnsemble, TEATIteration, VATIteration, teat_weight
+from robust_bundles.adversarial import AMATIteration, TEATIteration, TemporalEnsemble, VATIteration, teat_weight
 from robust_bundles.attacks import L2IFGSM, L2PGD
 from robust_bundles.handlers import MarginHandler
 from robust_bundles.losses import DiceCELoss

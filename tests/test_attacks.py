@@ -14,9 +14,9 @@ import torch
 import torch.nn as nn
 
 from robust_bundles.attacks import (
-    AttackResult,
     L2IFGSM,
     L2PGD,
+    AttackResult,
     LinfIFGSM,
     LinfPGD,
     batch_norms,

@@ -27,6 +27,21 @@ def test_overlay_follows_monai_overlay_rules():
         bc.apply_overlay(base, {"a#b#c": 1})
 
 
+def test_overlay_refuses_a_misspelt_key_with_the_nearest_one():
+    base = {"train": {"epochs": 5, "trainer": {}}, "epochs": 5, "setup": []}
+    with pytest.raises(ValueError, match=r"'trian#epochs': 'trian' is not a key .* \(nearest: 'train'\)"):
+        bc.apply_overlay(base, {"trian#epochs": 1}, new_keys=[])
+    with pytest.raises(ValueError, match=r"'train#epoch':.* at train \(nearest: 'train#epochs'\).*new_keys"):
+        bc.apply_overlay(base, {"train#epoch": 1}, new_keys=[])
+    with pytest.raises(ValueError, match=r"'\+setpu'.*nearest: 'setup'"):
+        bc.apply_overlay(base, {"+setpu": ["x"]}, new_keys=[])
+    # a key listed in new_keys adds (and what is under it), an existing key replaces, descriptions are free
+    out = bc.apply_overlay(base, {"channels": 1, "train#channels": 2, "train#epochs": 1, "_desc_channels": "c"},
+                           new_keys=["channels", "train#channels"])
+    assert out == {"train": {"epochs": 1, "trainer": {}, "channels": 2}, "epochs": 5, "setup": [], "channels": 1,
+                   "_desc_channels": "c"}
+
+
 def test_the_three_segmentation_bundles_are_rendered_from_one_base():
     assert [p.name for p in RENDERED] == ["heart_mri_segmentation", "hippocampus_mri_segmentation",
                                           "prostate_mri_segmentation"]

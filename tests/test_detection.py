@@ -510,7 +510,7 @@ def test_tiny_retinanet_learns_synthetic_rectangles(tmp_path):
     before = held_out_map()
     opt = torch.optim.Adam(net.parameters(), 1e-3)
     g = torch.Generator().manual_seed(0)
-    for step in range(80):
+    for _step in range(80):
         idx = torch.randperm(len(train), generator=g)[:8].tolist()
         x, t = prep(D.collate_detection([train[i] for i in idx]), "cpu")
         value = loss(net(x), t).mean()

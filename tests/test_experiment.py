@@ -8,7 +8,6 @@ last test runs the whole tool on the hippocampus bundle with tiny settings (mark
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import os
 import shlex
@@ -24,10 +23,7 @@ SCRIPT = ROOT / "scripts" / "experiment.py"
 HIPPOCAMPUS = ROOT / "bundles" / "hippocampus_mri_segmentation"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-_spec = importlib.util.spec_from_file_location("experiment_tool", SCRIPT)
-experiment = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = experiment  # dataclasses look their module up there
-_spec.loader.exec_module(experiment)
+from robust_bundles import experiment as experiment  # noqa: E402  (the engine; scripts/ holds its thin command line)
 
 
 # ------------------------------------------------------------------------------------------------ stand-in bundle
@@ -440,3 +436,64 @@ def test_extra_runs_of_a_profile(bundle, capsys, tmp_path):
     rc, _, err = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--override",
                           json.dumps({"experiment": {"extra_runs": {"vat_eps2": {}}}}), "--dry_run")
     assert rc == 1 and "'vat_eps2' is not a free run name" in err
+
+
+# ------------------------------------------------------------------------------------------- a new method (registry)
+DUMMY_MODULE = '''
+from robust_bundles.adversarial import VATIteration
+
+
+class DummyIteration(VATIteration):
+    """A stand-in method: VAT under another name."""
+'''
+
+
+@pytest.fixture
+def dummy_method(bundle):
+    """DUMMY, a method with eps: its iteration class (a module in the bundle folder, importable by the bundle run,
+    whose working directory is the bundle), its overlay dummy.json and its registry entry; unregistered afterwards."""
+    from robust_bundles import methods
+
+    (bundle / "dummy_method.py").write_text(DUMMY_MODULE)
+    sys.path.insert(0, str(bundle))
+    import dummy_method as module
+
+    _write(bundle / "configs" / "dummy.json", {
+        "dummy_iteration": {"_target_": "dummy_method.DummyIteration", "eps": "@train_eps"},
+        "+run": ["$print('ITERATION', type(@dummy_iteration).__name__, @dummy_iteration.eps)"]})
+    method = methods.register(methods.Method("DUMMY", overlay="dummy.json", iteration=module.DummyIteration,
+                                             takes_eps=True, styles={"scratch": ("C5", "h", "DUMMY")}))
+    yield method
+    methods.unregister("DUMMY")
+    sys.path.remove(str(bundle))
+    sys.modules.pop("dummy_method", None)
+
+
+def test_a_registry_entry_makes_a_method_known_to_the_tool_the_report_and_the_study(bundle, dummy_method, capsys,
+                                                                                   tmp_path):
+    from robust_bundles import methods, report, study
+
+    root = tmp_path / "out"
+    rc, out, err = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--output_root", root, "--vat_eps", "[]",
+                            "--override", '{"experiment": {"dummy_eps": [2]}}')
+    assert rc == 0, err
+    # the experiment tool: a training stage with the overlay (the iteration class built), its evaluation, the group
+    assert "STAGE dummy_eps2 train_eps 2 resume False" in out and "ITERATION DummyIteration 2.0" in out
+    assert "] robustness_dummy_eps2 done in" in out and "DUMMY eps: 2" in out
+    assert "dummy" in experiment.groups() and "dummy.json" in experiment.bundle_configs()
+    # the report: run names, the row (after the built-in methods), the method column
+    assert report.run_name("dummy", 2) == "dummy_eps2" and report.parse_run("dummy_eps2") == ("DUMMY", 2.0,
+                                                                                            "DUMMY (eps 2)")
+    md = (root / "report" / "results.md").read_text()
+    assert md.index("| AMAT |") < md.index("| DUMMY (eps 2) |")
+    assert "DUMMY" in report.METHODS
+    # the study: its baselines, its rows' setting and its plot style
+    assert study.Baseline("DUMMY", 2, "std").run == "dummy_eps2_ft"
+    assert study.point_style("DUMMY", "scratch") == ("C5", "h", "DUMMY")
+    assert study.point_style("DUMMY", "std") == ("C5", "h", "DUMMY fine-tuned")
+    assert study._setting({"method": "DUMMY", "eps": 2.0}) == "DUMMY eps 2"
+    # without the entry the method is unknown again: a bundle without dummy.json is complete
+    methods.unregister("DUMMY")
+    assert "dummy.json" not in experiment.bundle_configs() and "DUMMY" not in report.METHODS
+    assert report.parse_run("dummy_eps2") == ("dummy_eps2", None, "dummy_eps2")
+    methods.register(dummy_method)  # for the fixture's clean-up

@@ -344,6 +344,29 @@ def test_fixed_or_target_not_both():
         MarginBook(3, target_margin=10.0)
 
 
+def test_rule_argument_picks_one_of_both_values_hand_computed():
+    # A bundle passes expansion_step AND target_margin with its margin_rule: the rule decides which one counts.
+    # fixed: Delta = A = 1, no cap; one always-robust epoch -> 2. target: M = 10, E = 6, rho = 0.5 -> Delta = A = 10/3,
+    # cap 10; one robust epoch -> 20/3. The same books as without the rule (the config, hence checkpoints, unchanged).
+    both = dict(expansion_step=1.0, target_margin=10.0, epochs=6, reach_fraction=0.5)
+    fixed, target = MarginBook(2, rule="fixed", **both), MarginBook(2, rule="target", **both)
+    assert (fixed.rule, fixed.expansion_step, fixed.initial_margin, fixed.max_margin) == ("fixed", 1.0, 1.0, None)
+    assert fixed.config() == MarginBook(2, expansion_step=1.0, epochs=6).config()
+    assert target.rule == "target" and target.expansion_step == pytest.approx(10 / 3) and target.max_margin == 10.0
+    assert target.config() == MarginBook(2, target_margin=10.0, epochs=6).config()
+    for book, expected in ((fixed, [2.0, 1.0]), (target, [20 / 3, 10 / 3])):
+        _record(book, [0, 1], [T, F], [book.expansion_step, 0.5], epoch=1)
+        book.end_epoch()
+        assert _margins(book) == pytest.approx(expected)
+    assert MarginBook(2, expansion_step=1.0).rule == "fixed"  # no rule: from the value given
+    with pytest.raises(ValueError, match="'fixed' margin rule needs expansion_step"):
+        MarginBook(2, rule="fixed", target_margin=10.0, epochs=6)
+    with pytest.raises(ValueError, match="'target' margin rule needs target_margin"):
+        MarginBook(2, rule="target", expansion_step=1.0)
+    with pytest.raises(ValueError, match="must be one of"):
+        MarginBook(2, rule="fxed", expansion_step=1.0)
+
+
 def test_target_mode_state_round_trip(tmp_path):
     book = MarginBook(2, target_margin=9.0, epochs=3, reach_fraction=1.0)  # Delta = A = 3
     _record(book, [0, 1], [T, F], [3.0, 3.0], epoch=1)

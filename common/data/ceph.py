@@ -537,7 +537,7 @@ def write_synthetic_ceph(
             if layout == "official":
                 path = out / "RawImage" / _OFFICIAL_FOLDERS[set_name] / f"{case}.bmp"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="BMP"))
+                atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="BMP"))  # noqa: B023 (called now)
                 for doctor, pts in (("senior", points), ("junior", junior)):
                     text = "".join(f"{x:.0f},{y:.0f}\n" for x, y in pts) + "1\n2\n"  # then non-landmark lines
                     atomic_write_text(out / "AnnotationsByMD" / f"400_{doctor}" / f"{case}.txt", text)
@@ -545,7 +545,7 @@ def write_synthetic_ceph(
                 path = out / "cepha400" / f"{case}.jpg"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 rgb = Image.fromarray(image).convert("RGB")
-                atomic_write(path, lambda tmp: rgb.save(tmp, format="JPEG", quality=95))
+                atomic_write(path, lambda tmp: rgb.save(tmp, format="JPEG", quality=95))  # noqa: B023 (called now)
                 rows.setdefault((set_name, "senior"), []).append([f"{case}.jpg", *np.round(points).astype(int).ravel()])
     header = ["image_path"] + [f"{i}_{c}" for i in range(1, int(num_landmarks) + 1) for c in ("x", "y")]
     for (set_name, doctor), lines in rows.items():

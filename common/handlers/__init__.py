@@ -1,15 +1,15 @@
 """Ignite handlers in MONAI style: margin bookkeeping, threshold estimation, robustness evaluation, task metrics,
 model loading and checkpoints that survive a crash."""
 
-from .margin_handler import MarginHandler
-from .threshold_handler import ThresholdEstimationHandler
-from .robustness_handler import RobustnessEvaluationHandler
-from .progress_handler import ProgressHandler
+from .checkpoint_saver import AtomicCheckpointSaver, KeepLatestCheckpoints
 from .finite_loss_guard import FiniteLossGuard
 from .init_from_checkpoint import InitFromCheckpoint
-from .task_metric import TaskIgniteMetric
+from .margin_handler import MarginHandler
 from .model_loader import ModelLoader
-from .checkpoint_saver import AtomicCheckpointSaver, KeepLatestCheckpoints
+from .progress_handler import ProgressHandler
+from .robustness_handler import RobustnessEvaluationHandler
+from .task_metric import TaskIgniteMetric
+from .threshold_handler import ThresholdEstimationHandler
 
 __all__ = [
     "MarginHandler",

@@ -396,7 +396,7 @@ class RobustnessEvaluationHandler:
         for spec in self.specs:
             m = self.summary["metrics"][spec.name]
             cells = [spec.label(), f"{m['clean']:.4f}"]
-            for name, res in m["attacks"].items():
+            for _name, res in m["attacks"].items():
                 cells += [f"{res[format_eps(e)]:.4f}" for e in self.eps] + [f"{res['avg']:.4f}"]
             cells += [f"{m['worst'][format_eps(e)]:.4f}" for e in self.eps]
             lines.append("| " + " | ".join(cells) + " |")

@@ -7,8 +7,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
-from monai.utils import CommonKeys, IgniteInfo, convert_to_tensor, evenly_divisible_all_gather, min_version
-from monai.utils import optional_import
+from monai.utils import (
+    CommonKeys,
+    IgniteInfo,
+    convert_to_tensor,
+    evenly_divisible_all_gather,
+    min_version,
+    optional_import,
+)
 
 from ..losses import per_sample_terms
 from ..thresholds import Thresholds, check_rule, from_values

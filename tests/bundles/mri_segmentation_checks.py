@@ -20,7 +20,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from bundle_run import Bundle, epoch_of, last_error, load, run
 
 FILTERS = "[8,16,32,64]"
@@ -242,8 +241,9 @@ EXPERIMENT_TINY = {"max_cases": 1, "max_val_cases": 1, "max_test_cases": 1, "epo
 def test_experiment_quick_on_the_synthetic_default(spec, tmp_path):
     """scripts/experiment.py --profile quick (tiny overrides, one VAT and one TEAT level): every stage and the
     paper-style table, with the bundle's noise levels."""
-    from bundle_run import REPO, env
     import subprocess
+
+    from bundle_run import REPO, env
 
     out = tmp_path / "runs"
     eps = spec.eps[0]

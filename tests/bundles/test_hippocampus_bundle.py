@@ -21,11 +21,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
+from bundle_run import REPO, SHARED_DATA, Bundle, epoch_of, last_error, load, run
 
 pytestmark = pytest.mark.slow
-
-from bundle_run import REPO, SHARED_DATA, Bundle, epoch_of, last_error, load, run
 
 BUNDLE = "bundles/hippocampus_mri_segmentation"
 CONFIGS = f"{BUNDLE}/configs"
@@ -214,7 +212,7 @@ def test_kill_and_resume_equals_the_uninterrupted_run(root, thresholds, overlays
     for name, wa in a["model"].items():
         assert torch.equal(wa, b["model"][name]), name
     assert torch.equal(a["margins"]["margins"], b["margins"]["margins"])
-    for (pa, sa), (pb, sb) in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].items()):
+    for (pa, sa), (_pb, sb) in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].items()):
         assert all(torch.equal(sa[k], sb[k]) for k in sa), pa
     assert a["validation"]["best_metric"] == b["validation"]["best_metric"]
     assert a["validation"]["best_metric_epoch"] == b["validation"]["best_metric_epoch"]

@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import torch
-
 from bundle_run import Bundle, load, run
 
 pytestmark = pytest.mark.slow

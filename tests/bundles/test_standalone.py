@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 from bundle_run import REPO, Bundle, last_error, run
 
 pytestmark = pytest.mark.slow

@@ -1,0 +1,253 @@
+"""The training methods of the project, registered once: STD, VAT, TEAT and AMAT.
+
+A method is one iteration class (``robust_bundles.adversarial``), one config overlay stacked on a bundle's
+``train.json`` and one :class:`Method` entry here. Everything above the core reads this registry instead of keeping
+its own table: the experiment tool (its stages, options and groups), the report (run names, row order), the AMAT study
+(plot styles, settings) and the Python dispatchers (``robust_bundles.toy``, ``scripts/benchmark*.py``) through
+:meth:`Method.training`.
+
+    from robust_bundles import methods
+    methods.get("VAT").run_name(6)        # "vat_eps6"
+    methods.parse_run("teat_eps0.5")      # (TEAT's entry, 0.5)
+    methods.get("AMAT").training(128, attack=L2PGD(steps=3), thresholds=xi, expansion_step=1.0)
+
+A new method: write its iteration class, its overlay ``configs/<key>.json`` (setting ``train#trainer#iteration_update``
+and, for state such as a margin book, ``train#save_dict#<name>`` and ``train#method_handlers``), then
+``methods.register(Method("NAME", overlay="<key>.json", iteration=..., ...))``. The experiment tool then trains and
+evaluates it (a ``--experiment '{"<key>_eps": [...]}'`` list for a method with an eps), the report names its rows and the
+study plots it. Fine-tuning is no method: ``finetune.json`` (:data:`FINETUNE_OVERLAY`) stacks after any method's
+overlay and makes the run start from trained weights (the study plots such runs with the method's ``fine-tuned``
+style).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping
+
+__all__ = [
+    "Method",
+    "Training",
+    "register",
+    "unregister",
+    "get",
+    "all_methods",
+    "names",
+    "with_overlay",
+    "parse_run",
+    "FINETUNE_OVERLAY",
+    "THRESHOLDS_OVERLAY",
+    "SCRATCH",
+    "FINE_TUNED",
+]
+
+FINETUNE_OVERLAY = "finetune.json"
+"""The overlay that makes a method's run start from trained weights (after the method's own overlay)."""
+THRESHOLDS_OVERLAY = "thresholds.json"
+"""The overlay that estimates the thresholds xi on the STD model (for methods with ``needs_thresholds``)."""
+SCRATCH = "scratch"
+"""A run that starts from a random initialisation."""
+FINE_TUNED = "std"
+"""A run fine-tuned from this experiment's STD model (the init value of the experiment tool and the study)."""
+
+
+@dataclass
+class Training:
+    """What a method adds to a plain ``monai.engines.SupervisedTrainer``.
+
+    Attributes:
+        update: the trainer's ``iteration_update`` (None: MONAI's default step, i.e. STD).
+        handlers: train handlers the method needs (e.g. AMAT's MarginHandler).
+        margins: AMAT's margin book (None for the others).
+    """
+
+    update: Any = None
+    handlers: list = field(default_factory=list)
+    margins: Any = None
+
+
+@dataclass(frozen=True)
+class Method:
+    """One training method.
+
+    Args:
+        name: upper-case name, the report's method column (``"VAT"``).
+        overlay: the config file stacked on ``train.json`` for its runs (``"vat.json"``); None: ``train.json`` alone.
+        iteration: the ``iteration_update`` class its overlay builds (None: MONAI's default step).
+        takes_eps: its runs have a training noise level eps (run ``<key>_eps<g>``, config ``train_eps``).
+        needs_thresholds: its runs read the thresholds xi estimated on the STD model (the thresholds stage first).
+        styles: plot style ``(color, marker, label)`` by init (:data:`SCRATCH` and :data:`FINE_TUNED`).
+        build: ``build(num_samples, attack=..., **settings) -> Training`` for the Python dispatchers (toy,
+            benchmarks); None for a method only known to bundles.
+        description: one line for help texts.
+    """
+
+    name: str
+    overlay: str | None = None
+    iteration: Any = None
+    takes_eps: bool = False
+    needs_thresholds: bool = False
+    styles: Mapping[str, tuple[str, str, str]] = field(default_factory=dict)
+    build: Callable[..., Training] | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Z][A-Z0-9]*", self.name):
+            raise ValueError(f"Method name {self.name!r}: upper-case letters and digits, starting with a letter.")
+        if self.overlay is not None and not self.overlay.endswith(".json"):
+            raise ValueError(f"Method {self.name}: overlay must be a .json config file name, not {self.overlay!r}.")
+
+    @property
+    def key(self) -> str:
+        """The lower-case name: run names, option names (``--<key>_eps``, ``<key>_init``, ``<key>_override``)."""
+        return self.name.lower()
+
+    @property
+    def run_pattern(self) -> re.Pattern:
+        """The pattern of its run names: ``vat_eps(?P<eps>...)`` for a method with eps, else its key alone."""
+        return re.compile(rf"^{self.key}_eps(?P<eps>.+)$" if self.takes_eps else rf"^{self.key}$")
+
+    def run_name(self, eps: float | None = None) -> str:
+        """``VAT.run_name(6) -> "vat_eps6"``, ``AMAT.run_name() -> "amat"`` (eps ``format(eps, 'g')``)."""
+        if self.takes_eps:
+            if eps is None:
+                raise ValueError(f"{self.name} needs its training noise level eps.")
+            return f"{self.key}_eps{format(float(eps), 'g')}"
+        return self.key
+
+    def style(self, init: str = SCRATCH) -> tuple[str, str, str]:
+        """``(color, marker, label)`` of its points in a plot, for runs from scratch or fine-tuned."""
+        if init in self.styles:
+            return self.styles[init]
+        base = self.styles.get(SCRATCH, ("C7", "x", self.name))
+        return (base[0], base[1], base[2] if init == SCRATCH else f"{self.name} fine-tuned")
+
+    def training(self, num_samples: int, attack: Any = None, **settings: Any) -> Training:
+        """Build the method for a Python ``SupervisedTrainer`` (what its overlay does in a bundle).
+
+        Args:
+            num_samples: the size of the training set (sample ids 0..N-1; AMAT's book, TEAT's ensemble).
+            attack: the training attack (None: the iteration class's default).
+            settings: the method's settings (``eps``, ``beta``, ``thresholds``, margin settings, ...).
+        """
+        if self.build is None:
+            raise ValueError(f"Method {self.name} has no Python builder; it runs through its overlay "
+                             f"{self.overlay} only.")
+        return self.build(num_samples, attack=attack, **settings)
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method, replace: bool = False) -> Method:
+    """Add a method (after the registered ones: report rows and experiment stages follow this order).
+
+    Raises:
+        ValueError: a method of that name (or its run names) is registered already and ``replace`` is False.
+    """
+    if method.name in _REGISTRY and not replace:
+        raise ValueError(f"Method {method.name} is registered already (replace=True to replace it).")
+    clash = [m.name for m in _REGISTRY.values() if m.name != method.name and m.overlay and m.overlay == method.overlay]
+    if clash:
+        raise ValueError(f"Method {method.name}: overlay {method.overlay} is {clash[0]}'s already.")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def unregister(name: str) -> None:
+    """Remove a method (tests that register a stand-in)."""
+    _REGISTRY.pop(name.upper(), None)
+
+
+def get(name: str) -> Method:
+    """The method of that name (any case).
+
+    Raises:
+        KeyError: no such method; the message lists the registered ones.
+    """
+    try:
+        return _REGISTRY[str(name).upper()]
+    except KeyError:
+        raise KeyError(f"Unknown method {name!r}; registered: {', '.join(_REGISTRY)}.") from None
+
+
+def all_methods() -> list[Method]:
+    """The registered methods in order (STD, VAT, TEAT, AMAT, then any registered later)."""
+    return list(_REGISTRY.values())
+
+
+def names() -> tuple[str, ...]:
+    """The names of the registered methods, in order."""
+    return tuple(_REGISTRY)
+
+
+def with_overlay() -> Iterator[Method]:
+    """The methods trained through an overlay on train.json (all but STD)."""
+    return (m for m in _REGISTRY.values() if m.overlay)
+
+
+def parse_run(run: str) -> tuple[Method, float | None] | None:
+    """The method and training eps of a run name (``"vat_eps6" -> (VAT, 6.0)``, ``"amat" -> (AMAT, None)``); None
+    for other names, and for an eps that is not a number."""
+    for m in _REGISTRY.values():
+        match = m.run_pattern.match(run)
+        if match:
+            if not m.takes_eps:
+                return m, None
+            try:
+                return m, float(match.group("eps"))
+            except ValueError:
+                return None
+    return None
+
+
+# ------------------------------------------------------------------------------------------------------ builders
+def _build_std(num_samples: int, attack: Any = None, **_: Any) -> Training:
+    return Training()
+
+
+def _build_vat(num_samples: int, attack: Any = None, eps: float = 2.0, beta: float = 0.0, **_: Any) -> Training:
+    from .adversarial import VATIteration
+
+    return Training(VATIteration(eps=eps, attack=attack, beta=beta))
+
+
+def _build_teat(num_samples: int, attack: Any = None, eps: float = 2.0, max_epochs: int = 1, momentum: float = 0.9,
+                **options: Any) -> Training:
+    from .adversarial import TEATIteration, TemporalEnsemble
+
+    keep = {k: options[k] for k in ("beta", "w_max", "start", "ramp", "activation") if k in options}
+    ensemble = TemporalEnsemble(num_samples=num_samples, momentum=momentum)
+    return Training(TEATIteration(eps, ensemble, max_epochs=max_epochs, attack=attack, **keep))
+
+
+def _build_amat(num_samples: int, attack: Any = None, thresholds: Any = None, beta: float = 0.5,
+                check: str = "path", margin_rule: str | None = None, expansion_step: float | None = None,
+                target_margin: float | None = None, epochs: int | None = None, reach_fraction: float = 0.5,
+                initial_margin: float | None = None, max_margin: float | None = None, **_: Any) -> Training:
+    from .adversarial import AMATIteration
+    from .handlers import MarginHandler
+    from .margins import MarginBook
+
+    if thresholds is None:
+        raise ValueError("AMAT needs thresholds: estimate them on the STD model first.")
+    book = MarginBook(num_samples, expansion_step=expansion_step, initial_margin=initial_margin,
+                      max_margin=max_margin, target_margin=target_margin, epochs=epochs,
+                      reach_fraction=reach_fraction, rule=margin_rule)
+    update = AMATIteration(book, thresholds, attack=attack, beta=beta, check=check)
+    return Training(update, [MarginHandler(book)], book)
+
+
+STD = register(Method("STD", description="standard training (MONAI's default step)",
+                      styles={SCRATCH: ("k", "*", "STD")}, build=_build_std))
+VAT = register(Method("VAT", overlay="vat.json", iteration="robust_bundles.adversarial.VATIteration", takes_eps=True,
+                      styles={SCRATCH: ("C0", "o", "VAT"), FINE_TUNED: ("C9", "v", "VAT fine-tuned")},
+                      build=_build_vat, description="vanilla adversarial training at one noise level eps"))
+TEAT = register(Method("TEAT", overlay="teat.json", iteration="robust_bundles.adversarial.TEATIteration",
+                       takes_eps=True, styles={SCRATCH: ("C2", "s", "TEAT"), FINE_TUNED: ("C2", "P", "TEAT fine-tuned")},
+                       build=_build_teat, description="VAT plus a temporal-ensemble consistency term"))
+AMAT = register(Method("AMAT", overlay="amat.json", iteration="robust_bundles.adversarial.AMATIteration",
+                       needs_thresholds=True,
+                       styles={SCRATCH: ("C3", "^", "AMAT from scratch"), FINE_TUNED: ("C1", "D", "AMAT fine-tuned")},
+                       build=_build_amat, description="adaptive-margin adversarial training (per-sample margins)"))
