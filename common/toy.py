@@ -89,6 +89,9 @@ def run_toy(
     init_from: str | None = None,
     target_margin: float | None = None,
     reach_fraction: float = 0.5,
+    memory: bool = False,
+    amat_beta: float = 0.5,
+    extra_handlers: list | None = None,
 ):
     """Train a toy network with STD, VAT(eps) or AMAT using the project's real components.
 
@@ -100,6 +103,10 @@ def run_toy(
             :class:`robust_bundles.handlers.InitFromCheckpoint`); None trains from the network's initialisation.
         target_margin: AMAT's schedule-aware margin: Delta, A and the cap from this target margin, ``epochs`` and
             ``reach_fraction`` (:func:`robust_bundles.margins.margin_schedule`) instead of ``expansion_step``.
+        memory: warm-start every attack from the sample's last perturbation
+            (:class:`robust_bundles.perturbation_memory.PerturbationMemory`), VAT and AMAT alike.
+        amat_beta: AMAT's weight of the clean loss.
+        extra_handlers: further train handlers (e.g. a :class:`robust_bundles.handlers.PassCounter`).
         The others: the method, data and training settings (Delta = ``expansion_step``, VAT's ``eps``, the training
         PGD's ``attack_steps``).
 
@@ -116,6 +123,7 @@ def run_toy(
     from .handlers import InitFromCheckpoint, MarginHandler
     from .losses import DiceCELoss
     from .margins import MarginBook
+    from .perturbation_memory import PerturbationMemory
 
     set_determinism(seed)
     data = train_data if train_data is not None else make_toy_segmentation(128, seed=seed)
@@ -123,12 +131,13 @@ def run_toy(
     loss = DiceCELoss()
     loader = DataLoader(Dataset(data), batch_size=batch_size, shuffle=True, num_workers=0)
     opt = torch.optim.Adam(net.parameters(), lr)
-    handlers, margins, update = [], None, None
+    handlers, margins, update = list(extra_handlers or []), None, None
+    store = PerturbationMemory(len(data)) if memory else None
     if init_from is not None:
         handlers.append(InitFromCheckpoint(init_from, net))
     attack = L2PGD(steps=attack_steps, alpha=4.0)
     if method == "vat":
-        update = VATIteration(eps=eps, attack=attack)
+        update = VATIteration(eps=eps, attack=attack, memory=store)
     elif method == "amat":
         if thresholds is None:
             raise ValueError("AMAT needs thresholds: estimate them on the STD model first.")
@@ -136,7 +145,7 @@ def run_toy(
             margins = MarginBook(len(data), target_margin=target_margin, epochs=epochs, reach_fraction=reach_fraction)
         else:
             margins = MarginBook(len(data), expansion_step=expansion_step)
-        update = AMATIteration(margins, thresholds, attack=attack, beta=0.5)
+        update = AMATIteration(margins, thresholds, attack=attack, beta=amat_beta, memory=store)
         handlers.append(MarginHandler(margins))
     elif method != "std":
         raise ValueError(f"Unknown method {method!r}; use 'std', 'vat' or 'amat'.")

@@ -10,6 +10,7 @@ from .init_from_checkpoint import InitFromCheckpoint
 from .task_metric import TaskIgniteMetric
 from .model_loader import ModelLoader
 from .checkpoint_saver import AtomicCheckpointSaver, KeepLatestCheckpoints
+from .pass_counter import PassCounter
 
 __all__ = [
     "MarginHandler",
@@ -22,4 +23,5 @@ __all__ = [
     "KeepLatestCheckpoints",
     "InitFromCheckpoint",
     "TaskIgniteMetric",
+    "PassCounter",
 ]
