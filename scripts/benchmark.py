@@ -3,6 +3,14 @@
     python scripts/benchmark.py                                  # batch 32, T = 5, 5 timed iterations, 2 threads
     python scripts/benchmark.py --steps 20 --iters 10 --out results.json
     python scripts/benchmark.py --tiny --batch 2 --steps 1 --iters 1 --warmup 0    # smoke test, a few seconds
+    python scripts/benchmark.py --fast --threads 1 --out fast.json   # fast AMAT: counted passes vs wall time
+
+``--fast`` runs the configurations of fast adversarial training instead (see ``FAST_CONFIGS``): STD, AMAT with T = 5
+from a cold start, AMAT with T = 1 and 2 warm-started from the perturbation memory (beta 0.5, and T = 1 with beta 0),
+and VAT with T = 1 and the memory. Every run counts its network passes (robust_bundles.handlers.PassCounter) and
+times its iterations; the table gives the passes per training sample relative to STD (machine-independent) and the
+measured time against the count's prediction (STD's time per pass times the passes). The memory warms up during the
+untimed iterations (every epoch is one iteration here, so from the second iteration on every sample is a hit).
 
 What runs: a real ``monai.engines.SupervisedTrainer`` per method over an in-memory list of dicts ("image", "label",
 "sample_id"), with the project's ``iteration_update`` callables (``robust_bundles.adversarial``) plugged in exactly as a bundle
@@ -49,6 +57,17 @@ import fire
 import torch
 
 METHODS = ("STD", "VAT", "TEAT", "AMAT", "VAT_B05")
+#: --fast: name -> (method, attack steps T, perturbation memory, AMAT's beta)
+FAST_CONFIGS = {
+    "STD": ("STD", 0, False, 0.5),
+    "AMAT_T5_COLD": ("AMAT", 5, False, 0.5),
+    "AMAT_T2_MEM": ("AMAT", 2, True, 0.5),
+    "AMAT_T1_MEM": ("AMAT", 1, True, 0.5),
+    "AMAT_T1_MEM_B0": ("AMAT", 1, True, 0.0),
+    "VAT_T1_MEM": ("VAT", 1, True, 0.0),
+}
+GOAL_FAST_PASSES_OVER_STD = 2.0
+GOAL_TIME_OVER_PREDICTION = 0.10
 LABELS = {"VAT_B05": "VAT beta 0.5 (control)", "ATTACK_STEP": "attack-step"}
 ATTACK = "ATTACK_STEP"
 GOAL_AMAT_OVER_VAT = 1.05
@@ -242,8 +261,13 @@ def run_method(
     deep_supr_num: int = 2,
     device: str = "auto",
     seed: int = 0,
+    memory: bool = False,
+    amat_beta: float = 0.5,
 ) -> dict:
-    """Train ``warmup + iters`` iterations of one method with a SupervisedTrainer and time them.
+    """Train ``warmup + iters`` iterations of one method with a SupervisedTrainer, time them and count their passes.
+
+    ``memory`` warm-starts the attacks of VAT, TEAT and AMAT from the perturbation memory; ``amat_beta`` is AMAT's
+    weight of the clean loss. The network passes of every iteration are counted (PassCounter).
 
     The data set has ``batch`` samples, so every epoch is one iteration (the margin book and the TEAT ensemble hold
     N = batch samples); AMAT's MarginHandler closes every epoch. TEAT runs with its ensemble active and its weight at
@@ -259,8 +283,9 @@ def run_method(
 
     from robust_bundles.adversarial import AMATIteration, TEATIteration, TemporalEnsemble, VATIteration
     from robust_bundles.attacks import L2PGD
-    from robust_bundles.handlers import MarginHandler
+    from robust_bundles.handlers import MarginHandler, PassCounter
     from robust_bundles.margins import MarginBook
+    from robust_bundles.perturbation_memory import PerturbationMemory
 
     method = method.upper()
     if method not in METHODS:
@@ -274,10 +299,12 @@ def run_method(
     loader = DataLoader(Dataset(data), batch_size=batch, shuffle=False, num_workers=0)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.99, nesterov=True, weight_decay=3e-5)
     attack = L2PGD(steps=steps, alpha=4.0)
-    handlers: list[Any] = []
+    counter = PassCounter()
+    handlers: list[Any] = [counter]
     update = None
+    store = PerturbationMemory(batch) if memory else None
     if method == "VAT":
-        update = VATIteration(eps=VAT_EPS, attack=attack)
+        update = VATIteration(eps=VAT_EPS, attack=attack, memory=store)
     elif method == "VAT_B05":  # control: VAT with AMAT's clean-loss weight, to isolate AMAT's own bookkeeping cost
         update = VATIteration(eps=VAT_EPS, attack=attack, beta=0.5)
     elif method == "TEAT":
@@ -285,7 +312,8 @@ def run_method(
         update = TEATIteration(VAT_EPS, ensemble, max_epochs=1, attack=attack, start=0.0, ramp=0.0)
     elif method == "AMAT":
         margins = MarginBook(batch, expansion_step=AMAT_EXPANSION_STEP, initial_margin=AMAT_INITIAL_MARGIN)
-        update = AMATIteration(margins, list(AMAT_THRESHOLDS), attack=attack, beta=0.5, check="path")
+        update = AMATIteration(margins, list(AMAT_THRESHOLDS), attack=attack, beta=amat_beta, check="path",
+                               memory=store)
         handlers.append(MarginHandler(margins))
     total = warmup + iters
     trainer = SupervisedTrainer(
@@ -320,6 +348,7 @@ def run_method(
         "cuda_peak_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
         "final_loss": float(final_loss) if final_loss is not None else None,
         "adversarial": dict(getattr(trainer.state, "adversarial", {}) or {}),
+        "passes": counter.summary(),
     }
 
 
@@ -438,6 +467,10 @@ def _run_job(job: str, opts: dict) -> dict:
     kw = {k: v for k, v in opts.items() if k != "threads"}
     if job == ATTACK:
         return run_attack_step(**kw)
+    if job in FAST_CONFIGS:
+        method, steps, memory, beta = FAST_CONFIGS[job]
+        kw.update(steps=max(steps, 1), memory=memory, amat_beta=beta)
+        return run_method(method, **kw)
     return run_method(job, **kw)
 
 
@@ -585,6 +618,93 @@ def _write_json(path: str, obj: dict) -> None:
         raise
 
 
+def fast_report(results: dict) -> str:
+    """The --fast table: counted passes per training sample, their ratio to STD, measured and predicted s/iter."""
+    cfg = results["config"]
+    lines = [
+        f"Fast adversarial training: batch {cfg['batch']} x 1 x {cfg['network']['patch'][0]} x "
+        f"{cfg['network']['patch'][1]}, {cfg['iters']} timed iterations after {cfg['warmup']} warm-up (memory warm), "
+        f"{cfg['threads']} thread(s), device {cfg['device']}; L2 PGD alpha 4; AMAT xi {list(AMAT_THRESHOLDS)}, "
+        f"margins from {AMAT_INITIAL_MARGIN}; VAT eps {VAT_EPS}",
+        "",
+        "| configuration | forward / sample | backward / sample | passes vs STD | s/iter (mean ± std) | time vs STD | "
+        "predicted s/iter | measured / predicted |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in results["fast"].items():
+        p = r["passes"]
+        lines.append(
+            f"| {name} | {p['forward_per_sample']:.2f} | {p['backward_per_sample']:.2f} | "
+            f"{_fmt_ratio(r.get('passes_vs_std'))} | {r['s_per_iter_mean']:.3f} ± {r['s_per_iter_std']:.3f} | "
+            f"{_fmt_ratio(r.get('time_vs_std'))} | {r['predicted_s_per_iter']:.3f} | "
+            f"{_fmt_ratio(r.get('time_over_prediction'))} |"
+        )
+    lines += ["", "Goals:"]
+    for g in results["goals"].values():
+        verdict = "n/a" if g["pass"] is None else ("PASS" if g["pass"] else "FAIL")
+        value = "n/a" if g["value"] is None else f"{g['value']:.3f}"
+        lines.append(f"- {g['name']} <= {g['limit']}: {value} {verdict}")
+    for note in results.get("notes", []):
+        lines.append(f"  note: {note}")
+    return "\n".join(lines)
+
+
+def run_fast(opts: dict, out: str | None, isolate: bool) -> dict:
+    """Run ``FAST_CONFIGS`` (each in a fresh process unless ``isolate`` is False), compare counts and times."""
+    dev = pick_device(opts["device"])
+    cfg = network_config(opts["tiny"], opts["deep_supr_num"])
+    torch.set_num_threads(opts["threads"])
+    config = {**opts, "device": dev.type, "isolated": bool(isolate), "network": cfg, "configs": FAST_CONFIGS}
+    results: dict[str, Any] = {"config": config, "fast": {}, "goals": {}, "notes": []}
+    loads = {}
+    for k, job in enumerate(FAST_CONFIGS, 1):
+        _log(f"[{k}/{len(FAST_CONFIGS)}] {job} ...")
+        busy0, own0, t0 = _machine_cpu_s(), _own_cpu_s(isolate), time.perf_counter()
+        res = _child(job, opts) if isolate else _run_job(job, opts)
+        busy1, own1, wall = _machine_cpu_s(), _own_cpu_s(isolate), time.perf_counter() - t0
+        if busy0 is not None and busy1 is not None and wall > 0:
+            loads[job] = max(busy1 - busy0 - (own1 - own0), 0.0) / (wall * (os.cpu_count() or 1))
+        results["fast"][job] = res
+        _log(f"[{k}/{len(FAST_CONFIGS)}] {job}: {res['passes']['passes_per_sample']:.2f} passes/sample, "
+             f"{res['s_per_iter_mean']:.3f} s/iter ({wall:.0f} s)")
+    fs = results["fast"]
+    std = fs["STD"]
+    per_pass = std["s_per_iter_mean"] / std["passes"]["passes_per_sample"]
+    for r in fs.values():
+        r["passes_vs_std"] = r["passes"]["passes_per_sample"] / std["passes"]["passes_per_sample"]
+        r["time_vs_std"] = r["s_per_iter_mean"] / std["s_per_iter_mean"]
+        r["predicted_s_per_iter"] = per_pass * r["passes"]["passes_per_sample"]
+        r["time_over_prediction"] = r["s_per_iter_mean"] / r["predicted_s_per_iter"]
+    fast_ones = [n for n in fs if n.endswith("_MEM") or "_MEM_" in n]
+    amat_fast = [n for n in fast_ones if n.startswith("AMAT")]
+    best = min(amat_fast, key=lambda n: fs[n]["passes_vs_std"])
+    results["goals"] = {
+        "fast_amat_passes": _goal(f"fewest counted passes of fast AMAT ({best}) / STD", fs[best]["passes_vs_std"],
+                                  GOAL_FAST_PASSES_OVER_STD),
+        "amat_t1_passes": _goal("AMAT T = 1 with memory, beta 0.5: passes / STD", fs["AMAT_T1_MEM"]["passes_vs_std"],
+                                GOAL_FAST_PASSES_OVER_STD),
+        "time_vs_prediction": _goal("largest |measured / predicted - 1| over the configurations",
+                                    max(abs(r["time_over_prediction"] - 1) for r in fs.values()),
+                                    GOAL_TIME_OVER_PREDICTION),
+    }
+    results["notes"].append(
+        "AMAT's beta 0.5 trains on the clean batch too (one more forward and backward per sample than VAT), so AMAT "
+        "T = 1 costs 3 forward + 3 backward passes per sample, 3.0 x STD; beta 0 (adversarial loss only, as VAT) "
+        "brings it to 2.0 x. An attack's backward pass takes the input gradient only (no weight gradients), so it "
+        "costs less wall time than a training backward: adversarial configurations run below the count's prediction.")
+    if loads:
+        worst = max(loads, key=loads.get)
+        text = f"other processes kept {100 * loads[worst]:.0f}% of the CPUs busy during {worst} (the worst run)"
+        results["notes"].append(text + (": timings disturbed" if loads[worst] > 0.1 else "") + ".")
+    text = fast_report(results)
+    print(text, flush=True)
+    results["report"] = text
+    if out:
+        _write_json(out, results)
+        _log(f"wrote {out}")
+    return results
+
+
 def main(
     batch: int = 32,
     steps: int = 5,
@@ -600,6 +720,7 @@ def main(
     only: str | None = None,
     child_out: str | None = None,
     seed: int = 0,
+    fast: bool = False,
 ) -> dict:
     """Benchmark the training iterations, print the table and the goals, and optionally write JSON.
 
@@ -620,6 +741,8 @@ def main(
         only: internal: run one job (a method or "ATTACK_STEP") and write its result to ``child_out``.
         child_out: internal: where ``only`` writes its result.
         seed: random seed of the data and the network initialisation.
+        fast: run the fast-training configurations (``FAST_CONFIGS``: counted passes and time against the count's
+            prediction) instead of the methods; ``steps`` and ``methods`` are then ignored.
 
     Returns:
         The results dict (also written to ``out``).
@@ -643,6 +766,8 @@ def main(
             _write_json(child_out, res)
         return res
 
+    if fast:
+        return run_fast(opts, out, isolate)
     if isinstance(methods, str):
         methods = methods.replace(",", " ").split()
     methods = [str(m).upper() for m in methods]
