@@ -383,7 +383,7 @@ def perturb(
             grad = torch.autograd.grad(total, xa, allow_unused=True)[0] if total.requires_grad else None
             direction, unusable = _ascent_direction(torch.zeros_like(xa) if grad is None else grad.detach(), norm)
             zero_grad += unusable.long()
-            delta = x_adv - x0 + direction * _view(step, grad).to(grad.dtype)
+            delta = x_adv - x0 + direction * _view(step, direction).to(direction.dtype)
             delta = project(delta, eps_t, norm)
             x_adv = clamp_(x0 + delta).detach()
             last_terms = terms.detach()
