@@ -60,12 +60,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any, Hashable, Mapping
+from collections.abc import Hashable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["PerturbationMemory", "GeometryKeyd", "geometry_key", "STORAGE_DTYPES"]
+__all__ = ["STORAGE_DTYPES", "GeometryKeyd", "PerturbationMemory", "geometry_key"]
 
 logger = logging.getLogger("robust_bundles.perturbation_memory")
 

@@ -536,14 +536,27 @@ def report(results: dict) -> str:
             f"{a['fwd_bwd_params_ms']:.1f} ms)"
         )
         lines.append("")
-    lines.append("Goals:")
+    return "\n".join(lines + _goal_lines(results))
+
+
+def _publish(results: dict, text: str, out: str | None) -> dict:
+    """Print the report text, keep it in the results and write them to ``out`` (JSON) when given."""
+    print(text, flush=True)
+    results["report"] = text
+    if out:
+        _write_json(out, results)
+        _log(f"wrote {out}")
+    return results
+
+
+def _goal_lines(results: dict) -> list[str]:
+    """The "Goals:" lines (value, limit, PASS/FAIL/n/a) and the notes."""
+    lines = ["Goals:"]
     for g in results["goals"].values():
         verdict = "n/a" if g["pass"] is None else ("PASS" if g["pass"] else "FAIL")
         value = "n/a" if g["value"] is None else f"{g['value']:.3f}"
         lines.append(f"- {g['name']} <= {g['limit']}: {value} {verdict}")
-    for note in results.get("notes", []):
-        lines.append(f"  note: {note}")
-    return "\n".join(lines)
+    return lines + [f"  note: {note}" for note in results.get("notes", [])]
 
 
 def _goal(name: str, value: float | None, limit: float) -> dict:
@@ -639,14 +652,7 @@ def fast_report(results: dict) -> str:
             f"{_fmt_ratio(r.get('time_vs_std'))} | {r['predicted_s_per_iter']:.3f} | "
             f"{_fmt_ratio(r.get('time_over_prediction'))} |"
         )
-    lines += ["", "Goals:"]
-    for g in results["goals"].values():
-        verdict = "n/a" if g["pass"] is None else ("PASS" if g["pass"] else "FAIL")
-        value = "n/a" if g["value"] is None else f"{g['value']:.3f}"
-        lines.append(f"- {g['name']} <= {g['limit']}: {value} {verdict}")
-    for note in results.get("notes", []):
-        lines.append(f"  note: {note}")
-    return "\n".join(lines)
+    return "\n".join(lines + [""] + _goal_lines(results))
 
 
 def run_fast(opts: dict, out: str | None, isolate: bool) -> dict:
@@ -696,13 +702,7 @@ def run_fast(opts: dict, out: str | None, isolate: bool) -> dict:
         worst = max(loads, key=loads.get)
         text = f"other processes kept {100 * loads[worst]:.0f}% of the CPUs busy during {worst} (the worst run)"
         results["notes"].append(text + (": timings disturbed" if loads[worst] > 0.1 else "") + ".")
-    text = fast_report(results)
-    print(text, flush=True)
-    results["report"] = text
-    if out:
-        _write_json(out, results)
-        _log(f"wrote {out}")
-    return results
+    return _publish(results, fast_report(results), out)
 
 
 def main(
@@ -848,13 +848,7 @@ def main(
         ),
     }
     results["notes"] = _notes(results, opts["steps"])
-    text = report(results)
-    print(text, flush=True)
-    results["report"] = text
-    if out:
-        _write_json(out, results)
-        _log(f"wrote {out}")
-    return results
+    return _publish(results, report(results), out)
 
 
 if __name__ == "__main__":

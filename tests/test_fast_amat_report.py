@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from robust_bundles import layout, report
 from robust_bundles.attacks import L2PGD
 from robust_bundles.handlers import RobustnessEvaluationHandler
@@ -96,7 +95,7 @@ def test_a_strong_attack_with_its_own_restarts_and_a_disabled_one():
     assert list(h.attacks) == ["PGD", "PGD_strong"]
     assert h.settings()["attacks"]["PGD_strong"]["restarts"] == 3 and h.settings()["attacks"]["PGD"]["restarts"] == 1
     x = torch.zeros(2, 1, 2, 2)
-    for name, attack in h.attacks.items():
+    for attack in h.attacks.values():
         h._attack(attack, 1.0, x, None, {"label": torch.zeros(2, 1, 2, 2)}, _Net(), _Net(),
                   torch.Generator().manual_seed(0))
     assert calls == [2, 3, 3, 3]

@@ -9,22 +9,29 @@ import pytest
 import torch
 from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedTrainer
-
-from robust_bundles.adversarial import AMATIteration, TemporalEnsemble, TEATIteration, VATIteration
+from robust_bundles.adversarial import (
+    AMATIteration,
+    TEATIteration,
+    TemporalEnsemble,
+    VATIteration,
+)
 from robust_bundles.attacks import L2PGD, perturb
 from robust_bundles.handlers import MarginHandler, PassCounter
 from robust_bundles.losses import DiceCELoss
 from robust_bundles.margins import MarginBook
-from robust_bundles.perturbation_memory import GeometryKeyd, PerturbationMemory, geometry_key
-from robust_bundles.toy import make_toy_segmentation, run_toy, toy_network, toy_robustness, toy_thresholds
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from robust_bundles.perturbation_memory import (
+    GeometryKeyd,
+    PerturbationMemory,
+    geometry_key,
+)
+from robust_bundles.toy import (
+    make_toy_segmentation,
+    run_toy,
+    toy_network,
+    toy_robustness,
+    toy_thresholds,
+)
+from test_adversarial import one_thread  # noqa: F401 - the autouse fixture: one torch thread
 
 
 # ------------------------------------------------------------------------------------------------ the memory alone
@@ -136,7 +143,7 @@ def test_geometry_mismatch_resets_the_sample():
 
 # ------------------------------------------------------------------------------------------------ the attack
 class _Lin(torch.nn.Module):
-    """out = w * sum(x) per sample; loss = -out... a model whose loss is linear in the input."""
+    """out = w * sum(x) per sample (B, 1): with the losses below, a loss linear or quadratic in the input."""
 
     def __init__(self):
         super().__init__()
@@ -159,12 +166,9 @@ def test_warm_start_replaces_the_random_start_and_the_path_test_sees_it():
     assert torch.equal(res.x_adv[0], warm[0])  # steps 0: x_adv is the warm start
     assert not torch.equal(res.x_adv[1], warm[1]) and res.norms[1] <= 1.0 + 1e-6  # random start, in the ball
     assert res.robust[0].tolist() == [False]  # loss 2 > 1.5 at the (warm) start point
-    # T = 1 from a warm start that fails xi while x_adv passes: the path test fails, the final test alone passes
-    warm_bad = torch.full((1, 1, 2, 2), 0.5)
-    neg = lambda out, y: -out[:, 0]  # noqa: E731 - ascent goes to -1 direction, loss at x_adv = +2 ... see below
-    res = perturb(_Lin(), neg, x[:1], None, eps=1.0, steps=1, warm_start=(-warm_bad, torch.tensor([True])),
-                  thresholds=[1.0], check="path", final_check=True, random_start=True)
-    # start: delta = -0.5 everywhere, loss = 2 > 1 (fails); the step keeps it there (loss 2): path fails
+    # T = 1, loss -sum(x): the warm start -0.5 everywhere (loss 2 > xi 1) fails the path test at its first point
+    res = perturb(_Lin(), lambda out, y: -out[:, 0], x[:1], None, eps=1.0, steps=1,
+                  warm_start=(-warm[:1], torch.tensor([True])), thresholds=[1.0], check="path", final_check=True)
     assert res.robust.tolist() == [[False]]
     with pytest.raises(ValueError, match="warm_start"):
         perturb(_Lin(), _lin_loss, x, None, eps=1.0, steps=1, warm_start=(warm[:1], use))

@@ -34,7 +34,7 @@ from ..io import atomic_write_json
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
-__all__ = ["PassCounter", "COST_VERSION"]
+__all__ = ["COST_VERSION", "PassCounter"]
 
 logger = logging.getLogger("robust_bundles.cost")
 
