@@ -41,6 +41,7 @@ __all__ = [
     "batch_norms",
     "project",
     "gradient_masking_warning",
+    "attacking",
 ]
 
 NORMS = ("l2", "linf")
@@ -193,6 +194,25 @@ def preserve_model_state(model: nn.Module | None, train: bool | None = None) -> 
                 buf.copy_(copy)
         for m, mode in modes.items():
             m.training = mode
+
+
+_ATTACK_DEPTH = [0]
+
+
+@contextlib.contextmanager
+def _attack_passes() -> Iterator[None]:
+    """Mark the network passes made inside :func:`perturb` (see :func:`attacking`)."""
+    _ATTACK_DEPTH[0] += 1
+    try:
+        yield
+    finally:
+        _ATTACK_DEPTH[0] -= 1
+
+
+def attacking() -> bool:
+    """Whether the current network pass is an attack's (inside :func:`perturb`): its backward takes the input gradient
+    only. :class:`robust_bundles.handlers.PassCounter` counts such passes apart from the training passes."""
+    return _ATTACK_DEPTH[0] > 0
 
 
 def _term_weights(loss_fn: Any, k: int, device) -> torch.Tensor:
@@ -371,7 +391,7 @@ def perturb(
     step = alpha * eps_t / max(steps, 1)
     zero_grad = torch.zeros(batch, dtype=torch.long, device=x.device)
     last_terms = None
-    with preserve_model_state(module, train):
+    with preserve_model_state(module, train), _attack_passes():
         for _ in range(steps):
             xa = x_adv.clone().requires_grad_(True)
             terms, tested = evaluate(xa, need_grad=True)

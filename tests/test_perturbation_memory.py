@@ -223,6 +223,8 @@ def test_pass_counts_are_exact(steps):
     assert std["passes_per_sample"] == 2.0 and len(std["epochs"]) == 2 and std["epochs"][1]["forward"] == 10
     vat = _count(VATIteration(2.0, attack=L2PGD(steps=steps)), data)
     assert (vat["forward"], vat["backward"]) == (10 * (steps + 1), 10 * (steps + 1))
+    assert (vat["attack_forward"], vat["attack_backward"]) == (10 * steps, 10 * steps)
+    assert std["attack_forward"] == std["attack_backward"] == 0
     mem = PerturbationMemory(10)
     vat_mem = _count(VATIteration(2.0, attack=L2PGD(steps=steps), memory=mem), data)
     assert (vat_mem["forward"], vat_mem["backward"]) == (10 * (steps + 1), 10 * (steps + 1))

@@ -15,6 +15,10 @@ Expected counts per training sample (one visit):
 - AMAT with T steps, beta > 0: T + 2 forward, T + 2 backward (attack, adversarial and clean training passes);
   beta 0 drops the clean pass.
 
+The passes made inside an attack (:func:`robust_bundles.attacks.attacking`) are also counted on their own
+(``attack_forward``, ``attack_backward``, included in the totals): their backward takes the input gradient only, so a
+time prediction can weigh them apart (``scripts/benchmark.py --fast``).
+
 The counts and the wall time are written to ``models/<run>/cost.json`` (:func:`robust_bundles.layout.cost_file`) after
 every epoch and at the end; :mod:`robust_bundles.report` prints each method's passes per sample relative to STD. A
 resumed run counts from where it resumed; the per-sample figures do not depend on that.
@@ -28,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..attacks import attacking
 from ..distributed import is_main_process, unwrap
 from ..io import atomic_write_json
 
@@ -78,6 +83,8 @@ class PassCounter:
         self.name = name
         self.forward = 0
         self.backward = 0
+        self.attack_forward = 0
+        self.attack_backward = 0
         self.samples = 0
         self.iterations = 0
         self.iteration_time = 0.0
@@ -104,13 +111,16 @@ class PassCounter:
         if not self._active:
             return
         b = _batch_size(args)
+        attack = attacking()
         self.forward += b
+        self.attack_forward += b if attack else 0
         t = _grad_tensor(output)
         if t is not None:
-            t.register_hook(lambda grad, b=b: self._count_backward(b))
+            t.register_hook(lambda grad, b=b, attack=attack: self._count_backward(b, attack))
 
-    def _count_backward(self, b: int) -> None:
+    def _count_backward(self, b: int, attack: bool) -> None:
         self.backward += b
+        self.attack_backward += b if attack else 0
 
     # ------------------------------------------------------------------------------------------------ events
     def _started(self, engine: Engine) -> None:
@@ -121,7 +131,8 @@ class PassCounter:
         self._t_start = time.perf_counter()
 
     def _totals(self) -> dict:
-        return {"forward": self.forward, "backward": self.backward, "samples": self.samples,
+        return {"forward": self.forward, "backward": self.backward, "attack_forward": self.attack_forward,
+                "attack_backward": self.attack_backward, "samples": self.samples,
                 "iterations": self.iterations, "iteration_time_s": self.iteration_time}
 
     def _epoch_started(self, engine: Engine) -> None:
@@ -167,6 +178,8 @@ class PassCounter:
             "forward_per_sample": self.forward / n,
             "backward_per_sample": self.backward / n,
             "passes_per_sample": (self.forward + self.backward) / n,
+            "attack_forward_per_sample": self.attack_forward / n,
+            "attack_backward_per_sample": self.attack_backward / n,
             "wall_time_s": self.wall_time,
             "epochs": list(self.epochs),
         }
