@@ -234,7 +234,7 @@ def test_pass_counts_are_exact(steps):
                                     memory=PerturbationMemory(10)), data, handlers=[MarginHandler(book)])
         assert (amat["forward"], amat["backward"]) == (10 * (steps + extra), 10 * (steps + extra)), beta
     teat = _count(TEATIteration(2.0, TemporalEnsemble(10), max_epochs=1, attack=L2PGD(steps=steps), start=0.0,
-                                ramp=0.0), data)
+                                ramp=0.0, memory=PerturbationMemory(10)), data)
     assert (teat["forward"], teat["backward"]) == (10 * (steps + 2), 10 * (steps + 1))
 
 
