@@ -33,6 +33,7 @@ from .attacks import L2PGD, Attack
 from .distributed import FirstVisits, gather_first_visits, is_distributed, unwrap
 from .losses import check_terms, per_sample_terms, primary_output, weighted_total
 from .margins import MarginBook
+from .perturbation_memory import PerturbationMemory
 
 __all__ = [
     "AdversarialIteration",
@@ -75,17 +76,58 @@ class AdversarialIteration:
             own. Default: L2 PGD with 10 steps, alpha 4.
         beta: weight of the clean loss, ``L = beta * mean(L0) + (1 - beta) * mean(L1)``.
         id_key: batch key of the stable sample id.
+        memory: a :class:`robust_bundles.perturbation_memory.PerturbationMemory`: every attack starts from the
+            sample's last perturbation rescaled to its current noise level (a cold start for samples without one),
+            and its result is stored for the next visit. None (default): every attack starts cold.
+        geometry_key: batch key of the per-sample geometry key (:class:`robust_bundles.perturbation_memory.GeometryKeyd`);
+            when the batch has no such key the geometry is taken as fixed.
     """
 
     needs_ids = False
 
-    def __init__(self, attack: Attack | None = None, beta: float = 0.0, id_key: str = "sample_id") -> None:
+    def __init__(self, attack: Attack | None = None, beta: float = 0.0, id_key: str = "sample_id",
+                 memory: PerturbationMemory | None = None, geometry_key: str = "geometry_key") -> None:
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"beta must lie in [0, 1]; got {beta}.")
+        if memory is not None and not isinstance(memory, PerturbationMemory):
+            raise TypeError(f"memory must be a robust_bundles.perturbation_memory.PerturbationMemory or None; got "
+                            f"{type(memory).__name__}.")
         self.attack = attack if attack is not None else L2PGD(steps=10, alpha=4.0)
         self.beta = float(beta)
         self.id_key = id_key
+        self.memory = memory
+        self.geometry_key = geometry_key
+        self._geometry: torch.Tensor | None = None  # the current batch's geometry keys
         self._visits: FirstVisits | None = None  # data-parallel runs: the first visit of each sample per epoch
+        self._memory_visits: FirstVisits | None = None
+
+    # -- the perturbation memory -----------------------------------------------------------------------------------
+    def recall(self, ids: torch.Tensor | None, eps: torch.Tensor | float,
+               inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The warm start ``(delta, use)`` of the batch from the memory (None without a memory)."""
+        if self.memory is None:
+            return None
+        return self.memory.recall(ids, eps, inputs, self._geometry)
+
+    def remember(self, engine, ids: torch.Tensor | None, delta: torch.Tensor, eps: torch.Tensor | float) -> dict:
+        """Store the batch's perturbations (gathered from every process, first visits only, in data-parallel runs)."""
+        if self.memory is None:
+            return {}
+        hit = self.memory.last_hit_fraction
+        if self._memory_visits is None and is_distributed():
+            self._memory_visits = FirstVisits(len(self.memory))
+        eps_t = torch.as_tensor(eps, dtype=torch.float32, device=delta.device).expand(delta.shape[0])
+        geometry = self._geometry if self._geometry is not None else torch.zeros(delta.shape[0], dtype=torch.long)
+        all_ids, all_delta, all_eps, all_geo = gather_first_visits(
+            self._memory_visits, engine.state.epoch, ids, delta.detach(), eps_t, geometry.to(delta.device))
+        self.memory.store(all_ids, all_delta, all_eps, all_geo)
+        return {"memory_hit_fraction": hit}
+
+    def _warm(self, ids, eps, inputs) -> dict:
+        """``{"warm_start": ...}`` for the attack's keyword arguments, or nothing without a memory (so that the
+        attack call, and every result, is exactly what it was before the memory existed)."""
+        warm = self.recall(ids, eps, inputs)
+        return {} if warm is None else {"warm_start": warm}
 
     # -- hooks -----------------------------------------------------------------------------------------------------
     def adversarial(self, engine, inputs, targets, ids, forward) -> tuple[torch.Tensor, dict]:  # pragma: no cover
@@ -127,7 +169,11 @@ class AdversarialIteration:
             args, kwargs = (), {}
         else:
             inputs, targets, args, kwargs = batch
-        ids = batch_sample_ids(batchdata, self.id_key, inputs.device) if self.needs_ids else None
+        needs_ids = self.needs_ids or self.memory is not None
+        ids = batch_sample_ids(batchdata, self.id_key, inputs.device) if needs_ids else None
+        self._geometry = None
+        if self.memory is not None and isinstance(batchdata, dict) and self.geometry_key in batchdata:
+            self._geometry = torch.as_tensor(batchdata[self.geometry_key]).reshape(-1).long().cpu()
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
         engine.network.train()
 
@@ -164,6 +210,7 @@ class AdversarialIteration:
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             engine.optimizer.step()
         stats.update(self.after_step(engine, ids, info))
+        stats.update(info.get("memory_stats", {}))
         stats["eps_mean"] = float(info.get("eps", torch.zeros(1)).float().mean())
         stats["perturbation_norm_mean"] = float(info.get("norms", torch.zeros(1)).float().mean())
         engine.state.adversarial = stats
@@ -178,11 +225,13 @@ class VATIteration(AdversarialIteration):
         eps: training noise level (input intensity units, norm of the attack).
         attack: the attack (default L2 PGD, 10 steps, alpha 4, random start).
         beta: weight of the clean loss (0: adversarial samples only, as in the paper's VAT).
-        id_key: unused by VAT (kept for a uniform signature).
+        id_key: batch key of the stable sample id (used with a memory only).
+        memory, geometry_key: the perturbation memory (warm starts at ``eps``), see :class:`AdversarialIteration`.
     """
 
-    def __init__(self, eps: float, attack: Attack | None = None, beta: float = 0.0, id_key: str = "sample_id"):
-        super().__init__(attack, beta, id_key)
+    def __init__(self, eps: float, attack: Attack | None = None, beta: float = 0.0, id_key: str = "sample_id",
+                 memory: PerturbationMemory | None = None, geometry_key: str = "geometry_key"):
+        super().__init__(attack, beta, id_key, memory, geometry_key)
         if eps < 0 or not math.isfinite(eps):
             raise ValueError(f"eps must be finite and >= 0; got {eps}.")
         self.eps = float(eps)
@@ -196,8 +245,11 @@ class VATIteration(AdversarialIteration):
             loss_fn=self.attack.loss_fn or engine.loss_function,
             forward=forward,
             final_check=False,
+            **self._warm(ids, self.eps, inputs),
         )
-        return res.x_adv, {"norms": res.norms, "eps": torch.full((inputs.shape[0],), self.eps)}
+        memory_stats = self.remember(engine, ids, res.x_adv - inputs, self.eps)
+        return res.x_adv, {"norms": res.norms, "eps": torch.full((inputs.shape[0],), self.eps),
+                           "memory_stats": memory_stats}
 
 
 _ACTIVATIONS = ("softmax", "sigmoid", "none")
@@ -352,6 +404,7 @@ class TEATIteration(VATIteration):
         ramp: fraction of training over which the weight ramps up.
         activation: "softmax", "sigmoid" or "none" for the main output; a dict of them by head; or a callable.
         id_key: batch key of the stable sample id.
+        memory, geometry_key: the perturbation memory (warm starts at ``eps``), see :class:`AdversarialIteration`.
     """
 
     needs_ids = True
@@ -368,8 +421,10 @@ class TEATIteration(VATIteration):
         ramp: float = 0.2,
         activation: str | Mapping[str, str] | Callable[[Any], torch.Tensor] = "softmax",
         id_key: str = "sample_id",
+        memory: PerturbationMemory | None = None,
+        geometry_key: str = "geometry_key",
     ) -> None:
-        super().__init__(eps, attack, beta, id_key)
+        super().__init__(eps, attack, beta, id_key, memory, geometry_key)
         choices = ", ".join(repr(a) for a in _ACTIVATIONS)
         if isinstance(activation, Mapping):
             if not activation:
@@ -449,6 +504,10 @@ class AMATIteration(AdversarialIteration):
         beta: weight of the clean loss (0.5).
         check: "path" or "final".
         id_key: batch key of the stable sample id.
+        memory, geometry_key: the perturbation memory, see :class:`AdversarialIteration`. A warm-started sample
+            starts from its last perturbation rescaled to its current margin (instead of the random start), and the
+            "path" test runs on the iterates actually visited: the warm start, every step, and x_adv. With T = 1 the
+            path is the start point (warm or random) and x_adv.
     """
 
     needs_ids = True
@@ -461,8 +520,11 @@ class AMATIteration(AdversarialIteration):
         beta: float = 0.5,
         check: str = "path",
         id_key: str = "sample_id",
+        memory: PerturbationMemory | None = None,
+        geometry_key: str = "geometry_key",
     ) -> None:
-        super().__init__(attack if attack is not None else L2PGD(steps=20, alpha=4.0), beta, id_key)
+        super().__init__(attack if attack is not None else L2PGD(steps=20, alpha=4.0), beta, id_key, memory,
+                         geometry_key)
         if check not in ("path", "final"):
             raise ValueError(f"check must be 'path' or 'final'; got {check!r}.")
         self.margins = margins
@@ -493,8 +555,10 @@ class AMATIteration(AdversarialIteration):
             test_fn=lambda out, y: self._test_terms(engine, out, y),
             check="path",
             final_check=False,
+            **self._warm(ids, eps, inputs),
         )
-        return res.x_adv, {"norms": res.norms, "eps": eps, "robust_path": res.robust}
+        memory_stats = self.remember(engine, ids, res.x_adv - inputs, eps)
+        return res.x_adv, {"norms": res.norms, "eps": eps, "robust_path": res.robust, "memory_stats": memory_stats}
 
     def objective(self, engine, inputs, targets, x_adv, ids, info, forward):
         if self.xi.numel() != getattr(engine.loss_function, "num_terms", self.xi.numel()):

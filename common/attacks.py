@@ -41,6 +41,7 @@ __all__ = [
     "batch_norms",
     "project",
     "gradient_masking_warning",
+    "attacking",
 ]
 
 NORMS = ("l2", "linf")
@@ -195,11 +196,71 @@ def preserve_model_state(model: nn.Module | None, train: bool | None = None) -> 
             m.training = mode
 
 
+_ATTACK_DEPTH = [0]
+
+
+@contextlib.contextmanager
+def _attack_passes() -> Iterator[None]:
+    """Mark the network passes made inside :func:`perturb` (see :func:`attacking`)."""
+    _ATTACK_DEPTH[0] += 1
+    try:
+        yield
+    finally:
+        _ATTACK_DEPTH[0] -= 1
+
+
+def attacking() -> bool:
+    """Whether the current network pass is an attack's (inside :func:`perturb`): its backward takes the input gradient
+    only. :class:`robust_bundles.handlers.PassCounter` counts such passes apart from the training passes."""
+    return _ATTACK_DEPTH[0] > 0
+
+
 def _term_weights(loss_fn: Any, k: int, device) -> torch.Tensor:
     w = getattr(loss_fn, "term_weights", None)
     if w is None or len(w) != k:
         return torch.ones(k, device=device)
     return torch.as_tensor(w, dtype=torch.float32, device=device)
+
+
+def _initial_delta(
+    x0: torch.Tensor,
+    eps: torch.Tensor,
+    norm: str,
+    random_start: bool,
+    start_radius: float | torch.Tensor | None,
+    warm_start: tuple[torch.Tensor, torch.Tensor] | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """The start of the attack, inside the ball of radius ``eps``: a random start (PGD), zero (I-FGSM), or, for the
+    samples flagged in ``warm_start = (delta, use)``, the given ``delta`` (the other samples keep the random/zero
+    start; the random draw is made for the whole batch either way, so the random stream does not depend on the hits)."""
+    batch = x0.shape[0]
+    if random_start:
+        radius = eps if start_radius is None else _as_per_sample(start_radius, batch, x0.device, "start_radius")
+        delta = project(_random_start(x0, radius, norm, start_radius is None, generator), eps, norm)
+    else:
+        delta = torch.zeros_like(x0)
+    if warm_start is not None:
+        warm, use = warm_start
+        if tuple(warm.shape) != tuple(x0.shape) or use.reshape(-1).shape[0] != batch:
+            raise ValueError(f"warm_start needs a (delta {tuple(x0.shape)}, use ({batch},)) pair; got shapes "
+                             f"{tuple(warm.shape)} and {tuple(use.shape)}.")
+        use = _view(use.reshape(-1).to(device=x0.device, dtype=torch.bool), x0)
+        delta = torch.where(use, project(warm.to(x0.device, x0.dtype), eps, norm), delta)
+    return delta
+
+
+def _ascent_direction(grad: torch.Tensor, norm: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step direction of every sample (unit L2 direction, or the gradient's sign for Linf) and a (B,) bool mask
+    of the samples whose gradient was zero or non-finite (they do not move; counted as zero-gradient steps)."""
+    finite = torch.isfinite(grad.flatten(1)).all(1)
+    grad = torch.where(_view(finite, grad), grad, torch.zeros_like(grad))
+    if norm == "l2":
+        direction, zero = _l2_direction(grad)
+    else:
+        zero = grad.flatten(1).abs().amax(1) <= 0
+        direction = grad.sign()
+    return direction, zero | ~finite
 
 
 def perturb(
@@ -222,6 +283,7 @@ def perturb(
     train: bool | None = None,
     amp: bool = False,
     generator: torch.Generator | None = None,
+    warm_start: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> AttackResult:
     """Iterative gradient attack (PGD with a random start, I-FGSM without) in the L2 or Linf norm.
 
@@ -258,6 +320,10 @@ def perturb(
         train: force train (True) or eval (False) mode during the attack; None keeps the model's current mode.
         amp: run forward passes under ``torch.autocast`` (for GPU users).
         generator: torch random generator for the random start.
+        warm_start: ``(delta, use)``: a start perturbation (B, C, *spatial) and a (B,) bool mask of the samples that
+            start from it (projected into the ball) instead of the random/zero start, e.g. last epoch's perturbation
+            from :class:`robust_bundles.perturbation_memory.PerturbationMemory`. The "path" robustness test then
+            starts at the warm start: with ``steps = 1`` the path is the start point and ``x_adv``.
 
     Returns:
         An :class:`AttackResult`.
@@ -317,20 +383,15 @@ def perturb(
         ok = t.detach() <= xi
         return ok if robust is None else robust & ok
 
-    if random_start:
-        radius = eps_t if start_radius is None else _as_per_sample(start_radius, batch, x.device, "start_radius")
-        delta = _random_start(x0, radius, norm, start_radius is None, generator)
-        delta = project(delta, eps_t, norm)
-    else:
-        delta = torch.zeros_like(x0)
-    if not random_start and steps == 0:
+    delta = _initial_delta(x0, eps_t, norm, random_start, start_radius, warm_start, generator)
+    if not random_start and steps == 0 and warm_start is None:
         x_adv = x0.clone()
     else:
         x_adv = clamp_(x0 + delta)
     step = alpha * eps_t / max(steps, 1)
     zero_grad = torch.zeros(batch, dtype=torch.long, device=x.device)
     last_terms = None
-    with preserve_model_state(module, train):
+    with preserve_model_state(module, train), _attack_passes():
         for _ in range(steps):
             xa = x_adv.clone().requires_grad_(True)
             terms, tested = evaluate(xa, need_grad=True)
@@ -340,16 +401,9 @@ def perturb(
             total = (terms * _term_weights(loss_fn, terms.shape[1], x.device)).sum()
             # A model whose output ignores the input (gradient masking) must be counted in zero_grad_steps, not crash.
             grad = torch.autograd.grad(total, xa, allow_unused=True)[0] if total.requires_grad else None
-            grad = torch.zeros_like(xa) if grad is None else grad.detach()
-            finite = torch.isfinite(grad.flatten(1)).all(1)
-            grad = torch.where(_view(finite, grad), grad, torch.zeros_like(grad))
-            if norm == "l2":
-                direction, zero = _l2_direction(grad)
-            else:
-                zero = grad.flatten(1).abs().amax(1) <= 0
-                direction = grad.sign()
-            zero_grad += (zero | ~finite).long()
-            delta = x_adv - x0 + direction * _view(step, grad).to(grad.dtype)
+            direction, unusable = _ascent_direction(torch.zeros_like(xa) if grad is None else grad.detach(), norm)
+            zero_grad += unusable.long()
+            delta = x_adv - x0 + direction * _view(step, direction).to(direction.dtype)
             delta = project(delta, eps_t, norm)
             x_adv = clamp_(x0 + delta).detach()
             last_terms = terms.detach()
@@ -384,6 +438,8 @@ class Attack:
         clamp: optional (min, max) value range of the input.
         train: force train/eval mode during the attack (None keeps the current mode).
         amp: autocast the forward passes.
+        restarts: random restarts of this attack in a robustness evaluation (the per-sample worst is kept), e.g. 3 for
+            the strong PGD-50 check; None uses the evaluation's setting.
     """
 
     norm = "l2"
@@ -401,6 +457,7 @@ class Attack:
         clamp: tuple[float | None, float | None] | None = None,
         train: bool | None = None,
         amp: bool = False,
+        restarts: int | None = None,
     ) -> None:
         self.model = model
         self.loss_fn = loss_fn
@@ -418,6 +475,9 @@ class Attack:
         self.clamp = tuple(clamp) if clamp is not None else None
         self.train = train
         self.amp = amp
+        if restarts is not None and (int(restarts) != restarts or restarts < 1):
+            raise ValueError(f"restarts must be an integer >= 1 or None; got {restarts}.")
+        self.restarts = None if restarts is None else int(restarts)
 
     @property
     def name(self) -> str:

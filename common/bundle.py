@@ -127,8 +127,11 @@ def _epoch_of(path: Path) -> int | None:
         return None
 
 
-def drop_none(items: Iterable[Any]) -> list:
-    """The items that are not None (components with ``"_disabled_": true`` resolve to None)."""
+def drop_none(items: Iterable[Any] | Mapping[Any, Any]) -> list | dict:
+    """The items that are not None (components with ``"_disabled_": true`` resolve to None); for a mapping, the
+    entries whose value is not None (e.g. a save_dict whose optional perturbation memory is off)."""
+    if isinstance(items, Mapping):
+        return {k: v for k, v in items.items() if v is not None}
     return [i for i in items if i is not None]
 
 

@@ -8,6 +8,7 @@ named in one place only. Under an experiment's output root::
     models/<run>/model_best_val.pt        the network with the best validation key metric
     models/std/thresholds.json            xi, estimated on the STD model (robust_bundles.thresholds)
     models/<run>/margins.csv              AMAT's final per-sample margins (sample_id, margin)
+    models/<run>/cost.json                the training's counted network passes and wall time (PassCounter)
     eval/<run>/robustness.json, .csv, .md the robustness evaluation (robust_bundles.handlers.RobustnessEvaluationHandler)
     eval/<run>/metrics.csv                the plain evaluation (MONAI's MetricsSaver)
     logs/<stage>.log, logs/<stage>.json   the experiment tool's stage logs and records
@@ -35,6 +36,7 @@ __all__ = [
     "BEST_MODEL_FILE",
     "THRESHOLDS_FILE",
     "MARGINS_FILE",
+    "COST_FILE",
     "ROBUSTNESS_FILE",
     "run_dir",
     "model_file",
@@ -42,6 +44,7 @@ __all__ = [
     "best_model_file",
     "thresholds_file",
     "margins_file",
+    "cost_file",
     "eval_dir",
     "robustness_file",
     "logs_dir",
@@ -56,6 +59,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 BEST_MODEL_FILE = "model_best_val.pt"
 THRESHOLDS_FILE = "thresholds.json"
 MARGINS_FILE = "margins.csv"
+COST_FILE = "cost.json"
 ROBUSTNESS_FILE = "robustness.json"
 
 
@@ -91,6 +95,11 @@ def thresholds_file(root: str | os.PathLike, run: str = STD_RUN) -> str:
 def margins_file(root: str | os.PathLike, run: str) -> str:
     """``<root>/models/<run>/margins.csv``: AMAT's per-sample margins at the end of training."""
     return _join(run_dir(root, run), MARGINS_FILE)
+
+
+def cost_file(root: str | os.PathLike, run: str) -> str:
+    """``<root>/models/<run>/cost.json``: the training's counted forward/backward passes and wall time."""
+    return _join(run_dir(root, run), COST_FILE)
 
 
 def eval_dir(root: str | os.PathLike, run: str) -> str:

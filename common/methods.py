@@ -129,7 +129,8 @@ class Method:
         Args:
             num_samples: the size of the training set (sample ids 0..N-1; AMAT's book, TEAT's ensemble).
             attack: the training attack (None: the iteration class's default).
-            settings: the method's settings (``eps``, ``beta``, ``thresholds``, margin settings, ...).
+            settings: the method's settings (``eps``, ``beta``, ``thresholds``, margin settings, ``memory=True`` for a
+                perturbation memory, ...).
         """
         if self.build is None:
             raise ValueError(f"Method {self.name} has no Python builder; it runs through its overlay "
@@ -207,25 +208,37 @@ def _build_std(num_samples: int, attack: Any = None, **_: Any) -> Training:
     return Training()
 
 
-def _build_vat(num_samples: int, attack: Any = None, eps: float = 2.0, beta: float = 0.0, **_: Any) -> Training:
+def _memory(num_samples: int, memory: Any) -> Any:
+    """``memory=True`` gives a fresh perturbation memory of ``num_samples``; a memory object is used as given."""
+    if memory is True:
+        from .perturbation_memory import PerturbationMemory
+
+        return PerturbationMemory(num_samples)
+    return memory or None
+
+
+def _build_vat(num_samples: int, attack: Any = None, eps: float = 2.0, beta: float = 0.0, memory: Any = None,
+               **_: Any) -> Training:
     from .adversarial import VATIteration
 
-    return Training(VATIteration(eps=eps, attack=attack, beta=beta))
+    return Training(VATIteration(eps=eps, attack=attack, beta=beta, memory=_memory(num_samples, memory)))
 
 
 def _build_teat(num_samples: int, attack: Any = None, eps: float = 2.0, max_epochs: int = 1, momentum: float = 0.9,
-                **options: Any) -> Training:
+                memory: Any = None, **options: Any) -> Training:
     from .adversarial import TEATIteration, TemporalEnsemble
 
     keep = {k: options[k] for k in ("beta", "w_max", "start", "ramp", "activation") if k in options}
     ensemble = TemporalEnsemble(num_samples=num_samples, momentum=momentum)
-    return Training(TEATIteration(eps, ensemble, max_epochs=max_epochs, attack=attack, **keep))
+    return Training(TEATIteration(eps, ensemble, max_epochs=max_epochs, attack=attack,
+                                  memory=_memory(num_samples, memory), **keep))
 
 
 def _build_amat(num_samples: int, attack: Any = None, thresholds: Any = None, beta: float = 0.5,
                 check: str = "path", margin_rule: str | None = None, expansion_step: float | None = None,
                 target_margin: float | None = None, epochs: int | None = None, reach_fraction: float = 0.5,
-                initial_margin: float | None = None, max_margin: float | None = None, **_: Any) -> Training:
+                initial_margin: float | None = None, max_margin: float | None = None, memory: Any = None,
+                **_: Any) -> Training:
     from .adversarial import AMATIteration
     from .handlers import MarginHandler
     from .margins import MarginBook
@@ -235,7 +248,8 @@ def _build_amat(num_samples: int, attack: Any = None, thresholds: Any = None, be
     book = MarginBook(num_samples, expansion_step=expansion_step, initial_margin=initial_margin,
                       max_margin=max_margin, target_margin=target_margin, epochs=epochs,
                       reach_fraction=reach_fraction, rule=margin_rule)
-    update = AMATIteration(book, thresholds, attack=attack, beta=beta, check=check)
+    update = AMATIteration(book, thresholds, attack=attack, beta=beta, check=check,
+                           memory=_memory(num_samples, memory))
     return Training(update, [MarginHandler(book)], book)
 
 

@@ -47,6 +47,8 @@ __all__ = [
     "paper_table",
     "margin_summary",
     "fine_tuned_note",
+    "strong_attack_flags",
+    "cost_table",
     "plot_metric_vs_eps",
     "plot_margin_histogram",
     "write_report",
@@ -57,6 +59,13 @@ def __getattr__(name: str):
     if name == "METHODS":  # the registry's names, read when asked (a method registered later is included)
         return methods.names()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+STRONG_ATTACK = "PGD_strong"
+"""The robustness evaluation's optional stronger attack (``--strong_attack true``: PGD-50, 3 restarts, worst case)."""
+REFERENCE_ATTACK = "PGD"
+STRONG_TOLERANCE = 0.02
+"""A model whose strong-attack metric is worse than the report's PGD by more than this is flagged."""
 
 
 # ------------------------------------------------------------------------------------------------------ run names
@@ -141,9 +150,14 @@ def collect(output_root: str | Path, runs: Iterable[str], labels: dict[str, str]
         method, eps, label = parse_run(run)
         label = (labels or {}).get(run) or label
         init = read_init_record(layout.run_dir(models, run))
+        cost_path = Path(layout.cost_file(models, run))
+        try:
+            cost = json.loads(cost_path.read_text()) if cost_path.is_file() else None
+        except ValueError:
+            cost = None  # a damaged cost file loses the cost column, not the report
         out.append({"run": run, "method": method, "train_eps": eps,
                     "label": label + (" (fine-tuned)" if init else ""), "path": str(path),
-                    "settings": data.get("settings", {}), "summary": summary, "init_from": init})
+                    "settings": data.get("settings", {}), "summary": summary, "init_from": init, "cost": cost})
     return out
 
 
@@ -330,6 +344,7 @@ def paper_table(
     if fine_tuned_note(rows):
         caption_line += " " + fine_tuned_note(rows)
     warnings = [f"{r['label']}: {w}" for r in rows for w in r["summary"].get("warnings", []) or []]
+    warnings += strong_attack_flags(rows, metric)
     md = "\n".join([head, rule, *body]) + "\n\n" + caption_line + "\n"
     if warnings:
         md += "\nWarnings of the robustness runs (possible gradient masking):\n\n"
@@ -360,6 +375,84 @@ def paper_table(
         "warnings": warnings,
     }
     return md, buf.getvalue(), _finite(table)
+
+
+def strong_attack_flags(results: Sequence[dict], metric: str | None = None, tolerance: float = STRONG_TOLERANCE,
+                        reference: str = REFERENCE_ATTACK, strong: str = STRONG_ATTACK) -> list[str]:
+    """Gradient-masking check against the known failure of fast adversarial training (catastrophic overfitting):
+    one warning per run whose ``strong`` attack (PGD-50 with 3 restarts, per-sample worst case) gives a metric worse
+    than the report's ``reference`` attack by more than ``tolerance`` (metric units, in the metric's direction) at some
+    eps or on average. Runs evaluated without the strong attack are not checked.
+
+    Args:
+        results: :func:`collect`'s results.
+        metric: the metric (default the headline).
+        tolerance: the largest gap accepted (0.02).
+        reference, strong: the attack names in the robustness summaries.
+    """
+    out = []
+    for r in results:
+        attacks = _view(r["summary"], metric).get("attacks", {})
+        if strong not in attacks or reference not in attacks:
+            continue
+        hib = bool(_spec([r], metric)["higher_is_better"])
+        gaps = {}
+        for e, ref in attacks[reference].items():
+            st = attacks[strong].get(e)
+            if st is None or ref is None or math.isnan(_float(st)) or math.isnan(_float(ref)):
+                continue
+            gaps[e] = (_float(ref) - _float(st)) if hib else (_float(st) - _float(ref))
+        bad = {e: g for e, g in gaps.items() if g > tolerance}
+        if bad:
+            worst = max(bad, key=bad.get)
+            where = "on average" if worst == "avg" else f"at eps {worst}"
+            out.append(
+                f"{r['label']}: the strong attack ({strong}) is worse than the report's {reference} by "
+                f"{bad[worst]:.3f} {where} (> {tolerance:g}; eps {', '.join(k for k in bad if k != 'avg') or '-'}): "
+                "catastrophic overfitting or gradient masking; the report's robust metrics overestimate this model."
+            )
+    return out
+
+
+def cost_table(results: Sequence[dict]) -> tuple[str, list[dict]]:
+    """The training cost of every run with a ``models/<run>/cost.json`` (:class:`robust_bundles.handlers.PassCounter`):
+    counted network forward and backward passes per training sample visit, their ratio to STD's (the machine-
+    independent cost), and the wall time of the training iterations with its ratio to STD's.
+
+    Returns:
+        ``(markdown, rows)``; ``("", [])`` when no run has a cost file.
+    """
+    rows = [r for r in _ordered(results) if isinstance(r.get("cost"), dict)]
+    if not rows:
+        return "", []
+    std = next((r["cost"] for r in rows if r["method"] == "STD"), None)
+
+    def ratio(a: Any, b: Any) -> float:
+        a, b = _float(a), _float(b)
+        return a / b if b and not math.isnan(a) and not math.isnan(b) else float("nan")
+
+    out = []
+    lines = ["| method | forward / sample | backward / sample | passes vs STD | iteration time s | time vs STD | "
+             "wall time s |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        c = r["cost"]
+        row = {"label": r["label"], "run": r["run"], "forward_per_sample": c.get("forward_per_sample"),
+               "backward_per_sample": c.get("backward_per_sample"),
+               "passes_vs_std": ratio(c.get("passes_per_sample"), std.get("passes_per_sample")) if std else None,
+               "iteration_time_s": c.get("iteration_time_s"), "wall_time_s": c.get("wall_time_s"),
+               "time_vs_std": ratio(_float(c.get("iteration_time_s")) / max(c.get("samples") or 1, 1),
+                                    _float(std.get("iteration_time_s")) / max(std.get("samples") or 1, 1))
+               if std else None}
+        out.append(row)
+        cells = [_fmt(_float(row["forward_per_sample"])), _fmt(_float(row["backward_per_sample"])),
+                 "n/a" if row["passes_vs_std"] is None else _fmt(row["passes_vs_std"]),
+                 _fmt(_float(row["iteration_time_s"])),
+                 "n/a" if row["time_vs_std"] is None else _fmt(row["time_vs_std"]), _fmt(_float(row["wall_time_s"]))]
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    md = ("Training cost: network passes counted per training sample visit (robust_bundles.handlers.PassCounter; "
+          "a pass over a batch of B counts B), relative to STD; time vs STD is the training-iteration time per "
+          "sample relative to STD's (machine-dependent).\n\n" + "\n".join(lines) + "\n")
+    return md, out
 
 
 def _caption(rows: Sequence[dict], spec: dict, caption: str, input_shape: Sequence[int] | None) -> str:
@@ -561,6 +654,11 @@ def write_report(
             table["other_metrics"][name] = other_table
             rows_only = other_md.split("\n\n", 1)[0]  # the table without its caption
             md += f"\n{_metric_label(_spec(results, name))}:\n\n{rows_only}\n"
+
+    cost_md, cost_rows = cost_table(results)
+    if cost_md:
+        md += "\n" + cost_md
+        table["cost"] = cost_rows
 
     margins_csv = Path(layout.margins_file(models, margins_run))
     if margins_run in runs and margins_csv.is_file():

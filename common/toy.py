@@ -89,6 +89,9 @@ def run_toy(
     init_from: str | None = None,
     target_margin: float | None = None,
     reach_fraction: float = 0.5,
+    memory: bool = False,
+    amat_beta: float = 0.5,
+    extra_handlers: list | None = None,
 ):
     """Train a toy network with STD, VAT(eps) or AMAT using the project's real components.
 
@@ -100,6 +103,10 @@ def run_toy(
             :class:`robust_bundles.handlers.InitFromCheckpoint`); None trains from the network's initialisation.
         target_margin: AMAT's schedule-aware margin: Delta, A and the cap from this target margin, ``epochs`` and
             ``reach_fraction`` (:func:`robust_bundles.margins.margin_schedule`) instead of ``expansion_step``.
+        memory: warm-start every attack from the sample's last perturbation
+            (:class:`robust_bundles.perturbation_memory.PerturbationMemory`), VAT and AMAT alike.
+        amat_beta: AMAT's weight of the clean loss.
+        extra_handlers: further train handlers (e.g. a :class:`robust_bundles.handlers.PassCounter`).
         The others: the method, data and training settings (Delta = ``expansion_step``, VAT's ``eps``, the training
         PGD's ``attack_steps``).
 
@@ -122,15 +129,16 @@ def run_toy(
     loss = DiceCELoss()
     loader = DataLoader(Dataset(data), batch_size=batch_size, shuffle=True, num_workers=0)
     opt = torch.optim.Adam(net.parameters(), lr)
-    handlers = []
+    handlers = list(extra_handlers or [])
     if init_from is not None:
         handlers.append(InitFromCheckpoint(init_from, net))
     if method not in ("std", "vat", "amat"):
         raise ValueError(f"Unknown method {method!r}; use 'std', 'vat' or 'amat'.")
     rule = "target" if target_margin is not None else "fixed"
-    training = methods.get(method).training(  # VAT's beta 0 and AMAT's 0.5: the builders' defaults
+    training = methods.get(method).training(  # VAT's beta 0 (its builder's default), AMAT's amat_beta
         len(data), attack=L2PGD(steps=attack_steps, alpha=4.0), eps=eps, thresholds=thresholds, margin_rule=rule,
-        expansion_step=expansion_step, target_margin=target_margin, epochs=epochs, reach_fraction=reach_fraction)
+        expansion_step=expansion_step, target_margin=target_margin, epochs=epochs, reach_fraction=reach_fraction,
+        memory=memory, **({"beta": amat_beta} if method == "amat" else {}))
     handlers += training.handlers
     update, margins = training.update, training.margins
     trainer = SupervisedTrainer(

@@ -3,6 +3,16 @@
     python scripts/benchmark.py                                  # batch 32, T = 5, 5 timed iterations, 2 threads
     python scripts/benchmark.py --steps 20 --iters 10 --out results.json
     python scripts/benchmark.py --tiny --batch 2 --steps 1 --iters 1 --warmup 0    # smoke test, a few seconds
+    python scripts/benchmark.py --fast --threads 1 --out fast.json   # fast AMAT: counted passes vs wall time
+
+``--fast`` runs the configurations of fast adversarial training instead (see ``FAST_CONFIGS``): STD, AMAT with T = 5
+from a cold start, AMAT with T = 1 and 2 warm-started from the perturbation memory (beta 0.5, and T = 1 with beta 0),
+and VAT with T = 1 and the memory. Every run counts its network passes (robust_bundles.handlers.PassCounter) and
+times its iterations; the table gives the passes per training sample relative to STD (machine-independent) and the
+measured time against the count's prediction: the counted training pass pairs times STD's time per pair plus the
+counted attack pass pairs (an attack's backward takes the input gradient only) times the measured forward +
+input-backward time of the attack-step job. The memory warms up during the
+untimed iterations (every epoch is one iteration here, so from the second iteration on every sample is a hit).
 
 What runs: a real ``monai.engines.SupervisedTrainer`` per method over an in-memory list of dicts ("image", "label",
 "sample_id"), with the project's ``iteration_update`` callables (``robust_bundles.adversarial``) plugged in exactly as a bundle
@@ -49,6 +59,17 @@ import fire
 import torch
 
 METHODS = ("STD", "VAT", "TEAT", "AMAT", "VAT_B05")
+#: --fast: name -> (method, attack steps T, perturbation memory, AMAT's beta)
+FAST_CONFIGS = {
+    "STD": ("STD", 0, False, 0.5),
+    "AMAT_T5_COLD": ("AMAT", 5, False, 0.5),
+    "AMAT_T2_MEM": ("AMAT", 2, True, 0.5),
+    "AMAT_T1_MEM": ("AMAT", 1, True, 0.5),
+    "AMAT_T1_MEM_B0": ("AMAT", 1, True, 0.0),
+    "VAT_T1_MEM": ("VAT", 1, True, 0.0),
+}
+GOAL_FAST_PASSES_OVER_STD = 2.0
+GOAL_TIME_OVER_PREDICTION = 0.10
 LABELS = {"VAT_B05": "VAT beta 0.5 (control)", "ATTACK_STEP": "attack-step"}
 ATTACK = "ATTACK_STEP"
 GOAL_AMAT_OVER_VAT = 1.05
@@ -242,8 +263,13 @@ def run_method(
     deep_supr_num: int = 2,
     device: str = "auto",
     seed: int = 0,
+    memory: bool = False,
+    amat_beta: float = 0.5,
 ) -> dict:
-    """Train ``warmup + iters`` iterations of one method with a SupervisedTrainer and time them.
+    """Train ``warmup + iters`` iterations of one method with a SupervisedTrainer, time them and count their passes.
+
+    ``memory`` warm-starts the attacks of VAT, TEAT and AMAT from the perturbation memory; ``amat_beta`` is AMAT's
+    weight of the clean loss. The network passes of every iteration are counted (PassCounter).
 
     The data set has ``batch`` samples, so every epoch is one iteration (the margin book and the TEAT ensemble hold
     N = batch samples); AMAT's MarginHandler closes every epoch. TEAT runs with its ensemble active and its weight at
@@ -259,6 +285,7 @@ def run_method(
 
     from robust_bundles import methods
     from robust_bundles.attacks import L2PGD
+    from robust_bundles.handlers import PassCounter
 
     method = method.upper()
     if method not in METHODS:
@@ -273,13 +300,16 @@ def run_method(
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.99, nesterov=True, weight_decay=3e-5)
     attack = L2PGD(steps=steps, alpha=4.0)
     # every method from the registry; VAT_B05 is a control (VAT with AMAT's clean-loss weight, to isolate AMAT's own
-    # bookkeeping cost); TEAT with its ensemble active at w_max from the first iteration (start = ramp = 0)
+    # bookkeeping cost); TEAT with its ensemble active at w_max from the first iteration (start = ramp = 0); the
+    # perturbation memory (``memory``) for VAT and AMAT
     registered = methods.get("VAT" if method == "VAT_B05" else method)
-    beta = 0.5 if method in ("VAT_B05", "AMAT") else 0.0
+    beta = {"VAT_B05": 0.5, "AMAT": amat_beta}.get(method, 0.0)
     training = registered.training(batch, attack=attack, eps=VAT_EPS, beta=beta, max_epochs=1, momentum=0.9,
                                    start=0.0, ramp=0.0, expansion_step=AMAT_EXPANSION_STEP,
-                                   initial_margin=AMAT_INITIAL_MARGIN, thresholds=list(AMAT_THRESHOLDS), check="path")
-    handlers: list[Any] = list(training.handlers)
+                                   initial_margin=AMAT_INITIAL_MARGIN, thresholds=list(AMAT_THRESHOLDS), check="path",
+                                   memory=memory and method in ("VAT", "AMAT"))
+    counter = PassCounter()
+    handlers: list[Any] = [counter, *training.handlers]
     update = training.update
     total = warmup + iters
     trainer = SupervisedTrainer(
@@ -314,6 +344,7 @@ def run_method(
         "cuda_peak_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
         "final_loss": float(final_loss) if final_loss is not None else None,
         "adversarial": dict(getattr(trainer.state, "adversarial", {}) or {}),
+        "passes": counter.summary(),
     }
 
 
@@ -432,6 +463,10 @@ def _run_job(job: str, opts: dict) -> dict:
     kw = {k: v for k, v in opts.items() if k != "threads"}
     if job == ATTACK:
         return run_attack_step(**kw)
+    if job in FAST_CONFIGS:
+        method, steps, memory, beta = FAST_CONFIGS[job]
+        kw.update(steps=max(steps, 1), memory=memory, amat_beta=beta)
+        return run_method(method, **kw)
     return run_method(job, **kw)
 
 
@@ -497,14 +532,27 @@ def report(results: dict) -> str:
             f"{a['fwd_bwd_params_ms']:.1f} ms)"
         )
         lines.append("")
-    lines.append("Goals:")
+    return "\n".join(lines + _goal_lines(results))
+
+
+def _publish(results: dict, text: str, out: str | None) -> dict:
+    """Print the report text, keep it in the results and write them to ``out`` (JSON) when given."""
+    print(text, flush=True)
+    results["report"] = text
+    if out:
+        _write_json(out, results)
+        _log(f"wrote {out}")
+    return results
+
+
+def _goal_lines(results: dict) -> list[str]:
+    """The "Goals:" lines (value, limit, PASS/FAIL/n/a) and the notes."""
+    lines = ["Goals:"]
     for g in results["goals"].values():
         verdict = "n/a" if g["pass"] is None else ("PASS" if g["pass"] else "FAIL")
         value = "n/a" if g["value"] is None else f"{g['value']:.3f}"
         lines.append(f"- {g['name']} <= {g['limit']}: {value} {verdict}")
-    for note in results.get("notes", []):
-        lines.append(f"  note: {note}")
-    return "\n".join(lines)
+    return lines + [f"  note: {note}" for note in results.get("notes", [])]
 
 
 def _goal(name: str, value: float | None, limit: float) -> dict:
@@ -579,6 +627,93 @@ def _write_json(path: str, obj: dict) -> None:
         raise
 
 
+def fast_report(results: dict) -> str:
+    """The --fast table: counted passes per training sample, their ratio to STD, measured and predicted s/iter."""
+    cfg = results["config"]
+    lines = [
+        f"Fast adversarial training: batch {cfg['batch']} x 1 x {cfg['network']['patch'][0]} x "
+        f"{cfg['network']['patch'][1]}, {cfg['iters']} timed iterations after {cfg['warmup']} warm-up (memory warm), "
+        f"{cfg['threads']} thread(s), device {cfg['device']}; L2 PGD alpha 4; AMAT xi {list(AMAT_THRESHOLDS)}, "
+        f"margins from {AMAT_INITIAL_MARGIN}; VAT eps {VAT_EPS}",
+        "",
+        "| configuration | forward / sample | backward / sample | passes vs STD | s/iter (mean ± std) | time vs STD | "
+        "predicted s/iter | measured / predicted |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in results["fast"].items():
+        p = r["passes"]
+        lines.append(
+            f"| {name} | {p['forward_per_sample']:.2f} | {p['backward_per_sample']:.2f} | "
+            f"{_fmt_ratio(r.get('passes_vs_std'))} | {r['s_per_iter_mean']:.3f} ± {r['s_per_iter_std']:.3f} | "
+            f"{_fmt_ratio(r.get('time_vs_std'))} | {r['predicted_s_per_iter']:.3f} | "
+            f"{_fmt_ratio(r.get('time_over_prediction'))} |"
+        )
+    return "\n".join(lines + [""] + _goal_lines(results))
+
+
+def run_fast(opts: dict, out: str | None, isolate: bool) -> dict:
+    """Run ``FAST_CONFIGS`` (each in a fresh process unless ``isolate`` is False), compare counts and times."""
+    dev = pick_device(opts["device"])
+    cfg = network_config(opts["tiny"], opts["deep_supr_num"])
+    torch.set_num_threads(opts["threads"])
+    config = {**opts, "device": dev.type, "isolated": bool(isolate), "network": cfg, "configs": FAST_CONFIGS}
+    results: dict[str, Any] = {"config": config, "fast": {}, "attack_step": None, "goals": {}, "notes": []}
+    loads = {}
+    jobs = [*FAST_CONFIGS, ATTACK]
+    for k, job in enumerate(jobs, 1):
+        _log(f"[{k}/{len(jobs)}] {job} ...")
+        busy0, own0, t0 = _machine_cpu_s(), _own_cpu_s(isolate), time.perf_counter()
+        res = _child(job, opts) if isolate else _run_job(job, opts)
+        busy1, own1, wall = _machine_cpu_s(), _own_cpu_s(isolate), time.perf_counter() - t0
+        if busy0 is not None and busy1 is not None and wall > 0:
+            loads[job] = max(busy1 - busy0 - (own1 - own0), 0.0) / (wall * (os.cpu_count() or 1))
+        if job == ATTACK:
+            results["attack_step"] = res
+            _log(f"[{k}/{len(jobs)}] forward + input-backward {res['fwd_bwd_params_ms']:.1f} ms ({wall:.0f} s)")
+            continue
+        results["fast"][job] = res
+        _log(f"[{k}/{len(jobs)}] {job}: {res['passes']['passes_per_sample']:.2f} passes/sample, "
+             f"{res['s_per_iter_mean']:.3f} s/iter ({wall:.0f} s)")
+    fs = results["fast"]
+    std = fs["STD"]
+    # two unit costs, each measured once: a training pass pair (forward + backward with weight gradients) from
+    # STD's iteration, an attack pass pair (forward + input-only backward) from the attack-step job
+    train_pair = std["s_per_iter_mean"] / std["passes"]["backward_per_sample"]
+    attack_pair = results["attack_step"]["fwd_bwd_params_ms"] / 1e3
+    config["unit_costs_s"] = {"training_pass_pair": train_pair, "attack_pass_pair": attack_pair}
+    for r in fs.values():
+        p = r["passes"]
+        r["passes_vs_std"] = p["passes_per_sample"] / std["passes"]["passes_per_sample"]
+        r["time_vs_std"] = r["s_per_iter_mean"] / std["s_per_iter_mean"]
+        r["predicted_s_per_iter"] = (train_pair * (p["backward_per_sample"] - p["attack_backward_per_sample"])
+                                     + attack_pair * p["attack_backward_per_sample"])
+        r["time_over_prediction"] = r["s_per_iter_mean"] / r["predicted_s_per_iter"]
+    fast_ones = [n for n in fs if n.endswith("_MEM") or "_MEM_" in n]
+    amat_fast = [n for n in fast_ones if n.startswith("AMAT")]
+    best = min(amat_fast, key=lambda n: fs[n]["passes_vs_std"])
+    results["goals"] = {
+        "fast_amat_passes": _goal(f"fewest counted passes of fast AMAT ({best}) / STD", fs[best]["passes_vs_std"],
+                                  GOAL_FAST_PASSES_OVER_STD),
+        "amat_t1_passes": _goal("AMAT T = 1 with memory, beta 0.5: passes / STD", fs["AMAT_T1_MEM"]["passes_vs_std"],
+                                GOAL_FAST_PASSES_OVER_STD),
+        "time_vs_prediction": _goal("largest |measured / predicted - 1| over the configurations",
+                                    max(abs(r["time_over_prediction"] - 1) for r in fs.values()),
+                                    GOAL_TIME_OVER_PREDICTION),
+    }
+    results["notes"].append(
+        "AMAT's beta 0.5 trains on the clean batch too (one more forward and backward per sample than VAT), so AMAT "
+        "T = 1 costs 3 forward + 3 backward passes per sample, 3.0 x STD; beta 0 (adversarial loss only, as VAT) "
+        "brings it to 2.0 x. An attack's backward pass takes the input gradient only (no weight gradients), so it "
+        "costs less wall time than a training backward: the prediction weighs the counted training pass pairs by "
+        "STD's time per pair and the counted attack pass pairs by the measured forward + input-backward time "
+        f"({1e3 * attack_pair:.0f} ms against {1e3 * train_pair:.0f} ms per batch).")
+    if loads:
+        worst = max(loads, key=loads.get)
+        text = f"other processes kept {100 * loads[worst]:.0f}% of the CPUs busy during {worst} (the worst run)"
+        results["notes"].append(text + (": timings disturbed" if loads[worst] > 0.1 else "") + ".")
+    return _publish(results, fast_report(results), out)
+
+
 def main(
     batch: int = 32,
     steps: int = 5,
@@ -594,6 +729,7 @@ def main(
     only: str | None = None,
     child_out: str | None = None,
     seed: int = 0,
+    fast: bool = False,
 ) -> dict:
     """Benchmark the training iterations, print the table and the goals, and optionally write JSON.
 
@@ -614,6 +750,8 @@ def main(
         only: internal: run one job (a method or "ATTACK_STEP") and write its result to ``child_out``.
         child_out: internal: where ``only`` writes its result.
         seed: random seed of the data and the network initialisation.
+        fast: run the fast-training configurations (``FAST_CONFIGS``: counted passes and time against the count's
+            prediction) instead of the methods; ``steps`` and ``methods`` are then ignored.
 
     Returns:
         The results dict (also written to ``out``).
@@ -637,6 +775,8 @@ def main(
             _write_json(child_out, res)
         return res
 
+    if fast:
+        return run_fast(opts, out, isolate)
     if isinstance(methods, str):
         methods = methods.replace(",", " ").split()
     methods = [str(m).upper() for m in methods]
@@ -717,13 +857,7 @@ def main(
         ),
     }
     results["notes"] = _notes(results, opts["steps"])
-    text = report(results)
-    print(text, flush=True)
-    results["report"] = text
-    if out:
-        _write_json(out, results)
-        _log(f"wrote {out}")
-    return results
+    return _publish(results, report(results), out)
 
 
 if __name__ == "__main__":

@@ -101,3 +101,15 @@ def test_child_process_protocol(tmp_path):
     data = json.loads(out.read_text())
     assert data["method"] == "AMAT" and data["peak_rss_mb"] > 0 and len(data["times"]) == 1
     assert "AMAT iteration 1/1" in proc.stderr
+
+
+def test_fast_configurations_count_exact_passes(benchmark, capsys):
+    """--fast: counted passes per sample (STD 1 + 1; AMAT T = 5 cold 7 + 7; T = 2 / 1 with memory 4 + 4 / 3 + 3;
+    AMAT T = 1 beta 0 and VAT T = 1 with memory 2 + 2) and the goals' verdicts on the counts."""
+    res = benchmark.main(**TINY, isolate=False, fast=True)
+    passes = {n: r["passes"]["forward_per_sample"] for n, r in res["fast"].items()}
+    assert passes == {"STD": 1.0, "AMAT_T5_COLD": 7.0, "AMAT_T2_MEM": 4.0, "AMAT_T1_MEM": 3.0,
+                      "AMAT_T1_MEM_B0": 2.0, "VAT_T1_MEM": 2.0}
+    assert all(r["passes"]["backward_per_sample"] == r["passes"]["forward_per_sample"] for r in res["fast"].values())
+    assert res["goals"]["fast_amat_passes"]["pass"] is True and res["goals"]["amat_t1_passes"]["pass"] is False
+    assert "| AMAT_T1_MEM | 3.00 | 3.00 | 3.00 |" in capsys.readouterr().out

@@ -6,6 +6,7 @@ from .finite_loss_guard import FiniteLossGuard
 from .init_from_checkpoint import InitFromCheckpoint
 from .margin_handler import MarginHandler
 from .model_loader import ModelLoader
+from .pass_counter import PassCounter
 from .progress_handler import ProgressHandler
 from .robustness_handler import RobustnessEvaluationHandler
 from .task_metric import TaskIgniteMetric
@@ -22,4 +23,5 @@ __all__ = [
     "KeepLatestCheckpoints",
     "InitFromCheckpoint",
     "TaskIgniteMetric",
+    "PassCounter",
 ]

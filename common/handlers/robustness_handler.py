@@ -79,7 +79,8 @@ class RobustnessEvaluationHandler:
         output_dir: folder for the report files; None to keep results in memory only.
         metric_name: name of ``metric_fn``, or of the default Dice metric.
         seed: seed of the attacks' random starts (evaluation is deterministic).
-        restarts: random restarts per attack (random-start attacks only); the per-sample worst is kept.
+        restarts: random restarts per attack (random-start attacks only); the per-sample worst is kept. An attack's
+            own ``restarts`` (e.g. the strong check ``L2PGD(steps=50, restarts=3)``) wins over this.
         id_keys: batch keys copied into the per-sample rows when present.
         log_every: log progress (with an ETA) every this many batches.
         dataset_dir: the data evaluated on, recorded in the settings; a synthetic dataset
@@ -104,6 +105,8 @@ class RobustnessEvaluationHandler:
     ) -> None:
         if not isinstance(attacks, Mapping):
             attacks = {a.name: a for a in attacks}
+        # a config entry with "_disabled_": true resolves to None (e.g. the optional strong attack)
+        attacks = {name: a for name, a in attacks.items() if a is not None}
         if not attacks:
             raise ValueError("Give at least one attack.")
         bad = [e for e in eps if not (isinstance(e, (int, float)) and math.isfinite(e) and e >= 0)]
@@ -202,7 +205,7 @@ class RobustnessEvaluationHandler:
 
     def _attack(self, attack: Attack, eps: float, inputs, targets, batchdata, forward, network, gen):
         """One attack at one eps, with restarts: (x_adv, output, loss (B,), norms (B,), zero-gradient steps (B,))."""
-        tries = self.restarts if attack.random_start else 1
+        tries = (getattr(attack, "restarts", None) or self.restarts) if attack.random_start else 1
         best = None
         for _ in range(tries):
             with torch.enable_grad():
@@ -374,7 +377,8 @@ class RobustnessEvaluationHandler:
             "eps": self.eps,
             "attacks": {
                 n: {"type": type(a).__name__, "norm": a.norm, "steps": a.steps, "alpha": a.alpha,
-                    "random_start": a.random_start, "clamp": a.clamp}
+                    "random_start": a.random_start, "clamp": a.clamp,
+                    "restarts": (getattr(a, "restarts", None) or self.restarts) if a.random_start else 1}
                 for n, a in self.attacks.items()
             },
             "restarts": self.restarts,

@@ -262,18 +262,42 @@ def _free_port() -> int:
 
 
 def test_amat_on_two_processes(root, thresholds, tmp_path):
-    """multi_gpu_train.json: two processes (gloo on the CPU) train AMAT; process 0 saves the bare network and the
-    margins of every training image (BatchNorm statistics are per process, so the margins are not compared with a
-    one-process run as the hippocampus test does)."""
+    """multi_gpu_train.json: two processes (gloo on the CPU) train AMAT with the perturbation memory; process 0 saves
+    the bare network, the margins and the perturbation of every training image, gathered from both processes
+    (BatchNorm statistics are per process, so the margins are not compared with a one-process run as the hippocampus
+    test does)."""
     data = ["--dataset_dir", str(root / "data" / "synthetic_voc"), "--output_root", str(root)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "-m", "monai.bundle", "run", "--config_file",
-           BCCD.config_list("train", "amat", "multi_gpu_train"), *tiny(batch_size="4"), *data, "--run_name", "amat_two"]
+           BCCD.config_list("train", "amat", "multi_gpu_train"), *tiny(batch_size="4"), *data, "--run_name", "amat_two",
+           "--perturbation_memory", "true"]
     run(cmd)
     ckpt = load(root / "models" / "amat_two" / "checkpoint.pt")
     assert ckpt["trainer"]["iteration"] == 3  # 24 images on 2 processes, 4 per batch
     assert ckpt["margins"]["num_samples"] == 24 and int(ckpt["margins"]["epochs_completed"]) == 1
     assert set(ckpt["model"]) == set(load(root / "models" / "std" / "model.pt"))  # no "module." prefix
+    memory = ckpt["perturbation_memory"]
+    assert bool(memory["filled"].all()) and tuple(memory["values"].shape) == (24, 3, 64, 64)
+
+
+def test_fast_vat_with_the_memory_and_the_strong_attack(root, std):
+    """VAT with T = 1 and the perturbation memory (float16 perturbation of every image in the checkpoint, 2 + 2
+    counted passes per image), evaluated with the strong check besides the report's attacks."""
+    run_bundle(("train", "vat"), *tiny(), "--train_eps", "2", "--run_name", "vat_fast", "--perturbation_memory",
+               "true", "--output_root", str(root))
+    run_dir = root / "models" / "vat_fast"
+    memory = load(run_dir / "checkpoint.pt")["perturbation_memory"]
+    assert memory["values"].dtype == torch.float16 and bool(memory["filled"].all())
+    assert float(memory["radius"].max()) == 2.0
+    cost = json.loads((run_dir / "cost.json").read_text())
+    assert (cost["forward_per_sample"], cost["backward_per_sample"], cost["samples"]) == (2.0, 2.0, 24)
+    run_bundle(("train", "evaluate", "robustness"), *tiny(), "--run_name", "vat_fast", "--max_test_images", "2",
+               "--pgd_steps", "1", "--ifgsm_steps", "1", "--strong_attack", "true", "--strong_pgd_steps", "2",
+               "--output_root", str(root))
+    report = json.loads((root / "eval" / "vat_fast" / "robustness.json").read_text())
+    assert report["settings"]["attacks"]["PGD_strong"]["restarts"] == 3
+    assert report["settings"]["attacks"]["PGD_strong"]["steps"] == 2
+    assert set(report["summary"]["attacks"]) == {"PGD", "IFGSM", "PGD_strong"}
 
 
 def test_experiment_plan_of_the_quick_profile(tmp_path):

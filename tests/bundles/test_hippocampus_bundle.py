@@ -585,3 +585,35 @@ def test_one_short_epoch_on_the_real_hippocampus_data(tmp_path):
     ckpt = load(tmp_path / "models" / "std" / "checkpoint.pt")
     assert epoch_of(ckpt) == 1
     assert not (tmp_path / "data").exists()  # no synthetic data written when dataset_dir is given
+
+
+def test_kill_and_resume_with_the_perturbation_memory_is_bit_exact(root, thresholds):
+    """Fast AMAT (T = 1, --perturbation_memory true), 3 epochs: killed after the first checkpoint and resumed, the run
+    ends with bit-identical weights, margins and perturbation memory; the checkpoint holds the memory (float16, one
+    perturbation per training slice) and cost.json counts (1 + 2) forward and (1 + 2) backward passes per sample.
+    Without the switch the checkpoint has no memory entry (older checkpoints still resume)."""
+    fast = ["--perturbation_memory", "true", "--attack_steps", "1"]
+    args = [*tiny(epochs="3"), *fast, "--output_root", str(root)]
+    run_bundle(("train", "amat"), *args, "--run_name", "fast_straight")
+    killed = root / "models" / "fast_killed"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", HIPPOCAMPUS.config_list("train", "amat"),
+           *args, "--run_name", "fast_killed"]
+    _kill_after_first_checkpoint(cmd, killed)
+    resumed = run_bundle(("train", "amat"), *args, "--run_name", "fast_killed", "--resume", "true")
+    assert "Restored all variables from" in resumed.stdout
+    a, b = load(root / "models" / "fast_straight" / "checkpoint.pt"), load(killed / "checkpoint.pt")
+    for name, wa in a["model"].items():
+        assert torch.equal(wa, b["model"][name]), name
+    assert torch.equal(a["margins"]["margins"], b["margins"]["margins"])
+    ma, mb = a["perturbation_memory"], b["perturbation_memory"]
+    assert ma["values"].dtype == torch.float16 and bool(ma["filled"].all())
+    assert ma["values"].shape[0] == a["margins"]["margins"].shape[0]
+    for key in ("values", "scale", "radius", "geometry", "filled"):
+        assert torch.equal(ma[key], mb[key]), key
+    cost = json.loads((root / "models" / "fast_straight" / "cost.json").read_text())
+    assert cost["forward_per_sample"] == 3.0 and cost["backward_per_sample"] == 3.0 and len(cost["epochs"]) == 3
+    assert "perturbation_memory" not in load(root / "models" / "amat" / "checkpoint.pt") if \
+        (root / "models" / "amat" / "checkpoint.pt").is_file() else True
+    std_cost = json.loads((root / "models" / "std" / "cost.json").read_text())
+    assert std_cost["forward_per_sample"] == 1.0 and std_cost["backward_per_sample"] == 1.0
+    assert "perturbation_memory" not in load(root / "models" / "std" / "checkpoint.pt")
