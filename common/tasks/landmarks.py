@@ -427,7 +427,12 @@ class LandmarkWriter:
         from PIL import Image, ImageDraw
 
         with Image.open(image_path) as im:
-            im = im.convert("RGB")
+            if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):  # deeper than 8 bits: at the reader's scale
+                from ..data.ceph import read_xray
+
+                im = Image.fromarray(np.round(read_xray(image_path)[0] * 255).astype(np.uint8)).convert("RGB")
+            else:
+                im = im.convert("RGB")
             scale = min(1.0, self.overlay_size / im.height)
             if scale < 1.0:
                 im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR)
