@@ -1,5 +1,5 @@
 """Ignite handlers in MONAI style: margin bookkeeping, threshold estimation, robustness evaluation, task metrics,
-model loading and checkpoints that survive a crash."""
+model loading, checkpoints that survive a crash, and the validation's confidence reference."""
 
 from .margin_handler import MarginHandler
 from .threshold_handler import ThresholdEstimationHandler
@@ -10,6 +10,7 @@ from .init_from_checkpoint import InitFromCheckpoint
 from .task_metric import TaskIgniteMetric
 from .model_loader import ModelLoader
 from .checkpoint_saver import AtomicCheckpointSaver, KeepLatestCheckpoints
+from .confidence_reference import ConfidenceReferenceSaver
 
 __all__ = [
     "MarginHandler",
@@ -22,4 +23,5 @@ __all__ = [
     "KeepLatestCheckpoints",
     "InitFromCheckpoint",
     "TaskIgniteMetric",
+    "ConfidenceReferenceSaver",
 ]

@@ -21,7 +21,17 @@ MONAI's detection code needs torchvision: install the ``detection`` extra (``pip
 
 from .batch import BOX_KEYS, DetectionPrepareBatch, collate_detection
 from .heads import RetinaNetHeads
-from .inference import DetectionWriter, detect, detection_result, draw_overlay, image_files, run_inference, write_detections
+from .inference import (
+    DETECTION_MEASURES,
+    DetectionConfidence,
+    DetectionWriter,
+    detect,
+    detection_result,
+    draw_overlay,
+    image_files,
+    run_inference,
+    write_detections,
+)
 from .loss import RetinaNetLoss
 from .metric import COCODetectionMetric
 from .network import BACKBONES, build_detector, build_retinanet, level_strides
@@ -33,6 +43,8 @@ __all__ = [
     "COCODetectionMetric",
     "DetectionPrepareBatch",
     "DetectionWriter",
+    "DetectionConfidence",
+    "DETECTION_MEASURES",
     "ResizeBoxd",
     "RetinaNetHeads",
     "RetinaNetLoss",
