@@ -323,7 +323,7 @@ class SegmentationConfidenced:
         volume = 1.0
         if affine is not None:
             a = np.asarray(torch.as_tensor(affine).cpu(), dtype=np.float64)
-            volume = float(abs(np.linalg.det(a[: pred.ndim - 1, : pred.ndim - 1])))
+            volume = round(float(abs(np.linalg.det(a[: pred.ndim - 1, : pred.ndim - 1]))), 9)  # mm^3 per voxel
         values = segmentation_confidence(pred, volume)
         per_label = values.pop("volume_mm3_per_label")
         self.report.add(str(path), values, {"volume_mm3_per_label": per_label, "classes": int(pred.shape[0])})
