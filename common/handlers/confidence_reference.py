@@ -53,4 +53,7 @@ class ConfidenceReferenceSaver:
         self.reference.update(self.measure(pred, batch))
 
     def completed(self, engine: Engine) -> None:
-        self.reference.finish().save(self.path)
+        import ignite.distributed as idist
+
+        if idist.get_rank() == 0:  # under DDP: the reference of rank 0's share of the validation images
+            self.reference.finish().save(self.path)
