@@ -295,6 +295,9 @@ def stage_bundle(
     if weights.is_file():
         (staged / "models").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(weights, staged / "models" / "model.pt")
+        reference = weights.parent / "confidence_reference.json"  # what inference compares each image with
+        if reference.is_file():
+            shutil.copyfile(reference, staged / "models" / reference.name)
         if export_torchscript:
             _export_torchscript(staged)
         if weights_url:

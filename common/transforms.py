@@ -24,7 +24,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-__all__ = ["assign_sample_ids", "datalist_digest", "SampleIdd", "LoadCheckedImaged"]
+__all__ = ["assign_sample_ids", "datalist_digest", "SampleIdd", "LoadCheckedImaged", "refuse_uninformative",
+           "RefuseUninformatived"]
 
 _NO_ID_FIX = (
     "assign ids with robust_bundles.transforms.assign_sample_ids (or robust_bundles.msd.load_slices) before the dataset is built"
@@ -188,12 +189,58 @@ class SampleIdd(MapTransform):
         return torch.tensor(int(value), dtype=torch.int64)
 
 
+def refuse_uninformative(image: Any, path: Any, channel_first: bool = True) -> None:
+    """Refuse an image that is certainly not a picture of anything: every channel holds one value everywhere (zero
+    variance: blank, all-zero, a uniform grey export). A network still outputs landmarks, masks or boxes for such an
+    input, and they mean nothing.
+
+    Args:
+        image: the image array or tensor, channel first (C, *spatial) unless ``channel_first`` is False (one channel).
+        path: the file, for the message.
+        channel_first: whether the first axis is the channel axis.
+
+    Raises:
+        ValueError: naming the file and its one value per channel.
+    """
+    t = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image).detach()
+    t = t.reshape(t.shape[0], -1) if channel_first and t.ndim > 1 else t.reshape(1, -1)
+    if t.numel() and bool((t.amax(1) == t.amin(1)).all()):
+        values = ", ".join(f"{float(v):g}" for v in t[:, 0][:4])
+        raise ValueError(
+            f"The image {path} holds one value everywhere ({values} in each channel): it is blank, not a picture of "
+            f"the task, and any prediction on it would be meaningless. Give the real image; nothing was written for it."
+        )
+
+
+class RefuseUninformatived(MapTransform):
+    """:func:`refuse_uninformative` as a transform for inference pipelines.
+
+    Args:
+        keys: the image key(s) (channel first).
+        path_key: the key of the file path for the message (default: the ``filename_or_obj`` of the image's metadata,
+            else the sample's ``<key>_path``).
+    """
+
+    def __init__(self, keys: KeysCollection, path_key: str | None = None, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.path_key = path_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Mapping[Hashable, Any]:
+        for key in self.key_iterator(dict(data)):
+            img = data[key]
+            path = data.get(self.path_key) if self.path_key is not None else None
+            if path is None:
+                path = getattr(img, "meta", {}).get("filename_or_obj", data.get(f"{key}_path", f"under {key!r}"))
+            refuse_uninformative(img, path)
+        return data
+
+
 class LoadCheckedImaged(MapTransform):
     """MONAI's ``LoadImaged`` (channel first) that refuses bad input and names the file.
 
     Inference must never write a silently wrong result: a file that cannot be read (truncated, not an image), an
     image with another number of channels or spatial dimensions than the network was trained on, or non-finite
-    voxels (NaN, inf) stop the run with an error that names the file, what is wrong and the expected input, and
+    voxels (NaN, inf), or one value everywhere (:func:`refuse_uninformative`) stop the run with an error that names the file, what is wrong and the expected input, and
     nothing is written for it.
 
     Args:
@@ -252,4 +299,5 @@ class LoadCheckedImaged(MapTransform):
                     f"The image {path} has {bad} non-finite voxel(s) (NaN or inf) of {finite.numel()}: a prediction "
                     f"on it would be wrong. Repair or replace the file; nothing was written for it."
                 )
+            refuse_uninformative(img, path)
         return out

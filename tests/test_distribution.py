@@ -64,6 +64,16 @@ def test_package_bundle_vendors_the_library_and_is_reproducible(tmp_path):
     assert not any(part in n for n in names for part in ("/runs/", "/data/", "/eval/", "/logs/", "__pycache__"))
 
 
+def test_package_ships_the_confidence_reference_beside_the_weights(tmp_path):
+    bundle = _fake_bundle(tmp_path / "src")
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "model.pt").write_bytes(b"not really a model")
+    (tmp_path / "w" / "confidence_reference.json").write_text('{"version": 1}')
+    dist.package_bundle(bundle, tmp_path / "out", weights=tmp_path / "w" / "model.pt", export_torchscript=False)
+    with zipfile.ZipFile(tmp_path / "out" / "toy_bundle.zip") as z:
+        assert z.read("toy_bundle/models/confidence_reference.json") == b'{"version": 1}'
+
+
 def test_package_refuses_undeclared_third_party_imports(tmp_path):
     bundle = _fake_bundle(tmp_path / "src", extra_config=" + str(robust_bundles.report)")  # report needs matplotlib
     with pytest.raises(ValueError, match=r"import \[.*'matplotlib'.*\].*required_packages_version"):

@@ -39,7 +39,7 @@ from monai.transforms import MapTransform
 
 from ..bundle import announce_synthetic, mark_synthetic
 from ..io import atomic_write, atomic_write_text
-from ..transforms import assign_sample_ids, datalist_digest
+from ..transforms import assign_sample_ids, datalist_digest, refuse_uninformative
 
 __all__ = [
     "LANDMARK_NAMES",
@@ -51,6 +51,7 @@ __all__ = [
     "read_ceph_datalist",
     "split_ceph",
     "read_xray",
+    "grey_levels",
     "load_ceph",
     "ceph_digest",
     "xray_datalist",
@@ -263,15 +264,60 @@ def split_ceph(datalist: Sequence[Mapping], validation_fraction: float = 1 / 3, 
 
 
 # ------------------------------------------------------------------------------------------------------------ images
+_EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
+"""PIL modes of 8 bits per channel: converted to grey (ITU-R 601 luma) and divided by 255, as the training images."""
+_DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+"""PIL modes of one deeper grey channel (16-bit and 32-bit integers, 32-bit float): read at their full range."""
+
+
+def grey_levels(values: np.ndarray, path: str | os.PathLike = "the image") -> np.ndarray:
+    """Grey levels of a 16-bit, 32-bit integer or float image in [0, 1], scaled as the 8-bit training images were.
+
+    The training images are 8-bit, each stored value divided by 255, the largest value of 8 bits (not stretched to the
+    image's own minimum and maximum). A deeper image is scaled the same way, by the largest value of its bit depth:
+    ``2^b - 1`` with ``b`` the bits its largest value needs, rounded up to an even number and at least 8 (detectors
+    store 10, 12, 14 or 16 bits). A 16-bit image made of 8-bit values times 257 thus reads exactly as the 8-bit one, and
+    a 12-bit image (largest value 4095 or less) is divided by 4095. Floats already in [0, 1] are taken as they are;
+    larger floats are scaled as integers of the same range.
+
+    Args:
+        values: the image's values (any shape), integers >= 0 or floats.
+        path: the file, for the messages.
+
+    Raises:
+        ValueError: negative or non-finite values (the scale of such an image is unknown).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(v).all():
+        raise ValueError(f"The image {path} has {int((~np.isfinite(v)).sum())} non-finite pixel(s) (NaN or inf): a "
+                         f"prediction on it would be wrong. Repair or replace the file; nothing was written for it.")
+    low, high = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
+    if low < 0:
+        raise ValueError(f"The image {path} has negative grey levels (down to {low:g}): an X-ray's grey levels are >= 0 "
+                         f"and this reader cannot know their scale. Export it as 8- or 16-bit greyscale (PNG, TIFF).")
+    if np.issubdtype(np.asarray(values).dtype, np.floating) and high <= 1.0:
+        return v.astype(np.float32)
+    bits = max(8, int(np.ceil(high)).bit_length())
+    bits += bits % 2
+    return (v / float(2**bits - 1)).astype(np.float32)
+
+
 def read_xray(path: str | os.PathLike, size: Sequence[int] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """A grey image in [0, 1], optionally resized, and its original (height, width).
 
+    Images of 8 bits per channel (BMP, JPEG, PNG, TIFF; RGB is converted to grey, ITU-R 601 luma) are divided by 255,
+    as in training. Greyscale images of 16 bits (PIL modes ``I;16``, ``I;16B``, ...), 32-bit integers (``I``) and
+    floats (``F``) keep their full dynamic range and are scaled by :func:`grey_levels`. Other modes are refused.
+
     Args:
-        path: a BMP, JPEG, PNG or TIFF file (RGB images are converted to grey, ITU-R 601 luma).
+        path: a BMP, JPEG, PNG or TIFF file.
         size: (H, W) to resize to (antialiased bilinear); None keeps the original size.
 
     Returns:
         ``(image float32 (H, W), (H0, W0))``.
+
+    Raises:
+        ValueError: the file is not a readable image, its mode is unknown, or its grey levels are negative or not finite.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -281,13 +327,21 @@ def read_xray(path: str | os.PathLike, size: Sequence[int] | None = None) -> tup
     try:
         with Image.open(path) as im:
             w0, h0 = im.size
-            if size is not None:
-                h, w = int(size[0]), int(size[1])
-                im.draft("L", (2 * w, 2 * h))  # JPEG: decode at a reduced scale, still >= twice the target
-                im = im.convert("L").resize((w, h), Image.BILINEAR)
+            if im.mode in _EIGHT_BIT_MODES:
+                if size is not None:
+                    im.draft("L", (2 * int(size[1]), 2 * int(size[0])))  # JPEG: decode reduced, >= twice the target
+                grey, scale = im.convert("L"), 255.0
+            elif im.mode in _DEEP_MODES:
+                grey, scale = Image.fromarray(grey_levels(np.asarray(im), path)), 1.0
             else:
-                im = im.convert("L")
-            array = np.asarray(im, dtype=np.float32) / 255.0
+                raise ValueError(
+                    f"The image {path} has the PIL mode {im.mode!r}, which this reader does not know (it reads "
+                    f"{', '.join(_EIGHT_BIT_MODES)} of 8 bits and the greyscale modes {', '.join(_DEEP_MODES)}): save it "
+                    f"as 8- or 16-bit greyscale PNG or TIFF."
+                )
+            if size is not None:
+                grey = grey.resize((int(size[1]), int(size[0])), Image.BILINEAR)
+            array = np.asarray(grey, dtype=np.float32) / scale
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"The image {path} cannot be read ({type(exc).__name__}: {exc}): it is corrupt or not an "
                          f"image; restore it from the dataset.") from exc
@@ -402,8 +456,10 @@ def xray_datalist(source: Any) -> list[dict]:
 
 
 class LoadXrayd(MapTransform):
-    """Load an X-ray for the network: ``image`` (1, H, W) in [0, 1] resized to ``image_size``, plus ``orig_size``
-    (H0, W0), ``spacing`` (x, y) mm and ``image_path`` (the file), which the landmark writer needs.
+    """Load an X-ray for the network: ``image`` (1, H, W) in [0, 1] resized to ``image_size`` (:func:`read_xray`: 8-bit,
+    16-bit, 32-bit integer and float images), plus ``orig_size`` (H0, W0), ``spacing`` (x, y) mm and ``image_path``
+    (the file), which the landmark writer needs. A blank image (one grey level everywhere) is refused
+    (:func:`robust_bundles.transforms.refuse_uninformative`).
 
     Args:
         keys: the key holding the image path.
@@ -422,6 +478,7 @@ class LoadXrayd(MapTransform):
         for key in self.key_iterator(d):
             path = str(d[key])
             image, orig = read_xray(path, self.image_size)
+            refuse_uninformative(image[None], path)
             d[key] = image[None]
             d[f"{key}_path"] = path
             d["orig_size"] = np.asarray(orig, dtype=np.int64)

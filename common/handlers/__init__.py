@@ -1,7 +1,8 @@
 """Ignite handlers in MONAI style: margin bookkeeping, threshold estimation, robustness evaluation, task metrics,
-model loading and checkpoints that survive a crash."""
+model loading, checkpoints that survive a crash, and the validation's confidence reference."""
 
 from .checkpoint_saver import AtomicCheckpointSaver, KeepLatestCheckpoints
+from .confidence_reference import ConfidenceReferenceSaver
 from .finite_loss_guard import FiniteLossGuard
 from .init_from_checkpoint import InitFromCheckpoint
 from .margin_handler import MarginHandler
@@ -24,4 +25,5 @@ __all__ = [
     "InitFromCheckpoint",
     "TaskIgniteMetric",
     "PassCounter",
+    "ConfidenceReferenceSaver",
 ]

@@ -21,7 +21,8 @@ maps index coordinates by ``x' = (x + 0.5) W / W0 - 0.5`` (pixel areas scale, as
   %, higher is better) at 2, 2.5, 3 and 4 mm, in the original frame with the pixel spacing of each image, overall and
   per landmark (``details()``).
 - Inference (:class:`LandmarkWriter`): the landmarks of every image as JSON and CSV (original pixels and mm) and an
-  overlay PNG.
+  overlay PNG; their confidence (:class:`LandmarkConfidence`: peak heatmap probability and vote agreement per
+  landmark) in ``<stem>_confidence.json`` (:mod:`robust_bundles.confidence`).
 
 The batch carries per-sample metadata for the metric and the writer: ``landmarks`` (L, 2) in original pixels,
 ``spacing`` (2,) mm per original pixel (x, y), ``orig_size`` (2,) the original (H0, W0).
@@ -42,6 +43,7 @@ import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from ..confidence import ConfidenceReport, Measure
 from ..handlers.task_metric import engine_pred_and_batch
 from ..io import atomic_write, atomic_write_json, atomic_write_text
 from ..losses import PerSampleLoss, primary_output
@@ -55,6 +57,8 @@ __all__ = [
     "landmark_targets",
     "LandmarkTargetsd",
     "decode_landmarks",
+    "LANDMARK_MEASURES",
+    "LandmarkConfidence",
     "LandmarkLoss",
     "LandmarkMetric",
     "predict_landmarks",
@@ -188,17 +192,10 @@ class LandmarkTargetsd(MapTransform):
         return d
 
 
-def decode_landmarks(pred: torch.Tensor, num_landmarks: int, radius: float, top_k: int | None = None,
-                     vote_radius: float = 1.0) -> torch.Tensor:
-    """Landmark coordinates (B, L, 2) as (x, y) in the network frame, by offset voting (module docstring).
-
-    Args:
-        pred: the network output (B, 3L, H, W) (logits and offsets), or a tuple/dict holding it.
-        num_landmarks: L.
-        radius: R of the targets the network was trained on (offsets are in units of R).
-        top_k: how many pixels vote per landmark; default the number of pixels of a disk of radius R (pi R^2).
-        vote_radius: pixels: votes this close count for each other, and are averaged into the result.
-    """
+def _vote(pred: torch.Tensor, num_landmarks: int, radius: float, top_k: int | None,
+          vote_radius: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Offset voting: the landmarks (B, L, 2) in the network frame, the peak heatmap probability (B, L) and the vote
+    agreement (B, L), the share of the top-k vote weight within ``vote_radius`` of the winning vote."""
     p = primary_output(pred).detach().float()
     heads = split_heads(p, num_landmarks)
     b, n, h, w = heads["heatmap"].shape
@@ -214,7 +211,57 @@ def decode_landmarks(pred: torch.Tensor, num_landmarks: int, radius: float, top_
     best = support.argmax(-1)
     chosen = near[torch.arange(b * n), best] * weight.reshape(b * n, k)  # weights of the votes near the winner
     point = (chosen.unsqueeze(-1) * votes.reshape(b * n, k, 2)).sum(1) / chosen.sum(1, keepdim=True).clamp_min(1e-12)
-    return point.reshape(b, n, 2)
+    agreement = chosen.sum(1) / weight.reshape(b * n, k).sum(1).clamp_min(1e-12)
+    return point.reshape(b, n, 2), weight[..., 0], agreement.reshape(b, n)
+
+
+def decode_landmarks(pred: torch.Tensor, num_landmarks: int, radius: float, top_k: int | None = None,
+                     vote_radius: float = 1.0) -> torch.Tensor:
+    """Landmark coordinates (B, L, 2) as (x, y) in the network frame, by offset voting (module docstring).
+
+    Args:
+        pred: the network output (B, 3L, H, W) (logits and offsets), or a tuple/dict holding it.
+        num_landmarks: L.
+        radius: R of the targets the network was trained on (offsets are in units of R).
+        top_k: how many pixels vote per landmark; default the number of pixels of a disk of radius R (pi R^2).
+        vote_radius: pixels: votes this close count for each other, and are averaged into the result.
+    """
+    return _vote(pred, num_landmarks, radius, top_k, vote_radius)[0]
+
+
+LANDMARK_MEASURES = (
+    Measure("peak", "mean over the landmarks of the peak heatmap probability (1 = certain, 0 = nothing found)"),
+    Measure("agreement", "mean over the landmarks of the vote agreement: the share of the top-k votes' weight that "
+            "points within vote_radius of the chosen position (1 = all votes agree)"),
+)
+"""The landmark family's confidence measures (:mod:`robust_bundles.confidence`)."""
+
+
+class LandmarkConfidence:
+    """The confidence of a batch of landmark outputs: per landmark the peak heatmap probability and the vote agreement
+    (:func:`_vote`), per image their means (``LANDMARK_MEASURES``).
+
+    Args:
+        num_landmarks: L.
+        radius: R of the network's targets (pixels).
+        top_k, vote_radius: decoding settings (:func:`decode_landmarks`).
+    """
+
+    measures = LANDMARK_MEASURES
+
+    def __init__(self, num_landmarks: int, radius: float, top_k: int | None = None, vote_radius: float = 1.0) -> None:
+        self.num_landmarks, self.radius, self.top_k, self.vote_radius = int(num_landmarks), float(radius), top_k, \
+            float(vote_radius)
+
+    def per_landmark(self, pred: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(peak (B, L), agreement (B, L))."""
+        _, peak, agreement = _vote(pred, self.num_landmarks, self.radius, self.top_k, self.vote_radius)
+        return peak.cpu(), agreement.cpu()
+
+    def __call__(self, pred: Any, batch: Any = None) -> dict[str, torch.Tensor]:
+        """Per image ``{"peak": (B,), "agreement": (B,)}``."""
+        peak, agreement = self.per_landmark(pred)
+        return {"peak": peak.mean(1), "agreement": agreement.mean(1)}
 
 
 class LandmarkLoss(PerSampleLoss):
@@ -370,11 +417,14 @@ class LandmarkWriter:
         top_k, vote_radius: decoding settings.
         image_key, orig_size_key, spacing_key: batch keys (the image key holds the input path in ``<key>_path`` or in
             the image's ``filename_or_obj`` metadata).
+        confidence: the run's :class:`robust_bundles.confidence.ConfidenceReport`: per image
+            ``<stem>_confidence.json`` with the peak heatmap probability and vote agreement of every landmark.
     """
 
     def __init__(self, output_dir: str, num_landmarks: int, radius: float, landmark_names: Sequence[str] | None = None,
                  overlay_size: int = 800, top_k: int | None = None, vote_radius: float = 1.0,
-                 image_key: str = "image", orig_size_key: str = "orig_size", spacing_key: str = "spacing") -> None:
+                 image_key: str = "image", orig_size_key: str = "orig_size", spacing_key: str = "spacing",
+                 confidence: ConfidenceReport | None = None) -> None:
         self.output_dir = Path(output_dir)
         self.num_landmarks, self.radius = int(num_landmarks), float(radius)
         self.names = list(landmark_names) if landmark_names is not None else [
@@ -382,6 +432,8 @@ class LandmarkWriter:
         self.overlay_size = int(overlay_size)
         self.top_k, self.vote_radius = top_k, float(vote_radius)
         self.image_key, self.orig_size_key, self.spacing_key = image_key, orig_size_key, spacing_key
+        self.confidence = confidence
+        self.measure = LandmarkConfidence(self.num_landmarks, self.radius, top_k, vote_radius)
         self.written: list[Path] = []
 
     def attach(self, engine) -> None:
@@ -401,8 +453,14 @@ class LandmarkWriter:
         orig = batch_value(batch, self.orig_size_key, what="landmark writer")
         spacing = batch_value(batch, self.spacing_key, what="landmark writer").double().reshape(-1, 2)
         points = predict_landmarks(pred, orig, self.num_landmarks, self.radius, self.top_k, self.vote_radius)
+        peak, agreement = self.measure.per_landmark(pred) if self.confidence is not None else (None, None)
         for b, path in enumerate(self._paths(batch)):
             self.write_one(path, points[b], spacing[b], orig[b])
+            if self.confidence is not None:
+                rows = [{"landmark": i + 1, "name": self.names[i], "peak": round(float(peak[b, i]), 4),
+                         "agreement": round(float(agreement[b, i]), 4)} for i in range(self.num_landmarks)]
+                values = {"peak": float(peak[b].mean()), "agreement": float(agreement[b].mean())}
+                self.written.append(self.confidence.add(path, values, {"per_landmark": rows}))
 
     def write_one(self, image_path: str, points: torch.Tensor, spacing: torch.Tensor, orig_size: torch.Tensor) -> None:
         """Write the JSON, CSV and overlay of one image (points (L, 2) original pixels, spacing (2,) mm)."""
@@ -427,7 +485,12 @@ class LandmarkWriter:
         from PIL import Image, ImageDraw
 
         with Image.open(image_path) as im:
-            im = im.convert("RGB")
+            if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):  # deeper than 8 bits: at the reader's scale
+                from ..data.ceph import read_xray
+
+                im = Image.fromarray(np.round(read_xray(image_path)[0] * 255).astype(np.uint8)).convert("RGB")
+            else:
+                im = im.convert("RGB")
             scale = min(1.0, self.overlay_size / im.height)
             if scale < 1.0:
                 im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR)

@@ -93,6 +93,9 @@ def test_std_training_writes_model_and_checkpoints(std, root):
     assert {"random_states", "validation", "optimizer", "lr_scheduler"} <= set(ckpt)
     data = root / "data" / "synthetic_voc"
     assert (data / "SYNTHETIC_DATA.txt").is_file() and len(list((data / "JPEGImages").glob("*.jpg"))) == 40
+    reference = json.loads((std / "confidence_reference.json").read_text())  # written at validation time
+    assert reference["family"] == "detection" and set(reference["measures"]) == {"max_score", "boxes"}
+    assert reference["measures"]["boxes"]["n"] >= 1
 
 
 def test_thresholds_have_the_two_detection_terms(thresholds):
@@ -194,6 +197,16 @@ def test_inference_writes_boxes_in_the_original_frame(root, std, tmp_path):
             assert 0 <= x0 <= x1 <= size[0] + 0.01 and 0 <= y0 <= y1 <= size[1] + 0.01
         with Image.open(out / f"{stem}_overlay.png") as ov:
             assert list(ov.size) == size
+        confidence = json.loads((out / f"{stem}_confidence.json").read_text())  # compared with std's reference
+        assert confidence["measures"] == {"max_score": scores[0], "boxes": float(len(scores))}
+        assert "is its confidence" in confidence["note"] and confidence["reference"]["file"].endswith(
+            "std/confidence_reference.json")
+    # a uniform grey image is refused, naming the file; nothing is written for it
+    Image.new("RGB", (160, 120), (128, 128, 128)).save(inputs / "grey.png")
+    proc = run_bundle(("inference",), *SHAPE, "--datalist", f"['{inputs / 'grey.png'}']", "--output_dir", str(out),
+                      "--model_path", str(std / "model.pt"), "--output_root", str(root), expect_ok=False)
+    assert f"{inputs / 'grey.png'} holds one value everywhere" in last_error(proc)
+    assert not list(out.glob("grey*"))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

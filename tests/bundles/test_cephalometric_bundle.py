@@ -96,6 +96,9 @@ def test_std_training_writes_model_and_checkpoints(std, root):
     ckpt = load(std / "checkpoint.pt")
     assert epoch_of(ckpt) == 1 and set(load(std / "model.pt")) == set(ckpt["model"])
     assert (root / "data" / "synthetic_ceph" / "RawImage" / "TrainingData").is_dir()  # the official layout
+    reference = json.loads((std / "confidence_reference.json").read_text())  # written at validation time
+    assert reference["family"] == "landmarks" and reference["source"] == "validation split of synthetic data"
+    assert {k: v["n"] for k, v in reference["measures"].items()} == {"peak": 2, "agreement": 2}
 
 
 def test_thresholds_have_three_terms(thresholds):
@@ -213,6 +216,34 @@ def test_inference_writes_landmarks_in_the_original_frame(root, std, tmp_path):
         assert len(rows) == 19 and float(rows[0]["x_px"]) == record["landmarks"][0]["x_px"]
         with Image.open(out / f"{stem}_overlay.png") as ov:
             assert ov.height == min(800, orig[0])
+
+
+def test_inference_confidence_with_the_shipped_weights_flags_noise_and_refuses_a_blank_image(tmp_path):
+    """The shipped weights and their reference (models/confidence_reference.json, the real validation split): every
+    image gets <stem>_confidence.json; a noise image gets a LOW CONFIDENCE warning; a uniform grey PNG is refused,
+    naming the file, and nothing is written for it."""
+    import numpy as np
+    from PIL import Image
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (480, 387)).astype(np.uint8)).save(inputs / "noise.png")
+    proc = run_bundle(("inference",), "--input_dir", str(inputs), "--output_dir", str(out), "--overlay_size", "0",
+                      "--output_root", str(tmp_path))
+    record = json.loads((out / "noise_confidence.json").read_text())
+    assert set(record["measures"]) == {"peak", "agreement"} and len(record["per_landmark"]) == 19
+    assert set(record["per_landmark"][0]) == {"landmark", "name", "peak", "agreement"}
+    assert record["reference"]["source"].startswith("the validation split (50 images of Test1")
+    assert record["low_confidence"] and record["warnings"][0].startswith("agreement")
+    assert f"LOW CONFIDENCE: {inputs / 'noise.png'}: agreement" in proc.stdout
+
+    Image.fromarray(np.full((480, 387), 128, np.uint8)).save(inputs / "grey.png")
+    proc = run_bundle(("inference",), "--datalist", f"['{inputs / 'grey.png'}']", "--output_dir", str(tmp_path / "o2"),
+                      "--output_root", str(tmp_path), expect_ok=False)
+    err = last_error(proc)
+    assert f"{inputs / 'grey.png'} holds one value everywhere" in err and "nothing was written for it" in err
+    assert not (tmp_path / "o2").exists() or not list((tmp_path / "o2").glob("grey*"))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

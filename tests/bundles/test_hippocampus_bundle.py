@@ -333,7 +333,32 @@ def test_inference_writes_label_maps_with_the_input_grid(root, std, tmp_path):
         "--datalist", f"[{{'image': '{inputs / 'plain.nii'}'}}]", "--model_path", str(std / "model_best_val.pt"),
         "--output_dir", str(out2), "--output_root", str(root),
     )
-    assert [p.name for p in out2.iterdir()] == ["plain_seg.nii.gz"]
+    assert sorted(p.name for p in out2.iterdir()) == ["plain_confidence.json", "plain_seg.nii.gz"]
+
+
+def test_inference_confidence_with_the_shipped_weights_flags_noise_and_refuses_a_blank_volume(tmp_path):
+    """The shipped weights and their reference (models/confidence_reference.json, the real validation split): every
+    volume gets <stem>_confidence.json; a noise volume gets a LOW CONFIDENCE warning (its foreground volume is far
+    outside the validation's); an all-zero volume is refused, naming the file, and nothing is written for it."""
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    noise = np.random.default_rng(0).normal(100, 20, (35, 50, 35)).astype(np.float32)
+    nib.save(nib.Nifti1Image(noise, np.eye(4)), str(inputs / "noise.nii.gz"))
+    proc = run_bundle(("inference",), "--input_dir", str(inputs), "--output_dir", str(out), "--output_root",
+                      str(tmp_path))
+    record = json.loads((out / "noise_confidence.json").read_text())
+    assert set(record["measures"]) == {"foreground_confidence", "foreground_volume_mm3"}
+    assert set(record["volume_mm3_per_label"]) == {"1", "2"} and record["classes"] == 3
+    assert record["reference"]["source"].startswith("the validation split") and record["low_confidence"]
+    assert f"LOW CONFIDENCE: {inputs / 'noise.nii.gz'}: foreground_volume_mm3" in proc.stdout
+    assert (out / "noise_seg.nii.gz").is_file()
+
+    nib.save(nib.Nifti1Image(np.zeros((35, 50, 35), np.float32), np.eye(4)), str(tmp_path / "zero.nii.gz"))
+    proc = run_bundle(("inference",), "--datalist", f"['{tmp_path / 'zero.nii.gz'}']", "--output_dir",
+                      str(tmp_path / "o2"), "--output_root", str(tmp_path), expect_ok=False)
+    err = last_error(proc)
+    assert f"{tmp_path / 'zero.nii.gz'} holds one value everywhere (0 in each channel)" in err
+    assert not (tmp_path / "o2").exists() or not list((tmp_path / "o2").glob("zero*"))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ MONAI's detection code needs torchvision: install the ``detection`` extra (``pip
 from .batch import BOX_KEYS, DetectionPrepareBatch, collate_detection
 from .heads import RetinaNetHeads
 from .inference import (
+    DETECTION_MEASURES,
+    DetectionConfidence,
     DetectionWriter,
     detect,
     detection_result,
@@ -41,6 +43,8 @@ __all__ = [
     "COCODetectionMetric",
     "DetectionPrepareBatch",
     "DetectionWriter",
+    "DetectionConfidence",
+    "DETECTION_MEASURES",
     "ResizeBoxd",
     "RetinaNetHeads",
     "RetinaNetLoss",

@@ -27,6 +27,7 @@ from ignite.engine import Engine, Events
 from monai.transforms import Compose
 
 from ...attacks import preserve_model_state
+from ...confidence import ConfidenceReport, Measure
 from ...io import atomic_write, atomic_write_text
 from .heads import RetinaNetHeads
 from .transforms import boxes_to_original, detection_preprocessing
@@ -39,6 +40,8 @@ __all__ = [
     "run_inference",
     "image_files",
     "DetectionWriter",
+    "DETECTION_MEASURES",
+    "DetectionConfidence",
     "CLASS_COLOURS",
     "IMAGE_SUFFIXES",
 ]
@@ -211,6 +214,48 @@ def run_inference(
     return written
 
 
+DETECTION_MEASURES = (
+    Measure("max_score", "the highest box score of the image (each box's score, in <stem>.json, is its confidence)"),
+    Measure("boxes", "the number of boxes with a score at least the score threshold", "size"),
+)
+"""The detection family's per-image confidence measures (:mod:`robust_bundles.confidence`)."""
+
+DETECTION_NOTE = ("Every detection's score (detections[].score in <stem>.json, in [0, 1]) is its confidence: threshold "
+                  "it; max_score and boxes summarise the image.")
+
+
+class DetectionConfidence:
+    """The per-image confidence measures (``DETECTION_MEASURES``) of a detection result or of a batch of outputs.
+
+    Args:
+        detector: the ``RetinaNetDetector`` (its post-processing decodes raw outputs).
+        image_size: network input size (X, Y).
+        score_threshold: boxes of at least this score are counted (None: the detector's threshold).
+    """
+
+    measures = DETECTION_MEASURES
+
+    def __init__(self, detector: Any, image_size: Sequence[int], score_threshold: float | None = None) -> None:
+        self.heads = RetinaNetHeads(detector, image_size)
+        self.threshold = float(detector.box_selector.score_thresh if score_threshold is None else score_threshold)
+
+    @staticmethod
+    def of_result(result: Mapping[str, Any]) -> dict[str, float]:
+        """The measures of one :func:`detection_result`."""
+        scores = [d["score"] for d in result["detections"]]
+        return {"max_score": max(scores, default=0.0), "boxes": float(len(scores))}
+
+    def __call__(self, pred: Any, batch: Any = None) -> dict[str, torch.Tensor]:
+        """Per image ``{"max_score": (B,), "boxes": (B,)}`` from raw outputs."""
+        out: dict[str, list[float]] = {"max_score": [], "boxes": []}
+        for det in self.heads.decode(pred):
+            scores = det[self.heads.detector.pred_score_key].detach().float().cpu()
+            kept = scores[scores >= self.threshold]
+            out["max_score"].append(float(kept.max()) if kept.numel() else 0.0)
+            out["boxes"].append(float(kept.numel()))
+        return {k: torch.tensor(v) for k, v in out.items()}
+
+
 class DetectionWriter:
     """Ignite handler of an inference evaluator: per image ``<stem>.json`` (:func:`detection_result`) and
     ``<stem>_overlay.png`` (:func:`draw_overlay`) in ``output_dir``.
@@ -228,6 +273,8 @@ class DetectionWriter:
         min_overlay_score: outline only detections with at least this score in the overlay.
         path_key: batch key of the image file paths.
         size_key: batch key of the original sizes (:class:`ResizeBoxd` writes it).
+        confidence: the run's :class:`robust_bundles.confidence.ConfidenceReport`: per image
+            ``<stem>_confidence.json`` (:class:`DetectionConfidence`).
     """
 
     def __init__(
@@ -240,6 +287,7 @@ class DetectionWriter:
         min_overlay_score: float = 0.3,
         path_key: str = "image_path",
         size_key: str = "original_size",
+        confidence: ConfidenceReport | None = None,
     ) -> None:
         self.heads = RetinaNetHeads(detector, image_size)
         self.classes = tuple(str(c) for c in classes)
@@ -247,6 +295,7 @@ class DetectionWriter:
         self.image_size = tuple(int(v) for v in image_size)
         self.score_threshold, self.min_overlay_score = score_threshold, float(min_overlay_score)
         self.path_key, self.size_key = path_key, size_key
+        self.confidence = confidence
         self.written: list[Path] = []
 
     def attach(self, engine: Engine) -> None:
@@ -268,3 +317,6 @@ class DetectionWriter:
             stem = Path(path).stem
             self.written.append(write_detections(result, self.output_dir / f"{stem}.json"))
             draw_overlay(result, self.output_dir / f"{stem}_overlay.png", min_score=self.min_overlay_score)
+            if self.confidence is not None:
+                self.written.append(self.confidence.add(path, DetectionConfidence.of_result(result),
+                                                        {"note": DETECTION_NOTE}))

@@ -23,6 +23,8 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_tensor
 
+from ...transforms import RefuseUninformatived
+
 __all__ = ["ResizeBoxd", "boxes_to_original", "detection_preprocessing"]
 
 
@@ -110,11 +112,13 @@ def detection_preprocessing(
     Args:
         image_size: network input size (X, Y), divisible by the network's ``size_divisible``.
         image_key, box_key, label_key: the item's keys.
-        with_boxes: False for inference (no boxes or labels in the item).
+        with_boxes: False for inference (no boxes or labels in the item; a blank image, one value everywhere, is
+            refused by :class:`robust_bundles.transforms.RefuseUninformatived`).
     """
     out = [
         LoadImaged(keys=image_key, reader="PILReader", image_only=True),
         EnsureChannelFirstd(keys=image_key),
+        *([] if with_boxes else [RefuseUninformatived(keys=image_key)]),
         ScaleIntensityRanged(keys=image_key, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
         EnsureTyped(keys=image_key, dtype=torch.float32, track_meta=False),
         ResizeBoxd(keys=image_key, box_keys=box_key, spatial_size=image_size, allow_missing_keys=not with_boxes),
