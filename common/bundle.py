@@ -466,7 +466,7 @@ def _metadata_of(run_args: Mapping[str, Any]) -> Path | None:
         meta = meta[0] if meta else None
     if meta is None:
         configs = run_args.get("config_file")
-        first = configs if isinstance(configs, (str, os.PathLike)) else (list(configs)[0] if configs else None)
+        first = configs if isinstance(configs, (str, os.PathLike)) else next(iter(configs or []), None)
         meta = Path(first).parent / "metadata.json" if first else None
     return Path(meta) if meta is not None and Path(meta).is_file() else None
 
