@@ -504,6 +504,14 @@ def check_command_line(argv: Sequence[str] | None = None) -> None:
     files = [config_files] if isinstance(config_files, (str, os.PathLike)) else list(config_files)
     parser = ConfigParser()
     parser.read_config(files)
+    tracking = run_args.get("tracking")
+    if tracking:  # --tracking mlflow adds its own keys (tracking_uri, experiment_name, ...): they may be overridden
+        from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
+
+        settings = DEFAULT_EXP_MGMT_SETTINGS.get(tracking) if isinstance(tracking, str) else None
+        if settings is None and isinstance(tracking, (str, os.PathLike)) and Path(tracking).is_file():
+            settings = ConfigParser.load_config_file(str(tracking))
+        overrides = [o for o in overrides if o.replace("::", "#").split("#")[0] not in (settings or {}).get("configs", {})]
     problems = unknown_override_errors(parser.get(), overrides)
     if problems:
         raise ValueError(

@@ -144,3 +144,11 @@ def test_an_older_torch_is_named_first_and_on_the_last_line(tmp_path):
     line = last_error(proc)
     assert "missing.pt does not exist" in line and line.endswith(f"(and: {warning} (configs/metadata.json): "
                                                                  f"pip install torch==2.14.1)")
+
+
+def test_tracking_settings_may_be_overridden_only_with_tracking():
+    train = str(REPO / "bundles/hippocampus_mri_segmentation/configs/train.json")
+    rb.check_command_line(["run", "--config_file", train, "--tracking", "mlflow", "--tracking_uri", "sqlite:///x.db",
+                           "--experiment_name", "e"])  # MONAI's tracking adds these keys
+    with pytest.raises(ValueError, match="--tracking_uri: the config has no key"):
+        rb.check_command_line(["run", "--config_file", train, "--tracking_uri", "sqlite:///x.db"])
