@@ -20,6 +20,8 @@ __all__ = [
     "image_datalist",
     "explain_errors",
     "check_command_line",
+    "check_versions",
+    "error_line",
     "unknown_override_errors",
     "SYNTHETIC_MARKER",
     "mark_synthetic",
@@ -252,13 +254,28 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
+#: what :func:`check_versions` found wrong with the installed packages (repeated on the last line of a failed run)
+_VERSION_PROBLEMS: list[str] = []
+
+
+def error_line(cause: BaseException) -> str:
+    """``<type>: <message>`` on one line (a multi-line message, e.g. PyTorch's refusal of a pickle, is joined), with
+    the installed packages older than the bundle's pins (:func:`check_versions`) named after it: the likely cause
+    of an error that follows them."""
+    text = " ".join(f"{type(cause).__name__}: {cause}".split())
+    if _VERSION_PROBLEMS:
+        text += " (and: " + "; ".join(_VERSION_PROBLEMS) + ")"
+    return text
+
+
 def explain_errors() -> None:
     """Repeat the root cause of an uncaught error at the very end of the output.
 
     ``monai.bundle run`` wraps every error raised while a config item is built in ``RuntimeError: Failed to evaluate
     ConfigExpression ...`` / ``Failed to instantiate ...``; the message that says what to fix (a missing file, a wrong
     dataset layout) sits in the middle of a long traceback. Called first by a config's ``run`` (its ``setup`` list), this installs
-    a ``sys.excepthook`` that prints the usual traceback and then one line ``ERROR (cause): <type>: <message>``.
+    a ``sys.excepthook`` that prints the usual traceback and then one line ``ERROR (cause): <type>: <message>``
+    (:func:`error_line`).
     Installed once; other exceptions and the previous hook are left as they were.
     """
     import sys
@@ -274,7 +291,7 @@ def explain_errors() -> None:
         cause = _root_cause(exc)
         if not isinstance(cause, KeyboardInterrupt):
             sys.stdout.flush()
-            sys.stderr.write(f"\nERROR (cause): {type(cause).__name__}: {cause}\n")
+            sys.stderr.write(f"\nERROR (cause): {error_line(cause)}\n")
             sys.stderr.flush()
 
     hook._robust_bundles_explain = True  # type: ignore[attr-defined]
@@ -302,12 +319,34 @@ def _config_ids(config: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _target_parameters(target: Any) -> list[str] | None:
+    """The keyword parameters of a config component's ``_target_`` (a class or function, located as MONAI does), or
+    None when that cannot be known (an expression, an unimportable name, a ``**kwargs`` signature)."""
+    import inspect
+
+    if not isinstance(target, str) or target.startswith(("$", "@", "%")):
+        return None
+    try:
+        from monai.bundle.config_item import ConfigComponent
+        from monai.utils.module import locate
+
+        component = locate(ConfigComponent({"_target_": target}).resolve_module_name())
+        signature = inspect.signature(component)
+    except Exception:  # noqa: BLE001 (anything unknown: leave the check to the run)
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        return None
+    return [n for n, p in signature.parameters.items() if p.kind in kinds]
+
+
 def unknown_override_errors(config: Mapping, overrides: Iterable[str]) -> list[str]:
     """The problems of command-line override ids against a config, one message per unknown id.
 
     An id is known when the config holds it. A new id is accepted only as a new argument of a component (a dict with
-    ``_target_``, where a wrong name fails loudly when it is built); anywhere else it would be silently unused, so
-    it is reported with the nearest valid ids.
+    ``_target_``) that its target takes (``train#trainer#max_epoch`` is refused before any work, with
+    ``max_epochs`` suggested; a target whose parameters cannot be known is given the benefit of the doubt); anywhere
+    else it would be silently unused, so it is reported with the nearest valid ids.
 
     Args:
         config: the merged config (all ``--config_file`` files).
@@ -323,15 +362,23 @@ def unknown_override_errors(config: Mapping, overrides: Iterable[str]) -> list[s
         if key in ids:
             continue
         parent, _, leaf = key.rpartition("#")
+        params: list[str] | None = None
         if parent and isinstance(ids.get(parent), dict) and "_target_" in ids[parent]:
-            continue  # a new constructor argument of a component
+            params = _target_parameters(ids[parent]["_target_"])
+            if params is None or leaf in params:
+                continue  # a new constructor argument of a component (one its target accepts, where known)
         level = [i for i in ids if i.count("#") == key.count("#")]
+        if params is not None:  # the component's own arguments first: max_epoch -> max_epochs
+            level = list(dict.fromkeys([f"{parent}#{n}" for n in params] + level))
         near = difflib.get_close_matches(key, level, n=3, cutoff=0.6) or difflib.get_close_matches(
             key, list(ids), n=3, cutoff=0.6
         )
         hint = f"did you mean {' or '.join('--' + n for n in near)}?" if near else "no config key is close to it."
         where = f"--{raw}"
-        if parent and parent not in ids:
+        if params is not None:
+            problems.append(f"{where}: {ids[parent]['_target_']} ({parent!r}) takes no argument {leaf!r}, so this "
+                            f"run would fail when it is built; {hint}")
+        elif parent and parent not in ids:
             problems.append(f"{where}: the config has no {parent!r}, so this override would be ignored; {hint}")
         else:
             problems.append(f"{where}: the config has no key {key!r}, so this override would be ignored; {hint}")
@@ -370,8 +417,66 @@ def _parse_run_argv(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]] | N
     return run_args, overrides
 
 
+def _installed_version(distribution: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def check_versions(meta: Mapping | str | os.PathLike) -> list[str]:
+    """Compare the installed packages with the versions a bundle's ``metadata.json`` pins; warn about each one that
+    is missing or older (e.g. torch 2.13 for a bundle made with 2.14.1), and name them again on the last line of a
+    failed run (:func:`error_line`), where they are the likely cause. A newer version passes silently.
+
+    Args:
+        meta: the metadata (a dict, or the path of ``metadata.json``).
+
+    Returns:
+        One message per problem (empty when every pinned package is installed at its version or newer).
+    """
+    import logging
+
+    from monai.utils import version_leq
+
+    if not isinstance(meta, Mapping):
+        meta = json.loads(Path(meta).read_text(encoding="utf-8"))
+    pins = {"torch": meta.get("pytorch_version"), "monai": meta.get("monai_version"),
+            "numpy": meta.get("numpy_version"), **dict(meta.get("required_packages_version") or {})}
+    problems = []
+    for package, pinned in pins.items():
+        if not pinned:
+            continue
+        installed = _installed_version(package)
+        if installed is None:
+            problems.append(f"{package} is not installed but this bundle needs {package}=={pinned}: "
+                            f"pip install {package}=={pinned}")
+        elif not version_leq(str(pinned), installed.split("+")[0]):
+            problems.append(f"{package} {installed} is installed, older than the {pinned} this bundle was made "
+                            f"and tested with (configs/metadata.json): pip install {package}=={pinned}")
+    _VERSION_PROBLEMS[:] = problems
+    for problem in problems:
+        logging.getLogger("robust_bundles.bundle").warning("WARNING: %s", problem)
+    return problems
+
+
+def _metadata_of(run_args: Mapping[str, Any]) -> Path | None:
+    """The metadata.json of a run: ``--meta_file``, else ``metadata.json`` next to the first config file."""
+    meta = run_args.get("meta_file")
+    if isinstance(meta, (list, tuple)):
+        meta = meta[0] if meta else None
+    if meta is None:
+        configs = run_args.get("config_file")
+        first = configs if isinstance(configs, (str, os.PathLike)) else next(iter(configs or []), None)
+        meta = Path(first).parent / "metadata.json" if first else None
+    return Path(meta) if meta is not None and Path(meta).is_file() else None
+
+
 def check_command_line(argv: Sequence[str] | None = None) -> None:
-    """Refuse command-line overrides of config keys that do not exist, naming the nearest valid keys.
+    """Refuse command-line overrides of config keys that do not exist, naming the nearest valid keys; warn about
+    installed packages older than the bundle's metadata.json pins (:func:`check_versions`).
 
     ``python -m monai.bundle run ... --data_dir /data`` (for ``--dataset_dir``) or ``--epoch 5`` (for ``--epochs``)
     would otherwise add an unused key and silently run on the defaults, e.g. train on synthetic data. Called first
@@ -385,6 +490,9 @@ def check_command_line(argv: Sequence[str] | None = None) -> None:
     if parsed is None:
         return
     run_args, overrides = parsed
+    meta = _metadata_of(run_args)
+    if meta is not None:
+        check_versions(meta)
     if not overrides and "args_file" not in run_args:
         return
     from monai.bundle import ConfigParser
@@ -399,6 +507,14 @@ def check_command_line(argv: Sequence[str] | None = None) -> None:
     files = [config_files] if isinstance(config_files, (str, os.PathLike)) else list(config_files)
     parser = ConfigParser()
     parser.read_config(files)
+    tracking = run_args.get("tracking")
+    if tracking:  # --tracking mlflow adds its own keys (tracking_uri, experiment_name, ...): they may be overridden
+        from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
+
+        settings = DEFAULT_EXP_MGMT_SETTINGS.get(tracking) if isinstance(tracking, str) else None
+        if settings is None and isinstance(tracking, (str, os.PathLike)) and Path(tracking).is_file():
+            settings = ConfigParser.load_config_file(str(tracking))
+        overrides = [o for o in overrides if o.replace("::", "#").split("#")[0] not in (settings or {}).get("configs", {})]
     problems = unknown_override_errors(parser.get(), overrides)
     if problems:
         raise ValueError(

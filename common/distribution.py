@@ -5,13 +5,16 @@ alone: it carries the library modules its configs need as ``<bundle>/robust_bund
 the bundle folder on ``sys.path`` before it runs a config, so ``$import robust_bundles`` finds that copy first), so
 only the packages listed in its ``configs/metadata.json`` must be installed.
 
-- :func:`package_bundle` stages a bundle folder (configs, docs, LICENSE, the library copy, trained weights at
-  ``models/model.pt`` and, where export works, ``models/model.ts``) and writes ``<name>.zip`` deterministically (same
-  input, same bytes, same sha256). Weights can be hosted instead of zipped: ``large_files.yml`` then lists their URL
-  and sha256 (the model-zoo format; ``python -m monai.bundle download_large_files`` reads it too, with PyYAML).
+- :func:`package_bundle` stages a bundle folder (configs, docs with the metadata schema ``docs/meta_schema.json``,
+  LICENSE, the library copy, trained weights at ``models/model.pt`` and, where export works, ``models/model.ts``) and
+  writes ``<name>.zip`` deterministically (same input, same bytes, same sha256). The model files can be hosted
+  instead of zipped (all of them: ``model.pt`` and ``model.ts``): ``large_files.yml`` then lists their URL and sha256
+  (the model-zoo format; ``python -m monai.bundle download_large_files`` reads it too, with PyYAML).
 - :func:`write_index` writes the collection index: JSON, one entry per bundle with name, version, sha256, size, url.
 - :func:`download_bundle` fetches a bundle by name from an index (or a zip by URL), verifies size and sha256,
-  extracts it without letting any member escape the target folder, then fetches and verifies hosted weights.
+  extracts it without letting any member escape the target folder, then fetches and verifies hosted weights, all in
+  a temporary folder next to the target that is renamed into place only when everything is verified (a failure
+  leaves nothing); a zip by URL without a sha256 is installed with a warning that nothing was verified.
 
 URLs may be ``https://``, ``http://``, ``file://`` or plain paths, so everything works from local files too.
 """
@@ -37,6 +40,8 @@ from .io import atomic_write, atomic_write_json, atomic_write_text, sha256_file
 
 __all__ = [
     "LIBRARY",
+    "SCHEMA_FILE",
+    "hosted_dir",
     "IntegrityError",
     "library_modules",
     "third_party_imports",
@@ -59,6 +64,9 @@ logger = logging.getLogger("robust_bundles.distribution")
 
 LIBRARY = "robust_bundles"
 """The import name of the shared library, inside a bundle zip too."""
+
+SCHEMA_FILE = "meta_schema.json"
+"""The metadata schema next to the bundle folders (``bundles/meta_schema.json``); each zip ships it in ``docs/``."""
 
 INDEX_FORMAT = 1
 _ZIP_TIME = (2024, 1, 1, 0, 0, 0)  # fixed member timestamps: the same bundle gives the same zip bytes
@@ -257,7 +265,8 @@ def stage_bundle(
         weights: the trained weights (a state dict ``.pt``) to ship as ``models/model.pt``; default
             ``<bundle>/models/model.pt`` when it exists, else none.
         weights_url: host the weights at this URL instead of zipping them: ``large_files.yml`` gets the URL and the
-            sha256 of ``weights`` (the caller puts the file there).
+            sha256 of ``models/model.pt`` and of every other model file (``model.ts`` next to it, same folder URL);
+            the files are moved to :func:`hosted_dir` and the caller puts them at those URLs.
         export_torchscript: also ship ``models/model.ts`` where MONAI's traced export works.
 
     Returns:
@@ -291,6 +300,11 @@ def stage_bundle(
             f"to required_packages_version (a bundle zip must run with only its declared packages)."
         )
 
+    schema = src.parent / SCHEMA_FILE
+    if schema.is_file():  # verify_metadata --filepath <bundle>/docs/meta_schema.json works offline
+        (staged / "docs").mkdir(exist_ok=True)
+        shutil.copyfile(schema, staged / "docs" / SCHEMA_FILE)
+
     weights = Path(weights) if weights is not None else (src / "models" / "model.pt")
     if weights.is_file():
         (staged / "models").mkdir(parents=True, exist_ok=True)
@@ -300,14 +314,25 @@ def stage_bundle(
             shutil.copyfile(reference, staged / "models" / reference.name)
         if export_torchscript:
             _export_torchscript(staged)
-        if weights_url:
-            entries = [{"path": "models/model.pt", "url": weights_url, "hash_val": sha256_of(weights),
-                        "hash_type": "sha256"}]
+        if weights_url:  # every model file is hosted: the zip holds configs and code only
+            hosted = hosted_dir(stage_root, name)
+            entries = []
+            for f in sorted((staged / "models").iterdir()):
+                url = weights_url if f.name == "model.pt" else f"{weights_url.rsplit('/', 1)[0]}/{f.name}"
+                entries.append({"path": f"models/{f.name}", "url": url, "hash_val": sha256_of(f),
+                                "hash_type": "sha256"})
+                hosted.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(f), str(hosted / f.name))
             atomic_write_text(staged / "large_files.yml", _large_files_yaml(entries))
-            (staged / "models" / "model.pt").unlink()
+            (staged / "models").rmdir()
     elif weights_url:
         raise FileNotFoundError(f"weights_url was given but there are no weights to host: {weights} does not exist.")
     return staged
+
+
+def hosted_dir(stage_root: str | os.PathLike, name: str) -> Path:
+    """Where :func:`stage_bundle` puts the model files it hosts instead of zipping (``models/`` of the bundle)."""
+    return Path(stage_root) / ".hosted" / name / "models"
 
 
 #: import names of the packages that metadata.json may declare (distribution name -> import name)
@@ -381,9 +406,10 @@ def package_bundle(
         weights_url = f"{base}/{name}/models/model.pt" if host_weights and src_weights.is_file() else None
         staged = stage_bundle(bundle_dir, tmp, src_weights, weights_url, export_torchscript)
         if weights_url:
-            hosted = out / name / "models" / "model.pt"
-            hosted.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(hosted, lambda t: shutil.copyfile(src_weights, t))
+            for f in sorted(hosted_dir(tmp, name).iterdir()):
+                hosted = out / name / "models" / f.name
+                hosted.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(hosted, lambda t, f=f: shutil.copyfile(f, t))
         zip_path = write_zip(staged, out / f"{name}.zip")
     kind = "hosted (large_files.yml)" if weights_url else "in the zip" if src_weights.is_file() else "none"
     return IndexEntry(name=name, version=str(meta.get("version", "")), sha256=sha256_of(zip_path),
@@ -536,7 +562,8 @@ def download_bundle(
     sha256: str | None = None,
     version: str | None = None,
 ) -> Path:
-    """Download, verify and extract a bundle; then fetch its hosted weights.
+    """Download, verify and extract a bundle and fetch its hosted weights; the bundle folder appears only when all
+    of it is verified (nothing is left behind by a failure).
 
     Args:
         name: the bundle name (needed with ``index``).
@@ -563,8 +590,15 @@ def download_bundle(
         url, sha256, size = _resolve(entry["url"], index), entry["sha256"], entry.get("size")
     if url is None:
         raise ValueError("Give --index (with --name) or --url.")
+    if sha256 is None:
+        logger.warning("WARNING: %s is not verified (no --sha256 given and no index): a damaged or replaced zip "
+                       "would be installed; give --sha256 <hex> or --index <index.json>.", url)
     out = Path(bundle_dir).expanduser()
+    if name and (out / name).exists():
+        raise FileExistsError(f"{out / name} exists: remove it or give another --bundle_dir.")
     out.mkdir(parents=True, exist_ok=True)
+    # everything is assembled in a temporary folder inside bundle_dir (same filesystem) and renamed into place once
+    # the zip and every hosted file are verified: a failed download leaves nothing behind
     with tempfile.TemporaryDirectory(dir=out, prefix=".download_") as tmp:
         zip_path = fetch(url, Path(tmp) / "bundle.zip", sha256=sha256, size=size)
         staging = Path(tmp) / "x"
@@ -572,8 +606,8 @@ def download_bundle(
         target = out / top.name
         if target.exists():
             raise FileExistsError(f"{target} exists: remove it or give another --bundle_dir.")
-        shutil.move(str(top), str(target))
-    download_large_files(target)
+        download_large_files(top)
+        os.replace(top, target)
     return target
 
 

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "sha256_file"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "sha256_file", "decompression_bomb_message"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -72,3 +72,12 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         for chunk in iter(lambda: f.read(chunk_size), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def decompression_bomb_message(path: str | os.PathLike, exc: BaseException, max_pixels: int | None) -> str:
+    """The refusal of an image that PIL will not decode because of its pixel count (``DecompressionBombError``:
+    more than twice ``PIL.Image.MAX_IMAGE_PIXELS``, given as ``max_pixels``), naming the file and the fix."""
+    limit = f"{2 * max_pixels:,} pixels" if max_pixels else "PIL's limit"
+    return (f"The image {path} is refused by PIL as a possible decompression bomb ({exc}): it has more pixels than "
+            f"{limit}. If it is a genuine image, downscale it (the bundles resize every image anyway); if not, "
+            f"remove it from the input.")

@@ -17,11 +17,14 @@ writes nothing and fails when a committed config differs from its rendering.
 ``package`` writes ``<out_dir>/<name>.zip`` for each bundle (configs, docs, LICENSE, the ``robust_bundles`` modules
 its configs need, ``models/model.pt`` and ``models/model.ts`` when the bundle folder has trained weights at
 ``models/model.pt`` or ``--weights`` names them) and ``<out_dir>/index.json`` (name, version, sha256, size, url).
-With ``--host_weights`` the weights stay out of the zips, next to them under ``<out_dir>/<name>/models/``, and each
-zip's ``large_files.yml`` lists their URL and sha256.
+Each zip also carries the metadata schema as ``docs/meta_schema.json`` (``verify_metadata --filepath`` works offline).
+With ``--host_weights`` the model files (``model.pt`` and ``model.ts``) stay out of the zips, next to them under
+``<out_dir>/<name>/models/``, and each zip's ``large_files.yml`` lists their URL and sha256.
 
-``download`` verifies the zip's size and sha256 (from the index, or ``--sha256``), refuses archive members that
-would land outside the target folder, extracts, and fetches and verifies hosted weights. Then:
+``download`` verifies the zip's size and sha256 (from the index, or ``--sha256``; with ``--url`` and no ``--sha256``
+it warns that nothing was verified), refuses archive members that would land outside the target folder, extracts,
+and fetches and verifies hosted weights, in a temporary folder renamed into place only when all of it is verified
+(a failed download leaves nothing behind). Then:
 
     python -m monai.bundle run --config_file ~/bundles/<name>/configs/inference.json --input_dir ... --output_dir ...
 

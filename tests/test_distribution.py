@@ -116,22 +116,34 @@ def test_index_download_and_checksum(tmp_path):
         dist.download_bundle(None, tmp_path / "dl5", url=zip_path.as_uri(), sha256="0" * 64)
 
 
-def test_hosted_weights_are_listed_fetched_and_verified(tmp_path):
+def _fake_export(staged: Path, python: str | None = None) -> bool:
+    (staged / "models" / "model.ts").write_bytes(b"torchscript of " + (staged / "models" / "model.pt").read_bytes())
+    return True
+
+
+def test_hosted_weights_are_listed_fetched_and_verified(tmp_path, monkeypatch):
+    monkeypatch.setattr(dist, "_export_torchscript", _fake_export)  # the zip would hold models/model.ts
     bundle = _fake_bundle(tmp_path / "src")
     weights = tmp_path / "weights.pt"
     weights.write_bytes(b"weights" * 1000)
     out = tmp_path / "out"
-    entry = dist.package_bundle(bundle, out, weights=weights, host_weights=True, export_torchscript=False)
+    entry = dist.package_bundle(bundle, out, weights=weights, host_weights=True)
     assert entry.weights.startswith("hosted")
     names = zipfile.ZipFile(out / "toy_bundle.zip").namelist()
-    assert "toy_bundle/models/model.pt" not in names and "toy_bundle/large_files.yml" in names
-    assert (out / "toy_bundle" / "models" / "model.pt").read_bytes() == weights.read_bytes()
+    assert "toy_bundle/large_files.yml" in names
+    assert not any("/models/" in n for n in names), names  # model.pt and model.ts are both hosted
+    hosted = out / "toy_bundle" / "models"
+    assert (hosted / "model.pt").read_bytes() == weights.read_bytes()
+    assert (hosted / "model.ts").read_bytes() == b"torchscript of " + weights.read_bytes()
 
     got = dist.download_bundle(None, tmp_path / "dl", url=str(out / "toy_bundle.zip"), sha256=entry.sha256)
     files = dist.read_large_files(got)
-    assert files == [{"path": "models/model.pt", "url": (out / "toy_bundle" / "models" / "model.pt").as_uri(),
-                      "hash_val": hashlib.sha256(weights.read_bytes()).hexdigest(), "hash_type": "sha256"}]
+    assert files == [{"path": f"models/model.{s}", "url": (hosted / f"model.{s}").as_uri(),
+                      "hash_val": hashlib.sha256((hosted / f"model.{s}").read_bytes()).hexdigest(),
+                      "hash_type": "sha256"} for s in ("pt", "ts")]
     assert (got / "models" / "model.pt").read_bytes() == weights.read_bytes()
+    assert (got / "models" / "model.ts").read_bytes() == (hosted / "model.ts").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["toy_bundle"]  # no temporary folder left
 
     (out / "toy_bundle" / "models" / "model.pt").write_bytes(b"tampered")  # the hosted file was replaced
     (got / "models" / "model.pt").unlink()
@@ -179,3 +191,55 @@ def test_repository_bundles_declare_every_package_their_library_copy_imports():
         modules = dist.library_modules(texts)
         declared = dist._declared_imports(json.loads(meta.read_text()))
         assert dist.third_party_imports(modules) <= declared, meta
+
+
+@pytest.mark.parametrize("damaged", ["model.pt", "model.ts"])
+def test_a_hosted_file_failing_its_checksum_leaves_nothing(tmp_path, monkeypatch, damaged):
+    monkeypatch.setattr(dist, "_export_torchscript", _fake_export)
+    bundle = _fake_bundle(tmp_path / "src")
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(b"weights" * 1000)
+    out = tmp_path / "out"
+    entry = dist.package_bundle(bundle, out, weights=weights, host_weights=True)
+    index = dist.write_index([entry], out / "index.json")
+    (out / "toy_bundle" / "models" / damaged).write_bytes(b"replaced on the server")
+    with pytest.raises(dist.IntegrityError, match=f"model.{damaged[-2:]}: sha256"):
+        dist.download_bundle("toy_bundle", tmp_path / "dl", index=str(index))
+    assert list((tmp_path / "dl").iterdir()) == []  # no configs without weights, no temporary folder
+
+    (out / "toy_bundle" / "models" / damaged).unlink()  # a hosted file that is missing: the same
+    with pytest.raises(FileNotFoundError):
+        dist.download_bundle("toy_bundle", tmp_path / "dl", index=str(index))
+    assert list((tmp_path / "dl").iterdir()) == []
+
+
+def test_download_by_url_without_sha256_warns_that_nothing_was_verified(tmp_path, caplog):
+    entry = dist.package_bundle(_fake_bundle(tmp_path / "src"), tmp_path / "out", export_torchscript=False)
+    zip_url = (tmp_path / "out" / "toy_bundle.zip").as_uri()
+    with caplog.at_level("WARNING", logger="robust_bundles.distribution"):
+        dist.download_bundle(None, tmp_path / "dl", url=zip_url)
+    assert any("is not verified" in r.getMessage() and "--sha256" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="robust_bundles.distribution"):
+        dist.download_bundle(None, tmp_path / "dl2", url=zip_url, sha256=entry.sha256)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_download_script_prints_the_unverified_warning(tmp_path):
+    import subprocess
+    import sys
+
+    dist.package_bundle(_fake_bundle(tmp_path / "src"), tmp_path / "out", export_torchscript=False)
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bundles.py"), "download", "--url",
+                           (tmp_path / "out" / "toy_bundle.zip").as_uri(), "--bundle_dir", str(tmp_path / "dl")],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "is not verified" in proc.stderr and (tmp_path / "dl" / "toy_bundle" / "configs").is_dir()
+
+
+def test_zip_ships_the_metadata_schema(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / dist.SCHEMA_FILE).write_text('{"type": "object"}')
+    dist.package_bundle(_fake_bundle(tmp_path / "src"), tmp_path / "out", export_torchscript=False)
+    with zipfile.ZipFile(tmp_path / "out" / "toy_bundle.zip") as z:
+        assert z.read("toy_bundle/docs/meta_schema.json") == b'{"type": "object"}'

@@ -38,7 +38,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 from ..bundle import announce_synthetic, mark_synthetic
-from ..io import atomic_write, atomic_write_text
+from ..io import atomic_write, atomic_write_text, decompression_bomb_message
 from ..transforms import assign_sample_ids, datalist_digest, refuse_uninformative
 
 __all__ = [
@@ -345,6 +345,8 @@ def read_xray(path: str | os.PathLike, size: Sequence[int] | None = None) -> tup
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"The image {path} cannot be read ({type(exc).__name__}: {exc}): it is corrupt or not an "
                          f"image; restore it from the dataset.") from exc
+    except Image.DecompressionBombError as exc:
+        raise ValueError(decompression_bomb_message(path, exc, Image.MAX_IMAGE_PIXELS)) from None
     return array, (h0, w0)
 
 

@@ -38,7 +38,7 @@ from typing import Sequence
 import numpy as np
 
 from ..bundle import announce_synthetic, mark_synthetic
-from ..io import atomic_write, atomic_write_text
+from ..io import atomic_write, atomic_write_text, decompression_bomb_message
 from ..transforms import assign_sample_ids, datalist_digest
 
 __all__ = [
@@ -247,6 +247,8 @@ def read_voc_datalist(
                     actual = tuple(im.size)
             except OSError as e:
                 raise ValueError(f"{image} cannot be read as an image ({e}): replace the file.") from None
+            except Image.DecompressionBombError as e:
+                raise ValueError(decompression_bomb_message(image, e, Image.MAX_IMAGE_PIXELS)) from None
             if actual != ann["size"]:
                 raise ValueError(
                     f"{image} is {actual[0]} x {actual[1]} pixels but {xml} says {ann['size'][0]} x {ann['size'][1]}: "

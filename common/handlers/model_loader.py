@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -58,7 +59,16 @@ def read_weights(
         raise FileNotFoundError(f"The {what} {p} does not exist: {fix}.")
     try:
         checkpoint = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, pickle with code, not a torch file
+    except pickle.UnpicklingError as e:  # objects beyond tensors and plain containers (possibly code)
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[-1] if lines else "")
+        raise ValueError(
+            f"Refusing the {what} {p}: it holds pickled Python objects, not only tensors ({detail}); loading them "
+            f"could run code, so it is read with weights_only=True only. Use weights from a source you trust (e.g. "
+            f"download the bundle again), or re-save the network's state dict alone: "
+            f"torch.save(model.state_dict(), path)."
+        ) from None
+    except Exception as e:  # truncated zip, not a torch file
         raise ValueError(
             f"Cannot read the {what} {p} ({type(e).__name__}: {e}): the file is corrupt or not a PyTorch weights file; "
             f"train again or download the bundle again."

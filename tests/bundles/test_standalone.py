@@ -1,7 +1,9 @@
 """Every bundle zip runs alone: in a fresh virtual environment that holds only the packages the bundles' metadata.json
 list (no robust-bundles install, no checkout on the path), downloaded with ``monai.bundle download --url file://...``,
-from another working directory: training, thresholds, AMAT, evaluation with the robustness report, and inference with
-the shipped weights (and the TorchScript export where the bundle exports one) on the bundle's synthetic default data.
+from another working directory: the model-zoo checks its README shows (verify_metadata offline with the shipped
+schema, verify_net_in_out, ckpt_export), training, thresholds, AMAT, evaluation with the robustness report, and
+inference with the shipped weights (and the TorchScript export where the bundle exports one) on the bundle's synthetic
+default data.
 
 The environment costs a few minutes (PyTorch is installed from the local wheel cache), so it is made once for all
 bundles, from the union of their requirements (which must agree on versions). A new bundle adds its entry to SPECS.
@@ -36,6 +38,10 @@ class Spec:
             (bundles whose default network is too large for a test); the TorchScript export, traced from the
             default network, then fails and the zip holds model.pt only.
         misspelt: a misspelt override and the valid key its error must suggest.
+        zoo_checks: the model-zoo commands its README shows besides ``run`` (``verify_metadata``,
+            ``verify_net_in_out``, ``ckpt_export``), each run from another directory on the extracted zip, the network
+            by ``net_config``.
+        net_config: the config that defines ``network_def`` for the checks.
     """
 
     tiny: dict[str, str]
@@ -44,6 +50,8 @@ class Spec:
     torchscript: bool = True
     network: dict[str, str] = field(default_factory=dict)
     misspelt: tuple[str, str] = ("data_dir", "dataset_dir")
+    zoo_checks: tuple[str, ...] = ("verify_metadata", "verify_net_in_out", "ckpt_export")
+    net_config: str = "inference"
 
 
 #: the MRI segmentation bundles: 2 training cases, 1 epoch, one-step attacks, one test case
@@ -65,6 +73,7 @@ SPECS = {
               "attack_steps": "1", "image_size": "[64,48]", "heatmap_radius": "3"},
         evaluate={"max_test_images": "1", "pgd_steps": "2", "ifgsm_steps": "1"},
         predictions=("*_landmarks.json", 9),  # the synthetic Test1 set
+        net_config="train",  # as its README shows
     ),
     "bccd_blood_cell_detection": Spec(
         # the default network (ResNet10-FPN at 160 x 160) is small enough for a tiny epoch on 8 images
@@ -73,6 +82,7 @@ SPECS = {
         evaluate={"max_test_images": "2", "pgd_steps": "2", "ifgsm_steps": "1"},
         predictions=("*_overlay.png", 40),
         torchscript=False,  # MONAI's RetinaNet returns a dict of lists of feature maps: no TorchScript export
+        zoo_checks=("verify_metadata",),  # its README shows no network check (RetinaNet's output is a dict)
     ),
 }
 
@@ -123,6 +133,33 @@ def _package(bundle: str, spec: Spec, work: Path) -> Path:
     return out / f"{bundle}.zip"
 
 
+def _zoo_checks(bundle: str, root: Path, python: str, env: dict, cwd: Path, tmp_path: Path) -> None:
+    """The README's model-zoo checks on the extracted zip, from another directory, offline (the schema shipped in
+    docs/, jsonschema declared in metadata.json), before anything else ran in the bundle folder."""
+    spec = SPECS[bundle]
+    meta, config = str(root / "configs" / "metadata.json"), str(root / "configs" / f"{spec.net_config}.json")
+    network = [a for k, v in spec.network.items() for a in (f"--{k}", v)]
+    if "verify_metadata" in spec.zoo_checks:
+        proc = run([python, "-m", "monai.bundle", "verify_metadata", "--meta_file", meta, "--filepath",
+                    str(root / "docs" / "meta_schema.json")], cwd=cwd, python_env=env)
+        assert "skipped downloading" in proc.stdout and "metadata is verified with no error" in proc.stdout
+    if "verify_net_in_out" in spec.zoo_checks:
+        proc = run([python, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file", meta,
+                    "--config_file", config, *network], cwd=cwd, python_env=env)
+        assert "data shape of network is verified with no error" in proc.stdout
+    if "ckpt_export" in spec.zoo_checks:
+        image = _meta(bundle)["network_data_format"]["inputs"]["image"]
+        size = json.loads(spec.network.get("patch_size", json.dumps(image["spatial_shape"])))
+        shape = json.dumps([1, image["num_channels"], *size])
+        ts = tmp_path / "exported" / "model.ts"
+        ts.parent.mkdir()
+        run([python, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file",
+             str(root / "models" / "model.pt"), "--meta_file", meta, "--config_file", config, "--use_trace", "True",
+             "--input_shape", shape, *network], cwd=cwd, python_env=env)
+        assert ts.is_file()
+    assert not (cwd / "models").exists() and not list(cwd.iterdir())  # nothing written to the working directory
+
+
 @pytest.mark.parametrize("bundle", sorted(SPECS))
 def test_zip_runs_alone_in_a_fresh_environment(bundle, bare_python, tmp_path):
     spec = SPECS[bundle]
@@ -140,6 +177,7 @@ def test_zip_runs_alone_in_a_fresh_environment(bundle, bare_python, tmp_path):
     assert (root / "models" / "model.ts").is_file() == spec.torchscript
     b = Bundle(str(root), spec.tiny)
     common = dict(cwd=elsewhere, configs_dir=str(root / "configs"), python=bare_python, python_env=bare_env)
+    _zoo_checks(bundle, root, bare_python, bare_env, elsewhere, tmp_path)
 
     train = b.run(("train",), *b.tiny(), **common)
     assert "SYNTHETIC DATA" in train.stdout and (root / "models" / "std" / "model.pt").is_file()
