@@ -190,6 +190,7 @@ def bundle2d(tmp_path_factory):
     return bundle, data
 
 
+@pytest.mark.slow
 def test_audit_2d_bundle_yaml_datalist_rms(bundle2d, tmp_path):
     bundle, data = bundle2d
     items = [{"image": f"images/disk_{i:02d}.nii.gz", "label": f"labels/disk_{i:02d}.nii.gz"} for i in (8, 9, 10)]
@@ -214,6 +215,7 @@ def test_audit_2d_bundle_yaml_datalist_rms(bundle2d, tmp_path):
         assert (out / f).is_file()
 
 
+@pytest.mark.slow
 def test_audit_names_the_missing_key_and_its_override(bundle2d, tmp_path):
     bundle, data = bundle2d
     broken = tmp_path / "broken"
@@ -231,6 +233,7 @@ def test_audit_names_the_missing_key_and_its_override(bundle2d, tmp_path):
     assert last.startswith("ERROR (cause): KeyError") and "validate#infrer" in last and "did you mean" in last
 
 
+@pytest.mark.slow
 def test_robustify_2d_vat_by_overlay(bundle2d, tmp_path):
     bundle, data = bundle2d
     before = (bundle / "models" / "model.pt").read_bytes()
@@ -282,6 +285,7 @@ def spleen(tmp_path_factory):
 
 
 @needs_spleen
+@pytest.mark.slow
 def test_spleen_audit_through_the_sliding_window(spleen, tmp_path):
     bundle, data, best = spleen
     out = tmp_path / "audit"
@@ -306,11 +310,13 @@ def test_spleen_audit_through_the_sliding_window(spleen, tmp_path):
 
 
 @needs_spleen
+@pytest.mark.slow
 def test_spleen_amat_fine_tune_by_overlay_gains_robustness(spleen, tmp_path):
     bundle, data, _ = spleen
     out = tmp_path / "amat"
     _ok(_run(["-m", "robust_bundles", "robustify", str(bundle), "--output_dir", str(out), "--epochs", "15",
-              "--pgd_steps", "3", "--dataset_dir", str(data), "--override", repr(SPLEEN_OVERRIDES)], cwd=tmp_path))
+              "--pgd_steps", "3", "--expansion_step", "2", "--threshold_rule", "mean_std", "--dataset_dir", str(data),
+              "--override", repr(SPLEEN_OVERRIDES)], cwd=tmp_path))
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert {"model", "optimizer", "margins", "trainer"} <= set(ckpt)
     margins = ckpt["margins"]
@@ -322,4 +328,6 @@ def test_spleen_amat_fine_tune_by_overlay_gains_robustness(spleen, tmp_path):
         info = audit(str(bundle), output_dir=str(tmp_path / f"audit_{name}"), eps=[4.0], pgd_steps=5,
                      ifgsm_steps=0, model_path=model, dataset_dir=str(data), override=AUDIT_OVERRIDES)
         results[name] = json.loads(Path(info["files"]["robustness_json"]).read_text())["summary"]
-    assert results["amat"]["attacks"]["PGD"]["4"] > results["std"]["attacks"]["PGD"]["4"] + 0.02, results
+    # measured: PGD-5 Dice at eps 4 0.70 (the bundle's model) -> 0.83 (AMAT, 15 epochs), clean 0.956 -> 0.960
+    assert results["amat"]["attacks"]["PGD"]["4"] > results["std"]["attacks"]["PGD"]["4"] + 0.05, results
+    assert results["amat"]["clean"] > results["std"]["clean"] - 0.02, results
