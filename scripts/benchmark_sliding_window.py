@@ -24,14 +24,15 @@ import os
 import statistics
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import fire
 import torch
 
 GOAL = 1.1
-SPLEEN_NET = dict(spatial_dims=3, in_channels=1, out_channels=2, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2),
-                  num_res_units=2, norm="batch")
+SPLEEN_NET = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": (16, 32, 64, 128, 256),
+              "strides": (2, 2, 2, 2), "num_res_units": 2, "norm": "batch"}
 
 
 def _time(fn, n: int, warmup: int) -> list[float]:
@@ -77,7 +78,6 @@ def main(
     from monai.inferers import SlidingWindowInferer
     from monai.losses import DiceCELoss
     from monai.networks.nets import UNet
-
     from robust_bundles.attacks import perturb
     from robust_bundles.foreign import PerSampleWrapper
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-
 from robust_bundles.bundle import mark_synthetic
 
 SPACING = (1.5, 1.5, 2.0)

@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 from monai.losses import DiceCELoss, DiceLoss
-
 from robust_bundles.attacks import L2IFGSM
 from robust_bundles.foreign import PerSampleWrapper
 from robust_bundles.losses import per_sample_terms

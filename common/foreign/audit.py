@@ -30,26 +30,35 @@ import math
 import os
 import re
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
-import torch.nn as nn
+from torch import nn
 
-from ..attacks import Attack, L2IFGSM, L2PGD
+from ..attacks import L2IFGSM, L2PGD, Attack
 from ..io import atomic_write_json, atomic_write_text
 from .losses import PerSampleWrapper
 from .parts import find, find_id, load_parser, metric_config
 
-__all__ = ["audit", "RandomNoise", "CheckpointedNetwork", "CaseFromMetad", "case_of", "masking_checks",
-           "load_datalist", "DICE_METRICS"]
+__all__ = [
+    "DICE_METRICS",
+    "CaseFromMetad",
+    "CheckpointedNetwork",
+    "RandomNoise",
+    "audit",
+    "case_of",
+    "load_datalist",
+    "masking_checks",
+]
 
 logger = logging.getLogger("robust_bundles.audit")
 
 DICE_METRICS = ("MeanDice", "DiceMetric", "DiceHelper")
 """Key metrics of a bundle that the audit reports as per-sample Dice."""
 
-_EXT = re.compile(r"(\.nii\.gz|\.nii|\.nrrd|\.mha|\.mhd|\.dcm|\.png|\.jpe?g|\.bmp|\.tiff?|\.npy|\.npz|\.gz)$", re.I)
+_EXT = re.compile(r"(\.nii\.gz|\.nii|\.nrrd|\.mha|\.mhd|\.dcm|\.png|\.jpe?g|\.bmp|\.tiff?|\.npy|\.npz|\.gz)$", re.IGNORECASE)
 
 
 def case_of(path: Any) -> str:
@@ -318,7 +327,7 @@ def audit(
     data = list(data)[:max_cases] if max_cases else list(data)
 
     attacks: dict[str, Attack] = {}
-    kw = dict(alpha=alpha, clamp=tuple(clamp) if clamp is not None else None)
+    kw = {"alpha": alpha, "clamp": tuple(clamp) if clamp is not None else None}
     if pgd_steps > 0:
         attacks["PGD"] = L2PGD(steps=pgd_steps, **kw)
     if ifgsm_steps > 0:
@@ -378,14 +387,14 @@ def _markdown(name: str, info: dict, handler) -> str:
         + f" ({p['data']['cases']} cases); attack loss `{p['loss']['type']}` ({p['loss']['id']}) made per-sample "
         f"(terms {', '.join(p['loss']['per_sample_terms'])}).", "",
         "**Units.** " + info["eps_units"], "",
-        "**Attacks.** PGD: L2 projected gradient ascent of the bundle's loss with a random start; IFGSM: the same "
-        "without random start; noise: a random direction at exactly the eps norm (the baseline an attack must beat). "
-        "'worst' is, per case, the worst of all of them, then the mean.", "",
+        ("**Attacks.** PGD: L2 projected gradient ascent of the bundle's loss with a random start; IFGSM: the same "
+         "without random start; noise: a random direction at exactly the eps norm (the baseline an attack must beat). "
+         "'worst' is, per case, the worst of all of them, then the mean."), "",
         handler.markdown(), "",
         "**Gradient-masking checks.** " + (" ".join(info["masking_checks"]) if info["masking_checks"] else
                                            "none fired (PGD beats random noise at every eps, gets stronger with eps, "
                                            "and input gradients were non-zero)."),
-        "", "Per-case values: `robustness.csv` (column `case` from the image file name); figures: "
-        "![metric vs eps](metric_vs_eps.png)", "",
+        "", ("Per-case values: `robustness.csv` (column `case` from the image file name); figures: "
+             "![metric vs eps](metric_vs_eps.png)"), "",
     ]
     return "\n".join(lines)

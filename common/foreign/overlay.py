@@ -14,7 +14,8 @@ ids) and ``device``. Everything the overlays add lives under the one new id ``ro
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -53,7 +54,7 @@ class CaseIds:
         names = []
         for i, d in enumerate(data):
             if not isinstance(d, dict) or not isinstance(d.get(image_key), (str, os.PathLike)):
-                raise ValueError(f"Training datalist item {i} has no {image_key!r} file path: {d!r}.")
+                raise TypeError(f"Training datalist item {i} has no {image_key!r} file path: {d!r}.")
             names.append(case_of(d[image_key]))
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:

@@ -10,11 +10,21 @@ stops with an error that names the ids it looked for and the override that suppl
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-__all__ = ["CANDIDATES", "CONFIG_EXTS", "MissingPart", "config_path", "default_config_files", "load_parser", "find",
-           "find_id", "metric_config"]
+__all__ = [
+    "CANDIDATES",
+    "CONFIG_EXTS",
+    "MissingPart",
+    "config_path",
+    "default_config_files",
+    "find",
+    "find_id",
+    "load_parser",
+    "metric_config",
+]
 
 CONFIG_EXTS = (".json", ".yaml", ".yml")
 
@@ -139,7 +149,7 @@ def find(parser, part: str, candidates: Sequence[str] | None = None) -> tuple[st
     i = find_id(parser, part, candidates)
     try:
         return i, parser.get_parsed_content(i)
-    except Exception as e:  # noqa: BLE001 - re-raised with the id that failed
+    except Exception as e:
         raise RuntimeError(f"The bundle's {part} ({i!r}) could not be built: {type(e).__name__}: {e}") from e
 
 

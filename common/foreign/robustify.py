@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -33,7 +34,7 @@ from ..io import atomic_write_json, sha256_file
 from .losses import PerSampleWrapper
 from .parts import config_path, find, find_id
 
-__all__ = ["robustify", "estimate_bundle_thresholds", "OVERLAY_DIR", "REQUIRED_IDS", "overlay_files"]
+__all__ = ["OVERLAY_DIR", "REQUIRED_IDS", "estimate_bundle_thresholds", "overlay_files", "robustify"]
 
 logger = logging.getLogger("robust_bundles.robustify")
 
