@@ -334,3 +334,23 @@ def test_spleen_amat_fine_tune_by_overlay_gains_robustness(spleen, tmp_path):
     # measured: PGD-5 Dice at eps 4 0.70 (the bundle's model) -> 0.83 (AMAT, 15 epochs), clean 0.956 -> 0.960
     assert results["amat"]["attacks"]["PGD"]["4"] > results["std"]["attacks"]["PGD"]["4"] + 0.05, results
     assert results["amat"]["clean"] > results["std"]["clean"] - 0.02, results
+
+
+@pytest.mark.slow
+def test_robustify_2d_amat_resume_is_exact(bundle2d, tmp_path):
+    """AMAT 2 epochs in one go equals 1 epoch, then --resume to 2 (weights, margins, optimizer), bit for bit."""
+    bundle, data = bundle2d
+    common = ["-m", "robust_bundles", "robustify", str(bundle), "--pgd_steps", "2", "--expansion_step", "0.05",
+              "--threshold_rule", "mean_std", "--dataset_dir", str(data)]
+    _ok(_run([*common, "--epochs", "2", "--output_dir", str(tmp_path / "a")], cwd=tmp_path))
+    _ok(_run([*common, "--epochs", "1", "--output_dir", str(tmp_path / "b")], cwd=tmp_path))
+    log = _ok(_run([*common, "--epochs", "2", "--output_dir", str(tmp_path / "b"), "--resume", "True"], cwd=tmp_path))
+    assert "checkpoint.pt" in json.loads((tmp_path / "b" / "robustify.json").read_text())["resumed_from"], log[-2000:]
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert a["trainer"]["iteration"] == b["trainer"]["iteration"] == 2 * a["trainer"]["epoch_length"]
+    assert a["margins"]["margins"].shape == (8,)  # the 8 training images, one margin each
+    assert torch.equal(a["margins"]["margins"], b["margins"]["margins"])
+    assert a["margins"]["margins"].max() > 0.05  # some margin expanded: the comparison is not trivial
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k

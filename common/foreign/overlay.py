@@ -136,3 +136,28 @@ class TrainerCheckpointSaver:
                                       save_final=True, final_filename=self.filename, save_interval=1, n_saved=1,
                                       epoch_level=True)
         saver.attach(engine)
+
+
+class TrainerCheckpointLoader:
+    """Resume a robust fine-tuning run: load ``load_dict`` plus the trainer it is attached to from ``load_path``
+    (MONAI's ``CheckpointLoader``, ``weights_only`` loading, on ``Events.STARTED``); nothing when ``load_path`` is
+    empty. The trainer keeps the run's ``max_epochs`` (a resumed run may be given more epochs).
+
+    Args:
+        load_path: the checkpoint (``robust_bundles.bundle.latest_checkpoint`` of the output folder), or "".
+        load_dict: the objects of the run's ``save_dict`` (model, optimizer, margins, random states).
+        map_location: ``torch.load``'s map_location.
+    """
+
+    def __init__(self, load_path: str | None, load_dict: dict, map_location: Any = None) -> None:
+        self.load_path = str(load_path) if load_path else ""
+        self.load_dict = dict(load_dict)
+        self.map_location = map_location
+
+    def attach(self, engine) -> None:
+        if not self.load_path:
+            return
+        from monai.handlers import CheckpointLoader
+
+        CheckpointLoader(load_path=self.load_path, load_dict={**self.load_dict, "trainer": engine},
+                         map_location=self.map_location).attach(engine)

@@ -22,6 +22,7 @@ Two steps, with no edit of the bundle:
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -49,6 +50,7 @@ REQUIRED_IDS = {
     "train#trainer": "a SupervisedTrainer component",
     "train#handlers": "the trainer's handler list (may be [])",
     "train#dataset#data": "the training datalist (items with 'image' and 'label' paths)",
+    "train#dataset#transform": "the training preprocessing (its random states go into the checkpoint)",
 }
 """The ids of a foreign train config the overlays rely on, with what they must be."""
 
@@ -129,6 +131,7 @@ def robustify(
     beta: float = 0.5,
     train_eps: float = 2.0,
     override: Mapping[str, Any] | None = None,
+    resume: bool = False,
     seed: int = 0,
     **overrides: Any,
 ) -> dict:
@@ -151,6 +154,9 @@ def robustify(
         beta: AMAT's weight of the clean loss.
         train_eps: VAT's noise level (same units).
         override: further config ids to set (e.g. the bundle's data and crop sizes).
+        resume: continue an interrupted run of the same ``output_dir`` from its latest checkpoint (model, optimizer,
+            margins, random states, trainer; the thresholds file of the first run is reused); ``epochs`` is the
+            total. The run continues exactly as if it had not stopped (CPU, ``num_workers`` 0).
         seed: determinism seed of the threshold pass.
         overrides: further config ids as keyword arguments (``--dataset_dir /data``).
 
@@ -193,10 +199,21 @@ def robustify(
         "robust#init_model": str(weights), "robust#output_dir": str(out), "robust#pgd_steps": int(pgd_steps),
         "robust#alpha": float(alpha), "train#trainer#max_epochs": int(epochs),
     }
+    if resume:
+        from ..bundle import latest_checkpoint
+
+        settings["robust#resume_from"] = latest_checkpoint(out)
+        info["resumed_from"] = settings["robust#resume_from"]
     if method == "amat":
         th_file = out / "thresholds.json"
-        info["thresholds"] = estimate_bundle_thresholds(parser, weights, th_file, threshold_rule, threshold_passes,
-                                                        seed=seed)
+        if resume:
+            if not th_file.is_file():
+                raise FileNotFoundError(f"{th_file} does not exist: --resume continues a run of the same "
+                                        "--output_dir; start it without --resume.")
+            info["thresholds"] = json.loads(th_file.read_text())
+        else:
+            info["thresholds"] = estimate_bundle_thresholds(parser, weights, th_file, threshold_rule,
+                                                            threshold_passes, seed=seed)
         settings.update({"robust#thresholds_file": str(th_file), "robust#expansion_step": float(expansion_step),
                          "robust#initial_margin": initial_margin, "robust#max_margin": max_margin,
                          "robust#beta": float(beta)})
