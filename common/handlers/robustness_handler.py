@@ -85,6 +85,9 @@ class RobustnessEvaluationHandler:
         log_every: log progress (with an ETA) every this many batches.
         dataset_dir: the data evaluated on, recorded in the settings; a synthetic dataset
             (:func:`robust_bundles.bundle.is_synthetic`) is flagged in every output.
+        eps_unit: ``"norm"`` (default): ``eps`` is the norm of the perturbation of a sample's whole input;
+            ``"rms"``: ``eps`` is a per-value RMS, the attacked L2 norm is ``eps * sqrt(number of input values of the
+            sample)`` (comparable across input sizes; the reports keep the RMS levels as labels).
     """
 
     def __init__(
@@ -102,6 +105,7 @@ class RobustnessEvaluationHandler:
         id_keys: Sequence[str] = ("sample_id", "case", "slice"),
         log_every: int = 1,
         dataset_dir: str | Path | None = None,
+        eps_unit: str = "norm",
     ) -> None:
         if not isinstance(attacks, Mapping):
             attacks = {a.name: a for a in attacks}
@@ -122,6 +126,9 @@ class RobustnessEvaluationHandler:
         if not isinstance(metric, TaskMetric):
             raise TypeError(f"metric must be a robust_bundles.metrics.TaskMetric; got {type(metric).__name__}.")
         metric.headline  # noqa: B018 - a clear error for a metric without specs
+        if eps_unit not in ("norm", "rms"):
+            raise ValueError(f"eps_unit must be 'norm' or 'rms'; got {eps_unit!r}.")
+        self.eps_unit = eps_unit
         self.loss_fn = loss_fn
         self.attacks = dict(attacks)
         self.eps = sorted(float(e) for e in eps)
@@ -262,11 +269,12 @@ class RobustnessEvaluationHandler:
         self._rows(keys, "clean", 0.0, values, clean_loss, zeros, zeros.long())
         gen = torch.Generator(device=inputs.device)
         gen.manual_seed(self.seed + self._count)
+        scale = math.sqrt(inputs[0].numel()) if self.eps_unit == "rms" else 1.0
         for eps in self.eps:
             losses, x_advs = [], []
             for name, attack in self.attacks.items():
                 x_adv, out, loss, norms, zero_grad = self._attack(
-                    attack, eps, inputs, targets, batchdata, forward, network, gen)
+                    attack, eps * scale, inputs, targets, batchdata, forward, network, gen)
                 with torch.no_grad():
                     values = self._accumulator(name, eps).update(out, batchdata)
                 self._zero_grad.setdefault((name, eps), []).append(zero_grad)
@@ -388,6 +396,7 @@ class RobustnessEvaluationHandler:
             "metrics": [s.to_dict() for s in self.specs],
             "per_sample": bool(self.metric.per_sample),
             "dataset": {"dir": self.dataset_dir, "synthetic": self.synthetic},
+            **({"eps_unit": "rms"} if self.eps_unit == "rms" else {}),
         }
 
     def markdown(self) -> str:
@@ -420,6 +429,7 @@ class RobustnessEvaluationHandler:
             out / "robustness.md",
             (f"**{SYNTHETIC_NOTE}**\n\n" if self.synthetic else "")
             + f"{self.metric_name} over {self.summary['num_counted']} of {self.summary['num_samples']} samples; "
-            f"eps in input intensity units ({attacks})\n\n" + self.markdown(),
+            + ("eps as per-value RMS (L2 norm = eps * sqrt(input values of the sample))" if self.eps_unit == "rms"
+               else "eps in input intensity units") + f" ({attacks})\n\n" + self.markdown(),
         )
         logger.info(f"robustness report written to {out}")

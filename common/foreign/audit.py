@@ -1,0 +1,400 @@
+"""``robust_bundles audit``: the robustness report of a trained MONAI bundle this project did not write.
+
+The audit builds the bundle's own parts from its configs (:mod:`.parts`), with no training and no edit of the bundle:
+the network (``network_def``) with its trained weights (``models/model.pt`` or ``--model_path``), the evaluation
+preprocessing (``validate#preprocessing``...), the evaluation inferer (``validate#inferer``...), the loss (``loss``,
+made per-sample by :class:`.losses.PerSampleWrapper`) and the evaluation data (``validate#dataset#data``... or
+``--datalist``). It runs a MONAI ``SupervisedEvaluator`` with the project's
+:class:`robust_bundles.handlers.RobustnessEvaluationHandler`: clean, L2 PGD, L2 I-FGSM and random noise of the same
+norm at every eps, per-sample worst case, and the gradient-masking checks of :func:`masking_checks`.
+
+The attack goes through the bundle's real inference path: the attack's forward pass is the bundle's inferer, so with a
+``SlidingWindowInferer`` the input gradient flows through every window of the whole volume (the windows' outputs are
+blended with their weights as at inference). Memory: autograd keeps every window's activations until the backward
+pass; when that does not fit, ``checkpoint_windows=True`` recomputes each window's activations in the backward pass
+(:class:`CheckpointedNetwork`: about one more forward pass of time, the memory of one window's activations plus the
+blended output), and ``--override "{'validate#inferer#sw_batch_size': 1}"`` lowers the peak further.
+
+Eps units: the L2 norm of the perturbation of one whole input (all channels and voxels), in the intensity units the
+network sees after the bundle's preprocessing; ``eps_unit="rms"`` reads eps as a per-value RMS (L2 norm
+``eps * sqrt(number of input values)``), comparable across bundles and volume sizes.
+
+Sample ids: the image file name in the metadata MONAI keeps (``image.meta["filename_or_obj"]``), without its folder
+and extension: the ``case`` column of the per-sample CSV.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..attacks import L2IFGSM, L2PGD, Attack
+from ..io import atomic_write_json, atomic_write_text
+from .losses import PerSampleWrapper
+from .parts import find, find_id, load_parser, metric_config
+
+__all__ = [
+    "DICE_METRICS",
+    "CaseFromMetad",
+    "CheckpointedNetwork",
+    "RandomNoise",
+    "audit",
+    "case_of",
+    "load_datalist",
+    "masking_checks",
+]
+
+logger = logging.getLogger("robust_bundles.audit")
+
+DICE_METRICS = ("MeanDice", "DiceMetric", "DiceHelper")
+"""Key metrics of a bundle that the audit reports as per-sample Dice."""
+
+_EXT = re.compile(r"(\.nii\.gz|\.nii|\.nrrd|\.mha|\.mhd|\.dcm|\.png|\.jpe?g|\.bmp|\.tiff?|\.npy|\.npz|\.gz)$", re.IGNORECASE)
+
+
+def case_of(path: Any) -> str:
+    """A case id from an image path: the file name without folder and extension (``/d/spleen_2.nii.gz`` ->
+    ``spleen_2``)."""
+    if isinstance(path, (list, tuple)):
+        path = path[0] if path else ""
+    return _EXT.sub("", os.path.basename(str(path)))
+
+
+class CaseFromMetad:
+    """Dict transform: ``d[case_key] = case_of(d[image_key].meta["filename_or_obj"])`` (MONAI keeps the file name in
+    the metadata through its transforms and random crops); the datalist item's own image path when the image has no
+    metadata. Every crop of one case gets its case id.
+
+    Args:
+        image_key: the image key.
+        case_key: the key to write.
+    """
+
+    def __init__(self, image_key: str = "image", case_key: str = "case") -> None:
+        self.image_key = image_key
+        self.case_key = case_key
+
+    def _one(self, d: Mapping) -> dict:
+        d = dict(d)
+        img = d.get(self.image_key)
+        meta = getattr(img, "meta", None) or {}
+        src = meta.get("filename_or_obj") or (img if isinstance(img, (str, os.PathLike)) else None)
+        if not src:
+            raise KeyError(
+                f"Cannot name the sample: {self.image_key!r} has no metadata 'filename_or_obj' (keep LoadImaged's "
+                "metadata, i.e. no image_only=True without MetaTensors) and is not a file path."
+            )
+        d[self.case_key] = case_of(src)
+        return d
+
+    def __call__(self, data: Any) -> Any:
+        if isinstance(data, list):  # random crops with num_samples > 1
+            return [self._one(d) for d in data]
+        return self._one(data)
+
+
+class RandomNoise(Attack):
+    """Random noise of L2 norm exactly eps (a random direction on the sphere): the baseline that an attack must beat
+    (an attack weaker than noise points to gradient masking)."""
+
+    norm = "l2"
+    random_start = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["steps"] = 0
+        super().__init__(**kwargs)
+
+    @property
+    def name(self) -> str:
+        return "noise"
+
+    def run(self, x, y, eps=None, **kwargs):
+        e = self.eps if eps is None else eps
+        kwargs["start_radius"] = e
+        return super().run(x, y, e, **kwargs)
+
+
+class CheckpointedNetwork(nn.Module):
+    """The network with activation checkpointing when an input gradient is taken: each call (one sliding window
+    batch) keeps only its input and output, and recomputes its activations in the backward pass. Same outputs and
+    gradients as the network; about one more forward pass of time; the memory fallback of the whole-volume attack."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if torch.is_grad_enabled() and x.requires_grad:
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(self.network, x, *args, use_reentrant=False, **kwargs)
+        return self.network(x, *args, **kwargs)
+
+
+def load_datalist(path: str | os.PathLike, key: str = "validation") -> list[dict]:
+    """A datalist file: a JSON list of ``{"image": ..., "label": ...}`` or a decathlon-style dict holding such a list
+    under ``key`` (paths relative to the file's folder)."""
+    import json
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"The datalist {p} does not exist: fix --datalist.")
+    data = json.loads(p.read_text())
+    if isinstance(data, dict):
+        if key not in data:
+            raise KeyError(f"The datalist {p} has no {key!r} list (it has {sorted(data)}): set --datalist_key.")
+        data = data[key]
+    if not isinstance(data, list) or not all(isinstance(d, dict) and "image" in d for d in data):
+        raise ValueError(f"The datalist {p} must be a list of {{'image': ..., 'label': ...}} items.")
+    out = []
+    for d in data:
+        item = dict(d)
+        for k in ("image", "label"):
+            if isinstance(item.get(k), str) and not os.path.isabs(item[k]):
+                item[k] = str(p.parent / item[k])
+        out.append(item)
+    return out
+
+
+def _dice_metric(parser, metric: str) -> tuple[Any, dict]:
+    """The per-sample Dice task metric and what was found of the bundle's own metric."""
+    from ..metrics import MetricSpec, SliceDice
+
+    mid, cfg = metric_config(parser)
+    target = str((cfg or {}).get("_target_", "")).rsplit(".", 1)[-1]
+    info = {"id": mid, "target": target or None}
+    if metric == "auto":
+        if mid is None:
+            find_id(parser, "metric")  # raises the message with the ids and the override
+        if target not in DICE_METRICS:
+            raise ValueError(
+                f"The bundle's key metric {mid!r} is {target or cfg!r}; the audit reports per-sample Dice only "
+                f"({', '.join(DICE_METRICS)}). Use --metric dice to report Dice for this bundle anyway."
+            )
+    elif metric != "dice":
+        raise ValueError(f"Unknown metric {metric!r}: use 'auto' (the bundle's key metric) or 'dice'.")
+    m = SliceDice(name="dice")
+    m.specs = (MetricSpec("dice", "", True, "Dice per case (argmax of the output vs the label after the bundle's "
+                                            "preprocessing), mean over the foreground classes present; cases whose "
+                                            "label has foreground"),)
+    if cfg and cfg.get("include_background") is True:
+        info["note"] = "the bundle's metric includes the background; the audit's Dice is over foreground classes"
+    return m, info
+
+
+def masking_checks(summary: Mapping, attack: str = "PGD", noise: str = "noise", tol: float = 0.01) -> list[str]:
+    """Gradient-masking warning signs in a robustness summary (headline metric), one sentence each:
+
+    - the attack is not worse than random noise of the same norm at some eps > 0 (by more than ``tol``);
+    - the attack gets weaker as eps grows (its metric improves by more than ``tol`` from one eps to the next).
+
+    (The handler adds the third: most samples had zero or non-finite input gradients.)
+    """
+    out = []
+    hib = True
+    metrics = summary.get("metrics") or {}
+    head = metrics.get(summary.get("metric"), {})
+    if head.get("higher_is_better") is False:
+        hib = False
+    att = summary.get("attacks", {}).get(attack, {})
+    nz = summary.get("attacks", {}).get(noise, {})
+    levels = sorted((float(e), e) for e in att if e != "avg")
+    sign = 1.0 if hib else -1.0
+    for f, e in levels:
+        if f > 0 and e in nz and not (sign * (nz[e] - att[e]) > tol):
+            out.append(f"{attack} at eps {e} ({att[e]:.4f}) is not worse than random noise of the same norm "
+                       f"({nz[e]:.4f}): the attack may be blocked by gradient masking (or the model is flat there).")
+    for (_, e0), (_, e1) in zip(levels, levels[1:]):
+        if sign * (att[e1] - att[e0]) > tol:
+            out.append(f"{attack} is weaker at eps {e1} ({att[e1]:.4f}) than at eps {e0} ({att[e0]:.4f}): a larger "
+                       "ball cannot hold a weaker worst case, so the attack is not converging (more steps?).")
+    return out
+
+
+def _explain_units(eps_unit: str, preprocessing_id: str, voxels: Sequence[int]) -> str:
+    lo, hi = (min(voxels), max(voxels)) if voxels else (0, 0)
+    rms = "" if not voxels else (
+        f" The evaluated inputs hold {lo:,}" + (f" to {hi:,}" if hi != lo else "") + " values each, so an L2 eps of "
+        f"e is a per-value RMS of e / {math.sqrt(lo):.0f}" + (f" .. e / {math.sqrt(hi):.0f}" if hi != lo else "")
+        + ".")
+    if eps_unit == "rms":
+        return (f"eps is a per-value RMS of the perturbation, in the intensity units the network sees after the "
+                f"bundle's preprocessing ({preprocessing_id!r}): each case is attacked in the L2 ball of radius "
+                f"eps * sqrt(number of its input values) (the csv's 'norm' column is that L2 norm).{rms}")
+    return (f"eps is the L2 norm of the perturbation of one whole input (all channels and voxels of a case), in the "
+            f"intensity units the network sees after the bundle's preprocessing ({preprocessing_id!r}); it grows with "
+            f"sqrt(number of values), so use eps_unit='rms' to compare bundles or volume sizes.{rms}")
+
+
+def audit(
+    bundle_dir: str,
+    output_dir: str | None = None,
+    eps: Sequence[float] = (0.5, 1.0, 2.0),
+    eps_unit: str = "norm",
+    model_path: str | None = None,
+    datalist: str | None = None,
+    datalist_key: str = "validation",
+    config_file: str | Sequence[str] | None = None,
+    override: Mapping[str, Any] | None = None,
+    pgd_steps: int = 20,
+    ifgsm_steps: int = 10,
+    alpha: float = 4.0,
+    restarts: int = 1,
+    clamp: Sequence[float] | None = None,
+    metric: str = "auto",
+    max_cases: int | None = None,
+    checkpoint_windows: bool = False,
+    device: str | None = None,
+    seed: int = 0,
+    **overrides: Any,
+) -> dict:
+    """Write the robustness report of a trained foreign bundle (see the module docstring).
+
+    Args:
+        bundle_dir: the bundle folder (holds ``configs/`` and ``models/``); never written to.
+        output_dir: where the report goes; default ``./robustness_audit/<bundle name>``.
+        eps: noise levels (see ``eps_unit``).
+        eps_unit: ``"norm"`` (L2 norm of the whole input) or ``"rms"`` (per-value RMS).
+        model_path: the trained weights; default ``<bundle_dir>/models/model.pt``.
+        datalist: a datalist JSON file to evaluate instead of the bundle's evaluation data.
+        datalist_key: the list to read in a decathlon-style datalist.
+        config_file: the configs to merge (relative to the bundle); default train + evaluate (JSON or YAML),
+            else inference.
+        override: config ids to set, e.g. ``{"validate#inferer#roi_size": [64, 64, 64]}``.
+        pgd_steps: steps of L2 PGD (random start).
+        ifgsm_steps: steps of L2 I-FGSM (no random start).
+        alpha: step size factor (step = alpha * eps / steps).
+        restarts: random restarts of PGD; the per-sample worst is kept.
+        clamp: ``[min, max]`` value range of the network input to keep attacked inputs in (e.g. ``[0, 1]`` after a
+            clipping intensity transform); default none.
+        metric: ``"auto"`` (the bundle's key metric, Dice kinds) or ``"dice"``.
+        max_cases: evaluate the first N cases only.
+        checkpoint_windows: recompute window activations in the backward pass (memory fallback).
+        device: torch device; default CUDA when available.
+        seed: seed of the random starts.
+        overrides: further config ids as keyword arguments (``--dataset_dir /data``), as ``monai.bundle run``.
+
+    Returns:
+        The audit summary (also in ``audit.json``), with the written files under ``files``.
+    """
+    from monai.data import DataLoader, Dataset
+    from monai.engines import SupervisedEvaluator
+    from monai.transforms import Compose
+
+    from ..handlers.model_loader import load_network_weights
+    from ..handlers.robustness_handler import RobustnessEvaluationHandler
+    from ..report import plot_metric_vs_eps
+
+    t0 = time.time()
+    root = Path(bundle_dir).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"The bundle folder {root} does not exist: give the downloaded bundle's folder.")
+    eps_list = [float(e) for e in (eps if isinstance(eps, (list, tuple)) else [eps])]
+    out = Path(output_dir) if output_dir is not None else Path("robustness_audit") / root.name
+    merged = {**dict(override or {}), **overrides}
+    parser = load_parser(root, config_file, merged)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    net_id, network = find(parser, "network")
+    if not isinstance(network, nn.Module):
+        raise TypeError(f"The bundle's network {net_id!r} is a {type(network).__name__}, not a torch module.")
+    weights = Path(model_path) if model_path is not None else root / "models" / "model.pt"
+    load_network_weights(network, weights, what="bundle's trained model",
+                         fix="train the bundle first (its train config) or give the weights with --model_path PATH",
+                         map_location="cpu")
+    network = network.to(dev).eval()
+    pre_id, preprocessing = find(parser, "preprocessing")
+    inf_id, inferer = find(parser, "inferer")
+    loss_id, loss = find(parser, "loss")
+    loss_fn = PerSampleWrapper(loss)
+    task_metric, metric_info = _dice_metric(parser, metric)
+    if datalist is not None:
+        data_id, data = f"--datalist {datalist}", load_datalist(datalist, datalist_key)
+    else:
+        data_id, data = find(parser, "data")
+    if not isinstance(data, (list, tuple)) or not data:
+        raise ValueError(f"The evaluation data {data_id!r} is empty or not a list: check the dataset folder "
+                         "(--dataset_dir) or give --datalist.")
+    data = list(data)[:max_cases] if max_cases else list(data)
+
+    attacks: dict[str, Attack] = {}
+    kw = {"alpha": alpha, "clamp": tuple(clamp) if clamp is not None else None}
+    if pgd_steps > 0:
+        attacks["PGD"] = L2PGD(steps=pgd_steps, **kw)
+    if ifgsm_steps > 0:
+        attacks["IFGSM"] = L2IFGSM(steps=ifgsm_steps, **kw)
+    if not attacks:
+        raise ValueError("pgd_steps and ifgsm_steps are both 0: give at least one attack.")
+    attacks["noise"] = RandomNoise(clamp=kw["clamp"])
+    dataset_dir = parser.get("dataset_dir") if "dataset_dir" in parser else None
+    handler = RobustnessEvaluationHandler(loss_fn, attacks, eps_list, metric=task_metric, output_dir=out, seed=seed,
+                                          restarts=restarts, id_keys=("case",), dataset_dir=dataset_dir,
+                                          eps_unit=eps_unit)
+    voxels: list[int] = []
+
+    def count(d):
+        voxels.append(int(d["image"].numel()) if hasattr(d.get("image"), "numel") else 0)
+        return d
+
+    loader = DataLoader(Dataset(data, Compose([preprocessing, CaseFromMetad(), count])), batch_size=1, shuffle=False,
+                        num_workers=0)
+    evaluator = SupervisedEvaluator(device=dev, val_data_loader=loader,
+                                    network=CheckpointedNetwork(network) if checkpoint_windows else network,
+                                    inferer=inferer, val_handlers=[handler], amp=False)
+    logger.info(f"audit of {root.name}: {len(data)} case(s), eps {eps_list} ({eps_unit}), attacks "
+                f"{', '.join(f'{n} {a.steps} steps' for n, a in attacks.items())}, inferer {type(inferer).__name__}")
+    evaluator.run()
+    summary = handler.summary
+    checks = masking_checks(summary) + list(handler.warnings)
+    result = {"run": "bundle", "method": "bundle", "train_eps": None, "label": root.name,
+              "settings": handler.settings(), "summary": summary}
+    files = {"robustness_json": str(out / "robustness.json"), "robustness_csv": str(out / "robustness.csv"),
+             "robustness_md": str(out / "robustness.md"),
+             "metric_vs_eps": str(plot_metric_vs_eps([result], out / "metric_vs_eps.png"))}
+    units = _explain_units(eps_unit, pre_id, sorted(set(voxels)))
+    parts = {"configs": [str(f) for f in parser.files], "network": {"id": net_id, "type": type(network).__name__},
+             "weights": str(weights), "preprocessing": pre_id,
+             "inferer": {"id": inf_id, "type": type(inferer).__name__},
+             "loss": {"id": loss_id, "type": type(loss).__name__, "per_sample_terms": list(loss_fn.term_names)},
+             "metric": metric_info, "data": {"id": data_id, "cases": len(data)}}
+    info = {"bundle": str(root), "parts": parts, "eps": eps_list, "eps_unit": eps_unit, "eps_units": units,
+            "masking_checks": checks, "seconds": round(time.time() - t0, 1), "files": files,
+            "checkpoint_windows": bool(checkpoint_windows), "synthetic": handler.synthetic}
+    files["audit_json"] = str(atomic_write_json(out / "audit.json", info))
+    files["audit_md"] = str(atomic_write_text(out / "audit.md", _markdown(root.name, info, handler)))
+    logger.info(f"audit written to {out} ({info['seconds']} s)")
+    return info
+
+
+def _markdown(name: str, info: dict, handler) -> str:
+    p = info["parts"]
+    lines = [f"# Robustness audit of `{name}`", ""]
+    if info["synthetic"]:
+        lines += ["**SYNTHETIC DATA: these numbers say nothing about the real task.**", ""]
+    lines += [
+        f"Network `{p['network']['type']}` ({p['network']['id']}) with weights `{p['weights']}`; inferer "
+        f"`{p['inferer']['type']}` ({p['inferer']['id']}): the attacks go through it, so a sliding-window inferer is "
+        "attacked over the whole volume; preprocessing `" + p["preprocessing"] + "`; data " + str(p["data"]["id"])
+        + f" ({p['data']['cases']} cases); attack loss `{p['loss']['type']}` ({p['loss']['id']}) made per-sample "
+        f"(terms {', '.join(p['loss']['per_sample_terms'])}).", "",
+        "**Units.** " + info["eps_units"], "",
+        ("**Attacks.** PGD: L2 projected gradient ascent of the bundle's loss with a random start; IFGSM: the same "
+         "without random start; noise: a random direction at exactly the eps norm (the baseline an attack must beat). "
+         "'worst' is, per case, the worst of all of them, then the mean."), "",
+        handler.markdown(), "",
+        "**Gradient-masking checks.** " + (" ".join(info["masking_checks"]) if info["masking_checks"] else
+                                           "none fired (PGD beats random noise at every eps, gets stronger with eps, "
+                                           "and input gradients were non-zero)."),
+        "", ("Per-case values: `robustness.csv` (column `case` from the image file name); figures: "
+             "![metric vs eps](metric_vs_eps.png)"), "",
+    ]
+    return "\n".join(lines)

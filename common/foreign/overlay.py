@@ -1,0 +1,163 @@
+"""What the method overlays of ``configs/foreign/`` need to stack on a foreign bundle's unchanged train config.
+
+- :class:`CaseIds`: stable integer sample ids from the image file name MONAI keeps in the metadata
+  (``image.meta["filename_or_obj"]``), so every random crop of one case maps to the case's id (and margin).
+- :class:`ForeignAMATIteration`, :class:`ForeignVATIteration`: the project's AMAT/VAT iterations with the ids of
+  :class:`CaseIds` put into the batch (the foreign datalist has no ``sample_id``).
+
+The ids of a foreign ``train.json`` the overlays rely on: ``network``, ``loss``, ``optimizer``, ``train#trainer``
+(a ``SupervisedTrainer``: its ``iteration_update``, ``loss_function`` and ``train_handlers`` are set),
+``train#handlers`` (the bundle's own trainer handlers, kept), ``train#dataset#data`` (the training datalist, for the
+ids) and ``device``. Everything the overlays add lives under the one new id ``robust``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..adversarial import AMATIteration, VATIteration
+from ..margins import MarginBook
+from .audit import case_of
+
+__all__ = ["CaseIds", "ForeignAMATIteration", "ForeignVATIteration", "batch_cases"]
+
+
+def batch_cases(batchdata: Any, image_key: str = "image") -> list[str]:
+    """The case names of a collated batch, from the image metadata's file names."""
+    if not isinstance(batchdata, dict) or image_key not in batchdata:
+        raise KeyError(f"The batch has no {image_key!r} entry to read the sample's file name from.")
+    meta = getattr(batchdata[image_key], "meta", None) or {}
+    names = meta.get("filename_or_obj")
+    if names is None:
+        raise KeyError(
+            f"The batch's {image_key!r} has no metadata 'filename_or_obj': keep MONAI's metadata (LoadImaged without "
+            "image_only=True, no transform that drops MetaTensors before the trainer) so that samples can be named."
+        )
+    if isinstance(names, (str, os.PathLike)):
+        names = [names]
+    return [case_of(n) for n in names]
+
+
+class CaseIds:
+    """Case name -> integer id in ``[0, N)``, from the training datalist (the order of ``data``).
+
+    Args:
+        data: the training datalist (items with an ``image`` path), e.g. ``@train#dataset#data``.
+        image_key: the image key of the items and batches.
+    """
+
+    def __init__(self, data: Sequence[Any], image_key: str = "image") -> None:
+        names = []
+        for i, d in enumerate(data):
+            if not isinstance(d, dict) or not isinstance(d.get(image_key), (str, os.PathLike)):
+                raise TypeError(f"Training datalist item {i} has no {image_key!r} file path: {d!r}.")
+            names.append(case_of(d[image_key]))
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"Training images share file names {dup[:5]}: sample ids come from the file name, so "
+                             "each case needs its own.")
+        if not names:
+            raise ValueError("The training datalist is empty.")
+        self.names = names
+        self.index = {n: i for i, n in enumerate(names)}
+        self.image_key = image_key
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def digest(self) -> str:
+        """Fingerprint of the id table (stored with the margins, checked at resume)."""
+        return MarginBook.digest_keys(self.names)
+
+    def __call__(self, batchdata: Any, device: Any = None) -> torch.Tensor:
+        cases = batch_cases(batchdata, self.image_key)
+        missing = [c for c in cases if c not in self.index]
+        if missing:
+            raise KeyError(f"Sample(s) {missing[:3]} are not in the training datalist the ids were made from.")
+        return torch.tensor([self.index[c] for c in cases], dtype=torch.long, device=device)
+
+
+class _WithIds:
+    def __call__(self, engine, batchdata):  # type: ignore[override]
+        if isinstance(batchdata, dict):
+            batchdata = dict(batchdata)
+            batchdata[self.id_key] = self.ids(batchdata)
+        return super().__call__(engine, batchdata)
+
+
+class ForeignAMATIteration(_WithIds, AMATIteration):
+    """:class:`robust_bundles.adversarial.AMATIteration` with sample ids from the image file names.
+
+    Args:
+        ids: the :class:`CaseIds` of the training datalist.
+        kwargs: the arguments of ``AMATIteration``.
+    """
+
+    def __init__(self, ids: CaseIds, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ids = ids
+
+
+class ForeignVATIteration(_WithIds, VATIteration):
+    """:class:`robust_bundles.adversarial.VATIteration` (ids are recorded for symmetry; VAT does not use them)."""
+
+    def __init__(self, ids: CaseIds, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ids = ids
+
+
+class TrainerCheckpointSaver:
+    """The final checkpoint of a robust fine-tuning run: ``save_dict`` plus the trainer it is attached to, written
+    whole (:class:`robust_bundles.handlers.AtomicCheckpointSaver`) to ``<save_dir>/checkpoint.pt`` at the end of
+    every epoch and of the run. The trainer is taken at attach time, so the overlay's handler list can be part of
+    the trainer's own config (a ``save_dict`` naming ``@train#trainer`` there would be a circular reference).
+
+    Args:
+        save_dir: the folder.
+        save_dict: objects with a state dict (model, optimizer, margins).
+        filename: the checkpoint's file name.
+    """
+
+    def __init__(self, save_dir: str, save_dict: dict, filename: str = "checkpoint.pt") -> None:
+        if not save_dir:
+            raise ValueError("save_dir must name the output folder (robust#output_dir).")
+        self.save_dir = str(save_dir)
+        self.save_dict = dict(save_dict)
+        self.filename = filename
+
+    def attach(self, engine) -> None:
+        from ..handlers.checkpoint_saver import AtomicCheckpointSaver
+
+        saver = AtomicCheckpointSaver(save_dir=self.save_dir, save_dict={**self.save_dict, "trainer": engine},
+                                      save_final=True, final_filename=self.filename, save_interval=1, n_saved=1,
+                                      epoch_level=True)
+        saver.attach(engine)
+
+
+class TrainerCheckpointLoader:
+    """Resume a robust fine-tuning run: load ``load_dict`` plus the trainer it is attached to from ``load_path``
+    (MONAI's ``CheckpointLoader``, ``weights_only`` loading, on ``Events.STARTED``); nothing when ``load_path`` is
+    empty. The trainer keeps the run's ``max_epochs`` (a resumed run may be given more epochs).
+
+    Args:
+        load_path: the checkpoint (``robust_bundles.bundle.latest_checkpoint`` of the output folder), or "".
+        load_dict: the objects of the run's ``save_dict`` (model, optimizer, margins, random states).
+        map_location: ``torch.load``'s map_location.
+    """
+
+    def __init__(self, load_path: str | None, load_dict: dict, map_location: Any = None) -> None:
+        self.load_path = str(load_path) if load_path else ""
+        self.load_dict = dict(load_dict)
+        self.map_location = map_location
+
+    def attach(self, engine) -> None:
+        if not self.load_path:
+            return
+        from monai.handlers import CheckpointLoader
+
+        CheckpointLoader(load_path=self.load_path, load_dict={**self.load_dict, "trainer": engine},
+                         map_location=self.map_location).attach(engine)

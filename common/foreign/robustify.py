@@ -1,0 +1,253 @@
+"""``robust_bundles robustify``: robust fine-tuning (AMAT or VAT) of a trained foreign MONAI bundle, by overlay.
+
+Two steps, with no edit of the bundle:
+
+1. **Thresholds** (AMAT): the bundle's trained model (``models/model.pt`` or ``--model_path``) is run in eval mode
+   over its own training data with its own training preprocessing and inferer (random crops included, as the
+   training iterations will see them); the per-sample loss terms of :class:`.losses.PerSampleWrapper` give the
+   thresholds xi (``--threshold_rule``, default the mean) written to ``<output_dir>/thresholds.json``.
+2. **Fine-tuning**: ``monai.bundle run`` of the bundle's unchanged train config with the overlays
+   ``configs/foreign/robust.json`` and ``amat.json`` (or ``vat.json``) stacked on it::
+
+       python -m monai.bundle run --config_file "['configs/train.json', '<robust_bundles>/configs/foreign/robust.json',
+           '<robust_bundles>/configs/foreign/amat.json']" --bundle_root . --robust#init_model models/model.pt
+           --robust#output_dir OUT --robust#thresholds_file OUT/thresholds.json --train#trainer#max_epochs 5
+
+   The weights start from the trained model; margins are keyed by the image file name (every random crop of a case
+   shares its margin); the final checkpoint ``<output_dir>/checkpoint.pt`` holds the model, the margins, the
+   optimizer and the trainer state. The bundle's own checkpoint and log folders (``ckpt_dir``, ``output_dir`` when
+   the config has them) are redirected into ``<output_dir>`` so the bundle's ``models/model.pt`` is never
+   overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..io import atomic_write_json, sha256_file
+from .losses import PerSampleWrapper
+from .parts import config_path, find, find_id
+
+__all__ = ["OVERLAY_DIR", "REQUIRED_IDS", "estimate_bundle_thresholds", "overlay_files", "robustify"]
+
+logger = logging.getLogger("robust_bundles.robustify")
+
+OVERLAY_DIR = Path(__file__).resolve().parent.parent / "configs" / "foreign"
+"""The overlays stacked on a foreign train config (robust.json, amat.json, vat.json)."""
+
+REQUIRED_IDS = {
+    "network": "the network the trainer trains (e.g. \"$@network_def.to(@device)\")",
+    "loss": "the training loss component",
+    "optimizer": "the optimizer component",
+    "device": "the torch device expression",
+    "train#trainer": "a SupervisedTrainer component",
+    "train#handlers": "the trainer's handler list (may be [])",
+    "train#dataset#data": "the training datalist (items with 'image' and 'label' paths)",
+    "train#dataset#transform": "the training preprocessing (its random states go into the checkpoint)",
+}
+"""The ids of a foreign train config the overlays rely on, with what they must be."""
+
+METHODS = ("amat", "vat")
+
+
+def overlay_files(method: str) -> list[str]:
+    """The overlay files of a method, in stacking order."""
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}: use one of {METHODS}.")
+    return [str(OVERLAY_DIR / "robust.json"), str(OVERLAY_DIR / f"{method}.json")]
+
+
+def estimate_bundle_thresholds(parser, weights: str | Path, output_path: str | Path, rule: str = "mean",
+                               passes: int = 1, device: Any = None, seed: int = 0) -> dict:
+    """xi of the bundle's trained model over its own training data (see the module docstring).
+
+    Args:
+        parser: the bundle's config parser (train config and overrides).
+        weights: the trained model.
+        output_path: the thresholds JSON file to write.
+        rule: the estimation rule (:func:`robust_bundles.thresholds.estimate_thresholds`).
+        passes: passes over the training data (random crops differ per pass).
+        device: torch device; default CUDA when available.
+        seed: MONAI determinism seed of the random crops.
+    """
+    from monai.data import DataLoader, Dataset
+    from monai.utils import set_determinism
+
+    from ..handlers.model_loader import load_network_weights
+    from ..thresholds import Thresholds, estimate_thresholds
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    _, network = find(parser, "network")
+    load_network_weights(network, weights, what="bundle's trained model",
+                         fix="train the bundle first or give --model_path PATH", map_location="cpu")
+    network = network.to(dev).eval()
+    _, pre = find(parser, "train_preprocessing")
+    _, inferer = find(parser, "train_inferer")
+    _, loss = find(parser, "loss")
+    _, data = find(parser, "train_data")
+    loss_fn = PerSampleWrapper(loss)
+    set_determinism(seed=seed)
+    loader = DataLoader(Dataset(list(data), pre), batch_size=1, shuffle=False, num_workers=0)
+    values = []
+    with torch.no_grad():
+        for _ in range(max(1, int(passes))):
+            for batch in loader:
+                x, y = batch["image"].to(dev), batch["label"].to(dev)
+                values.append(loss_fn.terms(inferer(x, network), y).cpu())
+    set_determinism(seed=None)
+    v = torch.cat(values)
+    xi = estimate_thresholds(v, rule, term_names=loss_fn.term_names)
+    th = Thresholds(xi=xi.tolist(), term_names=list(loss_fn.term_names), rule=rule, num_samples=int(v.shape[0]),
+                    checkpoint=str(weights), checkpoint_sha256=sha256_file(weights),
+                    stats={"mean": v.mean(0).tolist(), "std": v.std(0, unbiased=False).tolist(),
+                           "min": v.min(0).values.tolist(), "max": v.max(0).values.tolist()})
+    th.save(output_path)
+    logger.info(f"thresholds {dict(zip(loss_fn.term_names, xi.tolist()))} ({rule}, {v.shape[0]} training samples) "
+                f"written to {output_path}")
+    return th.to_dict()
+
+
+def robustify(
+    bundle_dir: str,
+    output_dir: str | None = None,
+    method: str = "amat",
+    epochs: int = 5,
+    model_path: str | None = None,
+    config_file: str | Sequence[str] | None = None,
+    threshold_rule: str = "mean",
+    threshold_passes: int = 1,
+    pgd_steps: int = 10,
+    alpha: float = 4.0,
+    expansion_step: float = 1.0,
+    initial_margin: float | None = None,
+    max_margin: float | None = None,
+    beta: float = 0.5,
+    train_eps: float = 2.0,
+    override: Mapping[str, Any] | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    **overrides: Any,
+) -> dict:
+    """Fine-tune a trained foreign bundle with AMAT or VAT (see the module docstring).
+
+    Args:
+        bundle_dir: the bundle folder; never written to.
+        output_dir: where thresholds, the checkpoint, margins and logs go; default ``./robust_<method>/<bundle>``.
+        method: ``"amat"`` or ``"vat"``.
+        epochs: fine-tuning epochs (sets ``train#trainer#max_epochs``).
+        model_path: the trained weights to start from; default ``<bundle_dir>/models/model.pt``.
+        config_file: the bundle's train config (relative to the bundle); default ``configs/train.json|yaml``.
+        threshold_rule: AMAT's threshold rule ("mean", "mean_std", "median_mad", "huber", "quantile").
+        threshold_passes: passes over the training data for the thresholds.
+        pgd_steps: steps of the training PGD.
+        alpha: its step size factor.
+        expansion_step: AMAT's Delta (L2 norm of a training input, input intensity units).
+        initial_margin: AMAT's A (default Delta).
+        max_margin: AMAT's cap (default none).
+        beta: AMAT's weight of the clean loss.
+        train_eps: VAT's noise level (same units).
+        override: further config ids to set (e.g. the bundle's data and crop sizes).
+        resume: continue an interrupted run of the same ``output_dir`` from its latest checkpoint (model, optimizer,
+            margins, random states, trainer; the thresholds file of the first run is reused); ``epochs`` is the
+            total. The run continues exactly as if it had not stopped (CPU, ``num_workers`` 0).
+        seed: determinism seed of the threshold pass.
+        overrides: further config ids as keyword arguments (``--dataset_dir /data``).
+
+    Returns:
+        What was done (also in ``<output_dir>/robustify.json``): ``model`` (the final checkpoint), ``thresholds``,
+        ``command`` (the equivalent ``monai.bundle run`` command line), ``seconds``.
+    """
+    from monai.bundle import ConfigParser
+    from monai.bundle.scripts import run
+
+    from .parts import MissingPart, load_parser
+
+    t0 = time.time()
+    root = Path(bundle_dir).resolve()
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}: use one of {METHODS}.")
+    if config_file is None:
+        train = config_path(root, "train")
+        if train is None:
+            raise FileNotFoundError(f"{root / 'configs'} has no train config (.json/.yaml): give --config_file.")
+        train_files = [str(train)]
+    else:
+        train_files = [config_file] if isinstance(config_file, str) else list(config_file)
+        train_files = [str(f if Path(f).is_absolute() else root / f) for f in train_files]
+    out = (Path(output_dir) if output_dir is not None else Path(f"robust_{method}") / root.name).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    weights = Path(model_path).resolve() if model_path is not None else root / "models" / "model.pt"
+    if not weights.is_file():
+        raise FileNotFoundError(f"The trained model {weights} does not exist: train the bundle first (its train "
+                                "config) or give --model_path PATH.")
+    user = {**dict(override or {}), **overrides}
+    parser = load_parser(root, train_files, user)
+    for i, what in REQUIRED_IDS.items():
+        if find_id(parser, i, [i], required=False) is None:
+            raise MissingPart(f"The bundle's train config has no {i!r} ({what}); the robust overlays need it. Supply "
+                              f"it with --override \"{{'{i}': ...}}\" or a --config_file that defines it.")
+
+    info: dict[str, Any] = {"bundle": str(root), "method": method, "init_model": str(weights), "epochs": int(epochs)}
+    settings: dict[str, Any] = {
+        "robust#init_model": str(weights), "robust#output_dir": str(out), "robust#pgd_steps": int(pgd_steps),
+        "robust#alpha": float(alpha), "train#trainer#max_epochs": int(epochs),
+    }
+    if resume:
+        from ..bundle import latest_checkpoint
+
+        settings["robust#resume_from"] = latest_checkpoint(out)
+        info["resumed_from"] = settings["robust#resume_from"]
+    if method == "amat":
+        th_file = out / "thresholds.json"
+        if resume:
+            if not th_file.is_file():
+                raise FileNotFoundError(f"{th_file} does not exist: --resume continues a run of the same "
+                                        "--output_dir; start it without --resume.")
+            info["thresholds"] = json.loads(th_file.read_text())
+        else:
+            info["thresholds"] = estimate_bundle_thresholds(parser, weights, th_file, threshold_rule,
+                                                            threshold_passes, seed=seed)
+        settings.update({"robust#thresholds_file": str(th_file), "robust#expansion_step": float(expansion_step),
+                         "robust#initial_margin": initial_margin, "robust#max_margin": max_margin,
+                         "robust#beta": float(beta)})
+    else:
+        settings["robust#train_eps"] = float(train_eps)
+    # the bundle's own checkpoint and log folders go into the output folder: its models/model.pt stays as it was
+    for i, sub in (("ckpt_dir", "bundle_models"), ("output_dir", "bundle_eval")):
+        if i in parser and i not in user:
+            settings[i] = str(out / sub)
+            (out / sub).mkdir(exist_ok=True)
+    if "ckpt_dir" not in parser and "ckpt_dir" not in user:
+        logger.warning("The bundle has no 'ckpt_dir' id: check that its own checkpoint savers do not write into the "
+                       "bundle folder (override their save_dir).")
+    files = train_files + overlay_files(method)
+    run_overrides = {**settings, **user}
+    command = (f"python -m monai.bundle run --config_file \"{files}\" --bundle_root {root} "
+               + " ".join(f"--{k} {v!r}" if not isinstance(v, str) else f"--{k} {v}" for k, v in run_overrides.items()))
+    logger.info(f"robust fine-tuning ({method}): {command}")
+    # refuse unknown ids before the run (ConfigParser of the stacked files)
+    stacked = ConfigParser()
+    stacked.read_config(files)
+    from ..bundle import unknown_override_errors
+
+    problems = unknown_override_errors(stacked.get(), list(run_overrides))
+    if problems:
+        raise KeyError("; ".join(problems))
+    run(run_id="run", config_file=files, bundle_root=str(root), **run_overrides)
+    ckpt = out / "checkpoint.pt"
+    if not ckpt.is_file():
+        raise RuntimeError(f"The fine-tuning run ended without writing {ckpt}: see the log above.")
+    info.update(model=str(ckpt), command=command, seconds=round(time.time() - t0, 1))
+    atomic_write_json(out / "robustify.json", info)
+    logger.info(f"robust model written to {ckpt} ({info['seconds']} s); audit it with: robust_bundles audit {root} "
+                f"--model_path {ckpt}")
+    return info
+
+

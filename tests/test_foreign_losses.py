@@ -1,0 +1,66 @@
+"""The per-sample wrapper of MONAI's batch-reduced losses: hand-checked values."""
+
+import math
+
+import pytest
+import torch
+from monai.losses import DiceCELoss, DiceLoss
+
+from robust_bundles.attacks import L2IFGSM
+from robust_bundles.foreign import PerSampleWrapper
+from robust_bundles.losses import per_sample_terms
+
+
+def test_batch_dice_per_sample_is_the_sample_alone():
+    # 1 channel, 4 voxels, no activation, no smoothing: Dice loss = 1 - 2 sum(p y) / (sum p + sum y)
+    loss = DiceLoss(include_background=True, batch=True, smooth_nr=0.0, smooth_dr=0.0)
+    p = torch.tensor([[[1.0, 1.0, 0.0, 0.0]], [[0.5, 0.5, 0.5, 0.5]]])
+    y = torch.tensor([[[1.0, 0.0, 0.0, 0.0]], [[1.0, 1.0, 0.0, 0.0]]])
+    w = PerSampleWrapper(loss)
+    assert w.term_names == ("loss",)
+    v = w(p, y)
+    # sample 0: 1 - 2*1/(2+1) = 1/3; sample 1: 1 - 2*1/(2+2) = 1/2
+    assert v.tolist() == pytest.approx([1 / 3, 1 / 2], abs=1e-6)
+    # batch=True over both: 1 - 2*2/(3+4) = 3/7, not the mean of the per-sample values (5/12)
+    assert float(loss(p, y)) == pytest.approx(3 / 7, abs=1e-6)
+    assert float(v.mean()) == pytest.approx(5 / 12, abs=1e-6)
+    for b in range(2):
+        assert float(v[b]) == pytest.approx(float(loss(p[b:b + 1], y[b:b + 1])), abs=1e-7)
+
+
+def test_dice_ce_split_into_its_terms():
+    loss = DiceCELoss(include_background=True, to_onehot_y=True, softmax=True, batch=True, smooth_nr=0.0,
+                      smooth_dr=0.0, lambda_dice=0.5, lambda_ce=0.5)
+    w = PerSampleWrapper(loss)
+    assert w.term_names == ("dice", "ce") and w.term_weights == (0.5, 0.5)
+    # sample 0: logits (0, ln 3) at both voxels -> p1 = 0.75; labels 1, 1
+    # sample 1: logits (ln 3, 0) at both voxels -> p0 = 0.75; labels 0, 1
+    l3 = math.log(3.0)
+    pred = torch.tensor([[[0.0, 0.0], [l3, l3]], [[l3, l3], [0.0, 0.0]]])
+    label = torch.tensor([[[1.0, 1.0]], [[0.0, 1.0]]])
+    t = w.terms(pred, label)
+    # sample 0: CE = -ln 0.75; Dice ch0: 1 - 0/(0.5+0) = 1, ch1: 1 - 2*1.5/(1.5+2) = 1/7 -> mean 4/7
+    # sample 1: CE = (-ln 0.75 - ln 0.25)/2; Dice ch0: 1 - 2*0.75/(1.5+1) = 0.4, ch1: 1 - 2*0.25/(0.5+1) = 2/3
+    ce1 = (-math.log(0.75) - math.log(0.25)) / 2
+    assert t[0].tolist() == pytest.approx([4 / 7, -math.log(0.75)], abs=1e-6)
+    assert t[1].tolist() == pytest.approx([(0.4 + 2 / 3) / 2, ce1], abs=1e-6)
+    total = w(pred, label)
+    for b in range(2):
+        assert float(total[b]) == pytest.approx(float(loss(pred[b:b + 1], label[b:b + 1])), abs=1e-6)
+    assert per_sample_terms(w, pred, label).shape == (2, 2)
+
+
+def test_refuses_voxelwise_reduction_and_drives_an_attack():
+    w = PerSampleWrapper(DiceLoss(reduction="none"))
+    with pytest.raises(TypeError, match="scalar is needed"):
+        w(torch.rand(2, 2, 4, 4), torch.ones(2, 2, 4, 4))  # (1, 2, 1, 1) per sample: one per class
+    # the wrapped batch loss drives the project's attacks (they refused the batch-mean scalar)
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 2, 3, padding=1)
+    loss = PerSampleWrapper(DiceCELoss(to_onehot_y=True, softmax=True, batch=True))
+    x = torch.rand(2, 1, 8, 8)
+    y = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    res = L2IFGSM(net, loss, steps=3).run(x, y, eps=1.0)
+    assert res.norms.tolist() == pytest.approx([1.0, 1.0], abs=1e-4)
+    with torch.no_grad():
+        assert (loss(net(res.x_adv), y) > loss(net(x), y)).all()
