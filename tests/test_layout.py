@@ -20,15 +20,8 @@ def test_paths_under_a_root_and_relative():
 
 
 def test_the_experiment_tool_and_the_report_ask_the_layout():
-    import importlib.util
-    import sys
-    from pathlib import Path
+    from robust_bundles import experiment as tool  # the engine behind scripts/experiment.py
 
-    spec = importlib.util.spec_from_file_location(
-        "experiment_tool_layout", Path(__file__).resolve().parents[1] / "scripts" / "experiment.py")
-    tool = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = tool  # dataclasses look their module up there
-    spec.loader.exec_module(tool)
     assert tool.model_file("amat") == layout.model_file("", "amat")
     assert tool.robustness_file("amat") == layout.robustness_file("", "amat")
     assert tool.THRESHOLDS_FILE == layout.thresholds_file("")
