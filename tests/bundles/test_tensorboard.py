@@ -80,6 +80,18 @@ def test_training_and_robustness_write_tensorboard_events(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("bundle,val_metric", [("cephalometric_xray_landmarks", "val_MRE"),
+                                               ("bccd_blood_cell_detection", "val_mAP")])
+def test_hand_written_train_configs_write_tensorboard_events(bundle, val_metric, tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is a test dependency: pip install tensorboard")
+    b = Bundle(f"bundles/{bundle}", SPECS[bundle].tiny)
+    b.run(("train",), *b.tiny(), "--output_root", str(tmp_path))
+    series = _scalars(Path(robust_bundles.layout.tensorboard_dir(tmp_path, "std")))
+    assert series["train_loss"] and all(v == v for _, v in series["train_loss"])  # the loss itself, finite
+    assert [s for s, _ in series[val_metric]] == [1]  # the one tiny epoch was validated
+
+
+@pytest.mark.slow
 def test_training_without_tensorboard_warns_once_and_trains(tmp_path):
     hidden = tmp_path / "hide"
     (hidden / "tensorboard").mkdir(parents=True)
