@@ -175,6 +175,42 @@ def flag(value: Any, name: str = "flag") -> bool:
     raise ValueError(f"--{name} {value!r} is not a yes/no value: give --{name} true or --{name} false.")
 
 
+_TENSORBOARD_WARNED: list[bool] = []
+
+
+def tensorboard_enabled(value: Any = True, name: str = "tensorboard") -> bool:
+    """Whether this process writes TensorBoard event files: the ``--tensorboard`` flag, the package, the main process.
+
+    MONAI's ``TensorBoardStatsHandler`` imports TensorBoard lazily and fails when the handler is built without it,
+    which would stop a training for a missing logger. The bundles' TensorBoard handlers carry
+    ``"_disabled_": "$not robust_bundles.bundle.tensorboard_enabled(@tensorboard)"`` instead: without the
+    ``tensorboard`` package the run goes on without event files and says so once (a warning naming the fix); under
+    data-parallel training only process 0 writes them.
+
+    Args:
+        value: the config flag (``--tensorboard false`` turns the handlers off).
+        name: its config key, for the error message of a value that is not yes/no.
+    """
+    if not flag(value, name):
+        return False
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401 - what MONAI's handler imports
+    except ImportError as e:
+        if not _TENSORBOARD_WARNED:
+            import logging
+
+            logging.getLogger("robust_bundles").warning(
+                f"TensorBoard is not available ({e}): this run writes no TensorBoard event files (training, "
+                "evaluation and the MLflow tracking are unaffected). To get them: pip install tensorboard; to silence "
+                f"this: --{name} false."
+            )
+            _TENSORBOARD_WARNED.append(True)
+        return False
+    from .distributed import is_main_process
+
+    return is_main_process()
+
+
 _NIFTI = (".nii.gz", ".nii")
 
 

@@ -11,6 +11,8 @@ named in one place only. Under an experiment's output root::
     models/<run>/cost.json                the training's counted network passes and wall time (PassCounter)
     eval/<run>/robustness.json, .csv, .md the robustness evaluation (robust_bundles.handlers.RobustnessEvaluationHandler)
     eval/<run>/metrics.csv                the plain evaluation (MONAI's MetricsSaver)
+    eval/<run>/tensorboard/               TensorBoard event files of the run's stages (MONAI's TensorBoardStatsHandler)
+    eval/<run>/mlruns.db                  MLflow tracking of the run's stages, with --tracking mlflow (MONAI's default)
     logs/<stage>.log, logs/<stage>.json   the experiment tool's stage logs and records
     report/results.md, .csv, .json, *.png the paper's table and figures (robust_bundles.report)
 
@@ -38,6 +40,7 @@ __all__ = [
     "MARGINS_FILE",
     "COST_FILE",
     "ROBUSTNESS_FILE",
+    "TENSORBOARD",
     "run_dir",
     "model_file",
     "checkpoint_file",
@@ -47,6 +50,7 @@ __all__ = [
     "cost_file",
     "eval_dir",
     "robustness_file",
+    "tensorboard_dir",
     "logs_dir",
     "report_dir",
 ]
@@ -61,6 +65,7 @@ THRESHOLDS_FILE = "thresholds.json"
 MARGINS_FILE = "margins.csv"
 COST_FILE = "cost.json"
 ROBUSTNESS_FILE = "robustness.json"
+TENSORBOARD = "tensorboard"
 
 
 def _join(*parts: str | os.PathLike) -> str:
@@ -110,6 +115,11 @@ def eval_dir(root: str | os.PathLike, run: str) -> str:
 def robustness_file(root: str | os.PathLike, run: str) -> str:
     """``<root>/eval/<run>/robustness.json``."""
     return _join(eval_dir(root, run), ROBUSTNESS_FILE)
+
+
+def tensorboard_dir(root: str | os.PathLike, run: str) -> str:
+    """``<root>/eval/<run>/tensorboard``: TensorBoard event files of the run's training, evaluation and robustness."""
+    return _join(eval_dir(root, run), TENSORBOARD)
 
 
 def logs_dir(root: str | os.PathLike) -> str:

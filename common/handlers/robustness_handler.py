@@ -22,8 +22,10 @@ or the one with the highest loss (dataset-level metrics).
 Outputs, in ``output_dir`` (written whole): ``robustness.json`` (settings with the metric specs, summary, warnings),
 ``robustness.csv`` (one row per sample, attack and eps: every per-sample metric, final loss, perturbation norm,
 zero-gradient steps) and ``robustness.md`` (a table). The summary is also put into ``engine.state.metrics`` (headline:
-``"<metric>_clean"``, ``"PGD_eps6"``...; other metrics: ``"<metric>_clean"``, ``"<metric>_PGD_eps6"``) and kept in
-``handler.summary``.
+``"<metric>_clean"``, ``"PGD_eps6"``, ``"PGD_epsavg"``, ``"worst_eps6"``...; other metrics: ``"<metric>_clean"``,
+``"<metric>_PGD_eps6"``, ``"<metric>_worst_eps6"``) and kept in
+``handler.summary``, at the end of the evaluation epoch (``EPOCH_COMPLETED``), so that metric loggers attached after
+this handler (MONAI's ``MLFlowHandler`` and ``TensorBoardStatsHandler``) record the per-eps series.
 
 Under DDP each rank evaluates its own shard and would write the same files: run the robustness evaluation on one process.
 """
@@ -165,7 +167,10 @@ class RobustnessEvaluationHandler:
         if not engine.has_event_handler(self._started, Events.STARTED):
             engine.add_event_handler(Events.STARTED, self._started)
             engine.add_event_handler(Events.ITERATION_COMPLETED, self)
-            engine.add_event_handler(Events.COMPLETED, self._completed)
+            # at the end of the (single) evaluation epoch rather than at COMPLETED: the handlers attached after this
+            # one that log the evaluator's metrics at EPOCH_COMPLETED (MONAI's MLFlowHandler of --tracking mlflow,
+            # TensorBoardStatsHandler) then see the robustness summary
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self._completed)
 
     # ---------------------------------------------------------------------------------------------------- batches
     def _started(self, engine: Engine) -> None:
@@ -376,6 +381,8 @@ class RobustnessEvaluationHandler:
             for attack, res in m["attacks"].items():
                 for e, v in res.items():
                     engine.state.metrics[f"{prefix}{attack}_eps{e}"] = v
+            for e, v in (m.get("worst") or {}).items():
+                engine.state.metrics[f"{prefix}worst_eps{e}"] = v
         logger.info(("\n" + SYNTHETIC_NOTE if self.synthetic else "") + "\n" + self.markdown())
         if self.output_dir is not None:
             self.write(self.output_dir)
