@@ -297,12 +297,14 @@ class Study(tool.Experiment):
         """The VAT/TEAT run of this study with the best validation PGD average (a list: empty without baselines)."""
         path = self.path(f"{STUDY_DIR}/study.json")
         try:
-            rows = json.loads(path.read_text())["rows"]
+            data = json.loads(path.read_text())
+            rows = data["rows"]
         except (OSError, ValueError, KeyError, TypeError):
             raise ExperimentError(f"No validation study in {path}: run the validation phase first.") from None
+        sign = 1.0 if (data.get("analysis") or {}).get("higher_is_better", True) else -1.0  # MRE: the lowest
         runs = {b.run for b in self.baselines}
         best = [r for r in rows if r["run"] in runs and r.get("pgd_avg") is not None]
-        return [max(best, key=lambda r: r["pgd_avg"])["run"]] if best else []
+        return [max(best, key=lambda r: sign * r["pgd_avg"])["run"]] if best else []
 
     def phase_stages(self, phase: str, chosen: str | None = None) -> list[tool.Stage]:
         """The stages of one phase; the test phase needs the chosen run (from study/choice.json)."""
@@ -413,15 +415,17 @@ class Study(tool.Experiment):
     def write_study(self) -> dict[str, Path]:
         rows = self.rows("validation", self.study_runs())
         analysis = analyse(rows, self.clean_tolerance, higher_is_better=self.metric["higher_is_better"])
+        analysis["metric"] = self.metric
         out = self.path(STUDY_DIR)
         files = {"frontier": plot_frontier(rows, analysis, out / "frontier.png",
-                                           f"validation split ({self.val_cases} cases)", self.metric["name"])}
+                                           f"validation split ({self.val_cases} cases)", metric_label(self.metric))}
         md = study_markdown(rows, analysis, self.clean_tolerance, self.val_cases, self.report_caption(),
-                            self.metric["name"])
+                            metric_label(self.metric))
         files["markdown"] = atomic_write_text(out / "study.md", md)
         files["csv"] = atomic_write_text(out / "study.csv", study_csv(rows, analysis))
         files["json"] = atomic_write_json(out / "study.json", report._finite({"rows": rows, "analysis": analysis}))
-        files["choice"] = atomic_write_json(out / "choice.json", report._finite(analysis["choice"]))
+        choice = analysis["choice"] and {**analysis["choice"], "metric": self.metric}
+        files["choice"] = atomic_write_json(out / "choice.json", report._finite(choice))
         return files
 
     def write_test_report(self) -> dict[str, Path]:
@@ -433,9 +437,10 @@ class Study(tool.Experiment):
                                     models_root=self.output_root)
         rows = self.rows("test", runs)
         analysis = analyse(rows, self.clean_tolerance, chosen=chosen, higher_is_better=self.metric["higher_is_better"])
+        analysis["metric"] = self.metric
         files["test_frontier"] = plot_frontier(rows, analysis, self.path(STUDY_DIR) / "test_frontier.png",
-                                               "test split", self.metric["name"])
-        md = test_markdown(rows, analysis, chosen, self.clean_tolerance, self.metric["name"])
+                                               "test split", metric_label(self.metric))
+        md = test_markdown(rows, analysis, chosen, self.clean_tolerance, metric_label(self.metric))
         files["test_markdown"] = atomic_write_text(self.path(STUDY_DIR) / "test.md", md)
         atomic_write_json(self.path(STUDY_DIR) / "test.json", report._finite({"rows": rows, "analysis": analysis}))
         return files
@@ -584,12 +589,13 @@ def study_markdown(rows: list[dict], analysis: dict, tolerance: float, val_cases
         "# AMAT calibration study (validation split)\n",
         study_table(rows, analysis),
         (f"\nValidation split, first {val_cases} cases; {metric} under white-box L2 PGD at each "
-         f"eps (L2 norm of the whole network input, z-score units). 'height': PGD avg minus the VAT frontier "
+         f"eps (L2 norm of the perturbation of the whole network input, in input intensity units after the bundle's "
+         f"normalisation). 'height': how much better than the VAT frontier a run's PGD avg is "
          f"(STD and the VAT runs that no other VAT run beats on both axes, joined by straight lines) at the same "
-         f"clean {metric}. 'cost': forward-backward passes per "
+         f"clean value; positive is better. 'cost': forward-backward passes per "
          f"batch over the run, relative to one VAT run of the profile; 'train CPU': CPU time of the training process "
          f"(one thread; wall time on a shared machine is in study.csv); '(clean)' / '(cost)' mark AMAT rows that fail "
-         f"the clean condition (clean >= STD {analysis['std_clean']:.3f} - {tolerance}) or the cost condition "
+         f"the clean condition ({_clean_condition(analysis, tolerance)}) or the cost condition "
          f"(cost <= 1). T: training PGD steps; Delta: expansion step (target rule: M / (rho E)). {caption}\n"),
     ]
     if c:
@@ -600,6 +606,19 @@ def study_markdown(rows: list[dict], analysis: dict, tolerance: float, val_cases
             f"{c['best_baseline']['clean']:.3f}).\n")
     text.append(f"\n![clean vs robust {metric}](frontier.png)\n")
     return "".join(text)
+
+
+def metric_label(spec: dict) -> str:
+    """``"MRE (mm, lower is better)"``: a MetricSpec's name, unit and direction, for titles and captions."""
+    unit = f"{spec['unit']}, " if spec.get("unit") else ""
+    return f"{spec['name']} ({unit}{'higher' if spec.get('higher_is_better', True) else 'lower'} is better)"
+
+
+def _clean_condition(analysis: dict, tolerance: float) -> str:
+    """The clean condition in the metric's direction: ``clean >= STD - tol`` or ``clean <= STD + tol``."""
+    if analysis.get("higher_is_better", True):
+        return f"clean >= STD {analysis['std_clean']:.3f} - {tolerance:g}"
+    return f"clean <= STD {analysis['std_clean']:.3f} + {tolerance:g}"
 
 
 def test_markdown(rows: list[dict], analysis: dict, chosen: str, tolerance: float, metric: str = "Dice") -> str:
@@ -663,8 +682,9 @@ def plot_frontier(rows: list[dict], analysis: dict, path: Path, where: str, metr
                 r["run"].replace("amat_", "") if r["method"] == "AMAT" else "")
         if text:
             ax.annotate(text, (r["clean"], r["pgd_avg"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
-    ax.axvline(analysis["std_clean"] - analysis["tolerance"], color="grey", linestyle=":", linewidth=1,
-               label=f"STD clean - {analysis['tolerance']:g}")
+    higher = analysis.get("higher_is_better", True)  # the clean condition's edge: STD - tol, or STD + tol (MRE)
+    ax.axvline(analysis["std_clean"] + (-1 if higher else 1) * analysis["tolerance"], color="grey", linestyle=":",
+               linewidth=1, label=f"STD clean {'-' if higher else '+'} {analysis['tolerance']:g}")
     ax.set_xlabel(f"clean {metric}")
     ax.set_ylabel(f"{metric} under L2 PGD, average over eps")
     ax.set_title(f"Clean vs robust {metric}, {where}", fontsize=10)
@@ -720,7 +740,8 @@ def main(
             run with the best validation PGD average; the cheap default) or "all" (every one, and the reference AMAT).
         val_cases: the number of validation cases evaluated (the first ones of the split).
         finetune_epochs: epochs of the fine-tuned VAT runs.
-        clean_tolerance: the clean condition of the criterion (Dice below STD's).
+        clean_tolerance: the clean condition of the criterion: how much worse than STD's clean metric a
+            configuration may be, in the metric's units (Dice below STD's; mm of MRE above STD's for landmarks).
         override: JSON dict of config overrides for every stage (as the experiment tool's), e.g. for a smoke test.
         stages: run only these stages of the phase(s), e.g. "[std,thresholds,amat_ft6_m10,robustness_amat_ft6_m10]".
         force: re-run stages even when done: --force or --force "[stage,...]".
