@@ -37,7 +37,10 @@ average minus the frontier at its clean Dice.
 Dice stands for the bundle's headline metric: the study reads its name and direction from the ``MetricSpec`` that
 every robustness.json carries, so on a lower-is-better metric (the landmark bundle's MRE) "best", the frontier, the
 heights (positive: better than the frontier) and the clean tolerance (how much worse than STD) follow that direction.
-The stages and their resume are the experiment engine's (:mod:`robust_bundles.experiment`); the command line is
+Settings whose scale depends on the bundle (the grid's margins, the VAT and TEAT noise levels, the clean tolerance,
+the number of validation cases) come from the command line, else from the profile's ``experiment.study`` (the landmark
+bundle's quick profile has one), else from :data:`STUDY_DEFAULTS` (the hippocampus study). The stages and their
+resume are the experiment engine's (:mod:`robust_bundles.experiment`); the command line is
 ``scripts/amat_study.py``.
 """
 
@@ -155,6 +158,36 @@ for _entry in DEFAULT_GRID:
     _entry.setdefault("target_margin", 10.0 if _entry.get("margin_rule", "target") == "target" else None)
 
 
+STUDY_DEFAULTS: dict[str, Any] = {
+    "grid": None, "vat_eps": (), "vat_ft_eps": (2, 4, 6, 8), "teat_eps": (), "teat_ft_eps": (6,), "val_cases": 8,
+    "finetune_epochs": 6, "clean_tolerance": 0.03,
+}
+"""The study's settings when neither the command line nor the profile's ``experiment.study`` gives them: the
+hippocampus study (its eps in z-score units, its tolerance in Dice). A bundle whose metric or noise levels have
+other scales (the landmark bundle: eps 0.5-2 of grey levels in [0, 1], MRE in mm) states its own in its profile."""
+
+
+def study_settings(profile_file: Path | None, given: dict[str, Any]) -> dict[str, Any]:
+    """The study's settings: those given (not None), else the profile's ``experiment.study``, else
+    :data:`STUDY_DEFAULTS`.
+
+    Args:
+        profile_file: the profile (``configs/profiles/<profile>.json``), None without one.
+        given: the command line's values by name (None: not given).
+    """
+    own: Any = {}
+    if profile_file is not None and profile_file.is_file():
+        own = json.loads(profile_file.read_text()).get("experiment", {}).get("study", {})
+    if not isinstance(own, dict):
+        raise ExperimentError(f"{profile_file}: experiment.study must be a dict of study settings such as "
+                              f"{{\"vat_ft_eps\": [1, 2]}}; got {own!r}.")
+    unknown = sorted(k for k in set(own) - set(STUDY_DEFAULTS) if not k.startswith("_desc"))
+    if unknown:
+        raise ExperimentError(f"{profile_file}: experiment.study has unknown key(s) {unknown}; known: "
+                              f"{sorted(STUDY_DEFAULTS)}.")
+    return {k: given[k] if given.get(k) is not None else own.get(k, default) for k, default in STUDY_DEFAULTS.items()}
+
+
 def parse_grid(grid: Any) -> list[AmatConfig]:
     """The grid from a list of dicts, a JSON text, a JSON file or None (:data:`DEFAULT_GRID`)."""
     if grid is None:
@@ -211,12 +244,18 @@ class Study(tool.Experiment):
     """
 
     def __init__(self, bundle: str, dataset_dir: str | None, output_root: str | None, profile: str = "quick",
-                 override: Any = None, grid: Any = None, vat_eps: Any = (), vat_ft_eps: Any = (2, 4, 6, 8),
-                 teat_eps: Any = (), val_cases: int = 8, finetune_epochs: int = 6,
-                 clean_tolerance: float = 0.03, teat_ft_eps: Any = (6,), test_baselines: str = "best") -> None:
+                 override: Any = None, grid: Any = None, vat_eps: Any = None, vat_ft_eps: Any = None,
+                 teat_eps: Any = None, val_cases: int | None = None, finetune_epochs: int | None = None,
+                 clean_tolerance: float | None = None, teat_ft_eps: Any = None, test_baselines: str = "best") -> None:
         super().__init__(bundle, profile, dataset_dir, output_root, override, vat_eps=[], teat_eps=[])
         if output_root is None:
             self.output_root = self.bundle / "runs" / "amat_study"
+        s = study_settings(self.bundle / self.profile_file if self.profile_file else None, dict(
+            grid=grid, vat_eps=vat_eps, vat_ft_eps=vat_ft_eps, teat_eps=teat_eps, teat_ft_eps=teat_ft_eps,
+            val_cases=val_cases, finetune_epochs=finetune_epochs, clean_tolerance=clean_tolerance))
+        grid, vat_eps, vat_ft_eps, teat_eps, teat_ft_eps = (s[k] for k in ("grid", "vat_eps", "vat_ft_eps",
+                                                                           "teat_eps", "teat_ft_eps"))
+        val_cases, finetune_epochs, clean_tolerance = s["val_cases"], s["finetune_epochs"], s["clean_tolerance"]
         self.grid = parse_grid(grid)
         self.baselines = ([Baseline("VAT", e) for e in tool.eps_list(vat_eps, "vat_eps")]
                           + [Baseline("VAT", e, "std") for e in tool.eps_list(vat_ft_eps, "vat_ft_eps")]
@@ -329,8 +368,8 @@ class Study(tool.Experiment):
             f"  dataset: {self.dataset_dir or 'the bundle default (dataset_dir not given)'}",
             f"  baselines: std, {base}",
             f"  AMAT grid ({len(self.grid)}): {amat}",
-            f"  choice on the first {self.val_cases} validation cases: best PGD avg with clean >= STD - "
-            f"{self.clean_tolerance:g} and cost <= one VAT run ({self.profile_epochs} epochs, T {self.profile_steps})",
+            f"  choice on the first {self.val_cases} validation cases: best PGD avg with clean at most "
+            f"{self.clean_tolerance:g} worse than STD's and cost <= one VAT run ({self.profile_epochs} epochs, T {self.profile_steps})",
         ] + ([f"  overrides: {json.dumps(self.overrides)}"] if self.overrides else []))
 
     def signature(self, stage: tool.Stage) -> list:
@@ -709,14 +748,14 @@ def main(
     profile: str = "quick",
     phase: str = "all",
     grid: Any = None,
-    vat_eps: Any = (),
-    vat_ft_eps: Any = (2, 4, 6, 8),
-    teat_eps: Any = (),
-    teat_ft_eps: Any = (6,),
+    vat_eps: Any = None,
+    vat_ft_eps: Any = None,
+    teat_eps: Any = None,
+    teat_ft_eps: Any = None,
     test_baselines: str = "best",
-    val_cases: int = 8,
-    finetune_epochs: int = 6,
-    clean_tolerance: float = 0.03,
+    val_cases: int | None = None,
+    finetune_epochs: int | None = None,
+    clean_tolerance: float | None = None,
     override: Any = None,
     stages: Any = None,
     force: Any = False,
@@ -724,24 +763,30 @@ def main(
 ) -> None:
     """Run the study (module docstring): plan, then the validation phase, the choice, and the test phase.
 
+    The settings grid, vat_eps, vat_ft_eps, teat_eps, teat_ft_eps, val_cases, finetune_epochs and clean_tolerance
+    default to the profile's ``experiment.study`` (e.g. the landmark bundle's quick profile: eps and margins in its
+    units, the tolerance in mm), else to :data:`STUDY_DEFAULTS` (the hippocampus study, given in brackets below).
+
     Args:
         bundle: the bundle folder (with configs/finetune.json and configs/profiles/<profile>.json).
         dataset_dir: the data (an MSD task folder); default: the bundle's synthetic data.
         output_root: where models/, validation/, test/, study/ and logs/ go; default <bundle>/runs/amat_study.
         profile: the profile overlay of every stage (its epochs and attack steps are the VAT baseline's).
         phase: "validation" (train and choose), "test" (evaluate the choice once on the test split) or "all".
-        grid: the AMAT configurations: a JSON list of dicts (keys of AmatConfig) or a JSON file; default: the
-            DEFAULT_GRID of robust_bundles.study.
-        vat_eps: VAT noise levels trained from scratch (default none).
-        vat_ft_eps: VAT noise levels fine-tuned from STD for finetune_epochs epochs, the frontier ("[]" for none).
-        teat_eps: TEAT noise levels trained from scratch (default none).
-        teat_ft_eps: TEAT noise levels fine-tuned from STD for finetune_epochs epochs.
+        grid: the AMAT configurations: a JSON list of dicts (keys of AmatConfig) or a JSON file [the
+            DEFAULT_GRID of robust_bundles.study].
+        vat_eps: VAT noise levels trained from scratch [none].
+        vat_ft_eps: VAT noise levels fine-tuned from STD for finetune_epochs epochs, the frontier ("[]" for none)
+            [2, 4, 6, 8].
+        teat_eps: TEAT noise levels trained from scratch [none].
+        teat_ft_eps: TEAT noise levels fine-tuned from STD for finetune_epochs epochs [6].
         test_baselines: which baselines the test phase evaluates besides STD and the choice: "best" (the VAT/TEAT
             run with the best validation PGD average; the cheap default) or "all" (every one, and the reference AMAT).
-        val_cases: the number of validation cases evaluated (the first ones of the split).
-        finetune_epochs: epochs of the fine-tuned VAT runs.
+        val_cases: the number of validation cases evaluated (the first ones of the split) [8].
+        finetune_epochs: epochs of the fine-tuned VAT and TEAT runs [6].
         clean_tolerance: the clean condition of the criterion: how much worse than STD's clean metric a
-            configuration may be, in the metric's units (Dice below STD's; mm of MRE above STD's for landmarks).
+            configuration may be, in the metric's units (Dice below STD's; mm of MRE above STD's for landmarks)
+            [0.03].
         override: JSON dict of config overrides for every stage (as the experiment tool's), e.g. for a smoke test.
         stages: run only these stages of the phase(s), e.g. "[std,thresholds,amat_ft6_m10,robustness_amat_ft6_m10]".
         force: re-run stages even when done: --force or --force "[stage,...]".

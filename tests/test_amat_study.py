@@ -230,6 +230,29 @@ def test_whole_study_on_tiny_synthetic_data(tmp_path):
 
 
 CEPH = ROOT / "bundles" / "cephalometric_xray_landmarks"
+
+
+def test_study_settings_come_from_the_command_line_the_profile_or_the_defaults(tmp_path):
+    # the landmark quick profile states its own (eps of grey levels in [0, 1], tolerance in mm)
+    ceph = study.Study(str(CEPH), None, str(tmp_path))
+    assert [b.run for b in ceph.baselines] == ["vat_eps1_ft", "vat_eps2_ft", "vat_eps3_ft", "vat_eps4_ft",
+                                               "teat_eps3_ft"]
+    assert [c.name for c in ceph.grid][:2] == ["ft10_m2", "ft10_m3"] and ceph.grid[0].reference
+    assert (ceph.val_cases, ceph.finetune_epochs, ceph.clean_tolerance) == (50, 10, 0.3)
+    # the command line wins; the hippocampus profile has none: the module's defaults
+    given = study.Study(str(CEPH), None, str(tmp_path), vat_ft_eps=[], clean_tolerance=1.5)
+    assert [b.run for b in given.baselines] == ["teat_eps3_ft"] and given.clean_tolerance == 1.5
+    hippo = study.Study(str(HIPPOCAMPUS), None, str(tmp_path))
+    assert [b.run for b in hippo.baselines] == ["vat_eps2_ft", "vat_eps4_ft", "vat_eps6_ft", "vat_eps8_ft",
+                                                "teat_eps6_ft"]
+    assert [c.name for c in hippo.grid] == [e["name"] for e in study.DEFAULT_GRID] and hippo.clean_tolerance == 0.03
+    profile = tmp_path / "p.json"
+    profile.write_text(json.dumps({"experiment": {"study": {"vat_ft_eps": [1], "clean_tol": 1}}}))
+    with pytest.raises(study.ExperimentError, match=r"experiment.study has unknown key\(s\) \['clean_tol'\]"):
+        study.study_settings(profile, {})
+    profile.write_text(json.dumps({"experiment": {"study": {"vat_ft_eps": [1], "_desc_": "x"}}}))
+    assert study.study_settings(profile, {"val_cases": 2})["vat_ft_eps"] == [1]
+    assert study.study_settings(profile, {"val_cases": 2})["val_cases"] == 2
 #: a tiny landmark run: 64 x 48 inputs, a 4-16 network, 2 training images, 1 validation and 1 test image, 1 epoch
 CEPH_TINY = {"features": [4, 4, 8, 8, 16, 4], "image_size": [64, 48], "heatmap_radius": 3, "batch_size": 4,
              "max_cases": 2, "max_val_cases": 1, "max_test_cases": 1, "epochs": 1, "val_interval": 1,
