@@ -192,19 +192,26 @@ GRID = [{"name": "scratch", "init": "scratch", "margin_rule": "fixed", "expansio
         {"name": "ft", "epochs": 1, "target_margin": 4.0, "xi": "quantile"}]
 
 
-@pytest.mark.slow
-def test_whole_study_on_tiny_synthetic_data(tmp_path):
-    root = tmp_path / "study"
-    cmd = [sys.executable, str(SCRIPT), "--bundle", str(HIPPOCAMPUS), "--output_root", str(root), "--vat_eps", "[2]",
-           "--vat_ft_eps", "[]", "--teat_eps", "[]", "--teat_ft_eps", "[]", "--val_cases", "1", "--finetune_epochs", "1",
-           "--grid", json.dumps(GRID), "--override", json.dumps(TINY)]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+def _run_study(bundle: Path, root: Path, *args: str, timeout: int = 1200) -> list[str]:
+    """Run the whole study (both phases) into ``root``; check that its files exist; return the command."""
+    cmd = [sys.executable, str(SCRIPT), "--bundle", str(bundle), "--output_root", str(root), *args]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, f"{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
     s = root / "study"
     for name in ("study.md", "study.csv", "study.json", "choice.json", "test.md", "test.json"):
         assert (s / name).is_file(), name
     for name in ("frontier.png", "test_frontier.png"):
         assert (s / name).read_bytes()[:8] == PNG_MAGIC, name
+    return cmd
+
+
+@pytest.mark.slow
+def test_whole_study_on_tiny_synthetic_data(tmp_path):
+    root = tmp_path / "study"
+    cmd = _run_study(HIPPOCAMPUS, root, "--vat_eps", "[2]", "--vat_ft_eps", "[]", "--teat_eps", "[]", "--teat_ft_eps",
+                     "[]", "--val_cases", "1", "--finetune_epochs", "1", "--grid", json.dumps(GRID), "--override",
+                     json.dumps(TINY))
+    s = root / "study"
     data = json.loads((s / "study.json").read_text())
     assert [r["run"] for r in data["rows"]] == ["std", "vat_eps2", "amat_scratch", "amat_ft"]
     ft = data["rows"][-1]
@@ -264,17 +271,11 @@ def test_whole_study_on_the_landmark_bundle(tmp_path):
     # STD, VAT eps 1 fine-tuned, one AMAT configuration fine-tuned; the choice on the validation split, then the
     # test split; the metric is MRE in mm, lower is better, and every output says so
     root = tmp_path / "study"
-    cmd = [sys.executable, str(SCRIPT), "--bundle", str(CEPH), "--output_root", str(root), "--vat_ft_eps", "[1]",
-           "--teat_ft_eps", "[]", "--val_cases", "1", "--finetune_epochs", "1", "--clean_tolerance", "50",
-           "--grid", json.dumps([{"name": "ft", "epochs": 1, "target_margin": 1.0, "attack_steps": 1}]),
-           "--override", json.dumps(CEPH_TINY)]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, f"{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
+    _run_study(CEPH, root, "--vat_ft_eps", "[1]", "--teat_ft_eps", "[]", "--val_cases", "1", "--finetune_epochs", "1",
+               "--clean_tolerance", "50", "--grid", json.dumps([{"name": "ft", "epochs": 1, "target_margin": 1.0,
+                                                                 "attack_steps": 1}]),
+               "--override", json.dumps(CEPH_TINY), timeout=900)
     s = root / "study"
-    for name in ("study.md", "study.csv", "study.json", "choice.json", "test.md", "test.json"):
-        assert (s / name).is_file(), name
-    for name in ("frontier.png", "test_frontier.png"):
-        assert (s / name).read_bytes()[:8] == PNG_MAGIC, name
     data = json.loads((s / "study.json").read_text())
     assert [r["run"] for r in data["rows"]] == ["std", "vat_eps1_ft", "amat_ft"]
     metric = data["analysis"]["metric"]
