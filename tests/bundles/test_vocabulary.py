@@ -43,7 +43,8 @@ def test_renamed_keys_are_refused_with_their_new_name(tmp_path):
     profile.write_text(json.dumps({"max_images": 10, "epochs": 2}))
     with pytest.raises(ValueError, match=r"Renamed config key\(s\) in the config files: max_images: renamed "
                                          r"max_cases .* rename the key in your config file"):
-        rb.check_command_line(["run", "--config_file", json.dumps([*configs, str(profile)])])
+        rb.check_command_line(["run", "--config_file", ",".join([*configs, str(profile)])])  # MONAI's "a,b" form
+    rb.check_command_line(["run", "--config_file", ",".join(configs)])  # nothing renamed, no override: runs
     # the experiment tool's --override: refused before any stage runs
     with pytest.raises(experiment.ExperimentError, match="--max_val_images: renamed --max_val_cases"):
         experiment.Experiment(str(CEPH), "quick", None, str(tmp_path / "runs"), {"max_val_images": 1})
