@@ -23,6 +23,8 @@ __all__ = [
     "check_versions",
     "error_line",
     "unknown_override_errors",
+    "RENAMED_KEYS",
+    "renamed_key_errors",
     "SYNTHETIC_MARKER",
     "mark_synthetic",
     "is_synthetic",
@@ -344,6 +346,33 @@ RUN_ARGUMENTS = frozenset(
 )
 
 
+#: config keys that were renamed so that every bundle uses one word for one thing (old -> new); an old key on the
+#: command line, in ``--override`` or in a config file is refused with its new name instead of being silently unused
+RENAMED_KEYS = {
+    "max_images": "max_cases",
+    "max_val_images": "max_val_cases",
+    "max_test_images": "max_test_cases",
+}
+
+
+def renamed_key_errors(config: Mapping, keys: Iterable[str] | None = None, where: str = "--") -> list[str]:
+    """The problems of old key names (:data:`RENAMED_KEYS`), one message per key, each naming the new key.
+
+    A key counts only when the config holds its new name (a bundle of this project), so a bundle that uses the old
+    word for something of its own is left alone.
+
+    Args:
+        config: the merged config.
+        keys: the ids to check (command-line overrides); None: the config's own top-level keys (a config file that
+            still sets an old key, e.g. a user's profile).
+        where: how a key is shown: ``"--"`` for the command line, ``""`` for a config file's key.
+    """
+    names = [str(k).replace("::", "#") for k in (config if keys is None else keys)]
+    return [f"{where}{old}: renamed {where}{RENAMED_KEYS[old]} (one vocabulary of keys across the bundles), so this "
+            f"{'override' if where else 'key'} would be ignored; use {where}{RENAMED_KEYS[old]}"
+            for old in names if old in RENAMED_KEYS and RENAMED_KEYS[old] in config]
+
+
 def _config_ids(config: Any, prefix: str = "") -> dict[str, Any]:
     """Every id of a config (``"train#dataloader#batch_size"``...) and its raw value."""
     out: dict[str, Any] = {}
@@ -396,6 +425,10 @@ def unknown_override_errors(config: Mapping, overrides: Iterable[str]) -> list[s
     for raw in overrides:
         key = str(raw).replace("::", "#")
         if key in ids:
+            continue
+        renamed = renamed_key_errors(config, [raw])
+        if renamed:
+            problems += renamed
             continue
         parent, _, leaf = key.rpartition("#")
         params: list[str] | None = None
@@ -529,8 +562,6 @@ def check_command_line(argv: Sequence[str] | None = None) -> None:
     meta = _metadata_of(run_args)
     if meta is not None:
         check_versions(meta)
-    if not overrides and "args_file" not in run_args:
-        return
     from monai.bundle import ConfigParser
 
     config_files = run_args.get("config_file")
@@ -542,7 +573,18 @@ def check_command_line(argv: Sequence[str] | None = None) -> None:
         return
     files = [config_files] if isinstance(config_files, (str, os.PathLike)) else list(config_files)
     parser = ConfigParser()
-    parser.read_config(files)
+    try:  # as MONAI reads them ("a.json,b.json" included)
+        parser.read_config(str(config_files) if isinstance(config_files, os.PathLike) else config_files)
+    except Exception:  # noqa: BLE001 (a form this check does not know: the run itself reports it)
+        if not overrides:
+            return
+        raise
+    renamed = renamed_key_errors(parser.get(), where="")
+    if renamed:
+        raise ValueError("Renamed config key(s) in the config files: " + " | ".join(renamed)
+                         + f" (configs: {', '.join(str(f) for f in files)}; rename the key in your config file).")
+    if not overrides:
+        return
     tracking = run_args.get("tracking")
     if tracking:  # --tracking mlflow adds its own keys (tracking_uri, experiment_name, ...): they may be overridden
         from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS

@@ -37,7 +37,10 @@ average minus the frontier at its clean Dice.
 Dice stands for the bundle's headline metric: the study reads its name and direction from the ``MetricSpec`` that
 every robustness.json carries, so on a lower-is-better metric (the landmark bundle's MRE) "best", the frontier, the
 heights (positive: better than the frontier) and the clean tolerance (how much worse than STD) follow that direction.
-The stages and their resume are the experiment engine's (:mod:`robust_bundles.experiment`); the command line is
+Settings whose scale depends on the bundle (the grid's margins, the VAT and TEAT noise levels, the clean tolerance,
+the number of validation cases) come from the command line, else from the profile's ``experiment.study`` (the landmark
+bundle's quick profile has one), else from :data:`STUDY_DEFAULTS` (the hippocampus study). The stages and their
+resume are the experiment engine's (:mod:`robust_bundles.experiment`); the command line is
 ``scripts/amat_study.py``.
 """
 
@@ -155,6 +158,36 @@ for _entry in DEFAULT_GRID:
     _entry.setdefault("target_margin", 10.0 if _entry.get("margin_rule", "target") == "target" else None)
 
 
+STUDY_DEFAULTS: dict[str, Any] = {
+    "grid": None, "vat_eps": (), "vat_ft_eps": (2, 4, 6, 8), "teat_eps": (), "teat_ft_eps": (6,), "val_cases": 8,
+    "finetune_epochs": 6, "clean_tolerance": 0.03,
+}
+"""The study's settings when neither the command line nor the profile's ``experiment.study`` gives them: the
+hippocampus study (its eps in z-score units, its tolerance in Dice). A bundle whose metric or noise levels have
+other scales (the landmark bundle: eps 0.5-2 of grey levels in [0, 1], MRE in mm) states its own in its profile."""
+
+
+def study_settings(profile_file: Path | None, given: dict[str, Any]) -> dict[str, Any]:
+    """The study's settings: those given (not None), else the profile's ``experiment.study``, else
+    :data:`STUDY_DEFAULTS`.
+
+    Args:
+        profile_file: the profile (``configs/profiles/<profile>.json``), None without one.
+        given: the command line's values by name (None: not given).
+    """
+    own: Any = {}
+    if profile_file is not None and profile_file.is_file():
+        own = json.loads(profile_file.read_text()).get("experiment", {}).get("study", {})
+    if not isinstance(own, dict):
+        raise ExperimentError(f"{profile_file}: experiment.study must be a dict of study settings such as "
+                              f"{{\"vat_ft_eps\": [1, 2]}}; got {own!r}.")
+    unknown = sorted(k for k in set(own) - set(STUDY_DEFAULTS) if not k.startswith("_desc"))
+    if unknown:
+        raise ExperimentError(f"{profile_file}: experiment.study has unknown key(s) {unknown}; known: "
+                              f"{sorted(STUDY_DEFAULTS)}.")
+    return {k: given[k] if given.get(k) is not None else own.get(k, default) for k, default in STUDY_DEFAULTS.items()}
+
+
 def parse_grid(grid: Any) -> list[AmatConfig]:
     """The grid from a list of dicts, a JSON text, a JSON file or None (:data:`DEFAULT_GRID`)."""
     if grid is None:
@@ -211,12 +244,18 @@ class Study(tool.Experiment):
     """
 
     def __init__(self, bundle: str, dataset_dir: str | None, output_root: str | None, profile: str = "quick",
-                 override: Any = None, grid: Any = None, vat_eps: Any = (), vat_ft_eps: Any = (2, 4, 6, 8),
-                 teat_eps: Any = (), val_cases: int = 8, finetune_epochs: int = 6,
-                 clean_tolerance: float = 0.03, teat_ft_eps: Any = (6,), test_baselines: str = "best") -> None:
+                 override: Any = None, grid: Any = None, vat_eps: Any = None, vat_ft_eps: Any = None,
+                 teat_eps: Any = None, val_cases: int | None = None, finetune_epochs: int | None = None,
+                 clean_tolerance: float | None = None, teat_ft_eps: Any = None, test_baselines: str = "best") -> None:
         super().__init__(bundle, profile, dataset_dir, output_root, override, vat_eps=[], teat_eps=[])
         if output_root is None:
             self.output_root = self.bundle / "runs" / "amat_study"
+        s = study_settings(self.bundle / self.profile_file if self.profile_file else None, dict(
+            grid=grid, vat_eps=vat_eps, vat_ft_eps=vat_ft_eps, teat_eps=teat_eps, teat_ft_eps=teat_ft_eps,
+            val_cases=val_cases, finetune_epochs=finetune_epochs, clean_tolerance=clean_tolerance))
+        grid, vat_eps, vat_ft_eps, teat_eps, teat_ft_eps = (s[k] for k in ("grid", "vat_eps", "vat_ft_eps",
+                                                                           "teat_eps", "teat_ft_eps"))
+        val_cases, finetune_epochs, clean_tolerance = s["val_cases"], s["finetune_epochs"], s["clean_tolerance"]
         self.grid = parse_grid(grid)
         self.baselines = ([Baseline("VAT", e) for e in tool.eps_list(vat_eps, "vat_eps")]
                           + [Baseline("VAT", e, "std") for e in tool.eps_list(vat_ft_eps, "vat_ft_eps")]
@@ -297,12 +336,14 @@ class Study(tool.Experiment):
         """The VAT/TEAT run of this study with the best validation PGD average (a list: empty without baselines)."""
         path = self.path(f"{STUDY_DIR}/study.json")
         try:
-            rows = json.loads(path.read_text())["rows"]
+            data = json.loads(path.read_text())
+            rows = data["rows"]
         except (OSError, ValueError, KeyError, TypeError):
             raise ExperimentError(f"No validation study in {path}: run the validation phase first.") from None
+        sign = 1.0 if (data.get("analysis") or {}).get("higher_is_better", True) else -1.0  # MRE: the lowest
         runs = {b.run for b in self.baselines}
         best = [r for r in rows if r["run"] in runs and r.get("pgd_avg") is not None]
-        return [max(best, key=lambda r: r["pgd_avg"])["run"]] if best else []
+        return [max(best, key=lambda r: sign * r["pgd_avg"])["run"]] if best else []
 
     def phase_stages(self, phase: str, chosen: str | None = None) -> list[tool.Stage]:
         """The stages of one phase; the test phase needs the chosen run (from study/choice.json)."""
@@ -327,8 +368,8 @@ class Study(tool.Experiment):
             f"  dataset: {self.dataset_dir or 'the bundle default (dataset_dir not given)'}",
             f"  baselines: std, {base}",
             f"  AMAT grid ({len(self.grid)}): {amat}",
-            f"  choice on the first {self.val_cases} validation cases: best PGD avg with clean >= STD - "
-            f"{self.clean_tolerance:g} and cost <= one VAT run ({self.profile_epochs} epochs, T {self.profile_steps})",
+            f"  choice on the first {self.val_cases} validation cases: best PGD avg with clean at most "
+            f"{self.clean_tolerance:g} worse than STD's and cost <= one VAT run ({self.profile_epochs} epochs, T {self.profile_steps})",
         ] + ([f"  overrides: {json.dumps(self.overrides)}"] if self.overrides else []))
 
     def signature(self, stage: tool.Stage) -> list:
@@ -413,15 +454,17 @@ class Study(tool.Experiment):
     def write_study(self) -> dict[str, Path]:
         rows = self.rows("validation", self.study_runs())
         analysis = analyse(rows, self.clean_tolerance, higher_is_better=self.metric["higher_is_better"])
+        analysis["metric"] = self.metric
         out = self.path(STUDY_DIR)
         files = {"frontier": plot_frontier(rows, analysis, out / "frontier.png",
-                                           f"validation split ({self.val_cases} cases)", self.metric["name"])}
+                                           f"validation split ({self.val_cases} cases)", metric_label(self.metric))}
         md = study_markdown(rows, analysis, self.clean_tolerance, self.val_cases, self.report_caption(),
-                            self.metric["name"])
+                            metric_label(self.metric))
         files["markdown"] = atomic_write_text(out / "study.md", md)
         files["csv"] = atomic_write_text(out / "study.csv", study_csv(rows, analysis))
         files["json"] = atomic_write_json(out / "study.json", report._finite({"rows": rows, "analysis": analysis}))
-        files["choice"] = atomic_write_json(out / "choice.json", report._finite(analysis["choice"]))
+        choice = analysis["choice"] and {**analysis["choice"], "metric": self.metric}
+        files["choice"] = atomic_write_json(out / "choice.json", report._finite(choice))
         return files
 
     def write_test_report(self) -> dict[str, Path]:
@@ -433,9 +476,10 @@ class Study(tool.Experiment):
                                     models_root=self.output_root)
         rows = self.rows("test", runs)
         analysis = analyse(rows, self.clean_tolerance, chosen=chosen, higher_is_better=self.metric["higher_is_better"])
+        analysis["metric"] = self.metric
         files["test_frontier"] = plot_frontier(rows, analysis, self.path(STUDY_DIR) / "test_frontier.png",
-                                               "test split", self.metric["name"])
-        md = test_markdown(rows, analysis, chosen, self.clean_tolerance, self.metric["name"])
+                                               "test split", metric_label(self.metric))
+        md = test_markdown(rows, analysis, chosen, self.clean_tolerance, metric_label(self.metric))
         files["test_markdown"] = atomic_write_text(self.path(STUDY_DIR) / "test.md", md)
         atomic_write_json(self.path(STUDY_DIR) / "test.json", report._finite({"rows": rows, "analysis": analysis}))
         return files
@@ -584,12 +628,13 @@ def study_markdown(rows: list[dict], analysis: dict, tolerance: float, val_cases
         "# AMAT calibration study (validation split)\n",
         study_table(rows, analysis),
         (f"\nValidation split, first {val_cases} cases; {metric} under white-box L2 PGD at each "
-         f"eps (L2 norm of the whole network input, z-score units). 'height': PGD avg minus the VAT frontier "
+         f"eps (L2 norm of the perturbation of the whole network input, in input intensity units after the bundle's "
+         f"normalisation). 'height': how much better than the VAT frontier a run's PGD avg is "
          f"(STD and the VAT runs that no other VAT run beats on both axes, joined by straight lines) at the same "
-         f"clean {metric}. 'cost': forward-backward passes per "
+         f"clean value; positive is better. 'cost': forward-backward passes per "
          f"batch over the run, relative to one VAT run of the profile; 'train CPU': CPU time of the training process "
          f"(one thread; wall time on a shared machine is in study.csv); '(clean)' / '(cost)' mark AMAT rows that fail "
-         f"the clean condition (clean >= STD {analysis['std_clean']:.3f} - {tolerance}) or the cost condition "
+         f"the clean condition ({_clean_condition(analysis, tolerance)}) or the cost condition "
          f"(cost <= 1). T: training PGD steps; Delta: expansion step (target rule: M / (rho E)). {caption}\n"),
     ]
     if c:
@@ -600,6 +645,19 @@ def study_markdown(rows: list[dict], analysis: dict, tolerance: float, val_cases
             f"{c['best_baseline']['clean']:.3f}).\n")
     text.append(f"\n![clean vs robust {metric}](frontier.png)\n")
     return "".join(text)
+
+
+def metric_label(spec: dict) -> str:
+    """``"MRE (mm, lower is better)"``: a MetricSpec's name, unit and direction, for titles and captions."""
+    unit = f"{spec['unit']}, " if spec.get("unit") else ""
+    return f"{spec['name']} ({unit}{'higher' if spec.get('higher_is_better', True) else 'lower'} is better)"
+
+
+def _clean_condition(analysis: dict, tolerance: float) -> str:
+    """The clean condition in the metric's direction: ``clean >= STD - tol`` or ``clean <= STD + tol``."""
+    if analysis.get("higher_is_better", True):
+        return f"clean >= STD {analysis['std_clean']:.3f} - {tolerance:g}"
+    return f"clean <= STD {analysis['std_clean']:.3f} + {tolerance:g}"
 
 
 def test_markdown(rows: list[dict], analysis: dict, chosen: str, tolerance: float, metric: str = "Dice") -> str:
@@ -663,8 +721,9 @@ def plot_frontier(rows: list[dict], analysis: dict, path: Path, where: str, metr
                 r["run"].replace("amat_", "") if r["method"] == "AMAT" else "")
         if text:
             ax.annotate(text, (r["clean"], r["pgd_avg"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
-    ax.axvline(analysis["std_clean"] - analysis["tolerance"], color="grey", linestyle=":", linewidth=1,
-               label=f"STD clean - {analysis['tolerance']:g}")
+    higher = analysis.get("higher_is_better", True)  # the clean condition's edge: STD - tol, or STD + tol (MRE)
+    ax.axvline(analysis["std_clean"] + (-1 if higher else 1) * analysis["tolerance"], color="grey", linestyle=":",
+               linewidth=1, label=f"STD clean {'-' if higher else '+'} {analysis['tolerance']:g}")
     ax.set_xlabel(f"clean {metric}")
     ax.set_ylabel(f"{metric} under L2 PGD, average over eps")
     ax.set_title(f"Clean vs robust {metric}, {where}", fontsize=10)
@@ -689,14 +748,14 @@ def main(
     profile: str = "quick",
     phase: str = "all",
     grid: Any = None,
-    vat_eps: Any = (),
-    vat_ft_eps: Any = (2, 4, 6, 8),
-    teat_eps: Any = (),
-    teat_ft_eps: Any = (6,),
+    vat_eps: Any = None,
+    vat_ft_eps: Any = None,
+    teat_eps: Any = None,
+    teat_ft_eps: Any = None,
     test_baselines: str = "best",
-    val_cases: int = 8,
-    finetune_epochs: int = 6,
-    clean_tolerance: float = 0.03,
+    val_cases: int | None = None,
+    finetune_epochs: int | None = None,
+    clean_tolerance: float | None = None,
     override: Any = None,
     stages: Any = None,
     force: Any = False,
@@ -704,23 +763,30 @@ def main(
 ) -> None:
     """Run the study (module docstring): plan, then the validation phase, the choice, and the test phase.
 
+    The settings grid, vat_eps, vat_ft_eps, teat_eps, teat_ft_eps, val_cases, finetune_epochs and clean_tolerance
+    default to the profile's ``experiment.study`` (e.g. the landmark bundle's quick profile: eps and margins in its
+    units, the tolerance in mm), else to :data:`STUDY_DEFAULTS` (the hippocampus study, given in brackets below).
+
     Args:
         bundle: the bundle folder (with configs/finetune.json and configs/profiles/<profile>.json).
         dataset_dir: the data (an MSD task folder); default: the bundle's synthetic data.
         output_root: where models/, validation/, test/, study/ and logs/ go; default <bundle>/runs/amat_study.
         profile: the profile overlay of every stage (its epochs and attack steps are the VAT baseline's).
         phase: "validation" (train and choose), "test" (evaluate the choice once on the test split) or "all".
-        grid: the AMAT configurations: a JSON list of dicts (keys of AmatConfig) or a JSON file; default: the
-            DEFAULT_GRID of robust_bundles.study.
-        vat_eps: VAT noise levels trained from scratch (default none).
-        vat_ft_eps: VAT noise levels fine-tuned from STD for finetune_epochs epochs, the frontier ("[]" for none).
-        teat_eps: TEAT noise levels trained from scratch (default none).
-        teat_ft_eps: TEAT noise levels fine-tuned from STD for finetune_epochs epochs.
+        grid: the AMAT configurations: a JSON list of dicts (keys of AmatConfig) or a JSON file [the
+            DEFAULT_GRID of robust_bundles.study].
+        vat_eps: VAT noise levels trained from scratch [none].
+        vat_ft_eps: VAT noise levels fine-tuned from STD for finetune_epochs epochs, the frontier ("[]" for none)
+            [2, 4, 6, 8].
+        teat_eps: TEAT noise levels trained from scratch [none].
+        teat_ft_eps: TEAT noise levels fine-tuned from STD for finetune_epochs epochs [6].
         test_baselines: which baselines the test phase evaluates besides STD and the choice: "best" (the VAT/TEAT
             run with the best validation PGD average; the cheap default) or "all" (every one, and the reference AMAT).
-        val_cases: the number of validation cases evaluated (the first ones of the split).
-        finetune_epochs: epochs of the fine-tuned VAT runs.
-        clean_tolerance: the clean condition of the criterion (Dice below STD's).
+        val_cases: the number of validation cases evaluated (the first ones of the split) [8].
+        finetune_epochs: epochs of the fine-tuned VAT and TEAT runs [6].
+        clean_tolerance: the clean condition of the criterion: how much worse than STD's clean metric a
+            configuration may be, in the metric's units (Dice below STD's; mm of MRE above STD's for landmarks)
+            [0.03].
         override: JSON dict of config overrides for every stage (as the experiment tool's), e.g. for a smoke test.
         stages: run only these stages of the phase(s), e.g. "[std,thresholds,amat_ft6_m10,robustness_amat_ft6_m10]".
         force: re-run stages even when done: --force or --force "[stage,...]".

@@ -174,6 +174,9 @@ def test_test_phase_runs_best_or_all_baselines(tmp_path):
     (tmp_path / "study").mkdir()
     (tmp_path / "study" / "study.json").write_text(json.dumps({"rows": rows}))
     assert best.test_runs("amat_ft") == ["std", "teat_eps6_ft", "amat_ft"]
+    # on a lower-is-better metric (an MRE in mm) the best baseline is the one with the lowest PGD average
+    (tmp_path / "study" / "study.json").write_text(json.dumps({"rows": rows, "analysis": {"higher_is_better": False}}))
+    assert best.test_runs("amat_ft") == ["std", "vat_eps2", "amat_ft"]
     every = study.Study(*args, grid=grid, vat_eps=[2], vat_ft_eps=[], teat_eps=[], teat_ft_eps=[6],
                         test_baselines="all")
     assert every.test_runs("amat_ft") == ["std", "vat_eps2", "teat_eps6_ft", "amat_scratch", "amat_ft"]
@@ -189,19 +192,26 @@ GRID = [{"name": "scratch", "init": "scratch", "margin_rule": "fixed", "expansio
         {"name": "ft", "epochs": 1, "target_margin": 4.0, "xi": "quantile"}]
 
 
-@pytest.mark.slow
-def test_whole_study_on_tiny_synthetic_data(tmp_path):
-    root = tmp_path / "study"
-    cmd = [sys.executable, str(SCRIPT), "--bundle", str(HIPPOCAMPUS), "--output_root", str(root), "--vat_eps", "[2]",
-           "--vat_ft_eps", "[]", "--teat_eps", "[]", "--teat_ft_eps", "[]", "--val_cases", "1", "--finetune_epochs", "1",
-           "--grid", json.dumps(GRID), "--override", json.dumps(TINY)]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+def _run_study(bundle: Path, root: Path, *args: str, timeout: int = 1200) -> list[str]:
+    """Run the whole study (both phases) into ``root``; check that its files exist; return the command."""
+    cmd = [sys.executable, str(SCRIPT), "--bundle", str(bundle), "--output_root", str(root), *args]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, f"{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
     s = root / "study"
     for name in ("study.md", "study.csv", "study.json", "choice.json", "test.md", "test.json"):
         assert (s / name).is_file(), name
     for name in ("frontier.png", "test_frontier.png"):
         assert (s / name).read_bytes()[:8] == PNG_MAGIC, name
+    return cmd
+
+
+@pytest.mark.slow
+def test_whole_study_on_tiny_synthetic_data(tmp_path):
+    root = tmp_path / "study"
+    cmd = _run_study(HIPPOCAMPUS, root, "--vat_eps", "[2]", "--vat_ft_eps", "[]", "--teat_eps", "[]", "--teat_ft_eps",
+                     "[]", "--val_cases", "1", "--finetune_epochs", "1", "--grid", json.dumps(GRID), "--override",
+                     json.dumps(TINY))
+    s = root / "study"
     data = json.loads((s / "study.json").read_text())
     assert [r["run"] for r in data["rows"]] == ["std", "vat_eps2", "amat_scratch", "amat_ft"]
     ft = data["rows"][-1]
@@ -224,6 +234,76 @@ def test_whole_study_on_tiny_synthetic_data(tmp_path):
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and "Plan: 11 stages, 11 done, 0 to run" in p.stdout, p.stdout[-3000:]
     assert "Plan: 4 stages, 4 done, 0 to run" in p.stdout.split("=== Phase test ===")[1]  # 3 evaluations + report
+
+
+CEPH = ROOT / "bundles" / "cephalometric_xray_landmarks"
+
+
+def test_study_settings_come_from_the_command_line_the_profile_or_the_defaults(tmp_path):
+    # the landmark quick profile states its own (eps of grey levels in [0, 1], tolerance in mm)
+    ceph = study.Study(str(CEPH), None, str(tmp_path))
+    assert [b.run for b in ceph.baselines] == ["vat_eps1_ft", "vat_eps2_ft", "vat_eps3_ft", "vat_eps4_ft",
+                                               "teat_eps3_ft"]
+    assert [c.name for c in ceph.grid][:2] == ["ft10_m2", "ft10_m3"] and ceph.grid[0].reference
+    assert (ceph.val_cases, ceph.finetune_epochs, ceph.clean_tolerance) == (50, 10, 0.3)
+    # the command line wins; the hippocampus profile has none: the module's defaults
+    given = study.Study(str(CEPH), None, str(tmp_path), vat_ft_eps=[], clean_tolerance=1.5)
+    assert [b.run for b in given.baselines] == ["teat_eps3_ft"] and given.clean_tolerance == 1.5
+    hippo = study.Study(str(HIPPOCAMPUS), None, str(tmp_path))
+    assert [b.run for b in hippo.baselines] == ["vat_eps2_ft", "vat_eps4_ft", "vat_eps6_ft", "vat_eps8_ft",
+                                                "teat_eps6_ft"]
+    assert [c.name for c in hippo.grid] == [e["name"] for e in study.DEFAULT_GRID] and hippo.clean_tolerance == 0.03
+    profile = tmp_path / "p.json"
+    profile.write_text(json.dumps({"experiment": {"study": {"vat_ft_eps": [1], "clean_tol": 1}}}))
+    with pytest.raises(study.ExperimentError, match=r"experiment.study has unknown key\(s\) \['clean_tol'\]"):
+        study.study_settings(profile, {})
+    profile.write_text(json.dumps({"experiment": {"study": {"vat_ft_eps": [1], "_desc_": "x"}}}))
+    assert study.study_settings(profile, {"val_cases": 2})["vat_ft_eps"] == [1]
+    assert study.study_settings(profile, {"val_cases": 2})["val_cases"] == 2
+#: a tiny landmark run: 64 x 48 inputs, a 4-16 network, 2 training images, 1 validation and 1 test image, 1 epoch
+CEPH_TINY = {"features": [4, 4, 8, 8, 16, 4], "image_size": [64, 48], "heatmap_radius": 3, "batch_size": 4,
+             "max_cases": 2, "max_val_cases": 1, "max_test_cases": 1, "epochs": 1, "val_interval": 1,
+             "attack_steps": 1, "pgd_steps": 2, "ifgsm_steps": 1, "robustness_eps": [0.5, 1]}
+
+
+@pytest.mark.slow
+def test_whole_study_on_the_landmark_bundle(tmp_path):
+    # STD, VAT eps 1 fine-tuned, one AMAT configuration fine-tuned; the choice on the validation split, then the
+    # test split; the metric is MRE in mm, lower is better, and every output says so
+    root = tmp_path / "study"
+    _run_study(CEPH, root, "--vat_ft_eps", "[1]", "--teat_ft_eps", "[]", "--val_cases", "1", "--finetune_epochs", "1",
+               "--clean_tolerance", "50", "--grid", json.dumps([{"name": "ft", "epochs": 1, "target_margin": 1.0,
+                                                                 "attack_steps": 1}]),
+               "--override", json.dumps(CEPH_TINY), timeout=900)
+    s = root / "study"
+    data = json.loads((s / "study.json").read_text())
+    assert [r["run"] for r in data["rows"]] == ["std", "vat_eps1_ft", "amat_ft"]
+    metric = data["analysis"]["metric"]
+    assert (metric["name"], metric["unit"], metric["higher_is_better"]) == ("MRE", "mm", False)
+    assert data["analysis"]["higher_is_better"] is False
+    for r in data["rows"]:
+        assert r["clean"] > 0 and r["pgd_avg"] > 0  # errors in mm
+    # the choice and the frontier follow the direction: recomputed from the rows, lower is better
+    std, vat, amat = data["rows"]
+    assert amat["clean_ok"] is (amat["clean"] <= std["clean"] + 50)
+    front = study.frontier([(-std["clean"], -std["pgd_avg"]), (-vat["clean"], -vat["pgd_avg"])])
+    expected = study.frontier_at(front, -amat["clean"])
+    assert amat["height"] == pytest.approx(-amat["pgd_avg"] - expected)
+    choice = json.loads((s / "choice.json").read_text())
+    assert choice["run"] == "amat_ft" and choice["metric"]["name"] == "MRE"
+    assert choice["beats_best_baseline"] is (amat["pgd_avg"] <= vat["pgd_avg"])
+    md = (s / "study.md").read_text()
+    assert "MRE (mm, lower is better) under white-box L2 PGD" in md
+    assert f"clean <= STD {std['clean']:.3f} + 50" in md and "clean Dice" not in md
+    assert "MRE (mm, lower is better)" in (s / "test.md").read_text()
+    # the validation phase evaluated the validation split, the test phase the test split, each once
+    for run in ("std", "vat_eps1_ft", "amat_ft"):
+        val = json.loads((root / "logs" / f"robustness_{run}.json").read_text())
+        test = json.loads((root / "logs" / f"test_{run}.json").read_text())
+        assert "--eval_split validation" in val["command"] and "--max_test_cases 1" in val["command"]
+        assert "--eval_split test" in test["command"] and test["status"] == "done"
+    table = (root / "test" / "report" / "results.md").read_text()
+    assert "MRE (mm, lower is better" in table
 
 
 def test_analysis_follows_a_lower_is_better_metric():

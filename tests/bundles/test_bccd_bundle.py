@@ -148,11 +148,11 @@ def test_resume_continues_the_run(root, std, tmp_path):
 
 
 def test_evaluate_and_robustness(root, amat):
-    run_bundle(("train", "evaluate"), *tiny(), "--run_name", "amat", "--max_test_images", "4", "--output_root",
+    run_bundle(("train", "evaluate"), *tiny(), "--run_name", "amat", "--max_test_cases", "4", "--output_root",
                str(root))
     metrics = _metrics_csv(root / "eval" / "amat" / "metrics.csv")
     assert 0 <= metrics["test_mAP"] <= 1 and {"test_mAP_mAP50", "test_mAP_AP_RBC", "test_mAP_AP_Platelets"} <= set(metrics)
-    run_bundle(("train", "evaluate", "robustness"), *tiny(), "--run_name", "amat", "--max_test_images", "4",
+    run_bundle(("train", "evaluate", "robustness"), *tiny(), "--run_name", "amat", "--max_test_cases", "4",
                "--pgd_steps", "2", "--ifgsm_steps", "1", "--output_root", str(root))
     report = json.loads((root / "eval" / "amat" / "robustness.json").read_text())
     settings = report["settings"]
@@ -304,7 +304,7 @@ def test_fast_vat_with_the_memory_and_the_strong_attack(root, std):
     assert float(memory["radius"].max()) == 2.0
     cost = json.loads((run_dir / "cost.json").read_text())
     assert (cost["forward_per_sample"], cost["backward_per_sample"], cost["samples"]) == (2.0, 2.0, 24)
-    run_bundle(("train", "evaluate", "robustness"), *tiny(), "--run_name", "vat_fast", "--max_test_images", "2",
+    run_bundle(("train", "evaluate", "robustness"), *tiny(), "--run_name", "vat_fast", "--max_test_cases", "2",
                "--pgd_steps", "1", "--ifgsm_steps", "1", "--strong_attack", "true", "--strong_pgd_steps", "2",
                "--output_root", str(root))
     report = json.loads((root / "eval" / "vat_fast" / "robustness.json").read_text())
@@ -324,7 +324,7 @@ def test_experiment_plan_of_the_quick_profile(tmp_path):
 @pytest.mark.skipif(not (REAL / "BCCD" / "Annotations").is_dir(),
                     reason=f"the BCCD data is not at {REAL} (../shared/data/bccd beside the repo)")
 def test_one_short_epoch_on_the_real_images(tmp_path):
-    proc = run_bundle(("train",), *tiny(image_size="[160,160]"), "--max_images", "8", "--max_val_images", "4",
+    proc = run_bundle(("train",), *tiny(image_size="[160,160]"), "--max_cases", "8", "--max_val_cases", "4",
                       "--dataset_dir", str(REAL.resolve()), "--output_root", str(tmp_path))
     assert epoch_of(load(tmp_path / "models" / "std" / "checkpoint.pt")) == 1
     assert "SYNTHETIC DATA" not in proc.stdout and not (tmp_path / "data").exists()

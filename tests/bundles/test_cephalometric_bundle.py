@@ -34,8 +34,8 @@ TINY = {
     "image_size": "[64,48]",
     "heatmap_radius": "3",
     "batch_size": "4",
-    "max_images": "4",
-    "max_val_images": "2",
+    "max_cases": "4",
+    "max_val_cases": "2",
     "epochs": "1",
     "val_interval": "1",
     "attack_steps": "1",
@@ -159,11 +159,11 @@ def test_std_with_the_bce_heatmap_loss_and_the_csv_layout(tmp_path):
 
 
 def test_evaluate_and_robustness(root, amat):
-    run_bundle(("train", "evaluate"), *tiny(), "--run_name", "amat", "--max_test_images", "3", "--output_root",
+    run_bundle(("train", "evaluate"), *tiny(), "--run_name", "amat", "--max_test_cases", "3", "--output_root",
                str(root))
     metrics = _metrics_csv(root / "eval" / "amat" / "metrics.csv")
     assert metrics["test_MRE"] > 0 and 0 <= metrics["test_MRE_SDR_4mm"] <= 100
-    run_bundle(("train", "evaluate", "robustness"), *tiny(), "--run_name", "amat", "--max_test_images", "3",
+    run_bundle(("train", "evaluate", "robustness"), *tiny(), "--run_name", "amat", "--max_test_cases", "3",
                "--pgd_steps", "2", "--ifgsm_steps", "1", "--output_root", str(root))
     report = json.loads((root / "eval" / "amat" / "robustness.json").read_text())
     assert report["settings"]["eps"] == [0.5, 1.0, 2.0]
@@ -300,8 +300,8 @@ CHECK_PROPERTIES = """
 import sys
 from monai.bundle import ConfigWorkflow
 configs, kind, root = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
-w = ConfigWorkflow(config_file=configs, meta_file="{meta}", workflow_type=kind, output_root=root, max_images=2,
-                   max_val_images=1, features=[4, 4, 8, 8, 16, 4])
+w = ConfigWorkflow(config_file=configs, meta_file="{meta}", workflow_type=kind, output_root=root, max_cases=2,
+                   max_val_cases=1, features=[4, 4, 8, 8, 16, 4])
 w.initialize()
 print("MISSING", w.check_properties())
 """

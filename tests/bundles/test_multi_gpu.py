@@ -20,7 +20,7 @@ HIPPOCAMPUS = Bundle("bundles/hippocampus_mri_segmentation", {
 })
 LANDMARKS = Bundle("bundles/cephalometric_xray_landmarks", {
     "features": "[4,4,8,8,16,4]", "image_size": "[64,48]", "heatmap_radius": "3", "batch_size": "2",
-    "max_images": "6", "max_val_images": "2", "epochs": "2", "val_interval": "1", "attack_steps": "2",
+    "max_cases": "6", "max_val_cases": "2", "epochs": "2", "val_interval": "1", "attack_steps": "2",
 })
 FROZEN = ["--learning_rate", "0", "--training_attack#random_start", "false"]
 

@@ -69,17 +69,17 @@ SPECS = {
         for name in ("heart_mri_segmentation", "prostate_mri_segmentation")
     },
     "cephalometric_xray_landmarks": Spec(  # the default network (shipped weights, TorchScript) on small images
-        tiny={"batch_size": "2", "max_images": "2", "max_val_images": "1", "epochs": "1", "val_interval": "1",
+        tiny={"batch_size": "2", "max_cases": "2", "max_val_cases": "1", "epochs": "1", "val_interval": "1",
               "attack_steps": "1", "image_size": "[64,48]", "heatmap_radius": "3"},
-        evaluate={"max_test_images": "1", "pgd_steps": "2", "ifgsm_steps": "1"},
+        evaluate={"max_test_cases": "1", "pgd_steps": "2", "ifgsm_steps": "1"},
         predictions=("*_landmarks.json", 9),  # the synthetic Test1 set
         net_config="train",  # as its README shows
     ),
     "bccd_blood_cell_detection": Spec(
         # the default network (ResNet10-FPN at 160 x 160) is small enough for a tiny epoch on 8 images
-        tiny={"batch_size": "8", "max_images": "8", "max_val_images": "2", "epochs": "1", "val_interval": "1",
+        tiny={"batch_size": "8", "max_cases": "8", "max_val_cases": "2", "epochs": "1", "val_interval": "1",
               "attack_steps": "1"},
-        evaluate={"max_test_images": "2", "pgd_steps": "2", "ifgsm_steps": "1"},
+        evaluate={"max_test_cases": "2", "pgd_steps": "2", "ifgsm_steps": "1"},
         predictions=("*_overlay.png", 40),
         torchscript=False,  # MONAI's RetinaNet returns a dict of lists of feature maps: no TorchScript export
         zoo_checks=("verify_metadata",),  # its README shows no network check (RetinaNet's output is a dict)
