@@ -73,6 +73,22 @@ def test_deterministic_and_restarts_never_better(trained, tmp_path):
     assert c.summary["attacks"]["PGD"]["4"] <= a.summary["attacks"]["PGD"]["4"] + 1e-9
 
 
+def test_an_attack_of_zero_steps_is_left_out_not_reported_as_clean(trained, tmp_path):
+    # IFGSM with 0 steps returns the clean input; the report must not print clean figures under "IFGSM"
+    net, data = trained
+    h = RobustnessEvaluationHandler(DiceCELoss(), {"PGD": L2PGD(steps=2), "IFGSM": L2IFGSM(steps=0)},
+                                    eps=[2.0], output_dir=tmp_path)
+    assert list(h.attacks) == ["PGD"]
+    SupervisedEvaluator(torch.device("cpu"), DataLoader(Dataset(data[:4]), batch_size=4), net, val_handlers=[h]).run()
+    js = json.loads((tmp_path / "robustness.json").read_text())
+    assert list(js["summary"]["attacks"]) == ["PGD"]
+    assert "IFGSM" not in (tmp_path / "robustness.md").read_text()
+    # PGD with 0 steps still has its random start (a noise baseline): kept
+    assert "PGD" in RobustnessEvaluationHandler(DiceCELoss(), {"PGD": L2PGD(steps=0)}, eps=[1.0]).attacks
+    with pytest.raises(ValueError, match="0 steps and no random start"):
+        RobustnessEvaluationHandler(DiceCELoss(), {"IFGSM": L2IFGSM(steps=0)}, eps=[1.0])
+
+
 def test_bad_settings():
     with pytest.raises(ValueError, match="Noise levels"):
         RobustnessEvaluationHandler(DiceCELoss(), [L2PGD()], eps=[-1.0])

@@ -113,6 +113,17 @@ class RobustnessEvaluationHandler:
             attacks = {a.name: a for a in attacks}
         # a config entry with "_disabled_": true resolves to None (e.g. the optional strong attack)
         attacks = {name: a for name, a in attacks.items() if a is not None}
+        # An attack of 0 steps without a random start returns the clean input: reporting it would print clean figures
+        # under an attack's name (the calibration study sets ifgsm_steps 0 on its validation runs). It is left out.
+        idle = [name for name, a in attacks.items()
+                if getattr(a, "steps", 1) == 0 and not getattr(a, "random_start", True)]
+        if idle and len(idle) < len(attacks):
+            logger.info("attack(s) %s have 0 steps and no random start (the clean input): left out of the report",
+                        ", ".join(idle))
+            attacks = {name: a for name, a in attacks.items() if name not in idle}
+        elif idle:
+            raise ValueError(f"Every attack ({', '.join(idle)}) has 0 steps and no random start: it would report the "
+                             "clean input as the attacked one. Give at least one attack with steps >= 1.")
         if not attacks:
             raise ValueError("Give at least one attack.")
         bad = [e for e in eps if not (isinstance(e, (int, float)) and math.isfinite(e) and e >= 0)]
