@@ -87,6 +87,9 @@ class AmatConfig:
         attack_steps: T, PGD steps of the training attack.
         xi: threshold rule, a key of :data:`XI_RULES`.
         beta: weight of the clean loss (AMAT's 0.5).
+        perturbation_memory: warm-start the training attack from each sample's last perturbation (True), cold start
+            (False), or None for the study's setting (--override, the profile); e.g. a T = 5 cold-start entry in a
+            study of T = 1 with the memory.
         reference: the profile's AMAT settings before the study (also evaluated on the test split).
     """
 
@@ -100,6 +103,7 @@ class AmatConfig:
     attack_steps: int = 3
     xi: str = "mean_std"
     beta: float = 0.5
+    perturbation_memory: bool | None = None
     reference: bool = False
 
     def __post_init__(self) -> None:
@@ -118,6 +122,9 @@ class AmatConfig:
             raise ExperimentError(f"{where}: xi must be one of {sorted(XI_RULES)}, not {self.xi!r}.")
         if int(self.attack_steps) != self.attack_steps or self.attack_steps < 1:
             raise ExperimentError(f"{where}: attack_steps must be a whole number >= 1.")
+        if self.perturbation_memory not in (None, True, False):
+            raise ExperimentError(f"{where}: perturbation_memory must be true, false or left out (the study's "
+                                  f"setting), not {self.perturbation_memory!r}.")
 
     @property
     def run(self) -> str:
@@ -132,6 +139,8 @@ class AmatConfig:
     def margin_args(self) -> dict[str, Any]:
         args: dict[str, Any] = {"margin_rule": self.margin_rule, "attack_steps": int(self.attack_steps),
                                 "amat_beta": float(self.beta)}
+        if self.perturbation_memory is not None:
+            args["perturbation_memory"] = self.perturbation_memory
         if self.margin_rule == "fixed":
             args["expansion_step"] = float(self.expansion_step)
         else:
@@ -611,7 +620,8 @@ def study_table(rows: list[dict], analysis: dict) -> str:
         m = r.get("margins")
         margins = "" if not m else f"{m['q05']:.3g} / {m['median']:.3g} / {m['q95']:.3g} / {m['max']:.3g}"
         name = f"**{r['run']}**" if r["run"] == chosen else r["run"]
-        flags = "" if r["method"] != "AMAT" or r["eligible"] else (" (clean)" if not r["clean_ok"] else " (cost)")
+        failed = [w for w, ok in (("clean", r["clean_ok"]), ("cost", r["cost_ok"])) if not ok]
+        flags = f" ({', '.join(failed)})" if r["method"] == "AMAT" and failed else ""
         cells = [name, _setting(r), r["init"], str(r["epochs"]), str(r["steps"] or "-"),
                  _f(r.get("delta"), 2) if r.get("delta") is not None else "-", r.get("xi", "-"), _f(r["clean"])]
         cells += [_f(r["pgd"].get(k)) for k in eps_keys]

@@ -86,6 +86,9 @@ def test_grid_parsing_and_errors(tmp_path):
     assert base.delta(6) == pytest.approx(10 / 3) and next(c for c in grid if c.name == "ft6_d2").delta(6) == 2.0
     assert base.margin_args() == {"margin_rule": "target", "attack_steps": 3, "amat_beta": 0.5,
                                   "target_margin": 10.0, "reach_fraction": 0.5}
+    # an entry may switch the perturbation memory against the study's setting (a T = 5 cold start among T = 1 runs)
+    cold = study.parse_grid('[{"name": "t5", "target_margin": 10, "attack_steps": 5, "perturbation_memory": false}]')
+    assert cold[0].margin_args()["perturbation_memory"] is False and cold[0].margin_args()["attack_steps"] == 5
     path = tmp_path / "grid.json"
     path.write_text(json.dumps([{"name": "x", "init": "scratch", "margin_rule": "fixed", "expansion_step": 2}]))
     assert study.parse_grid(str(path))[0].run == "amat_x"
@@ -95,6 +98,7 @@ def test_grid_parsing_and_errors(tmp_path):
         ('[{"name": "x", "margin_rule": "fixed"}]', "expansion_step > 0"),
         ('[{"name": "x"}]', "target_margin > 0"),
         ('[{"name": "x", "target_margin": 5, "xi": "median"}]', "xi must be"),
+        ('[{"name": "x", "target_margin": 5, "perturbation_memory": "yes"}]', "perturbation_memory must be"),
         ('[{"name": "x", "target_margin": 5}, {"name": "x", "target_margin": 6}]', "unique"),
         ('{"name": "x"}', "list of dicts"),
     ):
