@@ -27,9 +27,9 @@ from typing import Any, Mapping
 import torch
 
 from .distributed import unwrap
-from .handlers.model_loader import WEIGHT_KEYS, load_network_weights, read_weights
 from .io import atomic_write_json
 from .thresholds import sha256_file
+from .weights import WEIGHT_KEYS, load_network_weights, read_weights
 
 __all__ = ["INIT_RECORD", "WEIGHT_KEYS", "load_weights", "write_init_record", "read_init_record"]
 

@@ -290,9 +290,9 @@ def audit(
     from monai.engines import SupervisedEvaluator
     from monai.transforms import Compose
 
-    from ..handlers.model_loader import load_network_weights
     from ..handlers.robustness_handler import RobustnessEvaluationHandler
     from ..report import plot_metric_vs_eps
+    from ..weights import load_network_weights
 
     t0 = time.time()
     root = Path(bundle_dir).resolve()

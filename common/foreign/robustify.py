@@ -80,8 +80,8 @@ def estimate_bundle_thresholds(parser, weights: str | Path, output_path: str | P
     from monai.data import DataLoader, Dataset
     from monai.utils import set_determinism
 
-    from ..handlers.model_loader import load_network_weights
     from ..thresholds import Thresholds, estimate_thresholds
+    from ..weights import load_network_weights
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     _, network = find(parser, "network")

@@ -23,33 +23,12 @@ from typing import Any
 import torch
 from ignite.engine import Engine
 from ignite.metrics import Metric
-from monai.data import list_data_collate
 from monai.utils import CommonKeys
 
+from ..engine_io import engine_pred_and_batch
 from ..metrics import TaskMetric
 
 __all__ = ["TaskIgniteMetric", "engine_pred_and_batch"]
-
-
-def engine_pred_and_batch(engine: Engine, pred_key: str = CommonKeys.PRED) -> tuple[Any, Any]:
-    """The batched network output and the collated batch dict of the engine's current iteration.
-
-    MONAI decollates both (lists of per-sample dicts) when the engine has ``decollate=True``; they are collated back.
-    """
-    output, batch = engine.state.output, engine.state.batch
-    if isinstance(output, list):
-        preds = [item[pred_key] for item in output]
-        pred = list_data_collate([{"pred": p} for p in preds])["pred"]
-    elif isinstance(output, dict):
-        pred = output[pred_key]
-    else:
-        raise TypeError(
-            f"Cannot read the prediction {pred_key!r} from an engine output of type {type(output).__name__}: "
-            f"expected a dict or a list of per-sample dicts (MONAI evaluators)."
-        )
-    if isinstance(batch, list):
-        batch = list_data_collate(batch)
-    return pred, batch
 
 
 class TaskIgniteMetric(Metric):

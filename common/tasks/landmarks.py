@@ -44,7 +44,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 from ..confidence import ConfidenceReport, Measure
-from ..handlers.task_metric import engine_pred_and_batch
+from ..engine_io import engine_pred_and_batch
 from ..io import atomic_write, atomic_write_json, atomic_write_text
 from ..losses import PerSampleLoss, primary_output
 from ..metrics import MetricSpec, PerSampleMetric, batch_value, nanmean

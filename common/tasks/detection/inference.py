@@ -302,7 +302,7 @@ class DetectionWriter:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        from ...handlers.task_metric import engine_pred_and_batch
+        from ...engine_io import engine_pred_and_batch
 
         pred, batch = engine_pred_and_batch(engine)
         missing = [k for k in (self.path_key, self.size_key) if k not in batch]
