@@ -188,9 +188,11 @@ def toy_robustness(network, data: list[dict], eps=(1.0, 3.0), pgd_steps: int = 2
     from .attacks import L2IFGSM, L2PGD
     from .handlers import RobustnessEvaluationHandler
     from .losses import DiceCELoss
+    from .metrics import SliceDice
 
     h = RobustnessEvaluationHandler(
-        DiceCELoss(), {"PGD": L2PGD(steps=pgd_steps), "IFGSM": L2IFGSM(steps=ifgsm_steps)}, eps=list(eps)
+        DiceCELoss(), {"PGD": L2PGD(steps=pgd_steps), "IFGSM": L2IFGSM(steps=ifgsm_steps)}, eps=list(eps),
+        metric=SliceDice(name="dice"), id_keys=("sample_id", "case", "slice"),
     )
     ev = SupervisedEvaluator(
         device=torch.device("cpu"), val_data_loader=DataLoader(Dataset(data), batch_size=32), network=network,

@@ -29,7 +29,8 @@ def trained():
 
 def _evaluate(net, data, tmp_path, **kw):
     h = RobustnessEvaluationHandler(
-        DiceCELoss(), {"PGD": L2PGD(steps=5), "IFGSM": L2IFGSM(steps=3)}, output_dir=tmp_path, **kw
+        DiceCELoss(), {"PGD": L2PGD(steps=5), "IFGSM": L2IFGSM(steps=3)}, output_dir=tmp_path,
+        metric=kw.pop("metric", SliceDice(name="dice")), id_keys=("sample_id", "case", "slice"), **kw
     )
     ev = SupervisedEvaluator(torch.device("cpu"), DataLoader(Dataset(data), batch_size=5), net, val_handlers=[h])
     ev.run()
@@ -77,16 +78,17 @@ def test_an_attack_of_zero_steps_is_left_out_not_reported_as_clean(trained, tmp_
     # IFGSM with 0 steps returns the clean input; the report must not print clean figures under "IFGSM"
     net, data = trained
     h = RobustnessEvaluationHandler(DiceCELoss(), {"PGD": L2PGD(steps=2), "IFGSM": L2IFGSM(steps=0)},
-                                    eps=[2.0], output_dir=tmp_path)
+                                    eps=[2.0], output_dir=tmp_path, metric=SliceDice())
     assert list(h.attacks) == ["PGD"]
     SupervisedEvaluator(torch.device("cpu"), DataLoader(Dataset(data[:4]), batch_size=4), net, val_handlers=[h]).run()
     js = json.loads((tmp_path / "robustness.json").read_text())
     assert list(js["summary"]["attacks"]) == ["PGD"]
     assert "IFGSM" not in (tmp_path / "robustness.md").read_text()
     # PGD with 0 steps still has its random start (a noise baseline): kept
-    assert "PGD" in RobustnessEvaluationHandler(DiceCELoss(), {"PGD": L2PGD(steps=0)}, eps=[1.0]).attacks
+    assert "PGD" in RobustnessEvaluationHandler(DiceCELoss(), {"PGD": L2PGD(steps=0)}, eps=[1.0],
+                                                metric=SliceDice()).attacks
     with pytest.raises(ValueError, match="0 steps and no random start"):
-        RobustnessEvaluationHandler(DiceCELoss(), {"IFGSM": L2IFGSM(steps=0)}, eps=[1.0])
+        RobustnessEvaluationHandler(DiceCELoss(), {"IFGSM": L2IFGSM(steps=0)}, eps=[1.0], metric=SliceDice())
 
 
 def test_bad_settings():
@@ -94,6 +96,9 @@ def test_bad_settings():
         RobustnessEvaluationHandler(DiceCELoss(), [L2PGD()], eps=[-1.0])
     with pytest.raises(ValueError, match="at least one attack"):
         RobustnessEvaluationHandler(DiceCELoss(), {}, eps=[1.0])
+    # no default task: the metric is given (a segmentation default would score landmarks or boxes as Dice)
+    with pytest.raises(ValueError, match="no default task"):
+        RobustnessEvaluationHandler(DiceCELoss(), [L2PGD()], eps=[1.0])
 
 
 class _TwoDirections(PerSampleMetric):

@@ -49,7 +49,7 @@ from ..attacks import Attack, gradient_masking_warning
 from ..bundle import is_synthetic
 from ..io import atomic_write_json, atomic_write_text
 from ..losses import per_sample_terms, weighted_total
-from ..metrics import FunctionMetric, MetricSpec, SliceDice, TaskMetric, nanmean
+from ..metrics import FunctionMetric, MetricSpec, TaskMetric, nanmean
 
 __all__ = ["RobustnessEvaluationHandler", "format_eps"]
 
@@ -74,16 +74,18 @@ class RobustnessEvaluationHandler:
         attacks: attacks by name, e.g. ``{"PGD": L2PGD(steps=100), "IFGSM": L2IFGSM(steps=10)}`` (a list is named
             by ``Attack.name``). Their ``eps`` is ignored: the levels come from ``eps``.
         eps: noise levels (input intensity units, the attacks' norm) evaluated for every attack.
-        metric: the task metric; default: slice Dice (:class:`robust_bundles.metrics.SliceDice`).
+        metric: the task metric, e.g. slice Dice (:class:`robust_bundles.metrics.SliceDice`); this or ``metric_fn``
+            is required (no default task).
         metric_fn: instead of ``metric``, a per-sample function ``metric_fn(pred, label) -> (B,)`` (NaN for samples
             that do not count), named ``metric_name`` with direction ``higher_is_better``.
         higher_is_better: direction of ``metric_fn``.
         output_dir: folder for the report files; None to keep results in memory only.
-        metric_name: name of ``metric_fn``, or of the default Dice metric.
+        metric_name: name of ``metric_fn``.
         seed: seed of the attacks' random starts (evaluation is deterministic).
         restarts: random restarts per attack (random-start attacks only); the per-sample worst is kept. An attack's
             own ``restarts`` (e.g. the strong check ``L2PGD(steps=50, restarts=3)``) wins over this.
-        id_keys: batch keys copied into the per-sample rows when present.
+        id_keys: batch keys copied into the per-sample rows when present (the task's sample-id fields, e.g.
+            ``["sample_id", "case", "slice"]`` for segmentation slices).
         log_every: log progress (with an ETA) every this many batches.
         dataset_dir: the data evaluated on, recorded in the settings; a synthetic dataset
             (:func:`robust_bundles.bundle.is_synthetic`) is flagged in every output.
@@ -101,10 +103,10 @@ class RobustnessEvaluationHandler:
         metric_fn: Callable[[Any, Any], torch.Tensor] | None = None,
         higher_is_better: bool = True,
         output_dir: str | Path | None = None,
-        metric_name: str = "dice",
+        metric_name: str = "metric",
         seed: int = 0,
         restarts: int = 1,
-        id_keys: Sequence[str] = ("sample_id", "case", "slice"),
+        id_keys: Sequence[str] = ("sample_id",),
         log_every: int = 1,
         dataset_dir: str | Path | None = None,
         eps_unit: str = "norm",
@@ -133,9 +135,14 @@ class RobustnessEvaluationHandler:
             raise ValueError("restarts must be >= 1.")
         if metric is not None and metric_fn is not None:
             raise ValueError("Give either metric (a TaskMetric) or metric_fn (a per-sample function), not both.")
+        if metric is None and metric_fn is None:
+            raise ValueError(
+                "Give the task metric: metric=<a robust_bundles.metrics.TaskMetric> (e.g. SliceDice for segmentation, "
+                "robust_bundles.tasks.landmarks.LandmarkMetric) or metric_fn=<per-sample function>; the handler has "
+                "no default task."
+            )
         if metric is None:
-            metric = (FunctionMetric(metric_fn, MetricSpec(metric_name, "", bool(higher_is_better)))
-                      if metric_fn is not None else SliceDice(name=metric_name))
+            metric = FunctionMetric(metric_fn, MetricSpec(metric_name, "", bool(higher_is_better)))
         if not isinstance(metric, TaskMetric):
             raise TypeError(f"metric must be a robust_bundles.metrics.TaskMetric; got {type(metric).__name__}.")
         metric.headline  # noqa: B018 - a clear error for a metric without specs
