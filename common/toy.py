@@ -121,7 +121,7 @@ def run_toy(
     from . import methods
     from .attacks import L2PGD
     from .handlers import InitFromCheckpoint
-    from .losses import DiceCELoss
+    from .tasks.segmentation import DiceCELoss
 
     set_determinism(seed)
     data = train_data if train_data is not None else make_toy_segmentation(128, seed=seed)
@@ -165,7 +165,7 @@ def toy_thresholds(network, data: list[dict], rule: str = "mean", **params):
     from monai.engines import SupervisedEvaluator
 
     from .handlers import ThresholdEstimationHandler
-    from .losses import DiceCELoss
+    from .tasks.segmentation import DiceCELoss
 
     with tempfile.TemporaryDirectory() as tmp:
         h = ThresholdEstimationHandler(DiceCELoss(), os.path.join(tmp, "xi.json"), rule=rule, **params)
@@ -187,8 +187,7 @@ def toy_robustness(network, data: list[dict], eps=(1.0, 3.0), pgd_steps: int = 2
 
     from .attacks import L2IFGSM, L2PGD
     from .handlers import RobustnessEvaluationHandler
-    from .losses import DiceCELoss
-    from .metrics import SliceDice
+    from .tasks.segmentation import DiceCELoss, SliceDice
 
     h = RobustnessEvaluationHandler(
         DiceCELoss(), {"PGD": L2PGD(steps=pgd_steps), "IFGSM": L2IFGSM(steps=ifgsm_steps)}, eps=list(eps),

@@ -164,7 +164,7 @@ def build_network(cfg: dict) -> torch.nn.Module:
 
 
 def build_loss(cfg: dict):
-    from robust_bundles.losses import DiceCELoss
+    from robust_bundles.tasks.segmentation import DiceCELoss
 
     return DiceCELoss(deep_supervision=cfg["deep_supervision"], spatial_dims=cfg["spatial_dims"])
 

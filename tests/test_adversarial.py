@@ -14,8 +14,8 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 from robust_bundles.adversarial import AMATIteration, TEATIteration, TemporalEnsemble, VATIteration, teat_weight
 from robust_bundles.attacks import L2IFGSM, L2PGD
 from robust_bundles.handlers import MarginHandler
-from robust_bundles.losses import DiceCELoss
 from robust_bundles.margins import MarginBook
+from robust_bundles.tasks.segmentation import DiceCELoss
 from robust_bundles.toy import make_toy_segmentation, run_toy, toy_network, toy_robustness, toy_thresholds
 
 

@@ -25,8 +25,8 @@ from robust_bundles.attacks import (
     preserve_model_state,
     project,
 )
-from robust_bundles.losses import DiceCELoss
-from robust_bundles.metrics import nanmean, slice_dice
+from robust_bundles.metrics import nanmean
+from robust_bundles.tasks.segmentation import DiceCELoss, slice_dice
 
 REL = 1e-5  # relative slack allowed on the L2 bound
 

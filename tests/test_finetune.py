@@ -15,7 +15,7 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 
 from robust_bundles.finetune import INIT_RECORD, load_weights, read_init_record, write_init_record
 from robust_bundles.handlers import InitFromCheckpoint
-from robust_bundles.losses import DiceCELoss
+from robust_bundles.tasks.segmentation import DiceCELoss
 from robust_bundles.thresholds import sha256_file
 from robust_bundles.toy import make_toy_segmentation, toy_network
 

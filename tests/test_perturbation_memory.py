@@ -19,13 +19,13 @@ from robust_bundles.adversarial import (
 )
 from robust_bundles.attacks import L2PGD, perturb
 from robust_bundles.handlers import MarginHandler, PassCounter
-from robust_bundles.losses import DiceCELoss
 from robust_bundles.margins import MarginBook
 from robust_bundles.perturbation_memory import (
     GeometryKeyd,
     PerturbationMemory,
     geometry_key,
 )
+from robust_bundles.tasks.segmentation import DiceCELoss
 from robust_bundles.toy import (
     make_toy_segmentation,
     run_toy,

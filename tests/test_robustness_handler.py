@@ -12,8 +12,8 @@ from monai.engines import SupervisedEvaluator
 
 from robust_bundles.attacks import L2IFGSM, L2PGD
 from robust_bundles.handlers import RobustnessEvaluationHandler
-from robust_bundles.losses import DiceCELoss
-from robust_bundles.metrics import MetricSpec, PerSampleMetric, SliceDice, TaskMetric, nanmean, slice_dice
+from robust_bundles.metrics import MetricSpec, PerSampleMetric, TaskMetric, nanmean
+from robust_bundles.tasks.segmentation import DiceCELoss, SliceDice, slice_dice
 from robust_bundles.toy import make_toy_segmentation, run_toy
 
 

@@ -11,7 +11,8 @@ from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedEvaluator
 
 from robust_bundles.handlers import TaskIgniteMetric
-from robust_bundles.metrics import FunctionMetric, MetricSpec, PerSampleMetric, SliceDice, batch_value, slice_dice
+from robust_bundles.metrics import FunctionMetric, MetricSpec, PerSampleMetric, batch_value
+from robust_bundles.tasks.segmentation import SliceDice, slice_dice
 
 
 def _seg_batch():

@@ -13,7 +13,7 @@ from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedEvaluator
 
 from robust_bundles.handlers import ThresholdEstimationHandler
-from robust_bundles.losses import DiceCELoss
+from robust_bundles.tasks.segmentation import DiceCELoss
 from robust_bundles.thresholds import Thresholds, estimate_thresholds, from_values, load_thresholds, sha256_file
 
 V = torch.tensor([1.0, 2.0, 3.0, 4.0, 10.0])

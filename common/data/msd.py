@@ -396,7 +396,7 @@ def slice_digest(slices: Sequence[Mapping]) -> str:
 def foreground_only(slices: list[dict]) -> list[dict]:
     """The slices whose label has foreground (label > 0); ids and keys unchanged.
 
-    The default segmentation metric (:func:`robust_bundles.metrics.slice_dice`) only counts such slices, so evaluating
+    The default segmentation metric (:func:`robust_bundles.tasks.segmentation.slice_dice`) only counts such slices, so evaluating
     attacks on the others costs time and changes nothing.
     """
     return [s for s in slices if np.asarray(s["label"]).max() > 0]

@@ -167,7 +167,8 @@ def load_datalist(path: str | os.PathLike, key: str = "validation") -> list[dict
 
 def _dice_metric(parser, metric: str) -> tuple[Any, dict]:
     """The per-sample Dice task metric and what was found of the bundle's own metric."""
-    from ..metrics import MetricSpec, SliceDice
+    from ..metrics import MetricSpec
+    from ..tasks.segmentation import SliceDice
 
     mid, cfg = metric_config(parser)
     target = str((cfg or {}).get("_target_", "")).rsplit(".", 1)[-1]

@@ -74,7 +74,7 @@ class RobustnessEvaluationHandler:
         attacks: attacks by name, e.g. ``{"PGD": L2PGD(steps=100), "IFGSM": L2IFGSM(steps=10)}`` (a list is named
             by ``Attack.name``). Their ``eps`` is ignored: the levels come from ``eps``.
         eps: noise levels (input intensity units, the attacks' norm) evaluated for every attack.
-        metric: the task metric, e.g. slice Dice (:class:`robust_bundles.metrics.SliceDice`); this or ``metric_fn``
+        metric: the task metric, e.g. slice Dice (:class:`robust_bundles.tasks.segmentation.SliceDice`); this or ``metric_fn``
             is required (no default task).
         metric_fn: instead of ``metric``, a per-sample function ``metric_fn(pred, label) -> (B,)`` (NaN for samples
             that do not count), named ``metric_name`` with direction ``higher_is_better``.

@@ -9,6 +9,10 @@ into the core's attacks, thresholds and adversarial iterations:
 - a metric accumulator with a direction (:mod:`robust_bundles.metrics`),
 - decoding and inference helpers.
 
+The adapters: :mod:`robust_bundles.tasks.segmentation` (2D slices of 3D MRI, Dice + CE, slice Dice),
+:mod:`robust_bundles.tasks.landmarks` (heatmap + offset heads, MRE/SDR in mm) and :mod:`robust_bundles.tasks.detection`
+(RetinaNet, COCO mAP).
+
 Subpackages are imported on demand, so a task's optional dependencies are only needed by the bundles that use it:
 :mod:`robust_bundles.tasks.detection` (2D object detection with MONAI's RetinaNet) needs ``torchvision``, the
 ``detection`` extra.
