@@ -40,7 +40,8 @@ from typing import Any, Iterable, Mapping
 
 from .io import atomic_write_text
 
-__all__ = ["TASK_FILE", "FAMILIES_DIR", "family_dir", "apply_overlay", "render_bundle", "stale_configs"]
+__all__ = ["TASK_FILE", "FAMILIES_DIR", "family_dir", "apply_overlay", "derive_overlay", "derive_task", "render_bundle",
+           "stale_configs"]
 
 TASK_FILE = "task.json"
 """The file in a bundle folder that names its family and holds its overlays."""
@@ -48,7 +49,7 @@ TASK_FILE = "task.json"
 FAMILIES_DIR = Path(__file__).resolve().parent / "configs"
 """Where the base configs of every family live: ``<FAMILIES_DIR>/<family>/``."""
 
-_MERGE, _SEP = "+", "#"
+_MERGE, _SEP, _DELETE = "+", "#", "~"
 _FLAT_LIST = re.compile(r"^( *)(.*)\[\n\s+([^\[\]{}]*?)\n\s*\]", re.MULTILINE)
 _LINE = 120
 
@@ -95,13 +96,33 @@ def _parent(config: dict, path: list[str], key: str, new: bool = True) -> Any:
     return node
 
 
+def _path(config: Mapping[str, Any], key: str, new: bool = False) -> list[str]:
+    """The parts of an overlay key. A method overlay (``teat.json``) holds MONAI path keys such as
+    ``"train#trainer#iteration_update"`` literally, at its top level, for MONAI to apply when it stacks the file on
+    ``train.json``. A key the config has literally stays literal; else the longest literal prefix is followed
+    (``"a#b"`` of ``"a#b#c"``); else, in such an overlay file, a new path key (one in ``new_keys``) whose first part
+    the file lacks stays literal (split, ``"train#..."`` would add a top-level ``"train"`` that replaces the whole
+    training section); anywhere else a path key names nested dicts (created when new), as MONAI does."""
+    parts = key.split(_SEP)
+    overlay_file = any(_SEP in str(k) for k in config)  # a config that holds path keys is itself an overlay file
+    if key in config:
+        return [key]
+    for n in range(len(parts) - 1, 1, -1):  # the longest literal path key first: "a#b" of "a#b#c" gives ["a#b", "c"]
+        if _SEP.join(parts[:n]) in config:
+            return [_SEP.join(parts[:n]), *parts[n:]]
+    if overlay_file and new and len(parts) > 1 and parts[0] not in config:
+        return [key]
+    return parts
+
+
 def apply_overlay(base: Mapping[str, Any], overlay: Mapping[str, Any], new_keys: Iterable[str] | None = None) -> dict:
     """``base`` with ``overlay`` applied the way MONAI applies a later config file (see the module docstring).
 
     Args:
         base: a config as loaded from JSON (not modified).
         overlay: ``{key: value}``; keys may be ``"a#b#0"`` paths and may start with ``"+"`` (extend a list, update
-            a dict).
+            a dict) or ``"~"`` (``"~a#b": null`` deletes what the base has there: a task that has no use for a
+            base key, e.g. the slicing of 3D volumes in a 2D X-ray bundle; this one is ours, not MONAI's).
         new_keys: the overlay keys (without ``"+"``) that may add what the base does not have; any other key must
             name an existing one, so that a misspelt key (``"trian#epochs"``) is refused with the nearest key
             instead of silently creating a new one. None: every key may add (MONAI's own rule).
@@ -116,9 +137,22 @@ def apply_overlay(base: Mapping[str, Any], overlay: Mapping[str, Any], new_keys:
     config = copy.deepcopy(dict(base))
     allowed = None if new_keys is None else {str(k).lstrip(_MERGE) for k in new_keys}
     for key, value in overlay.items():
+        if key.startswith(_DELETE):
+            path = _path(config, key[len(_DELETE):])
+            try:
+                parent = _parent(config, path, key, new=False)
+            except ValueError as e:
+                parent, reason = None, str(e).split(". Fix")[0]
+            last = path[-1] if not isinstance(parent, list) else int(path[-1])
+            if parent is None or value is not None or (isinstance(parent, dict) and last not in parent):
+                raise ValueError(f"overlay key {key!r} deletes {key[len(_DELETE):]!r}: its value must be null and the "
+                                 f"base must have it" + (f" ({reason})" if parent is None else "") + ".")
+            del parent[last]
+            continue
         merge = key.startswith(_MERGE)
-        path = key[len(_MERGE):].split(_SEP) if merge else key.split(_SEP)
-        new = allowed is None or key.lstrip(_MERGE) in allowed or key.startswith(("_desc", "_comment"))
+        listed = allowed is not None and key.lstrip(_MERGE) in allowed
+        new = allowed is None or listed or key.startswith(("_desc", "_comment"))
+        path = _path(config, key[len(_MERGE):] if merge else key, listed)
         parent = _parent(config, path, key, new)
         last = int(path[-1]) if isinstance(parent, list) else path[-1]
         value = copy.deepcopy(value)
@@ -135,6 +169,52 @@ def apply_overlay(base: Mapping[str, Any], overlay: Mapping[str, Any], new_keys:
                 )
         parent[last] = value
     return config
+
+
+def derive_overlay(base: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[dict, list[str]]:
+    """The smallest overlay that turns ``base`` into ``config`` (``apply_overlay(base, overlay, new_keys) ==
+    config``), and the keys it adds. Dicts present in both are compared key by key; any other value that differs
+    (a list, a string) is replaced whole; keys the config lacks are deleted (``"~key": null``)."""
+    overlay: dict[str, Any] = {}
+    new_keys: list[str] = []
+
+    def walk(b: Mapping[str, Any], c: Mapping[str, Any], prefix: str) -> None:
+        for k, v in c.items():
+            key = f"{prefix}{k}"
+            if k not in b:
+                overlay[key] = copy.deepcopy(v)
+                new_keys.append(key)
+            elif isinstance(b[k], dict) and isinstance(v, dict):
+                walk(b[k], v, f"{key}{_SEP}")
+            elif b[k] != v or type(b[k]) is not type(v):
+                overlay[key] = copy.deepcopy(v)
+        for k in b:
+            if k not in c:
+                overlay[f"{_DELETE}{prefix}{k}"] = None
+
+    walk(base, config, "")
+    return overlay, new_keys
+
+
+def derive_task(bundle_dir: str | os.PathLike, family: str) -> dict:
+    """A ``task.json`` for a bundle whose configs were written by hand: for every base config of ``family``, the
+    overlay that renders the bundle's config of the same name (:func:`derive_overlay`). Rendering the bundle from it
+    gives back JSON values equal to its configs (``stale_configs`` is empty), so the bundle keeps running as before
+    while what it shares with the family lives once, in the base."""
+    configs = Path(bundle_dir) / "configs"
+    task: dict[str, Any] = {"family": family, "new_keys": [], "configs": {}}
+    for base_file in sorted(family_dir(family).iterdir()):
+        own = configs / base_file.name
+        if base_file.suffix != ".json":
+            continue
+        if not own.is_file():
+            raise ValueError(f"{own} is missing: every config of the {family!r} family ({base_file.name}) needs one.")
+        overlay, added = derive_overlay(json.loads(base_file.read_text(encoding="utf-8")),
+                                        json.loads(own.read_text(encoding="utf-8")))
+        if overlay:
+            task["configs"][base_file.name] = overlay
+        task["new_keys"] += [k for k in added if k not in task["new_keys"]]
+    return task
 
 
 def _task(bundle_dir: Path) -> dict | None:

@@ -42,9 +42,12 @@ def test_overlay_refuses_a_misspelt_key_with_the_nearest_one():
                    "_desc_channels": "c"}
 
 
-def test_the_three_segmentation_bundles_are_rendered_from_one_base():
-    assert [p.name for p in RENDERED] == ["heart_mri_segmentation", "hippocampus_mri_segmentation",
+def test_all_five_bundles_are_rendered_from_one_base():
+    assert [p.name for p in RENDERED] == ["bccd_blood_cell_detection", "cephalometric_xray_landmarks",
+                                          "heart_mri_segmentation", "hippocampus_mri_segmentation",
                                           "prostate_mri_segmentation"]
+    assert [p.name for p in (REPO / "bundles").iterdir() if p.is_dir()] and all(
+        (p / bc.TASK_FILE).is_file() for p in (REPO / "bundles").iterdir() if (p / "configs").is_dir())
     # the hippocampus bundle is the base itself: an empty overlay, configs unchanged
     assert json.loads((REPO / "bundles/hippocampus_mri_segmentation" / bc.TASK_FILE).read_text())["configs"] == {}
 
@@ -80,3 +83,40 @@ def test_render_writes_only_what_differs_and_reports_bad_task_files(tmp_path):
     with pytest.raises(ValueError, match="no config family 'detection3d'"):
         bc.rendered_configs(bundle)
     assert bc.rendered_configs(tmp_path) == {}  # no task.json: not a rendered bundle
+
+
+def test_derive_overlay_inverts_apply_overlay_with_deletions_and_literal_path_keys():
+    base = {"net": {"in": 1, "f": [8, 16], "drop": 0.1}, "slices": {"axis": 2}, "epochs": 5}
+    own = {"net": {"in": 3, "f": [8, 16], "heads": 2}, "epochs": 5, "points": 19}
+    overlay, new = bc.derive_overlay(base, own)
+    assert overlay == {"net#in": 3, "net#heads": 2, "~net#drop": None, "points": 19, "~slices": None}
+    assert new == ["net#heads", "points"]
+    assert bc.apply_overlay(base, overlay, new_keys=new) == own
+    # a method overlay file holds MONAI path keys literally; a new one stays literal (not a top-level "train" dict)
+    teat = {"train_eps": 6.0, "train#trainer#iteration_update": {"_target_": "TEAT", "activation": "softmax"}}
+    own = {"train_eps": 3.0, "train#trainer#iteration_update": {"_target_": "TEAT", "activation": "sigmoid"},
+           "validate#evaluator#amp": False}
+    overlay, new = bc.derive_overlay(teat, own)
+    assert overlay == {"train_eps": 3.0, "train#trainer#iteration_update#activation": "sigmoid",
+                       "validate#evaluator#amp": False} and new == ["validate#evaluator#amp"]
+    rendered = bc.apply_overlay(teat, overlay, new_keys=new)
+    assert rendered == own and "train" not in rendered and "validate" not in rendered
+    with pytest.raises(ValueError, match="deletes 'nope'"):
+        bc.apply_overlay(base, {"~nope": None}, new_keys=[])
+    with pytest.raises(ValueError, match="value must be null"):
+        bc.apply_overlay(base, {"~epochs": 1}, new_keys=[])
+
+
+def test_derive_task_of_a_bundle_renders_its_configs(tmp_path):
+    """A bundle written by hand gets its task.json from derive_task; rendering from it changes none of its configs."""
+    bundle = REPO / "bundles" / "cephalometric_xray_landmarks"
+    task = bc.derive_task(bundle, "segmentation")
+    copy = tmp_path / "ceph"
+    (copy / "configs").mkdir(parents=True)
+    for f in (bundle / "configs").glob("*.json"):
+        (copy / "configs" / f.name).write_text(f.read_text())
+    (copy / "configs" / "logging.conf").write_text((bundle / "configs" / "logging.conf").read_text())
+    (copy / bc.TASK_FILE).write_text(json.dumps(task))
+    assert bc.stale_configs(copy) == []
+    assert task["configs"]["thresholds.json"] == {"threshold_rule": "mean_std"}
+    assert "~slices" in task["configs"]["train.json"]  # a 2D X-ray bundle has no use for the base's slicing
