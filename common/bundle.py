@@ -352,6 +352,8 @@ RENAMED_KEYS = {
     "max_images": "max_cases",
     "max_val_images": "max_val_cases",
     "max_test_images": "max_test_cases",
+    "slices": "samples",
+    "slice_preprocessing": "sample_preprocessing",
 }
 
 
@@ -367,10 +369,14 @@ def renamed_key_errors(config: Mapping, keys: Iterable[str] | None = None, where
             still sets an old key, e.g. a user's profile).
         where: how a key is shown: ``"--"`` for the command line, ``""`` for a config file's key.
     """
-    names = [str(k).replace("::", "#") for k in (config if keys is None else keys)]
-    return [f"{where}{old}: renamed {where}{RENAMED_KEYS[old]} (one vocabulary of keys across the bundles), so this "
-            f"{'override' if where else 'key'} would be ignored; use {where}{RENAMED_KEYS[old]}"
-            for old in names if old in RENAMED_KEYS and RENAMED_KEYS[old] in config]
+    out = []
+    for name in (str(k).replace("::", "#") for k in (config if keys is None else keys)):
+        head, sep, rest = name.partition("#")  # "slices#channels" -> "samples#channels"
+        if head in RENAMED_KEYS and RENAMED_KEYS[head] in config:
+            new = f"{RENAMED_KEYS[head]}{sep}{rest}"
+            out.append(f"{where}{name}: renamed {where}{new} (one vocabulary of keys across the bundles), so this "
+                       f"{'override' if where else 'key'} would be ignored; use {where}{new}")
+    return out
 
 
 def _config_ids(config: Any, prefix: str = "") -> dict[str, Any]:

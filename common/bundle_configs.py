@@ -14,7 +14,7 @@ bundle of the family, the hippocampus). What a task changes lives in its bundle,
 
 Every overlay key must name a key of the base (a misspelt ``"trian#epochs"`` is refused with the nearest key); a key
 that adds what the base does not have is listed in the task's ``"new_keys"`` (e.g. ``["channels",
-"slices#channels"]``).
+"samples#channels"]``).
 
 ``common`` is applied first to every base config that runs alone (that defines ``bundle_root``: ``train.json`` and
 ``inference.json`` here), so what both need (network, classes, channels) is written once.

@@ -119,4 +119,6 @@ def test_derive_task_of_a_bundle_renders_its_configs(tmp_path):
     (copy / bc.TASK_FILE).write_text(json.dumps(task))
     assert bc.stale_configs(copy) == []
     assert task["configs"]["thresholds.json"] == {"threshold_rule": "mean_std"}
-    assert "~slices" in task["configs"]["train.json"]  # a 2D X-ray bundle has no use for the base's slicing
+    # the X-ray bundle's samples come from its own reader, with its own split settings (no MSD label list)
+    assert task["configs"]["train.json"]["samples#_target_"] == "robust_bundles.data.ceph.load_ceph"
+    assert "~samples#expected_labels" in task["configs"]["train.json"]

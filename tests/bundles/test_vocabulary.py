@@ -50,6 +50,10 @@ def test_renamed_keys_are_refused_with_their_new_name(tmp_path):
         experiment.Experiment(str(CEPH), "quick", None, str(tmp_path / "runs"), {"max_val_images": 1})
     # a config of someone else that uses the old word for a thing of its own (no new key) is left alone
     assert rb.renamed_key_errors({"max_images": 3}, ["max_images"]) == []
+    # segmentation's "slices" became "samples" as in the other bundles: a path below it names the new path
+    assert rb.renamed_key_errors({"samples": {}}, ["slices#channels"]) == [
+        "--slices#channels: renamed --samples#channels (one vocabulary of keys across the bundles), so this override "
+        "would be ignored; use --samples#channels"]
 
 
 def test_a_bundle_run_names_the_new_key_on_its_last_line(tmp_path):
