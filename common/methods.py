@@ -66,6 +66,17 @@ class Training:
     handlers: list = field(default_factory=list)
     margins: Any = None
 
+    def trainer(self, network: Any, optimizer: Any, loss: Any, loader: Any, max_epochs: int, device: Any = "cpu",
+                handlers: Any = (), **kwargs: Any) -> Any:
+        """A ``monai.engines.SupervisedTrainer`` that trains with this method: its ``iteration_update``, and its
+        handlers after ``handlers``; ``kwargs`` go to the trainer (e.g. ``prepare_batch``)."""
+        import torch
+        from monai.engines import SupervisedTrainer
+
+        return SupervisedTrainer(device=torch.device(device), max_epochs=max_epochs, train_data_loader=loader,
+                                 network=network, optimizer=optimizer, loss_function=loss, iteration_update=self.update,
+                                 train_handlers=[*handlers, *self.handlers], **kwargs)
+
 
 @dataclass(frozen=True)
 class Method:

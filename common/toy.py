@@ -115,7 +115,6 @@ def run_toy(
     """
     import torch
     from monai.data import DataLoader, Dataset
-    from monai.engines import SupervisedTrainer
     from monai.utils import set_determinism
 
     from . import methods
@@ -139,20 +138,8 @@ def run_toy(
         len(data), attack=L2PGD(steps=attack_steps, alpha=4.0), eps=eps, thresholds=thresholds, margin_rule=rule,
         expansion_step=expansion_step, target_margin=target_margin, epochs=epochs, reach_fraction=reach_fraction,
         memory=memory, **({"beta": amat_beta} if method == "amat" else {}))
-    handlers += training.handlers
-    update, margins = training.update, training.margins
-    trainer = SupervisedTrainer(
-        device=torch.device("cpu"),
-        max_epochs=epochs,
-        train_data_loader=loader,
-        network=net,
-        optimizer=opt,
-        loss_function=loss,
-        iteration_update=update,
-        train_handlers=handlers,
-    )
-    trainer.run()
-    return net, margins
+    training.trainer(net, opt, loss, loader, epochs, handlers=handlers).run()
+    return net, training.margins
 
 
 def toy_thresholds(network, data: list[dict], rule: str = "mean", **params):

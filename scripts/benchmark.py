@@ -280,7 +280,6 @@ def run_method(
         "rss_growth_mb" (peak growth during the training run), "cuda_peak_mb" (None on CPU), "final_loss"}.
     """
     from monai.data import DataLoader, Dataset
-    from monai.engines import SupervisedTrainer
     from monai.utils import set_determinism
 
     from robust_bundles import methods
@@ -309,19 +308,8 @@ def run_method(
                                    initial_margin=AMAT_INITIAL_MARGIN, thresholds=list(AMAT_THRESHOLDS), check="path",
                                    memory=memory and method in ("VAT", "AMAT"))
     counter = PassCounter()
-    handlers: list[Any] = [counter, *training.handlers]
-    update = training.update
     total = warmup + iters
-    trainer = SupervisedTrainer(
-        device=dev,
-        max_epochs=total,
-        train_data_loader=loader,
-        network=net,
-        optimizer=opt,
-        loss_function=loss,
-        iteration_update=update,
-        train_handlers=handlers,
-    )
+    trainer = training.trainer(net, opt, loss, loader, total, device=dev, handlers=[counter])
     timer = IterationTimer(warmup, dev, method, total)
     timer.attach(trainer)
     if dev.type == "cuda":
