@@ -253,6 +253,13 @@ def test_study_settings_come_from_the_command_line_the_profile_or_the_defaults(t
     # the command line wins; the hippocampus profile has none: the module's defaults
     given = study.Study(str(CEPH), None, str(tmp_path), vat_ft_eps=[], clean_tolerance=1.5)
     assert [b.run for b in given.baselines] == ["teat_eps3_ft"] and given.clean_tolerance == 1.5
+    # the BCCD quick profile: mAP, eps of RGB values, fast AMAT at the VAT runs' counted cost
+    bccd = study.Study(str(ROOT / "bundles" / "bccd_blood_cell_detection"), None, str(tmp_path))
+    assert [b.run for b in bccd.baselines] == ["vat_eps5_ft", "vat_eps10_ft", "vat_eps15_ft", "teat_eps10_ft"]
+    (amat,) = bccd.grid
+    assert amat.perturbation_memory and amat.attack_steps == 1 and amat.reference
+    assert study.cost_units(amat.epochs, 1, amat.beta) == study.cost_units(bccd.finetune_epochs, 1, 0.0)  # 30 = 30
+    assert (bccd.val_cases, bccd.clean_tolerance) == (20, 0.03)
     hippo = study.Study(str(HIPPOCAMPUS), None, str(tmp_path))
     assert [b.run for b in hippo.baselines] == ["vat_eps2_ft", "vat_eps4_ft", "vat_eps6_ft", "vat_eps8_ft",
                                                 "teat_eps6_ft"]
