@@ -568,6 +568,19 @@ class Experiment:
                                   + " | ".join(problems))
 
     # ----------------------------------------------------------------------------------------------------- running
+    def missing_at_plan(self, plan: list[tuple[Stage, str, str]]) -> set[str]:
+        """The stages of a plan that will run because their output does not exist yet (not forced, not stale)."""
+        return {s.name for s, action, reason in plan
+                if action != "skip" and reason != "forced" and not self.path(s.output).is_file()}
+
+    def done_meanwhile(self, stage: Stage) -> bool:
+        """True when the stage's output appeared after the plan was made, finished and with this stage's settings:
+        another process (a second study or experiment on the same output root) ran it. Running it again would first
+        delete that output."""
+        record = self._record(stage)
+        return (self.path(stage.output).is_file() and record is not None and record.get("status") == "done"
+                and record.get("signature") == self.signature(stage))
+
     def run_stage(self, stage: Stage, resume: bool) -> None:
         """Run one stage; raise ExperimentError naming the stage, the command and the log when it fails."""
         record = {"stage": stage.name, "signature": self.signature(stage), "status": "running",
@@ -735,9 +748,13 @@ def main(
                 print(f"{prefix}:\n  {shlex.join(exp.command(s, resume=action == 'resume'))}")
         return
 
+    missing = exp.missing_at_plan(plan)
     for i, (s, action, reason) in enumerate(plan, 1):
         if action == "skip":
             print(f"[{i}/{n}] skip {s.name}: {reason}")
+            continue
+        if s.name in missing and exp.done_meanwhile(s):
+            print(f"[{i}/{n}] skip {s.name}: {s.output} was made meanwhile (by another process)", flush=True)
             continue
         what = "resume" if action == "resume" else "run"
         log = "" if s.kind == "report" else f"; log {exp.log_file(s)}"

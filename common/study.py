@@ -835,6 +835,7 @@ def _run_plan(study: Study, stages: Any, force: Any, dry_run: bool, t0: float) -
     plan = study.plan(wanted, force)
     tool.print_plan(study, plan)
     n = len(plan)
+    missing = study.missing_at_plan(plan)
     for i, (s, action, reason) in enumerate(plan, 1):
         if dry_run:
             if s.kind != "report":
@@ -842,6 +843,9 @@ def _run_plan(study: Study, stages: Any, force: Any, dry_run: bool, t0: float) -
                       f"{shlex.join(study.command(s, resume=action == 'resume'))}")
             continue
         if action == "skip":
+            continue
+        if s.name in missing and study.done_meanwhile(s):  # two studies sharing an output root, e.g. one per core
+            print(f"[{i}/{n}] skip {s.name}: {s.output} was made meanwhile (by another process)", flush=True)
             continue
         print(f"\n[{i}/{n}] {s.name} ... ({action}: {reason})", flush=True)
         ts = time.time()

@@ -308,6 +308,29 @@ def test_interrupted_training_resumes(bundle, capsys, tmp_path):
     assert arg(cmds["vat_eps3"], "--resume") == "True" and "--resume" not in cmds["std"]
 
 
+def test_a_stage_made_meanwhile_by_another_process_is_kept_not_rerun(bundle, capsys, tmp_path, monkeypatch):
+    """Two processes on one output root (one per core): a stage planned as missing that the other process finished in
+    the meantime is skipped; running it would first delete the other process's model."""
+    root = tmp_path / "out"
+    base = ["--bundle", bundle, "--profile", "tiny", "--output_root", root, "--stages", "[std,vat_eps3]"]
+    real = experiment.Experiment.run_stage
+
+    def run_stage(self, stage, resume):
+        real(self, stage, resume)
+        if stage.name == "std":  # meanwhile, "the other process" trains vat_eps3 with the same settings
+            other = next(s for s in self.stages if s.name == "vat_eps3")
+            real(self, other, False)
+            (self.path(other.output).parent / "made_by_other.txt").write_text("x")
+
+    monkeypatch.setattr(experiment.Experiment, "run_stage", run_stage)
+    rc, out, err = run_tool(capsys, *base)
+    assert rc == 0, err
+    assert "Plan: 2 stages, 0 done, 2 to run" in out
+    assert "skip vat_eps3: models/vat_eps3/model.pt was made meanwhile (by another process)" in out
+    assert (root / "models" / "vat_eps3" / "model.pt").is_file()
+    assert (root / "models" / "vat_eps3" / "made_by_other.txt").is_file()
+
+
 # ----------------------------------------------------------------------------------- whole runs on the stand-in
 def test_failing_stage_stops_with_stage_command_and_log(bundle, capsys, tmp_path, monkeypatch):
     root = tmp_path / "out"
