@@ -20,8 +20,9 @@ The passes made inside an attack (:func:`robust_bundles.attacks.attacking`) are 
 time prediction can weigh them apart (``scripts/benchmark.py --fast``).
 
 The counts and the wall time are written to ``models/<run>/cost.json`` (:func:`robust_bundles.layout.cost_file`) after
-every epoch and at the end; :mod:`robust_bundles.report` prints each method's passes per sample relative to STD. A
-resumed run counts from where it resumed; the per-sample figures do not depend on that.
+every epoch and at the end; :mod:`robust_bundles.report` prints each method's passes per sample relative to STD. The
+counts are in the run's checkpoint too (``save_dict`` entry ``pass_counter``), so a resumed run's ``cost.json`` covers
+the whole run, the passes before the interruption included (its wall time too).
 """
 
 from __future__ import annotations
@@ -95,6 +96,26 @@ class PassCounter:
         self._t_iter = self._t_start = 0.0
         self._epoch_start: dict = {}
         self._handle = None
+        self._wall_before = 0.0  # wall time of the run before a resume
+
+    # ------------------------------------------------------------------------------------------------ checkpoint
+    _COUNTS = ("forward", "backward", "attack_forward", "attack_backward", "samples", "iterations")
+
+    def state_dict(self) -> dict:
+        """The counts so far, for the run's checkpoint (plain numbers and lists: loadable with weights_only=True), so
+        that a resumed run's ``cost.json`` counts the passes before the interruption too."""
+        return {**{k: int(getattr(self, k)) for k in self._COUNTS}, "iteration_time": float(self.iteration_time),
+                "wall_time": float(self.wall_time), "epochs": [dict(e) for e in self.epochs]}
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = [k for k in (*self._COUNTS, "iteration_time", "wall_time", "epochs") if k not in state]
+        if missing:
+            raise KeyError(f"The checkpoint's pass_counter entry lacks {missing}: it was not written by PassCounter.")
+        for k in self._COUNTS:
+            setattr(self, k, int(state[k]))
+        self.iteration_time = float(state["iteration_time"])
+        self.wall_time = self._wall_before = float(state["wall_time"])
+        self.epochs = [dict(e) for e in state["epochs"]]
 
     def attach(self, engine: Engine) -> None:
         from ignite.engine import Events
@@ -156,11 +177,11 @@ class PassCounter:
         now = self._totals()
         self.epochs.append({"epoch": int(engine.state.epoch),
                             **{k: now[k] - self._epoch_start.get(k, 0) for k in now}})
-        self.wall_time = time.perf_counter() - self._t_start
+        self.wall_time = self._wall_before + time.perf_counter() - self._t_start
         self.write()
 
     def _completed(self, engine: Engine) -> None:
-        self.wall_time = time.perf_counter() - self._t_start
+        self.wall_time = self._wall_before + time.perf_counter() - self._t_start
         self.write()
         s = self.summary()
         logger.info(f"cost: {s['forward_per_sample']:.3g} forward + {s['backward_per_sample']:.3g} backward passes per "

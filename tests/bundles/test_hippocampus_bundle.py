@@ -96,6 +96,11 @@ def test_resume_restores_margins_optimizer_scheduler_and_epoch(root, thresholds)
     assert after["lr_scheduler"]["last_epoch"] == 2
     assert after["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)  # end of the 2-epoch schedule
     assert after["margins"]["epochs_completed"] == 2  # the margin book went on from the checkpoint's
+    # the pass counts went on too: cost.json covers both epochs, the one before the resume included
+    cost = json.loads((run_dir / "cost.json").read_text())
+    assert before["pass_counter"]["samples"] == 72 and cost["samples"] == 2 * 72
+    assert cost["forward"] == 2 * before["pass_counter"]["forward"] and [e["epoch"] for e in cost["epochs"]] == [1, 2]
+    assert cost["wall_time_s"] > before["pass_counter"]["wall_time"]
 
     # --resume false (the word, as typed on a command line) starts afresh
     third = run_bundle(
