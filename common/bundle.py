@@ -15,6 +15,7 @@ __all__ = [
     "latest_checkpoint",
     "resume_checkpoint",
     "drop_none",
+    "handler_of",
     "require_file",
     "flag",
     "image_datalist",
@@ -137,6 +138,14 @@ def drop_none(items: Iterable[Any] | Mapping[Any, Any]) -> list | dict:
     if isinstance(items, Mapping):
         return {k: v for k, v in items.items() if v is not None}
     return [i for i in items if i is not None]
+
+
+def handler_of(handlers: Iterable[Any], kind: str) -> Any:
+    """The first handler in ``handlers`` whose class is named ``kind`` (e.g. ``"PassCounter"``), or None.
+
+    A save_dict names a handler of the list this way (``"$robust_bundles.bundle.handler_of(@train#handlers,
+    'PassCounter')"``), so that the list keeps plain component dicts, as MONAI's ``check_properties`` reads it."""
+    return next((h for h in handlers if h is not None and type(h).__name__ == kind), None)
 
 
 def require_file(path: str | os.PathLike, what: str, fix: str) -> str:
