@@ -3,6 +3,7 @@ bundles and on the model zoo's spleen bundle (a bundle we did not write)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,9 @@ from robust_bundles import contract
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = sorted((ROOT / "bundles").glob("*/configs/train.json"))
-SPLEEN = Path("/work/shared/foreign_bundles/spleen_ct_segmentation/configs/train.json")
+#: ROBUST_BUNDLES_FOREIGN_BUNDLES names the folder of foreign bundles when the repository is not beside ../shared
+FOREIGN = Path(os.environ.get("ROBUST_BUNDLES_FOREIGN_BUNDLES", ROOT / ".." / "shared" / "foreign_bundles"))
+SPLEEN = (FOREIGN / "spleen_ct_segmentation" / "configs" / "train.json").resolve()
 
 
 @pytest.mark.parametrize("train", BUNDLES, ids=[p.parents[1].name for p in BUNDLES])
