@@ -775,15 +775,22 @@ def main(
     print(f"Total time {fmt_time(time.time() - t0)}.")
 
 
+#: options whose value is JSON (the study's --grid too)
+JSON_OPTIONS = ("--override", "--grid")
+
+
 def _json_override_argv(argv: list[str]) -> list[str]:
-    """Turn the JSON of --override into a Python literal, which fire parses faithfully (fire reads JSON's true, false
-    and null as the strings 'true', 'false', 'null')."""
+    """Turn the JSON of --override (and --grid) into a Python literal, which fire parses faithfully (fire reads JSON's
+    true, false and null as the strings 'true', 'false', 'null')."""
     out = list(argv)
     for i, a in enumerate(out):
-        if a == "--override" and i + 1 < len(out):
+        option = next((o for o in JSON_OPTIONS if a == o or a.startswith(o + "=")), None)
+        if option is None:
+            continue
+        if a == option and i + 1 < len(out):
             j, raw, prefix = i + 1, out[i + 1], ""
-        elif a.startswith("--override="):
-            j, raw, prefix = i, a[len("--override="):], "--override="
+        elif a != option:
+            j, raw, prefix = i, a[len(option) + 1:], option + "="
         else:
             continue
         try:

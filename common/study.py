@@ -122,9 +122,6 @@ class AmatConfig:
             raise ExperimentError(f"{where}: xi must be one of {sorted(XI_RULES)}, not {self.xi!r}.")
         if int(self.attack_steps) != self.attack_steps or self.attack_steps < 1:
             raise ExperimentError(f"{where}: attack_steps must be a whole number >= 1.")
-        if isinstance(self.perturbation_memory, str) and self.perturbation_memory.lower() in ("true", "false"):
-            # fire reads a JSON list given on the command line as Python, where a bare false is the string 'false'
-            self.perturbation_memory = self.perturbation_memory.lower() == "true"
         if self.perturbation_memory not in (None, True, False):
             raise ExperimentError(f"{where}: perturbation_memory must be true, false or left out (the study's "
                                   f"setting), not {self.perturbation_memory!r}.")

@@ -89,9 +89,11 @@ def test_grid_parsing_and_errors(tmp_path):
     # an entry may switch the perturbation memory against the study's setting (a T = 5 cold start among T = 1 runs)
     cold = study.parse_grid('[{"name": "t5", "target_margin": 10, "attack_steps": 5, "perturbation_memory": false}]')
     assert cold[0].margin_args()["perturbation_memory"] is False and cold[0].margin_args()["attack_steps"] == 5
-    # the same list as fire hands it over from the command line (bare words become strings)
-    assert study.parse_grid([{"name": "t5", "target_margin": 10, "perturbation_memory": "false"}])[0] \
-        .perturbation_memory is False
+    # the same list given on the command line: its JSON false reaches the grid as the boolean (fire alone would make
+    # the bare word a string)
+    argv = study.tool._json_override_argv(["--grid", '[{"name": "t5", "perturbation_memory": false}]'])
+    assert argv == ["--grid", "[{'name': 't5', 'perturbation_memory': False}]"]
+    assert study.tool._json_override_argv(["--grid=[null]"]) == ["--grid=[None]"]
     path = tmp_path / "grid.json"
     path.write_text(json.dumps([{"name": "x", "init": "scratch", "margin_rule": "fixed", "expansion_step": 2}]))
     assert study.parse_grid(str(path))[0].run == "amat_x"
