@@ -40,8 +40,8 @@ from typing import Any, Iterable, Mapping
 
 from .io import atomic_write_text
 
-__all__ = ["TASK_FILE", "FAMILIES_DIR", "family_dir", "apply_overlay", "derive_overlay", "derive_task", "render_bundle",
-           "stale_configs"]
+__all__ = ["TASK_FILE", "FAMILIES_DIR", "family_dir", "apply_overlay", "derive_overlay", "derive_task", "format_task",
+           "render_bundle", "stale_configs"]
 
 TASK_FILE = "task.json"
 """The file in a bundle folder that names its family and holds its overlays."""
@@ -173,48 +173,95 @@ def apply_overlay(base: Mapping[str, Any], overlay: Mapping[str, Any], new_keys:
 
 def derive_overlay(base: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[dict, list[str]]:
     """The smallest overlay that turns ``base`` into ``config`` (``apply_overlay(base, overlay, new_keys) ==
-    config``), and the keys it adds. Dicts present in both are compared key by key; any other value that differs
-    (a list, a string) is replaced whole; keys the config lacks are deleted (``"~key": null``)."""
-    overlay: dict[str, Any] = {}
-    new_keys: list[str] = []
+    config``), and the keys it adds. A dict or list that differs is written whole, key by key (dicts),
+    element by element (``"handlers#2#output_transform"``, lists of the same length) or as its elements
+    after the base's (``"+key"``), whichever is shortest; any other value that differs is replaced whole; keys the
+    config lacks are deleted (``"~key": null``)."""
 
-    def walk(b: Mapping[str, Any], c: Mapping[str, Any], prefix: str) -> None:
+    def walk(b: Mapping[Any, Any], c: Mapping[Any, Any], prefix: str) -> tuple[dict[str, Any], list[str]]:
+        overlay: dict[str, Any] = {}
+        new_keys: list[str] = []
         for k, v in c.items():
             key = f"{prefix}{k}"
             if k not in b:
                 overlay[key] = copy.deepcopy(v)
                 new_keys.append(key)
             elif isinstance(b[k], dict) and isinstance(v, dict):
-                walk(b[k], v, f"{key}{_SEP}")
+                options = [walk(b[k], v, f"{key}{_SEP}")]
+                if b[k] != v:
+                    options.append(({key: copy.deepcopy(v)}, []))
+                sub, sub_new = min(options, key=lambda option: len(json.dumps(option[0])))
+                overlay.update(sub)
+                new_keys += sub_new
+            elif isinstance(b[k], list) and isinstance(v, list) and b[k] != v:
+                options = [({key: copy.deepcopy(v)}, [])]
+                if len(v) > len(b[k]) and v[:len(b[k])] == b[k]:
+                    options.append(({f"{_MERGE}{key}": copy.deepcopy(v[len(b[k]):])}, []))
+                elif len(v) == len(b[k]):
+                    options.append(walk(dict(enumerate(b[k])), dict(enumerate(v)), f"{key}{_SEP}"))
+                sub, sub_new = min(options, key=lambda option: len(json.dumps(option[0])))
+                overlay.update(sub)
+                new_keys += sub_new
             elif b[k] != v or type(b[k]) is not type(v):
                 overlay[key] = copy.deepcopy(v)
         for k in b:
             if k not in c:
                 overlay[f"{_DELETE}{prefix}{k}"] = None
+        return overlay, new_keys
 
-    walk(base, config, "")
-    return overlay, new_keys
+    return walk(base, config, "")
 
 
 def derive_task(bundle_dir: str | os.PathLike, family: str) -> dict:
     """A ``task.json`` for a bundle whose configs were written by hand: for every base config of ``family``, the
-    overlay that renders the bundle's config of the same name (:func:`derive_overlay`). Rendering the bundle from it
-    gives back JSON values equal to its configs (``stale_configs`` is empty), so the bundle keeps running as before
-    while what it shares with the family lives once, in the base."""
+    overlay that renders the bundle's config of the same name (:func:`derive_overlay`); what the overlays of the
+    configs that run alone (``train.json``, ``inference.json``) set alike is written once, in ``common``. Rendering
+    the bundle from it gives back JSON values equal to its configs (``stale_configs`` is empty), so the bundle keeps
+    running as before while what it shares with the family lives once, in the base."""
     configs = Path(bundle_dir) / "configs"
-    task: dict[str, Any] = {"family": family, "new_keys": [], "configs": {}}
+    task: dict[str, Any] = {"family": family, "new_keys": [], "common": {}, "configs": {}}
+    own: dict[str, Any] = {}
+    standalone = []
     for base_file in sorted(family_dir(family).iterdir()):
-        own = configs / base_file.name
         if base_file.suffix != ".json":
             continue
-        if not own.is_file():
-            raise ValueError(f"{own} is missing: every config of the {family!r} family ({base_file.name}) needs one.")
-        overlay, added = derive_overlay(json.loads(base_file.read_text(encoding="utf-8")),
-                                        json.loads(own.read_text(encoding="utf-8")))
-        if overlay:
-            task["configs"][base_file.name] = overlay
+        path = configs / base_file.name
+        if not path.is_file():
+            raise ValueError(f"{path} is missing: every config of the {family!r} family ({base_file.name}) needs one.")
+        base = json.loads(base_file.read_text(encoding="utf-8"))
+        own[base_file.name] = json.loads(path.read_text(encoding="utf-8"))
+        overlay, added = derive_overlay(base, own[base_file.name])
+        task["configs"][base_file.name] = overlay
         task["new_keys"] += [k for k in added if k not in task["new_keys"]]
+        if "bundle_root" in base:
+            standalone.append(base_file.name)
+    if len(standalone) > 1:
+        first, *rest = (task["configs"][name] for name in standalone)
+        shared = {k: v for k, v in first.items() if all(k in o and o[k] == v for o in rest)}
+        hoisted = {"family": family, "new_keys": task["new_keys"], "common": shared,
+                   "configs": {n: {k: v for k, v in o.items() if n not in standalone or k not in shared}
+                               for n, o in task["configs"].items()}}
+        if all(_render(hoisted)[n] == own[n] for n in own):  # an overlay whose order matters keeps its keys
+            task = hoisted
+    task["configs"] = {n: o for n, o in task["configs"].items() if o}
+    if not task["common"]:
+        del task["common"]
     return task
+
+
+def format_task(task: Mapping[str, Any]) -> str:
+    """``task.json``'s text: JSON with an indent of 4, its ``new_keys`` filled into lines of 120 characters."""
+    keys = [json.dumps(k, ensure_ascii=False) for k in task.get("new_keys", [])]
+    lines, line = [], ""
+    for k in keys:
+        if line and len(line) + len(k) + 2 > _LINE - 8:
+            lines.append(line + ",")
+            line = ""
+        line = f"{line}, {k}" if line else k
+    placeholder = "\u0000new_keys\u0000"
+    text = _dumps({**task, "new_keys": placeholder} if keys else dict(task))
+    wrapped = "[\n" + "".join(f"        {l}\n" for l in lines + [line]) + "    ]"
+    return text.replace(json.dumps(placeholder), wrapped)
 
 
 def _task(bundle_dir: Path) -> dict | None:
@@ -235,6 +282,19 @@ def _task(bundle_dir: Path) -> dict | None:
     return task
 
 
+def _render(task: Mapping[str, Any]) -> dict[str, Any]:
+    """``{file name: config}`` of every JSON base config of the task's family with the task's overlays applied."""
+    out = {}
+    new_keys = task.get("new_keys", [])
+    for base_file in sorted(family_dir(task["family"]).iterdir()):
+        if base_file.suffix == ".json":
+            config = json.loads(base_file.read_text(encoding="utf-8"))
+            if "bundle_root" in config:
+                config = apply_overlay(config, task.get("common", {}), new_keys)
+            out[base_file.name] = apply_overlay(config, task.get("configs", {}).get(base_file.name, {}), new_keys)
+    return out
+
+
 def rendered_configs(bundle_dir: str | os.PathLike) -> dict[str, str]:
     """The text of every config of a bundle as its ``task.json`` renders it: ``{file name: text}`` ({} without one).
 
@@ -244,18 +304,9 @@ def rendered_configs(bundle_dir: str | os.PathLike) -> dict[str, str]:
     task = _task(Path(bundle_dir))
     if task is None:
         return {}
-    out = {}
-    for base_file in sorted(family_dir(task["family"]).iterdir()):
-        text = base_file.read_text(encoding="utf-8")
-        if base_file.suffix == ".json":
-            config = json.loads(text)
-            new_keys = task.get("new_keys", [])
-            if "bundle_root" in config:
-                config = apply_overlay(config, task.get("common", {}), new_keys)
-            config = apply_overlay(config, task.get("configs", {}).get(base_file.name, {}), new_keys)
-            text = _dumps(config)
-        out[base_file.name] = text
-    return out
+    configs = _render(task)
+    return {f.name: _dumps(configs[f.name]) if f.name in configs else f.read_text(encoding="utf-8")
+            for f in sorted(family_dir(task["family"]).iterdir())}
 
 
 def _same(name: str, a: str, b: str) -> bool:

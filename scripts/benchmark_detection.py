@@ -72,11 +72,11 @@ def make_batch(size: int, batch: int, dataset_dir: str | None) -> tuple[dict, st
 
     root = Path(dataset_dir) if dataset_dir else REAL_BCCD
     if root.is_dir():
-        items, source = voc.load_voc(root, "train", max_images=batch), f"BCCD ({root.resolve()})"
+        items, source = voc.load_voc(root, "train", max_cases=batch), f"BCCD ({root.resolve()})"
     else:
         tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"benchmark_detection_voc_{size}"
         syn = voc.write_synthetic_voc(tmp, num_images=max(2 * batch, 8), image_size=(size, size), seed=0)
-        items, source = voc.load_voc(syn, "train", max_images=batch), "synthetic"
+        items, source = voc.load_voc(syn, "train", max_cases=batch), "synthetic"
     tf = Compose(D.detection_preprocessing((size, size)))
     samples = [tf(it) for it in items]
     for i, s in enumerate(samples):

@@ -9,6 +9,7 @@
         --bundle_dir ~/bundles
     python scripts/bundles.py list --index dist/bundles/index.json
     python scripts/bundles.py render [--check]               # configs/ of bundles with a task.json, from the base
+    python scripts/bundles.py derive BUNDLE                  # its task.json from its configs (a new task)
 
 ``render`` writes the configs of every bundle that has a ``task.json`` (a family's shared base configs in
 ``common/configs/<family>/`` with the bundle's overlays applied, see ``robust_bundles.bundle_configs``); ``--check``
@@ -41,6 +42,7 @@ from typing import Any
 import fire
 
 from robust_bundles import bundle_configs, distribution
+from robust_bundles.io import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -150,9 +152,31 @@ def render(bundles: Any = None, check: bool = False) -> None:
         print(f"{folder.name}: {len(written)} config(s) written" + "".join(f"\n  {w}" for w in written))
 
 
+def derive(bundle: str, family: str = "segmentation") -> None:
+    """Write a bundle's task.json as the smallest overlay of the family's base that renders its current configs.
+
+    For a new task: copy a bundle of the family, edit its configs/*.json until it runs, then derive its task.json
+    (its top-level "_desc_" is kept); from then on edit the task.json and render.
+
+    Args:
+        bundle: a bundle name or folder.
+        family: the config family its configs derive from.
+    """
+    folder = Path(bundle) if Path(bundle).is_dir() else REPO / "bundles" / bundle
+    path = folder / bundle_configs.TASK_FILE
+    old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    task = bundle_configs.derive_task(folder, family)
+    task = {"family": task.pop("family"), **({"_desc_": old["_desc_"]} if "_desc_" in old else {}), **task}
+    text = bundle_configs.format_task(task)
+    atomic_write_text(path, text)
+    print(f"{path}: {len(text.splitlines())} lines; configs match their rendering: "
+          f"{bundle_configs.stale_configs(folder) == []}")
+
+
 def cli(argv: list[str] | None = None) -> int:
     try:
-        fire.Fire({"package": package, "download": download, "list": list_bundles, "render": render},
+        fire.Fire({"package": package, "download": download, "list": list_bundles, "render": render,
+                   "derive": derive},
                   command=sys.argv[1:] if argv is None else argv)
     except (distribution.IntegrityError, FileNotFoundError, FileExistsError, KeyError, ValueError, OSError) as e:
         print(f"bundles.py: error: {e}", file=sys.stderr)

@@ -86,8 +86,9 @@ def test_render_writes_only_what_differs_and_reports_bad_task_files(tmp_path):
 
 
 def test_derive_overlay_inverts_apply_overlay_with_deletions_and_literal_path_keys():
-    base = {"net": {"in": 1, "f": [8, 16], "drop": 0.1}, "slices": {"axis": 2}, "epochs": 5}
-    own = {"net": {"in": 3, "f": [8, 16], "heads": 2}, "epochs": 5, "points": 19}
+    base = {"net": {"in": 1, "f": [8, 16, 32, 64, 128], "drop": 0.1, "norm": "instance"}, "slices": {"axis": 2},
+            "epochs": 5}
+    own = {"net": {"in": 3, "f": [8, 16, 32, 64, 128], "norm": "instance", "heads": 2}, "epochs": 5, "points": 19}
     overlay, new = bc.derive_overlay(base, own)
     assert overlay == {"net#in": 3, "net#heads": 2, "~net#drop": None, "points": 19, "~slices": None}
     assert new == ["net#heads", "points"]
@@ -107,6 +108,30 @@ def test_derive_overlay_inverts_apply_overlay_with_deletions_and_literal_path_ke
         bc.apply_overlay(base, {"~epochs": 1}, new_keys=[])
 
 
+def test_derive_overlay_writes_lists_by_element_or_appended_and_dicts_whole_when_shorter():
+    base = {"handlers": [{"t": "Stats", "out": "first"}, {"t": "TB", "out": "first"}, "@saver"],
+            "run": ["@setup", "$run()"], "inferer": {"_target_": "SlidingWindow", "roi": [64, 64], "overlap": 0.5,
+                                                     "mode": "gaussian"}}
+    own = {"handlers": [{"t": "Stats", "out": "@loss"}, {"t": "TB", "out": "@loss"}, "@saver"],
+           "run": ["@setup", "$run()", "$report()"], "inferer": {"_target_": "Simple"}}
+    overlay, new = bc.derive_overlay(base, own)
+    # two changed fields of a 3-element list: by element; an extended list: "+"; a replaced dict: whole (shorter)
+    assert overlay == {"handlers#0#out": "@loss", "handlers#1#out": "@loss", "+run": ["$report()"],
+                       "inferer": {"_target_": "Simple"}} and new == []
+    assert bc.apply_overlay(base, overlay, new_keys=new) == own
+    # a list whose every element changes is written whole
+    overlay, _ = bc.derive_overlay({"a": [1, 2, 3]}, {"a": [4, 5, 6]})
+    assert overlay == {"a": [4, 5, 6]}
+
+
+def test_format_task_fills_new_keys_into_lines_and_stays_json():
+    task = {"family": "segmentation", "new_keys": [f"key_number_{i}" for i in range(20)], "configs": {}}
+    text = bc.format_task(task)
+    assert json.loads(text) == task
+    lines = text.splitlines()
+    assert len(lines) < 12 and all(len(line) <= 120 for line in lines)
+
+
 def test_derive_task_of_a_bundle_renders_its_configs(tmp_path):
     """A bundle written by hand gets its task.json from derive_task; rendering from it changes none of its configs."""
     bundle = REPO / "bundles" / "cephalometric_xray_landmarks"
@@ -119,6 +144,31 @@ def test_derive_task_of_a_bundle_renders_its_configs(tmp_path):
     (copy / bc.TASK_FILE).write_text(json.dumps(task))
     assert bc.stale_configs(copy) == []
     assert task["configs"]["thresholds.json"] == {"threshold_rule": "mean_std"}
+    # what train.json and inference.json set alike (the network, its size, the image size) is written once
+    assert {"network_def", "image_size", "num_landmarks"} <= set(task["common"])
+    assert "network_def" not in task["configs"]["train.json"] and "network_def" not in task["configs"]["inference.json"]
     # the X-ray bundle's samples come from its own reader, with its own split settings (no MSD label list)
-    assert task["configs"]["train.json"]["samples#_target_"] == "robust_bundles.data.ceph.load_ceph"
-    assert "~samples#expected_labels" in task["configs"]["train.json"]
+    samples = task["configs"]["train.json"]["samples"]
+    assert samples["_target_"] == "robust_bundles.data.ceph.load_ceph" and "expected_labels" not in samples
+
+
+def test_bundles_derive_writes_the_task_json_a_bundle_renders_from(tmp_path):
+    """scripts/bundles.py derive: a bundle whose configs were edited by hand gets the task.json that renders them."""
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "bccd"
+    shutil.copytree(REPO / "bundles" / "bccd_blood_cell_detection", copy,
+                    ignore=shutil.ignore_patterns("models", "runs", "eval", "data"))
+    train = json.loads((copy / "configs" / "train.json").read_text())
+    train["epochs"] = 7  # a hand edit of a rendered config
+    (copy / "configs" / "train.json").write_text(json.dumps(train))
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bundles.py"), "derive", str(copy)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "configs match their rendering: True" in proc.stdout
+    task = json.loads((copy / bc.TASK_FILE).read_text())
+    assert task["configs"]["train.json"]["epochs"] == 7
+    assert task["_desc_"] == json.loads((REPO / "bundles" / "bccd_blood_cell_detection" / bc.TASK_FILE).read_text())["_desc_"]
+    assert bc.stale_configs(copy) == []

@@ -165,7 +165,7 @@ def test_real_isbi2015_copy():
         x, y = item["landmarks"][:, 0], item["landmarks"][:, 1]
         assert (x >= 0).all() and (x <= w - 1).all() and (y >= 0).all() and (y <= h - 1).all(), item["case"]
     assert (w, h) == (1935, 2400)
-    sample = ceph.load_ceph(REAL, "test", max_images=1)[0]
+    sample = ceph.load_ceph(REAL, "test", max_cases=1)[0]
     assert sample["image"].shape == (1, 200, 160) and 0 <= sample["image"].min() < sample["image"].max() <= 1
 
 

@@ -205,7 +205,7 @@ def test_load_voc_assigns_stable_ids_per_split(synthetic):
     # ids depend only on the set of names
     again = voc.load_voc(synthetic, "train")
     assert [(it["name"], it["sample_id"]) for it in again] == [(it["name"], it["sample_id"]) for it in train]
-    assert [it["name"] for it in voc.load_voc(synthetic, "train", max_images=4)] == [it["name"] for it in train[:4]]
+    assert [it["name"] for it in voc.load_voc(synthetic, "train", max_cases=4)] == [it["name"] for it in train[:4]]
     assert len(voc.load_voc(synthetic, "all")) == 20
     with pytest.raises(ValueError, match="Unknown split"):
         voc.load_voc(synthetic, "training")

@@ -365,7 +365,7 @@ def load_ceph(
     image_size: Sequence[int] = (200, 160),
     validation_fraction: float = 1 / 3,
     seed: int = 0,
-    max_images: int | None = None,
+    max_cases: int | None = None,
     pixel_spacing: Sequence[float] | float = PIXEL_SPACING_MM,
     num_landmarks: int = NUM_LANDMARKS,
     annotators: Sequence[str] | None = None,
@@ -378,7 +378,7 @@ def load_ceph(
         image_size: (H, W) of the network input (the paper: 200 x 160).
         validation_fraction: the share of Test1 for validation.
         seed: seed of the Test1 split.
-        max_images: keep the first n images of the split (by case), for quick profiles and tests.
+        max_cases: keep the first n images of the split (by case), for quick profiles and tests.
         pixel_spacing: mm per original pixel, (x, y) or one number.
         num_landmarks: landmarks per image.
         annotators: doctors to average (default all present).
@@ -395,10 +395,10 @@ def load_ceph(
         chosen = split_ceph(items, validation_fraction, seed)[split]
     else:
         raise ValueError(f"split={split!r}: use one of {SPLITS + ('all',)}.")
-    if max_images is not None:
-        if int(max_images) < 1:
-            raise ValueError(f"max_images={max_images}: give a positive number, or None for all images.")
-        chosen = chosen[: int(max_images)]
+    if max_cases is not None:
+        if int(max_cases) < 1:
+            raise ValueError(f"max_cases={max_cases}: give a positive number, or None for all images.")
+        chosen = chosen[: int(max_cases)]
     if not chosen:
         raise ValueError(f"The {split!r} split of {dataset_dir} is empty: check the dataset's sets ({SETS}).")
     spacing = np.broadcast_to(np.asarray(pixel_spacing, dtype=np.float32), (2,)).copy()

@@ -319,7 +319,7 @@ def load_voc(
     classes: Sequence[str] = BCCD_CLASSES,
     seed: int = 0,
     test_fraction: float = 0.5,
-    max_images: int | None = None,
+    max_cases: int | None = None,
     check_images: bool = True,
 ) -> list[dict]:
     """The datalist of one split, with stable sample ids (the entry point for bundle configs).
@@ -330,7 +330,7 @@ def load_voc(
         classes: class names (label = index).
         seed: seed of the test split.
         test_fraction: fraction of the validation list that becomes the test set.
-        max_images: keep the first n images of the split (sorted by name), for quick profiles; None keeps all.
+        max_cases: keep the first n images of the split (sorted by name), for quick profiles; None keeps all.
         check_images: check every image's size against its XML.
 
     Returns:
@@ -343,10 +343,10 @@ def load_voc(
         names = voc_splits(dataset_dir, classes, seed, test_fraction)[split]
     else:
         raise ValueError(f"Unknown split {split!r}; use one of {list(SPLITS) + ['all']}.")
-    if max_images is not None:
-        if int(max_images) < 1:
-            raise ValueError(f"max_images={max_images}: give at least 1, or None for every image.")
-        names = names[: int(max_images)]
+    if max_cases is not None:
+        if int(max_cases) < 1:
+            raise ValueError(f"max_cases={max_cases}: give at least 1, or None for every image.")
+        names = names[: int(max_cases)]
     items = read_voc_datalist(dataset_dir, names, classes, check_images)
     items, _ = assign_sample_ids(items, key_fields=("name",))
     n_boxes = sum(len(it["labels"]) for it in items)
