@@ -50,7 +50,7 @@ from typing import Any, Mapping, Sequence
 import fire
 
 from . import layout, methods, report
-from .bundle import unknown_override_errors
+from .command_line import unknown_override_errors
 from .finetune import INIT_RECORD
 from .io import atomic_write_json
 
@@ -608,6 +608,38 @@ class Experiment:
         record.update(status="done", finished=time.strftime("%Y-%m-%d %H:%M:%S"))
         atomic_write_json(self.record_file(stage), record)
 
+    def report_target(self) -> str:
+        """What a report stage writes, for the dry run."""
+        return f"robust_bundles.report.write_report -> {self.output_root / REPORT_DIR}"
+
+    def run_plan(self, plan: list[tuple[Stage, str, str]], t0: float, dry_run: bool = False) -> None:
+        """Run the stages of a plan in order (the one loop of the experiment and the study): skip what is done or
+        was made meanwhile by another process on the same output root, print progress with times; with
+        ``dry_run``, print the commands instead."""
+        n = len(plan)
+        if dry_run:
+            print(f"\nDry run: commands, in {self.bundle}:")
+            for i, (s, action, _) in enumerate(plan, 1):
+                prefix = f"[{i}/{n}] {s.name}" + (" (skip)" if action == "skip" else "")
+                print(f"{prefix}: {self.report_target()}" if s.kind == "report" else
+                      f"{prefix}:\n  {shlex.join(self.command(s, resume=action == 'resume'))}")
+            return
+        missing = self.missing_at_plan(plan)
+        for i, (s, action, reason) in enumerate(plan, 1):
+            if action == "skip":
+                print(f"[{i}/{n}] skip {s.name}: {reason}")
+                continue
+            if s.name in missing and self.done_meanwhile(s):  # e.g. two studies sharing an output root, one per core
+                print(f"[{i}/{n}] skip {s.name}: {s.output} was made meanwhile (by another process)", flush=True)
+                continue
+            what = "resume" if action == "resume" else "run"
+            log = "" if s.kind == "report" else f"; log {self.log_file(s)}"
+            print(f"\n[{i}/{n}] {s.name} ... ({what}: {reason}{log})", flush=True)
+            ts = time.time()
+            self.run_stage(s, resume=action == "resume")
+            print(f"[{i}/{n}] {s.name} done in {fmt_time(time.time() - ts)} "
+                  f"(total {fmt_time(time.time() - t0)})", flush=True)
+
     def _subprocess(self, stage: Stage, cmd: list[str]) -> None:
         log = self.log_file(stage)
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -737,32 +769,9 @@ def main(
                      inits={"AMAT": amat_init, "VAT": vat_init, "TEAT": teat_init}, finetune_epochs=finetune_epochs)
     plan = exp.plan(stages, force)
     print_plan(exp, plan)
-    n = len(plan)
+    exp.run_plan(plan, t0, dry_run)
     if dry_run:
-        print(f"\nDry run: commands, in {exp.bundle}:")
-        for i, (s, action, _) in enumerate(plan, 1):
-            prefix = f"[{i}/{n}] {s.name}" + (" (skip)" if action == "skip" else "")
-            if s.kind == "report":
-                print(f"{prefix}: robust_bundles.report.write_report -> {exp.output_root / REPORT_DIR}")
-            else:
-                print(f"{prefix}:\n  {shlex.join(exp.command(s, resume=action == 'resume'))}")
         return
-
-    missing = exp.missing_at_plan(plan)
-    for i, (s, action, reason) in enumerate(plan, 1):
-        if action == "skip":
-            print(f"[{i}/{n}] skip {s.name}: {reason}")
-            continue
-        if s.name in missing and exp.done_meanwhile(s):
-            print(f"[{i}/{n}] skip {s.name}: {s.output} was made meanwhile (by another process)", flush=True)
-            continue
-        what = "resume" if action == "resume" else "run"
-        log = "" if s.kind == "report" else f"; log {exp.log_file(s)}"
-        print(f"\n[{i}/{n}] {s.name} ... ({what}: {reason}{log})", flush=True)
-        ts = time.time()
-        exp.run_stage(s, resume=action == "resume")
-        print(f"[{i}/{n}] {s.name} done in {fmt_time(time.time() - ts)} "
-              f"(total {fmt_time(time.time() - t0)})", flush=True)
 
     report_dir = exp.output_root / REPORT_DIR
     if (report_dir / "results.md").is_file() and any(s.kind == "report" for s, _, _ in plan):

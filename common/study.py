@@ -51,7 +51,6 @@ import io
 import json
 import math
 import resource
-import shlex
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -399,6 +398,9 @@ class Study(tool.Experiment):
         if stage.kind != "report":  # a resumed training adds to the CPU time of its earlier part
             record["cpu_seconds"] = cpu + (float(record.get("cpu_seconds", 0.0)) if resume else 0.0)
             atomic_write_json(self.record_file(stage), record)
+
+    def report_target(self) -> str:
+        return f"robust_bundles.study: the analysis -> {self.output_root / STUDY_DIR}"
 
     def write_report(self) -> dict[str, Path]:
         if self._stage is not None and self._stage.name == "test_report":
@@ -831,24 +833,7 @@ def _run_plan(study: Study, stages: Any, force: Any, dry_run: bool, t0: float) -
         return  # none of the selected stages belongs to this phase
     plan = study.plan(wanted, force)
     tool.print_plan(study, plan)
-    n = len(plan)
-    missing = study.missing_at_plan(plan)
-    for i, (s, action, reason) in enumerate(plan, 1):
-        if dry_run:
-            if s.kind != "report":
-                print(f"[{i}/{n}] {s.name}{' (skip)' if action == 'skip' else ''}:\n  "
-                      f"{shlex.join(study.command(s, resume=action == 'resume'))}")
-            continue
-        if action == "skip":
-            continue
-        if s.name in missing and study.done_meanwhile(s):  # two studies sharing an output root, e.g. one per core
-            print(f"[{i}/{n}] skip {s.name}: {s.output} was made meanwhile (by another process)", flush=True)
-            continue
-        print(f"\n[{i}/{n}] {s.name} ... ({action}: {reason})", flush=True)
-        ts = time.time()
-        study.run_stage(s, resume=action == "resume")
-        print(f"[{i}/{n}] {s.name} done in {tool.fmt_time(time.time() - ts)} "
-              f"(total {tool.fmt_time(time.time() - t0)})", flush=True)
+    study.run_plan(plan, t0, dry_run)
 
 
 def cli(argv: list[str] | None = None) -> int:
