@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -37,6 +38,7 @@ from .perturbation_memory import PerturbationMemory
 
 __all__ = [
     "AdversarialIteration",
+    "StepInfo",
     "VATIteration",
     "TEATIteration",
     "AMATIteration",
@@ -64,6 +66,33 @@ def _terms_and_total(loss_fn: Any, pred: Any, target: Any) -> tuple[torch.Tensor
     """(B, K) terms and (B,) weighted total of a loss."""
     terms = per_sample_terms(loss_fn, pred, target)
     return terms, weighted_total(loss_fn, terms)
+
+
+@dataclass
+class StepInfo:
+    """What one adversarial training iteration knows about its batch, passed from hook to hook.
+
+    :meth:`AdversarialIteration.adversarial` fills the attack's part, :meth:`AdversarialIteration.objective` the
+    adversarial forward pass's, a method's :meth:`AdversarialIteration.objective` its verdicts (AMAT: ``robust``);
+    :meth:`AdversarialIteration.after_step` reads them after the optimizer step.
+
+    Attributes:
+        eps: (B,) noise level of each sample's attack.
+        norms: (B,) norm of each sample's perturbation.
+        robust_path: (B, K) per-term robustness test of the attack's iterates (AMAT's xi test on the path), or None.
+        memory_stats: figures of the perturbation memory for the logs (``memory_hit_fraction``).
+        terms_adv: (B, K) loss terms of the adversarial inputs (detached).
+        pred_adv: the network's output for the adversarial inputs.
+        robust: (B,) the method's verdict per sample (AMAT: every term under its threshold on the path and at x_adv).
+    """
+
+    eps: torch.Tensor
+    norms: torch.Tensor
+    robust_path: torch.Tensor | None = None
+    memory_stats: dict = field(default_factory=dict)
+    terms_adv: torch.Tensor | None = None
+    pred_adv: Any = None
+    robust: torch.Tensor | None = None
 
 
 class AdversarialIteration:
@@ -130,18 +159,18 @@ class AdversarialIteration:
         return {} if warm is None else {"warm_start": warm}
 
     # -- hooks -----------------------------------------------------------------------------------------------------
-    def adversarial(self, engine, inputs, targets, ids, forward) -> tuple[torch.Tensor, dict]:  # pragma: no cover
+    def adversarial(self, engine, inputs, targets, ids, forward) -> tuple[torch.Tensor, StepInfo]:  # pragma: no cover
         raise NotImplementedError
 
-    def objective(self, engine, inputs, targets, x_adv, ids, info, forward) -> tuple[torch.Tensor, Any, dict]:
+    def objective(self, engine, inputs, targets, x_adv, ids, info: StepInfo, forward) -> tuple[torch.Tensor, Any, dict]:
         """Training loss, the prediction to report, and per-batch figures."""
         loss_fn = engine.loss_function
         stats: dict[str, float] = {}
         pred_adv = forward(x_adv)
         terms_adv, total_adv = _terms_and_total(loss_fn, pred_adv, targets)
         check_terms(terms_adv, getattr(loss_fn, "term_names", ()))
-        info["terms_adv"] = terms_adv.detach()
-        info["pred_adv"] = pred_adv
+        info.terms_adv = terms_adv.detach()
+        info.pred_adv = pred_adv
         loss = (1 - self.beta) * total_adv.mean()
         stats["loss_adv"] = float(total_adv.detach().mean())
         pred = pred_adv
@@ -154,7 +183,7 @@ class AdversarialIteration:
             pred = pred_clean
         return loss, pred, stats
 
-    def after_step(self, engine, ids, info) -> dict:
+    def after_step(self, engine, ids, info: StepInfo) -> dict:
         return {}
 
     # -- the iteration ---------------------------------------------------------------------------------------------
@@ -210,9 +239,9 @@ class AdversarialIteration:
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             engine.optimizer.step()
         stats.update(self.after_step(engine, ids, info))
-        stats.update(info.get("memory_stats", {}))
-        stats["eps_mean"] = float(info.get("eps", torch.zeros(1)).float().mean())
-        stats["perturbation_norm_mean"] = float(info.get("norms", torch.zeros(1)).float().mean())
+        stats.update(info.memory_stats)
+        stats["eps_mean"] = float(info.eps.float().mean())
+        stats["perturbation_norm_mean"] = float(info.norms.float().mean())
         engine.state.adversarial = stats
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
@@ -248,8 +277,8 @@ class VATIteration(AdversarialIteration):
             **self._warm(ids, self.eps, inputs),
         )
         memory_stats = self.remember(engine, ids, res.x_adv - inputs, self.eps)
-        return res.x_adv, {"norms": res.norms, "eps": torch.full((inputs.shape[0],), self.eps),
-                           "memory_stats": memory_stats}
+        return res.x_adv, StepInfo(eps=torch.full((inputs.shape[0],), self.eps), norms=res.norms,
+                                   memory_stats=memory_stats)
 
 
 _ACTIVATIONS = ("softmax", "sigmoid", "none")
@@ -477,7 +506,7 @@ class TEATIteration(VATIteration):
                 self.ensemble.update(*gather_first_visits(self._visits, engine.state.epoch, ids,
                                                           self._act(engine, clean)))
             target, seen = self.ensemble.targets(ids, device=inputs.device)
-            adv = self._act(engine, info["pred_adv"])
+            adv = self._act(engine, info.pred_adv)
             per_sample = ((adv - target) ** 2).flatten(1).mean(1) * seen.float()
             consistency = per_sample.mean()
             stats["teat_consistency"] = float(consistency.detach())
@@ -558,7 +587,7 @@ class AMATIteration(AdversarialIteration):
             **self._warm(ids, eps, inputs),
         )
         memory_stats = self.remember(engine, ids, res.x_adv - inputs, eps)
-        return res.x_adv, {"norms": res.norms, "eps": eps, "robust_path": res.robust, "memory_stats": memory_stats}
+        return res.x_adv, StepInfo(eps=eps, norms=res.norms, robust_path=res.robust, memory_stats=memory_stats)
 
     def objective(self, engine, inputs, targets, x_adv, ids, info, forward):
         if self.xi.numel() != getattr(engine.loss_function, "num_terms", self.xi.numel()):
@@ -568,16 +597,16 @@ class AMATIteration(AdversarialIteration):
             )
         loss, pred, stats = super().objective(engine, inputs, targets, x_adv, ids, info, forward)
         with torch.no_grad():
-            final = self._test_terms(engine, info["pred_adv"], targets) <= self.xi.to(inputs.device)
-        robust = final if info.get("robust_path") is None else final & info["robust_path"]
-        info["robust"] = robust.all(1)
+            final = self._test_terms(engine, info.pred_adv, targets) <= self.xi.to(inputs.device)
+        robust = final if info.robust_path is None else final & info.robust_path
+        info.robust = robust.all(1)
         return loss, pred, stats
 
     def after_step(self, engine, ids, info):
-        robust = info["robust"]
+        robust = info.robust
         if self._visits is None and is_distributed():
             self._visits = FirstVisits(len(self.margins))
         all_ids, all_robust, all_norms = gather_first_visits(self._visits, engine.state.epoch, ids, robust,
-                                                             info["norms"])
+                                                             info.norms)
         self.margins.record(all_ids, all_robust, all_norms, epoch=engine.state.epoch)
         return {"robust_fraction": float(robust.float().mean())}

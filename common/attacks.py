@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from .losses import check_terms, per_sample_terms
+from .thresholds import ThresholdTest
 
 __all__ = [
     "AttackResult",
@@ -309,7 +310,8 @@ def perturb(
             the cube.
         clamp: (min, max) valid value range of the input, either side may be None; None for no clamp (z-scored MRI).
             ``x`` must lie inside it (a ValueError otherwise): clamping an input outside would move it even at eps 0.
-        thresholds: xi, a (K,) tensor of per-term thresholds for the robustness test; None to skip it.
+        thresholds: xi, a (K,) tensor of per-term thresholds for AMAT's robustness test on the iterates
+            (:class:`robust_bundles.thresholds.ThresholdTest`); None to skip it.
         check: "path" tests every iterate (start, every step, and x_adv when ``final_check``); "final" tests x_adv only.
         final_check: run one more forward pass on x_adv to test it (and report its loss). The AMAT training
             iteration sets False and tests x_adv with its own training forward pass.
@@ -346,9 +348,8 @@ def perturb(
         raise ValueError("Give a model or a forward callable.")
     module = model if isinstance(model, nn.Module) else None
     lo, hi = clamp if clamp is not None else (None, None)
-    xi = None
-    if thresholds is not None:
-        xi = torch.as_tensor(thresholds, dtype=torch.float32, device=x.device).flatten()
+    names = getattr(loss_fn, "term_names", ())
+    test = ThresholdTest(thresholds, test_fn, names) if thresholds is not None else None
     x0 = x.detach()
     if lo is not None or hi is not None:
         _check_clamp_range(x0, lo, hi)
@@ -358,30 +359,15 @@ def perturb(
             xa = xa.clamp(min=lo, max=hi)
         return xa
 
-    def evaluate(xa: torch.Tensor, need_grad: bool):
+    def evaluate(xa: torch.Tensor, need_grad: bool, tested: bool):
         ctx = torch.autocast(device_type=x.device.type) if amp else contextlib.nullcontext()
         with ctx, torch.set_grad_enabled(need_grad):
             out = fwd(xa)
             t = per_sample_terms(loss_fn, out, y).float()
-        if xi is not None and test_fn is not None:
-            with torch.no_grad():
-                tested = test_fn(out, y).float()
-        else:
-            tested = t
-        return t, tested
-
-    robust = None
-    names = getattr(loss_fn, "term_names", ())
-
-    def update_robust(t: torch.Tensor, robust):
-        if xi is None:
-            return robust
-        if t.shape[1] != xi.numel():
-            raise ValueError(
-                f"The loss has {t.shape[1]} term(s) {list(names)} but {xi.numel()} threshold(s) were given."
-            )
-        ok = t.detach() <= xi
-        return ok if robust is None else robust & ok
+        check_terms(t, names)
+        if test is not None and tested:
+            test.observe(out, y, t)
+        return t
 
     delta = _initial_delta(x0, eps_t, norm, random_start, start_radius, warm_start, generator)
     if not random_start and steps == 0 and warm_start is None:
@@ -394,10 +380,7 @@ def perturb(
     with preserve_model_state(module, train), _attack_passes():
         for _ in range(steps):
             xa = x_adv.clone().requires_grad_(True)
-            terms, tested = evaluate(xa, need_grad=True)
-            check_terms(terms, names)
-            if check == "path":
-                robust = update_robust(tested, robust)
+            terms = evaluate(xa, need_grad=True, tested=check == "path")
             total = (terms * _term_weights(loss_fn, terms.shape[1], x.device)).sum()
             # A model whose output ignores the input (gradient masking) must be counted in zero_grad_steps, not crash.
             grad = torch.autograd.grad(total, xa, allow_unused=True)[0] if total.requires_grad else None
@@ -408,12 +391,8 @@ def perturb(
             x_adv = clamp_(x0 + delta).detach()
             last_terms = terms.detach()
         if final_check:
-            terms, tested = evaluate(x_adv, need_grad=False)
-            check_terms(terms, names)
-            robust = update_robust(tested, robust)
-            last_terms = terms.detach()
-    if xi is not None and check == "final" and not final_check:
-        robust = None  # the caller tests x_adv itself
+            last_terms = evaluate(x_adv, need_grad=False, tested=True).detach()
+    robust = test.robust if test is not None else None  # check "final" without final_check: the caller tests x_adv
     return AttackResult(
         x_adv=x_adv.detach(),
         norms=batch_norms(x_adv - x0, norm),

@@ -17,13 +17,16 @@ loads them with ``weights_only=True``.
 from __future__ import annotations
 
 import logging
+import os
 import random
+import re
+from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
 
-__all__ = ["RandomStates", "ValidationState"]
+__all__ = ["RandomStates", "ValidationState", "latest_checkpoint"]
 
 logger = logging.getLogger("robust_bundles.checkpointing")
 
@@ -139,3 +142,54 @@ class ValidationState:
         ckpt = self._key_checkpoint()
         if ckpt is not None:
             ckpt.load_state_dict({"_saved": [(p, f) for p, f in state["saved"]]})
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike, final_name: str = "checkpoint.pt") -> str:
+    """The checkpoint to resume from: the newest readable one of ``final_name`` and the ``*epoch=N.pt`` files.
+
+    Checkpoints are ordered by the epoch stored in them (the file name's N for epoch checkpoints); a file that cannot
+    be read (e.g. truncated by a crash while an older version of the saver wrote it) is skipped with a warning, so a
+    resume falls back to the previous complete checkpoint.
+
+    Raises:
+        FileNotFoundError: no readable checkpoint in ``ckpt_dir``; the message names the folder and the fix.
+    """
+    d = Path(ckpt_dir)
+    candidates: list[tuple[int, int, Path]] = []
+    unreadable: list[str] = []
+    if d.is_dir():
+        for f in d.glob("*.pt"):
+            m = re.search(r"epoch=(\d+)", f.name)
+            if m is None and f.name != final_name:
+                continue
+            epoch = _epoch_of(f)
+            if epoch is None:
+                unreadable.append(f.name)
+                continue
+            candidates.append((epoch, int(f.name == final_name), f))
+    for name in sorted(unreadable):
+        logger.warning(
+            f"{d / name} cannot be read (damaged or not a training checkpoint): not resuming from it"
+        )
+    if not candidates:
+        found = f" ({', '.join(sorted(unreadable))} cannot be read)" if unreadable else ""
+        raise FileNotFoundError(
+            f"No checkpoint to resume from in {d}{found}: train first (without --resume), or point --ckpt_dir to the "
+            f"run."
+        )
+    return str(max(candidates, key=lambda c: (c[0], c[1]))[2])
+
+
+
+def _epoch_of(path: Path) -> int | None:
+    """The epoch a training checkpoint was saved at, or None when it cannot be read or holds no trainer state."""
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        state = sd["trainer"]
+        if "epoch" in state:
+            return int(state["epoch"])
+        # an ignite Engine.state_dict() holds the iteration and the epoch length, not the epoch
+        return int(state["iteration"]) // max(int(state["epoch_length"]), 1)
+    except Exception:
+        return None
+

@@ -436,3 +436,37 @@ def load_thresholds(
     """
     names = getattr(loss, "term_names", None) if loss is not None else None
     return Thresholds.load(path, expected_terms=names).as_tensor(device=device)
+
+
+class ThresholdTest:
+    """AMAT's robustness test on the iterates an attack visits: a sample is robust while every loss term stays at or
+    under its threshold xi_k (Ma & Liang, section 2.2). The attack (:func:`robust_bundles.attacks.perturb`) calls
+    :meth:`observe` on each iterate it tests; :attr:`robust` is the (B, K) verdict so far, None before any.
+
+    Args:
+        thresholds: xi, (K,) per-term thresholds.
+        test_fn: ``test_fn(output, y) -> (B, K)`` terms to test when they differ from the attack objective's (e.g. the
+            main output of a deep-supervision network); None tests the objective's terms.
+        term_names: the loss's term names, for the error of a count mismatch.
+    """
+
+    def __init__(self, thresholds: torch.Tensor | Sequence[float], test_fn: Any = None,
+                 term_names: Sequence[str] = ()) -> None:
+        self.xi = torch.as_tensor(thresholds, dtype=torch.float32).flatten()
+        self.test_fn = test_fn
+        self.term_names = tuple(term_names)
+        self.robust: torch.Tensor | None = None
+
+    def observe(self, output: Any, y: Any, terms: torch.Tensor) -> None:
+        """Test one iterate: ``output`` of the network, label ``y``, the objective's (B, K) ``terms``."""
+        if self.test_fn is not None:
+            with torch.no_grad():
+                terms = self.test_fn(output, y).float()
+        xi = self.xi.to(terms.device)
+        if terms.shape[1] != xi.numel():
+            raise ValueError(
+                f"The loss has {terms.shape[1]} term(s) {list(self.term_names)} but {xi.numel()} threshold(s) were "
+                f"given."
+            )
+        ok = terms.detach() <= xi
+        self.robust = ok if self.robust is None else self.robust & ok

@@ -485,3 +485,12 @@ def test_real_hippocampus_train_slices():
     assert all(s["image"].ndim == 3 and s["image"].shape[0] == 1 for s in slices)
     assert not cases & set(msd.split_cases(
         [item["case"] for item in msd.read_msd_datalist(REAL_HIPPOCAMPUS)])["test"])
+
+
+def test_first_cases_keeps_the_first_n_and_refuses_below_one():
+    from robust_bundles.data.splits import first_cases
+
+    assert first_cases(["a", "b", "c"], 2) == ["a", "b"]
+    assert first_cases(("a", "b"), None) == ["a", "b"] and first_cases(["a"], 5) == ["a"]
+    with pytest.raises(ValueError, match="max_cases=0: give a positive number of images"):
+        first_cases(["a"], 0, "images")

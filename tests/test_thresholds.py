@@ -272,3 +272,20 @@ def test_handler_refuses_empty_run_and_bad_rule(tmp_path):
     with pytest.raises(ValueError, match="collected no sample"):
         handler.complete(FakeEngine())
     assert not (tmp_path / "xi.json").exists()
+
+
+def test_threshold_test_ands_the_verdicts_of_every_observed_iterate():
+    from robust_bundles.thresholds import ThresholdTest
+
+    test = ThresholdTest([0.2, 0.4], term_names=("dice", "ce"))
+    assert test.robust is None
+    test.observe(None, None, torch.tensor([[0.1, 0.5], [0.3, 0.2], [0.2, 0.4]]))
+    assert test.robust.tolist() == [[True, False], [False, True], [True, True]]  # "at or under" xi
+    test.observe(None, None, torch.tensor([[0.1, 0.1], [0.1, 0.1], [0.25, 0.1]]))
+    assert test.robust.tolist() == [[True, False], [False, True], [False, True]]  # once broken, broken
+    # test_fn: the tested terms come from the output, not the objective's terms
+    main_only = ThresholdTest([1.0], test_fn=lambda out, y: out[:, :1])
+    main_only.observe(torch.tensor([[0.5, 9.0], [2.0, 0.0]]), None, torch.zeros(2, 2))
+    assert main_only.robust.tolist() == [[True], [False]]
+    with pytest.raises(ValueError, match=r"The loss has 3 term\(s\) \['dice', 'ce'\] but 2 threshold\(s\)"):
+        ThresholdTest([0.2, 0.4], term_names=("dice", "ce")).observe(None, None, torch.zeros(1, 3))

@@ -37,9 +37,10 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from ..bundle import announce_synthetic, mark_synthetic
 from ..io import atomic_write, atomic_write_text, decompression_bomb_message
 from ..transforms import assign_sample_ids, datalist_digest, refuse_uninformative
+from .splits import first_cases
+from .synthetic import announce_synthetic, mark_synthetic
 
 __all__ = [
     "LANDMARK_NAMES",
@@ -395,10 +396,7 @@ def load_ceph(
         chosen = split_ceph(items, validation_fraction, seed)[split]
     else:
         raise ValueError(f"split={split!r}: use one of {SPLITS + ('all',)}.")
-    if max_cases is not None:
-        if int(max_cases) < 1:
-            raise ValueError(f"max_cases={max_cases}: give a positive number, or None for all images.")
-        chosen = chosen[: int(max_cases)]
+    chosen = first_cases(chosen, max_cases, "images")
     if not chosen:
         raise ValueError(f"The {split!r} split of {dataset_dir} is empty: check the dataset's sets ({SETS}).")
     spacing = np.broadcast_to(np.asarray(pixel_spacing, dtype=np.float32), (2,)).copy()

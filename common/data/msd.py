@@ -33,10 +33,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ..bundle import require_file
 from ..io import atomic_write_text
 from ..transforms import assign_sample_ids, datalist_digest
 from .nifti import NIFTI_SUFFIXES, load_volume_pair, zscore
-from .splits import SPLITS, _check_fractions, split_cases
+from .splits import SPLITS, _check_fractions, first_cases, split_cases
 
 __all__ = [
     "read_msd_datalist",
@@ -284,10 +285,7 @@ def _select_cases(
         chosen = split_cases(list(by_case), fractions, seed)[split]
     else:
         raise ValueError(f"split={split!r}: use one of {SPLITS + ('all',)}.")
-    if max_cases is not None:
-        if int(max_cases) < 1:
-            raise ValueError(f"max_cases={max_cases}: give a positive number of cases, or None for all of them.")
-        chosen = chosen[: int(max_cases)]
+    chosen = first_cases(chosen, max_cases)
     return [by_case[c] for c in chosen]
 
 
@@ -400,3 +398,57 @@ def foreground_only(slices: list[dict]) -> list[dict]:
     attacks on the others costs time and changes nothing.
     """
     return [s for s in slices if np.asarray(s["label"]).max() > 0]
+
+
+_NIFTI = (".nii.gz", ".nii")
+
+
+def image_datalist(source: Any) -> list[dict]:
+    """The ``[{"image": path}, ...]`` list of an inference run, from a folder or a list of paths or dicts.
+
+    Args:
+        source: a folder (every ``*.nii.gz`` and ``*.nii`` file in it, sorted; macOS ``._`` files skipped), or a list
+            of image paths or of dicts with an ``"image"`` path.
+
+    Returns:
+        One dict per image, with the path as a string (other keys of given dicts are kept).
+
+    Raises:
+        FileNotFoundError: the folder or a listed image does not exist, or the folder holds no NIfTI file.
+        ValueError: a list item is neither a path nor a dict with an "image" path.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        folder = Path(source).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"The input folder {folder} does not exist: set --input_dir to a folder of NIfTI images (.nii.gz), "
+                f"or give --datalist \"[{{'image': 'path/to/image.nii.gz'}}]\"."
+            )
+        files = sorted(
+            f for f in folder.iterdir() if f.name.endswith(_NIFTI) and not f.name.startswith("._") and f.is_file()
+        )
+        if not files:
+            raise FileNotFoundError(
+                f"The input folder {folder} holds no NIfTI image (*.nii.gz, *.nii): set --input_dir to a folder of "
+                f"images, or give --datalist."
+            )
+        return [{"image": str(f)} for f in files]
+    if not isinstance(source, (list, tuple)):
+        raise ValueError(
+            f"The inference input {source!r} is neither a folder nor a list: give --input_dir FOLDER or "
+            f"--datalist \"[{{'image': 'path/to/image.nii.gz'}}]\"."
+        )
+    items = []
+    for index, item in enumerate(source):
+        if isinstance(item, (str, os.PathLike)):
+            item = {"image": item}
+        if not (isinstance(item, dict) and isinstance(item.get("image"), (str, os.PathLike))):
+            raise ValueError(
+                f"Item {index} of the inference datalist is {item!r}: each item is an image path or a dict "
+                f"{{'image': path}}."
+            )
+        require_file(item["image"], "input image", "fix the path in --datalist, or use --input_dir FOLDER")
+        items.append({**item, "image": str(item["image"])})
+    if not items:
+        raise ValueError("The inference datalist is empty: give --input_dir FOLDER, or images in --datalist.")
+    return items

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["SPLITS", "split_cases"]
+__all__ = ["SPLITS", "split_cases", "first_cases"]
 
 #: The names of the splits made by :func:`split_cases`, in order.
 SPLITS = ("train", "validation", "test")
@@ -81,3 +81,15 @@ def split_cases(
     bounds = np.cumsum([0, *counts])
     return {split: sorted(shuffled[bounds[i] : bounds[i + 1]]) for i, split in enumerate(SPLITS)}
 
+
+def first_cases(cases: Sequence, max_cases: int | None, what: str = "cases") -> list:
+    """The first ``max_cases`` of a split's ``cases`` (all of them for None), for quick profiles and tests.
+
+    Raises:
+        ValueError: ``max_cases`` is below 1.
+    """
+    if max_cases is None:
+        return list(cases)
+    if int(max_cases) < 1:
+        raise ValueError(f"max_cases={max_cases}: give a positive number of {what}, or None for all of them.")
+    return list(cases)[: int(max_cases)]

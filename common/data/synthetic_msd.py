@@ -19,9 +19,9 @@ from typing import Sequence
 import nibabel as nib
 import numpy as np
 
-from ..bundle import announce_synthetic, is_synthetic, mark_synthetic
 from ..io import atomic_write_text
 from .nifti import _atomic_save_nifti
+from .synthetic import announce_synthetic, is_synthetic, mark_synthetic
 
 __all__ = ["write_synthetic_msd", "synthetic_default", "MSD_TASKS"]
 

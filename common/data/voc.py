@@ -37,9 +37,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..bundle import announce_synthetic, mark_synthetic
 from ..io import atomic_write, atomic_write_text, decompression_bomb_message
 from ..transforms import assign_sample_ids, datalist_digest
+from .splits import first_cases
+from .synthetic import announce_synthetic, mark_synthetic
 
 __all__ = [
     "BCCD_CLASSES",
@@ -343,10 +344,7 @@ def load_voc(
         names = voc_splits(dataset_dir, classes, seed, test_fraction)[split]
     else:
         raise ValueError(f"Unknown split {split!r}; use one of {list(SPLITS) + ['all']}.")
-    if max_cases is not None:
-        if int(max_cases) < 1:
-            raise ValueError(f"max_cases={max_cases}: give at least 1, or None for every image.")
-        names = names[: int(max_cases)]
+    names = first_cases(names, max_cases, "images")
     items = read_voc_datalist(dataset_dir, names, classes, check_images)
     items, _ = assign_sample_ids(items, key_fields=("name",))
     n_boxes = sum(len(it["labels"]) for it in items)

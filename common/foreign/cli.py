@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script."""
     import fire
 
-    from ..bundle import explain_errors
+    from ..errors import explain_errors
 
     explain_errors()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s", stream=sys.stdout)

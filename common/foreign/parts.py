@@ -100,7 +100,7 @@ def load_parser(bundle_dir: str | os.PathLike, config_file: str | Sequence[str] 
     """
     from monai.bundle import ConfigParser
 
-    from ..bundle import unknown_override_errors
+    from ..command_line import unknown_override_errors
 
     root = Path(bundle_dir)
     if not (root / "configs").is_dir():

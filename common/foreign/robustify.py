@@ -200,7 +200,7 @@ def robustify(
         "robust#alpha": float(alpha), "train#trainer#max_epochs": int(epochs),
     }
     if resume:
-        from ..bundle import latest_checkpoint
+        from ..checkpointing import latest_checkpoint
 
         settings["robust#resume_from"] = latest_checkpoint(out)
         info["resumed_from"] = settings["robust#resume_from"]
@@ -235,7 +235,7 @@ def robustify(
     # refuse unknown ids before the run (ConfigParser of the stacked files)
     stacked = ConfigParser()
     stacked.read_config(files)
-    from ..bundle import unknown_override_errors
+    from ..command_line import unknown_override_errors
 
     problems = unknown_override_errors(stacked.get(), list(run_overrides))
     if problems:

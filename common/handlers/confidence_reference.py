@@ -9,8 +9,8 @@ from typing import Any, Callable, Mapping
 
 from ignite.engine import Engine, Events
 
-from ..bundle import is_synthetic
 from ..confidence import REFERENCE_FILE, ConfidenceReference
+from ..data.synthetic import is_synthetic
 from .task_metric import engine_pred_and_batch
 
 __all__ = ["ConfidenceReferenceSaver"]

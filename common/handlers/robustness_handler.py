@@ -46,7 +46,7 @@ from ignite.engine import Engine, Events
 from monai.data import list_data_collate
 
 from ..attacks import Attack, gradient_masking_warning
-from ..bundle import is_synthetic
+from ..data.synthetic import is_synthetic
 from ..io import atomic_write_json, atomic_write_text
 from ..losses import per_sample_terms, weighted_total
 from ..metrics import FunctionMetric, MetricSpec, TaskMetric, nanmean

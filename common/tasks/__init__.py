@@ -9,6 +9,11 @@ into the core's attacks, thresholds and adversarial iterations:
 - a metric accumulator with a direction (:mod:`robust_bundles.metrics`),
 - decoding and inference helpers.
 
+In the bundles' shared base configs (``robust_bundles/configs/segmentation/``) a task fills these ids, each used
+by every engine and dataloader that needs it: ``loss``, ``metric``, ``network_def``, ``samples`` (the reader: samples
+with a stable ``sample_id``, splits), ``sample_preprocessing``, ``sample_digest``, ``collate_fn``, ``prepare_batch``,
+``decollate`` and ``loss_output`` (MONAI's defaults in the base), plus its key metrics and inference writer.
+
 The adapters: :mod:`robust_bundles.tasks.segmentation` (2D slices of 3D MRI, Dice + CE, slice Dice),
 :mod:`robust_bundles.tasks.landmarks` (heatmap + offset heads, MRE/SDR in mm) and :mod:`robust_bundles.tasks.detection`
 (RetinaNet, COCO mAP).

@@ -42,7 +42,7 @@ def run(cmd: list[str], expect_ok: bool = True, timeout: int = 600, cwd: Path | 
 
 
 def last_error(proc: subprocess.CompletedProcess) -> str:
-    """The ``ERROR (cause): ...`` line that robust_bundles.bundle.explain_errors prints last."""
+    """The ``ERROR (cause): ...`` line that robust_bundles.errors.explain_errors prints last."""
     lines = [ln for ln in proc.stdout.strip().splitlines() if ln.strip()]
     assert lines and lines[-1].startswith("ERROR (cause): "), proc.stdout[-3000:]
     return lines[-1]

@@ -15,6 +15,7 @@ import torch
 from bundle_run import REPO, Bundle, env, last_error, run
 
 from robust_bundles import bundle as rb
+from robust_bundles import command_line, errors
 from robust_bundles.handlers.model_loader import read_weights
 
 SEG = Bundle("bundles/hippocampus_mri_segmentation", {})
@@ -37,27 +38,27 @@ def evil_weights(tmp_path) -> Path:
 # unit level
 # ----------------------------------------------------------------------------------------------------------------------
 def test_error_line_is_one_line_and_names_version_problems(monkeypatch):
-    monkeypatch.setattr(rb, "_VERSION_PROBLEMS", [])
+    monkeypatch.setattr(errors, "_VERSION_PROBLEMS", [])
     assert rb.error_line(ValueError("first\n\n  second\tthird")) == "ValueError: first second third"
-    monkeypatch.setattr(rb, "_VERSION_PROBLEMS", ["torch 2.13.0 is installed, older ..."])
-    assert rb.error_line(ImportError("x")) == "ImportError: x (and: torch 2.13.0 is installed, older ...)"
+    monkeypatch.setattr(errors, "_VERSION_PROBLEMS", ["torch 2.13.0 is installed, older ..."])
+    assert errors.error_line(ImportError("x")) == "ImportError: x (and: torch 2.13.0 is installed, older ...)"
 
 
 def test_check_versions_names_older_and_missing_packages(monkeypatch, caplog):
     installed = {"torch": "2.13.0+cpu", "monai": "1.6.1", "numpy": "2.0.0", "fire": None, "nibabel": "5.5.0"}
-    monkeypatch.setattr(rb, "_installed_version", installed.get)
-    monkeypatch.setattr(rb, "_VERSION_PROBLEMS", [])
+    monkeypatch.setattr(command_line, "_installed_version", installed.get)
+    monkeypatch.setattr(errors, "_VERSION_PROBLEMS", [])
     meta = {"pytorch_version": "2.14.1", "monai_version": "1.6.1", "numpy_version": "2.0.0",
             "required_packages_version": {"fire": "0.7.1", "nibabel": "5.4.2"}}
     with caplog.at_level("WARNING"):
-        problems = rb.check_versions(meta)
+        problems = command_line.check_versions(meta)
     assert problems == [
         "torch 2.13.0+cpu is installed, older than the 2.14.1 this bundle was made and tested with "
         "(configs/metadata.json): pip install torch==2.14.1",
         "fire is not installed but this bundle needs fire==0.7.1: pip install fire==0.7.1",
     ]  # monai equal, nibabel newer: fine
     assert "torch 2.13.0+cpu is installed" in caplog.text
-    assert rb._VERSION_PROBLEMS == problems
+    assert errors._VERSION_PROBLEMS == problems
 
 
 def test_nested_override_typo_names_the_component_argument():
