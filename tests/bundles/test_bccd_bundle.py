@@ -244,3 +244,31 @@ def test_one_short_epoch_on_the_real_images(tmp_path):
                       "--dataset_dir", str(REAL.resolve()), "--output_root", str(tmp_path))
     assert epoch_of(load(tmp_path / "models" / "std" / "checkpoint.pt")) == 1
     assert "SYNTHETIC DATA" not in proc.stdout and not (tmp_path / "data").exists()
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not (REAL / "BCCD" / "Annotations").is_dir(),
+                    reason=f"the BCCD data is not at {REAL} (../shared/data/bccd beside the repo)")
+def test_the_shipped_weights_give_their_eval_metrics_and_confident_boxes_on_real_images(tmp_path):
+    """models/model.pt (default network) on the first 24 real test images gives the mAP that metadata.json's
+    eval_metrics state, and on real validation images boxes with a confidence that the shipped reference accepts."""
+    meta = json.loads(Path(META).read_text())
+    proc = run_bundle(("train", "evaluate"), "--dataset_dir", str(REAL.resolve()), "--max_test_cases", "24",
+                      "--model_path", f"{BUNDLE}/models/model.pt", "--output_root", str(tmp_path))
+    best = [ln for ln in proc.stdout.splitlines() if "Key metric: test_mAP best value:" in ln]
+    assert best and float(best[-1].split("best value:")[1].split()[0]) == pytest.approx(
+        meta["eval_metrics"]["mAP"], abs=0.0006)
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    names = (REAL / "BCCD" / "ImageSets" / "Main" / "val.txt").read_text().split()[:2]
+    for name in names:
+        (inputs / f"{name}.jpg").write_bytes((REAL / "BCCD" / "JPEGImages" / f"{name}.jpg").read_bytes())
+    proc = run_bundle(("inference",), "--input_dir", str(inputs), "--output_dir", str(out), "--output_root",
+                      str(tmp_path))
+    for name in names:
+        record = json.loads((out / f"{name}_confidence.json").read_text())
+        assert record["measures"]["max_score"] > 0.9 and not record["low_confidence"]
+        assert record["reference"]["source"].startswith("the validation split (43 images of BCCD val.txt)")
+        assert len(json.loads((out / f"{name}.json").read_text())["detections"]) > 10
+    assert "LOW CONFIDENCE" not in proc.stdout
