@@ -17,7 +17,7 @@ untimed iterations (every epoch is one iteration here, so from the second iterat
 What runs: a real ``monai.engines.SupervisedTrainer`` per method over an in-memory list of dicts ("image", "label",
 "sample_id"), with the project's ``iteration_update`` callables (``robust_bundles.adversarial``) plugged in exactly as a bundle
 overlay does. The network is the 2D DynUNet of the hippocampus bundle, configured the nnU-Net way for a 56 x 40 patch
-(kernels and strides derived from the patch size, see :func:`nnunet_kernels_strides`; the bundle's 40 x 56 patch gives
+(kernels and strides derived from the patch size by the bundles' own planner, ``robust_bundles.networks.nnunet_plan``; the bundle's 40 x 56 patch gives
 the same network), deep supervision with 2 extra heads as in the bundle, the Dice + CE loss of :mod:`robust_bundles.losses` and
 SGD (momentum 0.99, Nesterov, lr 0.01, weight decay 3e-5). Inputs are random z-scores, labels random in {0, 1, 2}.
 A fifth row, VAT with beta 0.5 (clean + adversarial loss, like AMAT), is a control: AMAT minus it is the cost of AMAT's
@@ -75,9 +75,8 @@ ATTACK = "ATTACK_STEP"
 GOAL_AMAT_OVER_VAT = 1.05
 GOAL_STEP_OVER_FWD_BWD = 1.1
 
-# The hippocampus bundle's 2D patch (pixels) and in-plane spacing (isotropic after resampling), as nnU-Net plans it.
+# The hippocampus bundle's 2D patch (pixels; isotropic in-plane), planned the nnU-Net way by the bundles' planner.
 PATCH = (56, 40)
-SPACING = (1.0, 1.0)
 FILTERS = (32, 64, 128, 256, 320)
 TINY_PATCH = (16, 16)
 TINY_FILTERS = (4, 8, 16)
@@ -89,42 +88,6 @@ AMAT_THRESHOLDS = (0.5, 0.5)  # xi for the ("dice", "ce") terms; the value does 
 
 
 # ---------------------------------------------------------------------------------------------------- configuration
-def nnunet_kernels_strides(
-    patch: Sequence[int], spacing: Sequence[float], min_size: int = 8
-) -> tuple[list[list[int]], list[list[int]]]:
-    """Kernel sizes and strides of a DynUNet, derived from the patch size as nnU-Net (and MONAI's DynUNet tutorial) do.
-
-    An axis is downsampled (stride 2) while its feature-map size is >= ``min_size`` (8, so the smallest map is >= 4)
-    and its spacing is at most twice the finest one; the kernel is 3 on such axes, 1 on much coarser ones. Stops when
-    no axis can be downsampled. The first level has stride 1.
-
-    Args:
-        patch: the patch size in voxels, one value per spatial axis.
-        spacing: the voxel spacing (mm) of the patch, one value per spatial axis.
-        min_size: a feature map is downsampled along an axis only while its size there is >= this.
-
-    Returns:
-        (kernel_size, strides), one entry per resolution level.
-    """
-    sizes, spacings = [float(s) for s in patch], [float(s) for s in spacing]
-    kernels, strides = [], []
-    while True:
-        ratios = [sp / min(spacings) for sp in spacings]
-        stride = [2 if r <= 2 and s >= min_size else 1 for r, s in zip(ratios, sizes)]
-        kernel = [3 if r <= 2 else 1 for r in ratios]
-        if all(s == 1 for s in stride):
-            break
-        if any(s % st for s, st in zip(sizes, stride)):
-            raise ValueError(f"Patch {list(patch)} is not divisible by the strides at size {sizes}.")
-        sizes = [s / st for s, st in zip(sizes, stride)]
-        spacings = [sp * st for sp, st in zip(spacings, stride)]
-        kernels.append(kernel)
-        strides.append(stride)
-    strides.insert(0, [1] * len(patch))
-    kernels.append([3] * len(patch))
-    return kernels, strides
-
-
 def network_config(tiny: bool = False, deep_supr_num: int = 2) -> dict:
     """The DynUNet arguments of the benchmark (the hippocampus bundle's network, or a tiny one for tests).
 
@@ -134,8 +97,10 @@ def network_config(tiny: bool = False, deep_supr_num: int = 2) -> dict:
             the hippocampus bundle's value (all three decoder levels above the bottleneck; nnU-Net would give the
             lowest of them weight 0, which costs the same).
     """
+    from robust_bundles.networks import nnunet_plan
+
     patch = TINY_PATCH if tiny else PATCH
-    kernels, strides = nnunet_kernels_strides(patch, SPACING)
+    kernels, strides = nnunet_plan(patch)
     filters = list((TINY_FILTERS if tiny else FILTERS)[: len(strides)])
     if len(filters) < len(strides):
         raise ValueError(f"{len(strides)} levels need {len(strides)} filter counts; have {filters}.")

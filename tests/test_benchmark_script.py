@@ -36,15 +36,11 @@ def benchmark():
     return module
 
 
-def test_nnunet_rule_for_the_hippocampus_patch(benchmark):
-    kernels, strides = benchmark.nnunet_kernels_strides((56, 40), (1.0, 1.0))
-    assert strides == [[1, 1], [2, 2], [2, 2], [2, 2]]  # 56 x 40 -> 7 x 5: one more halving would go below 4
-    assert kernels == [[3, 3]] * 4
+def test_the_benchmark_network_is_the_bundle_planner_s_for_the_hippocampus_patch(benchmark):
     cfg = benchmark.network_config()
-    assert cfg["filters"] == [32, 64, 128, 256] and cfg["upsample_kernel_size"] == strides[1:]
-    # a much coarser axis is neither downsampled nor convolved until the spacings are comparable
-    kernels, strides = benchmark.nnunet_kernels_strides((32, 32), (1.0, 3.0))
-    assert strides[1] == [2, 1] and kernels[0] == [3, 1]
+    # 56 x 40 -> 7 x 5: one more halving would go below 4 (robust_bundles.networks.nnunet_plan, as the bundle plans it)
+    assert cfg["strides"] == [[1, 1], [2, 2], [2, 2], [2, 2]] and cfg["kernel_size"] == [[3, 3]] * 4
+    assert cfg["filters"] == [32, 64, 128, 256] and cfg["upsample_kernel_size"] == cfg["strides"][1:]
 
 
 def test_main_prints_the_table_and_writes_the_json(benchmark, tmp_path, capsys):
