@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import torch
+from script_loader import SCRIPTS, load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "before_after.py"
-spec = importlib.util.spec_from_file_location("before_after", SCRIPT)
-before_after = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(before_after)
+before_after = load_script("before_after")
 
 
 def _root(path: Path, weight: float, margins: list[float], xi: list[float]) -> Path:
@@ -30,5 +27,5 @@ def test_equal_runs_compare_equal_and_any_bit_differs(tmp_path):
     c = _root(tmp_path / "c", 0.5 + 2**-20, [1.0, 2.0 + 2**-20], [0.3, 0.1000001])  # one ulp-sized change each
     assert before_after.compare(a, c) == {"STD weights": False, "thresholds": False, "AMAT weights": False,
                                           "margins": False, "samples": 2}
-    assert set(before_after.TINY) == {p.name for p in (SCRIPT.parents[1] / "bundles").iterdir()
+    assert set(before_after.TINY) == {p.name for p in (SCRIPTS.parent / "bundles").iterdir()
                                       if (p / "configs").is_dir()}  # every bundle has its tiny run

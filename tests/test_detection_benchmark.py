@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import pytest
+from script_loader import load_script
 
 pytest.importorskip("torchvision", reason="MONAI's RetinaNet needs torchvision: pip install -e '.[detection]'")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "scripts", "benchmark_detection.py")
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("benchmark_detection_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmark_detection")
 
 
 STEPS = {"std_step": 1.0, "vat_step": 2.0, "amat_step": 3.0, "eval_step": 0.5, "attack_step": 0.25}
