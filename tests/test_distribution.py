@@ -39,9 +39,10 @@ def _fake_bundle(root: Path, name: str = "toy_bundle", extra_config: str = "") -
 def test_library_modules_follow_config_references_and_imports():
     texts = ['{"a": {"_target_": "robust_bundles.adversarial.AMATIteration"}}', '"$robust_bundles.io.x(1)"']
     modules = dist.library_modules(texts)
-    # adversarial imports attacks, distributed, losses, margins and perturbation_memory; margins imports io; the
-    # package __init__ comes along
-    assert modules == ["", "adversarial", "attacks", "distributed", "io", "losses", "margins", "perturbation_memory"]
+    # adversarial imports attacks, distributed, losses, margins and perturbation_memory; attacks imports thresholds
+    # (AMAT's test on the iterates); margins and thresholds import io; the package __init__ comes along
+    assert modules == ["", "adversarial", "attacks", "distributed", "io", "losses", "margins", "perturbation_memory",
+                       "thresholds"]
     handlers = dist.library_modules(['"robust_bundles.handlers.MarginHandler"'])
     assert "handlers" in handlers and "handlers.margin_handler" in handlers and "margins" in handlers
     assert dist.third_party_imports(["adversarial", "attacks"]) == {"torch", "monai"}
