@@ -18,13 +18,21 @@ if __name__ != "robust_bundles":  # e.g. "import common" from the repository roo
 
 __version__ = "0.1.0"
 
-def __getattr__(name: str):
-    """Import the submodule ``name`` on first access (``robust_bundles.msd`` ...)."""
-    if name.startswith("_"):
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    try:
-        return importlib.import_module(f".{name}", __name__)
-    except ModuleNotFoundError as e:
-        if e.name != f"{__name__}.{name}":
-            raise  # the submodule exists but needs something that is missing: say what
-        raise AttributeError(f"module {__name__!r} has no attribute or submodule {name!r}") from None
+def _lazy_submodules(package: str):
+    """A module ``__getattr__`` for ``package`` that imports the submodule ``name`` on first access
+    (``robust_bundles.msd``, ``robust_bundles.data.voc`` ...)."""
+
+    def __getattr__(name: str):
+        if name.startswith("_"):
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        try:
+            return importlib.import_module(f".{name}", package)
+        except ModuleNotFoundError as e:
+            if e.name != f"{package}.{name}":
+                raise  # the submodule exists but needs something that is missing: say what
+            raise AttributeError(f"module {package!r} has no attribute or submodule {name!r}") from None
+
+    return __getattr__
+
+
+__getattr__ = _lazy_submodules(__name__)

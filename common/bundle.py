@@ -1,7 +1,7 @@
 """The helpers bundle configs call as ``robust_bundles.bundle.<name>``: where the bundle is, which checkpoint to
 resume from, command-line flags, component lists. What they also call lives where it belongs and is reached here by
 its old name (``check_command_line``: :mod:`robust_bundles.command_line`; ``explain_errors``:
-:mod:`robust_bundles.errors`; ``image_datalist``: :mod:`robust_bundles.data.msd`; ``latest_checkpoint``:
+:mod:`robust_bundles.errors`; ``image_datalist``: :mod:`robust_bundles.msd`; ``latest_checkpoint``:
 :mod:`robust_bundles.checkpointing`; the synthetic-data mark: :mod:`robust_bundles.data.synthetic`)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ __all__ = ["find_root", "resume_checkpoint", "drop_none", "handler_of", "require
 #: names that configs and older bundles call as ``robust_bundles.bundle.<name>``, now in the module that holds them
 _MOVED = {
     "latest_checkpoint": "checkpointing",
-    "image_datalist": "data.msd",
+    "image_datalist": "msd",
     "error_line": "errors",
     "explain_errors": "errors",
     **{name: "command_line" for name in ("RUN_ARGUMENTS", "RENAMED_KEYS", "renamed_key_errors",

@@ -10,13 +10,22 @@ slices, split summaries), :mod:`~robust_bundles.data.splits` (case splits), :mod
 from __future__ import annotations
 
 from .data.archives import fetch_msd
-from .data.msd import foreground_only, load_slices, read_msd_datalist, slice_digest, split_summary, write_split_json
+from .data.msd import (
+    foreground_only,
+    image_datalist,
+    load_slices,
+    read_msd_datalist,
+    slice_digest,
+    split_summary,
+    write_split_json,
+)
 from .data.nifti import load_volume_pair, zscore
 from .data.splits import SPLITS, split_cases
 from .data.synthetic_msd import synthetic_default, write_synthetic_msd
 
 __all__ = [
     "synthetic_default",
+    "image_datalist",
     "read_msd_datalist",
     "split_cases",
     "load_volume_pair",

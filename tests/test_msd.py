@@ -494,3 +494,15 @@ def test_first_cases_keeps_the_first_n_and_refuses_below_one():
     assert first_cases(("a", "b"), None) == ["a", "b"] and first_cases(["a"], 5) == ["a"]
     with pytest.raises(ValueError, match="max_cases=0: give a positive number of images"):
         first_cases(["a"], 0, "images")
+
+
+def test_the_data_package_loads_its_submodules_on_first_use():
+    """Configs write ``$robust_bundles.msd.image_datalist(...)`` or ``robust_bundles.data.<reader>`` after ``import
+    robust_bundles`` only: both resolve, and an unknown name is an AttributeError naming it."""
+    import subprocess
+    import sys
+
+    code = ("import robust_bundles as rb; print(rb.msd.image_datalist is rb.data.msd.image_datalist, "
+            "callable(rb.bundle.image_datalist))\ntry:\n    rb.data.nope\nexcept AttributeError as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    assert out.splitlines() == ["True True", "module 'robust_bundles.data' has no attribute or submodule 'nope'"]

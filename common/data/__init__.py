@@ -7,3 +7,7 @@ One module per dataset family, split by reason to change (a layout, a file forma
 Submodules are imported on demand (``import robust_bundles.data.voc``), so a reader's dependencies are only needed by
 the bundles that use it.
 """
+
+from .. import _lazy_submodules
+
+__getattr__ = _lazy_submodules(__name__)

@@ -41,6 +41,7 @@ from .splits import SPLITS, _check_fractions, first_cases, split_cases
 
 __all__ = [
     "read_msd_datalist",
+    "image_datalist",
     "load_slices",
     "slice_digest",
     "foreground_only",
