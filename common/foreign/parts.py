@@ -35,6 +35,7 @@ __all__ = [
     "given_flags",
     "load_parser",
     "metric_config",
+    "numpy_compat",
     "pretrained_off",
     "suggest_command",
 ]
@@ -155,6 +156,8 @@ def load_parser(bundle_dir: str | os.PathLike, config_file: str | Sequence[str] 
         if missing:
             raise FileNotFoundError(f"Config file(s) {missing} do not exist: fix --config_file.")
     parts = check_parts(parts)
+    numpy_compat()
+    bundle_on_path(root)
     parser = ConfigParser()
     parser.read_config(files)
     overrides = dict(overrides or {})
@@ -176,6 +179,44 @@ def load_parser(bundle_dir: str | os.PathLike, config_file: str | Sequence[str] 
                           f"{'; '.join(missing_ids)}. Give ids of the bundle's own config (e.g. 'lossfn', "
                           "'validate#preprocessing'), or define them with --override.")
     return parser
+
+
+_NUMPY_REMOVED = {"product": "prod", "cumproduct": "cumprod", "alltrue": "all", "sometrue": "any"}
+
+
+def numpy_compat() -> list[str]:
+    """Restore the NumPy aliases that NumPy 2.0 removed (``numpy.product`` -> ``numpy.prod``...) for bundles written
+    before it (the model zoo's ``valve_landmarks`` calls ``np.product``); each alias added is logged. Nothing
+    changes on NumPy 1.x, and an existing attribute is never replaced."""
+    import numpy
+
+    added = []
+    for old, new in _NUMPY_REMOVED.items():
+        try:
+            getattr(numpy, old)
+        except AttributeError:
+            setattr(numpy, old, getattr(numpy, new))
+            added.append(f"numpy.{old} = numpy.{new}")
+    if added:
+        logging.getLogger("robust_bundles.foreign").info(
+            f"NumPy {numpy.__version__}: restored aliases removed in NumPy 2.0 for the bundle's code: {', '.join(added)}")
+    return added
+
+
+def bundle_on_path(bundle_dir: str | os.PathLike) -> None:
+    """Make the bundle's own code importable as ``monai.bundle run`` from its folder does (``scripts.*`` targets,
+    ``$import scripts``): its folder first on ``sys.path``, and a ``scripts`` package of another folder (another
+    bundle read before in this process) forgotten."""
+    import sys
+
+    root = str(Path(bundle_dir).resolve())
+    if root in sys.path:
+        sys.path.remove(root)
+    sys.path.insert(0, root)
+    for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+        where = str(getattr(sys.modules[name], "__file__", "") or "")
+        if not where.startswith(root + os.sep):
+            del sys.modules[name]
 
 
 def check_parts(parts: Mapping[str, str] | str | None) -> dict[str, str]:
