@@ -231,6 +231,25 @@ def resolve_weights(bundle_dir: str | os.PathLike, model_path: str | os.PathLike
     return pick
 
 
+def refuse_detection(parser, command: str = "audit") -> None:
+    """Stop with the reason when the bundle is a detection bundle (a ``detector`` argument of its trainer or
+    evaluator, e.g. the model zoo's ``lung_nodule_ct_detection`` with its ``scripts.trainer.DetectionTrainer``)."""
+    from .parts import _arg
+
+    config = parser.get()
+    for engine in ("trainer", "evaluator"):
+        i = getattr(parser, "discovered", {}).get(engine)
+        det = _arg(config, i, "detector") if i else None
+        if det is not None:
+            raise NotImplementedError(
+                f"robust_bundles {command} does not handle detection bundles yet: the {engine} {i!r} runs the "
+                f"detector {det!r}, whose loss is computed inside it from box labels (there is no loss_function to "
+                "attack per sample, and the label is not an image), and whose metric is mAP over boxes. The "
+                "project's own detection bundles (robust_bundles.tasks.detection) are robust-trained and evaluated "
+                "with their own configs; auditing a foreign detector needs that adapter wired to its configs."
+            )
+
+
 def _inferer(parser, part: str, engine: str) -> tuple[str, Any]:
     """The evaluator's (trainer's) inferer; MONAI's default ``SimpleInferer`` when the engine has none."""
     if find_id(parser, part, required=False) is None and engine in getattr(parser, "discovered", {}):
@@ -432,6 +451,7 @@ def audit(
     merged = {**dict(override or {}), **overrides}
     flags = given_flags(audit, locals())
     parser = load_parser(root, config_file, merged, parts, command=("audit", flags))
+    refuse_detection(parser)
     pretrained = pretrained_off(parser, merged)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 

@@ -173,11 +173,17 @@ def load_parser(bundle_dir: str | os.PathLike, config_file: str | Sequence[str] 
     parser.given_parts = parts  # type: ignore[attr-defined]
     parser.discovered = discover(parser.get())  # type: ignore[attr-defined]
     parser.command = (command[0], dict(command[1])) if command else None  # type: ignore[attr-defined]
-    missing_ids = [f"{p}: {i!r}" for p, i in parts.items() if not _has(parser.get(), i)]
+    missing_ids = []
+    for p, i in parts.items():
+        if not _has(parser.get(), i):
+            import difflib
+
+            near = difflib.get_close_matches(i, list(_config_ids(parser.get())), n=2, cutoff=0.6)
+            missing_ids.append(f"{p}: {i!r}" + (f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""))
     if missing_ids:
         raise MissingPart(f"--parts names ids the configs ({', '.join(Path(f).name for f in files)}) do not have: "
-                          f"{'; '.join(missing_ids)}. Give ids of the bundle's own config (e.g. 'lossfn', "
-                          "'validate#preprocessing'), or define them with --override.")
+                          f"{'; '.join(missing_ids)}. Give ids of the bundle's own config, or define them with "
+                          "--override.")
     return parser
 
 
@@ -273,12 +279,20 @@ def suggest_command(parser, parts: Mapping[str, str], overrides: Mapping[str, An
     flags["parts"] = {**dict(flags.get("parts") or {}), **dict(parts)}
     if overrides:
         flags["override"] = {**dict(flags.get("override") or {}), **dict(overrides)}
-    words = ["robust_bundles", name, shlex.quote(str(bundle))]
+    words = ["robust_bundles", name, _quote(str(bundle))]
     for k, v in flags.items():
         if v is None or v is False:
             continue
-        words += [f"--{k}"] if v is True else [f"--{k}", shlex.quote(v if isinstance(v, str) else repr(v))]
+        words += [f"--{k}"] if v is True else [f"--{k}", _quote(v if isinstance(v, str) else repr(v))]
     return " ".join(words)
+
+
+def _quote(text: str) -> str:
+    """A shell word: as it is when safe, in double quotes when that needs no escape (``"{'loss': 'lossfn'}"``)."""
+    q = shlex.quote(text)
+    if q == text or any(c in text for c in '"$`\\!'):
+        return q
+    return f'"{text}"'
 
 
 def _missing(parser, part: str, tried: Sequence[str]) -> MissingPart:
