@@ -281,3 +281,15 @@ def test_wiring_of_a_flat_bundle(tmp_path):
     assert w["trainer#train_data_loader#dataset"]["dataset"] == "@robust#bundle#train_dataset"
     assert w["trainer#loss_function"] == "@robust#loss" and w["trainer#iteration_update"] == "@robust#iteration"
     assert w["trainer#train_handlers"].startswith("$@robust#method_handlers + @robust#bundle#train_handlers")
+
+
+def test_an_offline_download_names_the_pretrained_flag(tmp_path):
+    from robust_bundles.foreign.parts import find, load_parser
+
+    (tmp_path / "configs").mkdir()
+    cfg = {"use_imagenet_pretrain": False,
+           "network_def": {"_target_": "urllib.request.urlopen", "url": "http://nowhere.invalid/w.pth", "timeout": 1},
+           "evaluator": {"_target_": "SupervisedEvaluator", "network": "@network_def"}}
+    (tmp_path / "configs" / "evaluate.json").write_text(json.dumps(cfg))
+    with pytest.raises(RuntimeError, match="--use_imagenet_pretrain false"):
+        find(load_parser(tmp_path), "network")

@@ -343,7 +343,23 @@ def find(parser, part: str, candidates: Sequence[str] | None = None) -> tuple[st
     try:
         return i, parser.get_parsed_content(i)
     except Exception as e:
-        raise RuntimeError(f"The bundle's {part} ({i!r}) could not be built: {type(e).__name__}: {e}") from e
+        raise RuntimeError(f"The bundle's {part} ({i!r}) could not be built: {type(e).__name__}: {e}"
+                           + _download_hint(parser, e)) from e
+
+
+def _download_hint(parser, error: BaseException) -> str:
+    """A sentence on pretrained weights when building failed on a download (offline machine)."""
+    chain, e = [], error
+    while e is not None and len(chain) < 10:
+        chain.append(f"{type(e).__name__}: {e}")
+        e = e.__cause__ or e.__context__
+    text = " ".join(chain).lower()
+    if not any(w in text for w in ("urlopen", "urlerror", "http", "download", "connection", "name resolution")):
+        return ""
+    flags = [i for i, v in _config_ids(parser.get()).items() if i.rsplit("#", 1)[-1] in _PRETRAINED_ARGS]
+    fix = " or ".join(f"--{i} false" for i in flags[:2]) or "the network's pretrained argument set false"
+    return (f". It tried to download something (pretrained backbone weights?) and this machine cannot reach it: "
+            f"the bundle's trained weights are loaded over them anyway, so switch the download off with {fix}.")
 
 
 def metric_config(parser) -> tuple[str | None, dict | None]:
