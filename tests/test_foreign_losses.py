@@ -80,6 +80,11 @@ def test_sigmoid_dice_on_a_collated_metatensor_batch():
     # sample 0: ch0 1 - 2*0.5/(1+1) = 1/2, ch1 1 - 2*1/(1+2) = 1/3 -> 5/12; sample 1: ch0 1 - 2*1/(1+2) = 1/3,
     # ch1 1 - 0/(1+0) = 1 -> 2/3
     assert v.tolist() == pytest.approx([5 / 12, 2 / 3], abs=1e-6)
+    # boolean masks (BraTS' label transform), with squared_pred as in the BraTS bundle: sum p^2 = 0.5 per channel
+    bool_label = batch["label"].bool()
+    sq = PerSampleWrapper(DiceLoss(sigmoid=True, squared_pred=True, smooth_nr=0.0, smooth_dr=0.0))
+    # sample 0: ch0 1 - 2*0.5/(0.5+1) = 1/3, ch1 1 - 2*1/(0.5+2) = 1/5; sample 1: ch0 1/5, ch1 1 - 0 = 1
+    assert sq(batch["image"], bool_label).tolist() == pytest.approx([(1 / 3 + 1 / 5) / 2, (1 / 5 + 1) / 2], abs=1e-6)
 
 
 def test_torch_losses_per_sample_equal_each_sample_alone():

@@ -302,7 +302,7 @@ def _metric(parser, metric: str, loss: Any) -> tuple[Any, dict]:
         kind = metric
     m, what = task_metric(kind, loss)
     info.update(kind=kind, description=what, higher_is_better=m.specs[0].higher_is_better)
-    if kind == "dice" and cfg and cfg.get("include_background") is True:
+    if kind == "dice" and what.startswith("softmax") and cfg and cfg.get("include_background") is True:
         info["note"] = "the bundle's metric includes the background; the audit's Dice is over foreground classes"
     return m, info
 

@@ -13,7 +13,7 @@ batch=True training loss of a batch of several samples (it is the batch=False va
 lambdas as weights, so AMAT gets one threshold per term as with the project's own losses; any other loss is one term
 ("loss"). torch's ``CrossEntropyLoss``, ``MSELoss``, ``L1Loss`` (any reduction but ``'none'``) work the same way:
 with ``reduction='sum'`` the value of a sample is its sum alone. Collated MONAI batches (MetaTensors) are read as
-plain tensors. The wrapper's ``forward`` is the per-sample total: ``SupervisedTrainer`` takes its ``.mean()``.
+plain tensors, boolean masks as the output's float type. The wrapper's ``forward`` is the per-sample total: ``SupervisedTrainer`` takes its ``.mean()``.
 """
 
 from __future__ import annotations
@@ -82,6 +82,8 @@ class PerSampleWrapper(PerSampleLoss):
         # MetaTensors of a collated batch carry per-sample metadata that slicing one sample out of breaks
         # ("len() of a 0-d tensor"): the loss gets plain tensors (gradients flow through as_tensor).
         p, target = _plain(primary_output(pred)), _plain(torch.as_tensor(target))
+        if target.dtype == torch.bool:  # multi-label masks (BraTS' ConvertToMultiChannelBasedOnBratsClassesd)
+            target = target.to(p.dtype)
         if p.shape[0] != target.shape[0]:
             raise ValueError(f"Prediction batch {p.shape[0]} and label batch {target.shape[0]} differ.")
         rows = []
