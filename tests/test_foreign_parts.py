@@ -265,12 +265,14 @@ def test_sample_ids_are_positions_through_subsets_named_by_file():
 
 def test_wiring_of_a_flat_bundle(tmp_path):
     from robust_bundles.foreign.parts import load_parser
-    from robust_bundles.foreign.robustify import run_id, wiring
+    from robust_bundles.foreign.robustify import redirects, run_id, wiring
 
     (tmp_path / "configs").mkdir()
     cfg = {**FLAT, "optimizer": {"_target_": "torch.optim.Adam", "params": "$@network.parameters()"},
            "handlers": [], "training": ["$@trainer.run()"]}
     cfg["trainer"] = {**cfg["trainer"], "optimizer": "@optimizer", "train_handlers": "@handlers"}
+    cfg["eval_dataset"] = {**cfg["eval_dataset"], "_target_": "PersistentDataset", "cache_dir": "./cache"}
+    cfg["output_dir"] = "./results"
     (tmp_path / "configs" / "train.json").write_text(json.dumps(cfg))
     parser = load_parser(tmp_path)
     w = wiring(parser)
@@ -281,6 +283,9 @@ def test_wiring_of_a_flat_bundle(tmp_path):
     assert w["trainer#train_data_loader#dataset"]["dataset"] == "@robust#bundle#train_dataset"
     assert w["trainer#loss_function"] == "@robust#loss" and w["trainer#iteration_update"] == "@robust#iteration"
     assert w["trainer#train_handlers"].startswith("$@robust#method_handlers + @robust#bundle#train_handlers")
+    # nothing is written into the bundle folder: outputs and dataset caches go to the output folder
+    r = redirects(parser, {"output_dir": "/mine"}, tmp_path / "out")
+    assert r == {"eval_dataset#cache_dir": str(tmp_path / "out" / "bundle_cache")}
 
 
 def test_an_offline_download_names_the_pretrained_flag(tmp_path):
@@ -293,3 +298,12 @@ def test_an_offline_download_names_the_pretrained_flag(tmp_path):
     (tmp_path / "configs" / "evaluate.json").write_text(json.dumps(cfg))
     with pytest.raises(RuntimeError, match="--use_imagenet_pretrain false"):
         find(load_parser(tmp_path), "network")
+
+
+def test_masking_checks_follow_a_lower_is_better_metric():
+    from robust_bundles.foreign.audit import masking_checks
+
+    # a distance: PGD raises it above noise and more at the larger eps, as a working attack does
+    summary = {"metric": "distance", "attacks": {"PGD": {"0.5": 189.7, "1": 190.0}, "noise": {"0.5": 188.9, "1": 188.9}}}
+    assert masking_checks(summary, higher_is_better=False) == []
+    assert len(masking_checks(summary, higher_is_better=True)) == 3  # read as a higher-is-better metric: all fire

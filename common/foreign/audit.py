@@ -328,19 +328,23 @@ def attack_setup(pgd_steps: int, ifgsm_steps: int, alpha: float, clamp: Sequence
     return attacks
 
 
-def masking_checks(summary: Mapping, attack: str = "PGD", noise: str = "noise", tol: float = 0.01) -> list[str]:
+def masking_checks(summary: Mapping, attack: str = "PGD", noise: str = "noise", tol: float = 0.01,
+                   higher_is_better: bool | None = None) -> list[str]:
     """Gradient-masking warning signs in a robustness summary (headline metric), one sentence each:
 
     - the attack is not worse than random noise of the same norm at some eps > 0 (by more than ``tol``);
     - the attack gets weaker as eps grows (its metric improves by more than ``tol`` from one eps to the next).
 
+    ``higher_is_better`` is the metric's direction (a distance is lower-is-better); default: read from the summary,
+    else higher.
+
     (The handler adds the third: most samples had zero or non-finite input gradients.)
     """
     out = []
-    hib = True
+    hib = True if higher_is_better is None else bool(higher_is_better)
     metrics = summary.get("metrics") or {}
     head = metrics.get(summary.get("metric"), {})
-    if head.get("higher_is_better") is False:
+    if higher_is_better is None and head.get("higher_is_better") is False:
         hib = False
     att = summary.get("attacks", {}).get(attack, {})
     nz = summary.get("attacks", {}).get(noise, {})
@@ -504,7 +508,7 @@ def audit(
                 f"{', '.join(f'{n} {a.steps} steps' for n, a in attacks.items())}, inferer {type(inferer).__name__}")
     evaluator.run()
     summary = handler.summary
-    checks = masking_checks(summary) + list(handler.warnings)
+    checks = masking_checks(summary, higher_is_better=handler.higher_is_better) + list(handler.warnings)
     result = {"run": "bundle", "method": "bundle", "train_eps": None, "label": root.name,
               "settings": handler.settings(), "summary": summary}
     files = {"robustness_json": str(out / "robustness.json"), "robustness_csv": str(out / "robustness.csv"),

@@ -19,8 +19,8 @@ Two steps, with no edit of the bundle:
    weights start from the trained model; margins are keyed by the sample's position in the training dataset, named
    in ``margins.csv`` by the image file name where there is one (every random crop of a case shares its margin); the final checkpoint ``<output_dir>/checkpoint.pt`` holds the model, the margins, the
    optimizer and the trainer state. The bundle's own checkpoint and log folders (``ckpt_dir``, ``output_dir`` when
-   the config has them) are redirected into ``<output_dir>`` so the bundle's ``models/model.pt`` is never
-   overwritten.
+   the config has them) and the ``cache_dir`` of its datasets (``PersistentDataset``) are redirected into
+   ``<output_dir>`` so the bundle's folder is never written to.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from ..io import atomic_write_json, sha256_file
 from .losses import PerSampleWrapper
 from .parts import config_path, find, find_id, given_flags, pretrained_off
 
-__all__ = ["OVERLAY_DIR", "estimate_bundle_thresholds", "overlay_files", "robustify", "run_id", "wiring"]
+__all__ = ["OVERLAY_DIR", "estimate_bundle_thresholds", "overlay_files", "redirects", "robustify", "run_id", "wiring"]
 
 logger = logging.getLogger("robust_bundles.robustify")
 
@@ -119,6 +119,27 @@ def run_id(parser, trainer: str) -> str:
         if f"@{trainer}.run()" in json.dumps(v):
             return str(k)
     return "run"
+
+
+def redirects(parser, user: Mapping[str, Any], out: Path) -> dict[str, str]:
+    """Overrides that send what the bundle writes into ``out``: its ``ckpt_dir`` (``out/bundle_models``),
+    ``output_dir`` (``out/bundle_eval``), and every dataset's ``cache_dir`` (``out/bundle_cache``); ids the user set
+    are left alone. The folders are made."""
+    from .parts import _components
+
+    settings: dict[str, str] = {}
+    for i, sub in (("ckpt_dir", "bundle_models"), ("output_dir", "bundle_eval")):
+        if i in parser and i not in user:
+            settings[i] = str(out / sub)
+    for i, c in _components(parser.get()):  # PersistentDataset / LMDBDataset caches
+        if "cache_dir" in c and f"{i}#cache_dir" not in user:
+            settings[f"{i}#cache_dir"] = str(out / "bundle_cache")
+    for v in set(settings.values()):
+        Path(v).mkdir(parents=True, exist_ok=True)
+    if "ckpt_dir" not in parser and "ckpt_dir" not in user:
+        logger.warning("The bundle has no 'ckpt_dir' id: check that its own checkpoint savers do not write into the "
+                       "bundle folder (override their save_dir).")
+    return settings
 
 
 def _ref_or_copy(config: Any, i: str, owner: str) -> Any:
@@ -283,14 +304,7 @@ def robustify(
                          "robust#beta": float(beta)})
     else:
         settings["robust#train_eps"] = float(train_eps)
-    # the bundle's own checkpoint and log folders go into the output folder: its models/model.pt stays as it was
-    for i, sub in (("ckpt_dir", "bundle_models"), ("output_dir", "bundle_eval")):
-        if i in parser and i not in user:
-            settings[i] = str(out / sub)
-            (out / sub).mkdir(exist_ok=True)
-    if "ckpt_dir" not in parser and "ckpt_dir" not in user:
-        logger.warning("The bundle has no 'ckpt_dir' id: check that its own checkpoint savers do not write into the "
-                       "bundle folder (override their save_dir).")
+    settings.update(redirects(parser, user, out))
     wiring_file = atomic_write_json(out / "bundle_wiring.json", wired)
     files = train_files + overlay_files(method) + [str(wiring_file)]
     run_overrides = {**settings, **user}
