@@ -307,3 +307,27 @@ def test_masking_checks_follow_a_lower_is_better_metric():
     summary = {"metric": "distance", "attacks": {"PGD": {"0.5": 189.7, "1": 190.0}, "noise": {"0.5": 188.9, "1": 188.9}}}
     assert masking_checks(summary, higher_is_better=False) == []
     assert len(masking_checks(summary, higher_is_better=True)) == 3  # read as a higher-is-better metric: all fire
+
+
+def test_bundles_older_than_the_installed_monai_and_numpy(tmp_path, caplog):
+    import numpy
+
+    from robust_bundles.foreign.parts import load_parser, missing_packages, numpy_compat
+
+    (tmp_path / "configs").mkdir()
+    cfg = {"network_def": {"_target_": "SwinUNETR", "img_size": 96, "in_channels": 1, "out_channels": 2},
+           "evaluator": {"_target_": "SupervisedEvaluator", "network": "@network_def"}}
+    (tmp_path / "configs" / "evaluate.json").write_text(json.dumps(cfg))
+    (tmp_path / "configs" / "metadata.json").write_text(json.dumps(
+        {"optional_packages_version": {"numpy": "1.0", "no_such_package_robust_bundles": "1.0"}}))
+    parser = load_parser(tmp_path)
+    # SwinUNETR's img_size (unused since MONAI 1.3) is gone from MONAI 1.5+: dropped, and said so
+    import inspect
+
+    from monai.networks.nets import SwinUNETR
+
+    assert ("img_size" in parser.get("network_def")) == ("img_size" in inspect.signature(SwinUNETR).parameters)
+    assert missing_packages(tmp_path) == ["no_such_package_robust_bundles"]
+    assert "pip install no_such_package_robust_bundles" in caplog.text
+    numpy_compat()
+    assert numpy.product is numpy.prod or numpy.__version__ < "2"  # valve_landmarks calls numpy.product

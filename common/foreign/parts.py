@@ -157,6 +157,7 @@ def load_parser(bundle_dir: str | os.PathLike, config_file: str | Sequence[str] 
             raise FileNotFoundError(f"Config file(s) {missing} do not exist: fix --config_file.")
     parts = check_parts(parts)
     numpy_compat()
+    missing_packages(root)
     bundle_on_path(root)
     parser = ConfigParser()
     parser.read_config(files)
@@ -169,6 +170,7 @@ def load_parser(bundle_dir: str | os.PathLike, config_file: str | Sequence[str] 
     parser["bundle_root"] = str(root)
     for k, v in overrides.items():
         parser[k.replace("::", "#")] = v
+    monai_compat(parser)
     parser.files = files  # type: ignore[attr-defined]
     parser.given_parts = parts  # type: ignore[attr-defined]
     parser.discovered = discover(parser.get())  # type: ignore[attr-defined]
@@ -207,6 +209,58 @@ def numpy_compat() -> list[str]:
         logging.getLogger("robust_bundles.foreign").info(
             f"NumPy {numpy.__version__}: restored aliases removed in NumPy 2.0 for the bundle's code: {', '.join(added)}")
     return added
+
+
+_REMOVED_ARGS = {"SwinUNETR": ("img_size",)}
+"""Arguments that MONAI removed from a class after model-zoo bundles were published (``SwinUNETR(img_size=...)``,
+unused since MONAI 1.3 and gone in 1.5)."""
+
+
+def monai_compat(parser) -> list[str]:
+    """Drop the arguments of :data:`_REMOVED_ARGS` from the bundle's components when the installed MONAI class no
+    longer takes them (each drop is logged); nothing changes on a MONAI that still takes them.
+
+    Returns:
+        The ids dropped.
+    """
+    from ..command_line import _target_parameters
+
+    dropped = []
+    for i, c in list(_components(parser.get())):
+        for arg in _REMOVED_ARGS.get(_short(c.get("_target_")), ()):
+            params = _target_parameters(c["_target_"]) if arg in c else None
+            if params is not None and arg not in params:
+                del c[arg]
+                dropped.append(f"{i}#{arg}")
+    if dropped:
+        import monai
+
+        logging.getLogger("robust_bundles.foreign").info(
+            f"MONAI {monai.__version__} no longer takes {', '.join(dropped)} (removed from MONAI after the bundle was "
+            "written; it had no effect): dropped")
+    return dropped
+
+
+def missing_packages(bundle_dir: str | os.PathLike) -> list[str]:
+    """The packages the bundle's ``configs/metadata.json`` lists (``required_packages_version``,
+    ``optional_packages_version``) that are not installed, with a warning naming them and the ``pip install``; the
+    parts that use them fail later (e.g. ``einops`` for SwinUNETR, ``itk`` for an ``ITKReader``)."""
+    import json
+
+    from ..command_line import _installed_version
+
+    meta = Path(bundle_dir) / "configs" / "metadata.json"
+    try:
+        data = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    names = {**dict(data.get("optional_packages_version") or {}), **dict(data.get("required_packages_version") or {})}
+    missing = sorted(n for n in names if _installed_version(n) is None)
+    if missing:
+        logging.getLogger("robust_bundles.foreign").warning(
+            f"{meta} lists packages that are not installed: {', '.join(missing)}; the parts that use them will fail "
+            f"(pip install {' '.join(missing)}).")
+    return missing
 
 
 def bundle_on_path(bundle_dir: str | os.PathLike) -> None:
@@ -343,8 +397,21 @@ def find(parser, part: str, candidates: Sequence[str] | None = None) -> tuple[st
     try:
         return i, parser.get_parsed_content(i)
     except Exception as e:
-        raise RuntimeError(f"The bundle's {part} ({i!r}) could not be built: {type(e).__name__}: {e}"
-                           + _download_hint(parser, e)) from e
+        from ..errors import _root_cause
+
+        cause = _root_cause(e) or e
+        raise RuntimeError(f"The bundle's {part} ({i!r}) could not be built: {type(cause).__name__}: {cause}"
+                           + _download_hint(parser, e) + _package_hint(cause)) from e
+
+
+def _package_hint(cause: BaseException) -> str:
+    """A sentence on a missing optional package (MONAI's ``OptionalImportError``)."""
+    m = re.search(r"package `([\w.-]+)`", str(cause))
+    if type(cause).__name__ != "OptionalImportError" or m is None:
+        return ""
+    return (f". The bundle needs the package {m.group(1)!r} (its configs/metadata.json lists what it needs): pip "
+            f"install {m.group(1)}, or override the component that uses it (e.g. an image reader: reader "
+            "NibabelReader).")
 
 
 def _download_hint(parser, error: BaseException) -> str:
