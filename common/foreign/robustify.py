@@ -308,8 +308,10 @@ def robustify(
     wiring_file = atomic_write_json(out / "bundle_wiring.json", wired)
     files = train_files + overlay_files(method) + [str(wiring_file)]
     run_overrides = {**settings, **user}
-    command = (f"python -m monai.bundle run --config_file \"{files}\" --bundle_root {root} "
-               + " ".join(f"--{k} {v!r}" if not isinstance(v, str) else f"--{k} {v}" for k, v in run_overrides.items()))
+    from .parts import _quote
+
+    command = (f"python -m monai.bundle run --config_file {_quote(repr(files))} --bundle_root {_quote(str(root))} "
+               + " ".join(f"--{k} {_quote(v if isinstance(v, str) else repr(v))}" for k, v in run_overrides.items()))
     logger.info(f"robust fine-tuning ({method}): {command}")
     # refuse unknown ids before the run (ConfigParser of the stacked files)
     stacked = ConfigParser()
