@@ -52,6 +52,14 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "train_data": ("train#dataset#data", "train_datalist"),
     "train_preprocessing": ("train#preprocessing",),
     "train_inferer": ("train#inferer",),
+    "dataset": ("validate#dataset", "evaluate#dataset"),
+    "trainer": ("train#trainer", "trainer"),
+    "evaluator": ("validate#evaluator", "evaluate#evaluator", "evaluator"),
+    "train_network": ("network", "network_def"),
+    "optimizer": ("optimizer",),
+    "train_handlers": ("train#handlers", "handlers"),
+    "train_loader": ("train#dataloader", "train_dataloader"),
+    "train_dataset": ("train#dataset", "train_dataset"),
 }
 """The config ids tried for each part, first match wins."""
 
@@ -385,7 +393,7 @@ def find_id(parser, part: str, candidates: Sequence[str] | None = None, required
     ids = tuple(candidates) if candidates is not None else CANDIDATES.get(part, ())
     for i in ids:
         if _has(config, i):
-            return i
+            return follow(config, i) if candidates is None else i  # "train#trainer": "@trainer" -> "trainer"
     if not required:
         return None
     raise _missing(parser, part, ids)
