@@ -331,3 +331,47 @@ def test_bundles_older_than_the_installed_monai_and_numpy(tmp_path, caplog):
     assert "pip install no_such_package_robust_bundles" in caplog.text
     numpy_compat()
     assert numpy.product is numpy.prod or numpy.__version__ < "2"  # valve_landmarks calls numpy.product
+
+
+TRAIN_YAML = EVAL_YAML + """\
+epochs: 2
+train_data: "$[{'image': torch.linspace(-1, 1, 64).reshape(1, 8, 8) * (k + 1), 'label': (torch.linspace(-1, 1, 64) > 0).float().reshape(1, 8, 8)} for k in range(4)]"
+optimizer: {_target_: torch.optim.SGD, params: $@network.parameters(), lr: 0.01}
+trainer:
+  _target_: SupervisedTrainer
+  max_epochs: '@epochs'
+  device: '@device'
+  network: '@network'
+  loss_function: '@lossfn'
+  optimizer: '@optimizer'
+  train_data_loader:
+    _target_: DataLoader
+    batch_size: 2
+    dataset: {_target_: Dataset, data: '$torch.utils.data.Subset(@train_data, [3, 1, 2])', transform: '@eval_transforms'}
+  train_handlers: [{_target_: StatsHandler, output_transform: '$lambda x: None'}]
+training:
+  - $@trainer.run()
+"""
+
+
+def test_robustify_a_flat_bundle_with_array_data_and_inline_parts(tiny_bundle, tmp_path):
+    """Flat ids, the trainer's loader, dataset and handlers inline, array data in a Subset, its run list named
+    'training', weights in models/model_key_metric=0.9.pt: robustify with no flag but the sizes."""
+    import csv as csv_
+
+    from robust_bundles.foreign.robustify import robustify
+
+    bundle = tmp_path / "flat"
+    shutil.copytree(tiny_bundle, bundle)
+    (bundle / "configs" / "evaluate.yaml").unlink()
+    (bundle / "configs" / "train.yaml").write_text(TRAIN_YAML)
+    out = tmp_path / "rob"
+    info = robustify(str(bundle), output_dir=str(out), epochs=2, pgd_steps=2, expansion_step=0.5)
+    assert (out / "checkpoint.pt").is_file() and info["init_model"].endswith("model_key_metric=0.9.pt")
+    rows = list(csv_.DictReader((out / "margins.csv").open()))
+    # ids are positions in the Subset's underlying data (4 items, 3 trained), named item_<i>
+    assert [r["key"] for r in rows] == ["item_0", "item_1", "item_2", "item_3"]
+    assert float(rows[0]["margin"]) == 0.5  # never trained on: the initial margin
+    wiring = json.loads((out / "bundle_wiring.json").read_text())
+    assert wiring["trainer#loss_function"] == "@robust#loss"
+    assert not (bundle / "models" / "model.pt").exists()  # the bundle folder is not written to

@@ -83,13 +83,22 @@ SAMPLE_IDS = ("the image file name without folder and extension where the data h
 """How the report names its samples."""
 
 
+def underlying(dataset: Any, index: int | None = None) -> tuple[Any, int | None]:
+    """The data under a dataset's ``Subset`` wrappers (a ``Subset`` itself, or the ``data`` of a MONAI dataset built
+    on one, as ``random_split`` makes), and the position of item ``index`` in it."""
+    while True:
+        if isinstance(dataset, torch.utils.data.Subset):
+            index = None if index is None else int(dataset.indices[index])
+            dataset = dataset.dataset
+        elif isinstance(getattr(dataset, "data", None), torch.utils.data.Subset):
+            dataset = dataset.data
+        else:
+            return dataset, index
+
+
 def underlying_position(dataset: Any, index: int) -> int:
-    """The position of item ``index`` of ``dataset`` in the dataset under its ``Subset`` wrappers."""
-    index = int(index)
-    while isinstance(dataset, torch.utils.data.Subset):
-        index = int(dataset.indices[index])
-        dataset = dataset.dataset
-    return index
+    """The position of item ``index`` of ``dataset`` in the data under its ``Subset`` wrappers (:func:`underlying`)."""
+    return int(underlying(dataset, int(index))[1])
 
 
 class PositionDataset(torch.utils.data.Dataset):

@@ -25,7 +25,7 @@ import torch
 
 from ..adversarial import AMATIteration, VATIteration
 from ..margins import MarginBook
-from .audit import POSITION_KEY, case_of
+from .audit import POSITION_KEY, case_of, underlying
 
 __all__ = ["CaseIds", "ForeignAMATIteration", "ForeignVATIteration", "SampleIds", "batch_cases"]
 
@@ -87,20 +87,12 @@ class CaseIds:
         return torch.tensor([self.index[c] for c in cases], dtype=torch.long, device=device)
 
 
-def _underlying(dataset: Any) -> Any:
-    while isinstance(dataset, torch.utils.data.Subset):
-        dataset = dataset.dataset
-    return getattr(dataset, "dataset", None) if type(dataset).__name__ == "PositionDataset" else dataset
-
-
 def sample_names(dataset: Any, image_key: str = "image") -> list[str]:
-    """The names of the samples of the dataset under ``dataset``'s ``Subset`` wrappers, by position: the image file
-    names of its datalist (``dataset.data``) when they are all file paths with distinct names, else ``item_<i>``."""
-    base = _underlying(dataset)
-    while isinstance(base, torch.utils.data.Subset):
-        base = base.dataset
+    """The names of the samples of the data under ``dataset``'s ``Subset`` wrappers, by position: the image file
+    names of its datalist when they are all file paths with distinct names, else ``item_<i>``."""
+    base, _ = underlying(dataset)
     n = len(base)
-    data = getattr(base, "data", None)
+    data = base if isinstance(base, Sequence) and not isinstance(base, (str, bytes)) else getattr(base, "data", None)
     if isinstance(data, Sequence) and not isinstance(data, (str, bytes)) and len(data) == n and all(
             isinstance(d, dict) and isinstance(d.get(image_key), (str, os.PathLike)) for d in data):
         names = [case_of(d[image_key]) for d in data]
