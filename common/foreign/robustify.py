@@ -273,8 +273,8 @@ def robustify(
     out.mkdir(parents=True, exist_ok=True)
     user = {**dict(override or {}), **overrides}
     parser = load_parser(root, train_files, user, parts, command=("robustify", given_flags(robustify, locals())))
-    weights = resolve_weights(root, model_path).resolve()
     refuse_detection(parser, "robustify")
+    weights = resolve_weights(root, model_path).resolve()
     pretrained = pretrained_off(parser, user)
     wired = wiring(parser)
     trainer = wired.pop("_trainer")
