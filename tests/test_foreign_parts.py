@@ -375,3 +375,14 @@ def test_robustify_a_flat_bundle_with_array_data_and_inline_parts(tiny_bundle, t
     wiring = json.loads((out / "bundle_wiring.json").read_text())
     assert wiring["trainer#loss_function"] == "@robust#loss"
     assert not (bundle / "models" / "model.pt").exists()  # the bundle folder is not written to
+
+
+def test_a_detection_bundle_is_named_not_half_audited(tmp_path):
+    from robust_bundles.foreign.audit import audit
+
+    (tmp_path / "configs").mkdir()
+    cfg = {"detector": {"_target_": "RetinaNetDetector"},  # lung_nodule_ct_detection's shape
+           "train": {"trainer": {"_target_": "scripts.trainer.DetectionTrainer", "detector": "@detector"}}}
+    (tmp_path / "configs" / "train.json").write_text(json.dumps(cfg))
+    with pytest.raises(NotImplementedError, match="detection bundles.*'train#trainer' runs the detector 'detector'"):
+        audit(str(tmp_path), output_dir=str(tmp_path / "o"))
