@@ -16,6 +16,11 @@ Every overlay key must name a key of the base (a misspelt ``"trian#epochs"`` is 
 that adds what the base does not have is listed in the task's ``"new_keys"`` (e.g. ``["channels",
 "samples#channels"]``).
 
+A method's overlay (``vat.json``, ``teat.json``, ...) is rendered from the method's registry entry
+(:mod:`robust_bundles.methods`) and its base: the entry's ``params`` (e.g. ``train_eps``) come first, a value the task
+gives once for every method in its ``"method_values"`` (``{"train_eps": 15.0, "output_activation": ...}``, the
+task's units and outputs) replacing the default; the base overlay does not repeat them.
+
 ``common`` is applied first to every base config that runs alone (that defines ``bundle_root``: ``train.json`` and
 ``inference.json`` here), so what both need (network, classes, channels) is written once.
 
@@ -271,6 +276,16 @@ def _task(bundle_dir: Path) -> dict | None:
     task = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(task, dict) or not isinstance(task.get("family"), str):
         raise ValueError(f'{path} needs a "family" (e.g. "segmentation"), "common": {{...}} and "configs": {{file: overlay}}.')
+    values = task.get("method_values", {})
+    if not isinstance(values, dict):
+        raise ValueError(f'{path}: "method_values" must be a dict such as {{"train_eps": 15.0}}.')
+    from . import methods
+
+    takes = {v for m in methods.all_methods() for v in m.task_values}
+    unknown_values = sorted(set(values) - takes)
+    if unknown_values:
+        raise ValueError(f'{path}: "method_values" {unknown_values} are taken by no registered method; use '
+                         f'{sorted(takes)}.')
     if not isinstance(task.get("new_keys", []), list):
         raise ValueError(f'{path}: "new_keys" must be a list of overlay keys that add to the base (e.g. ["channels"]).')
     unknown = sorted(set(task.get("configs", {})) - {p.name for p in family_dir(task["family"]).iterdir()})
@@ -284,11 +299,19 @@ def _task(bundle_dir: Path) -> dict | None:
 
 def _render(task: Mapping[str, Any]) -> dict[str, Any]:
     """``{file name: config}`` of every JSON base config of the task's family with the task's overlays applied."""
+    from . import methods
+
     out = {}
     new_keys = task.get("new_keys", [])
     for base_file in sorted(family_dir(task["family"]).iterdir()):
         if base_file.suffix == ".json":
             config = json.loads(base_file.read_text(encoding="utf-8"))
+            params = methods.overlay_params(base_file.name, task.get("method_values"))
+            repeated = sorted(set(params) & set(config))
+            if repeated:
+                raise ValueError(f"{base_file} sets {repeated}, which the method registry renders into it "
+                                 f"(robust_bundles.methods: the entry's params): remove them from the base.")
+            config = {**params, **config}
             if "bundle_root" in config:
                 config = apply_overlay(config, task.get("common", {}), new_keys)
             out[base_file.name] = apply_overlay(config, task.get("configs", {}).get(base_file.name, {}), new_keys)

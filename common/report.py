@@ -425,7 +425,7 @@ def cost_table(results: Sequence[dict]) -> tuple[str, list[dict]]:
     rows = [r for r in _ordered(results) if isinstance(r.get("cost"), dict)]
     if not rows:
         return "", []
-    std = next((r["cost"] for r in rows if r["method"] == "STD"), None)
+    std = next((r["cost"] for r in rows if r["method"] == methods.reference().name), None)
 
     def ratio(a: Any, b: Any) -> float:
         a, b = _float(a), _float(b)
@@ -611,7 +611,7 @@ def write_report(
     caption: str = "",
     out_dir: str | Path | None = None,
     input_shape: Sequence[int] | None = None,
-    margins_run: str = "amat",
+    margins_run: str | None = None,
     labels: dict[str, str] | None = None,
     models_root: str | Path | None = None,
 ) -> dict[str, Path]:
@@ -623,7 +623,8 @@ def write_report(
         caption: free text appended to the table's caption (e.g. the profile's description).
         out_dir: where to write; default ``<output_root>/report``.
         input_shape: optional spatial size of the network input, stated in the caption.
-        margins_run: the run whose ``models/<run>/margins.csv`` is summarised and plotted when present.
+        margins_run: the run whose ``models/<run>/margins.csv`` is summarised and plotted when present (default:
+            the study candidate's run, ``robust_bundles.methods.candidate()``).
         labels: row labels by run (see :func:`collect`).
         models_root: the folder holding ``models/<run>`` when it is not ``output_root`` (see :func:`collect`).
 
@@ -633,6 +634,7 @@ def write_report(
         of every further metric.
     """
     root = Path(output_root)
+    margins_run = methods.candidate().run_name() if margins_run is None else margins_run
     out = Path(out_dir) if out_dir is not None else Path(layout.report_dir(root))
     models = Path(models_root) if models_root is not None else root
     results = collect(root, runs, labels, models_root=models)

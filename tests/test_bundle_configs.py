@@ -85,6 +85,29 @@ def test_render_writes_only_what_differs_and_reports_bad_task_files(tmp_path):
     assert bc.rendered_configs(tmp_path) == {}  # no task.json: not a rendered bundle
 
 
+def test_method_overlays_take_the_registry_params_and_the_task_values_once(tmp_path):
+    """A method's rendered overlay starts with its registry entry's params; a task's "method_values" (its eps units,
+    its outputs) replace the defaults in every method that takes them; the base may not repeat them."""
+    from robust_bundles import methods
+
+    assert methods.overlay_params("teat.json") == {"train_eps": 6.0, "output_activation": "softmax"}
+    assert methods.overlay_params("teat.json", {"train_eps": 3}) == {"train_eps": 3, "output_activation": "softmax"}
+    assert methods.overlay_params("amat.json", {"train_eps": 3}) == {} == methods.overlay_params("train.json")
+    bundle = tmp_path / "b"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / bc.TASK_FILE).write_text(json.dumps({"family": "segmentation", "method_values": {"train_eps": 15.0}}))
+    rendered = {k: json.loads(v) for k, v in bc.rendered_configs(bundle).items() if k.endswith(".json")}
+    assert rendered["vat.json"]["train_eps"] == rendered["teat.json"]["train_eps"] == 15.0
+    assert rendered["teat.json"]["output_activation"] == "softmax"  # the registry's default
+    assert rendered["teat.json"]["train#trainer#iteration_update"]["activation"] == "@output_activation"
+    assert "train_eps" not in rendered["amat.json"]
+    (bundle / bc.TASK_FILE).write_text(json.dumps({"family": "segmentation", "method_values": {"train_epz": 1}}))
+    with pytest.raises(ValueError, match=r"\"method_values\" \['train_epz'\] are taken by no registered method"):
+        bc.rendered_configs(bundle)
+    base = json.loads((bc.family_dir("segmentation") / "vat.json").read_text())
+    assert "train_eps" not in base  # the registry's, not the base's
+
+
 def test_derive_overlay_inverts_apply_overlay_with_deletions_and_literal_path_keys():
     base = {"net": {"in": 1, "f": [8, 16, 32, 64, 128], "drop": 0.1, "norm": "instance"}, "slices": {"axis": 2},
             "epochs": 5}

@@ -520,3 +520,18 @@ def test_a_registry_entry_makes_a_method_known_to_the_tool_the_report_and_the_st
     assert "dummy.json" not in experiment.bundle_configs() and "DUMMY" not in report.METHODS
     assert report.parse_run("dummy_eps2") == ("dummy_eps2", None, "dummy_eps2")
     methods.register(dummy_method)  # for the fixture's clean-up
+
+
+def test_a_method_without_a_list_runs_at_its_overlays_eps_and_a_bundle_without_its_overlay_has_no_runs(bundle):
+    """The profile gives no teat_eps: TEAT runs at the train_eps of the bundle's teat.json (the task's value); a
+    bundle without teat.json trains no TEAT, and asking for TEAT runs there names the missing file."""
+    _write(bundle / "configs" / "profiles" / "tiny.json", {"experiment": {"vat_eps": [3]}, "epochs": 1})
+    runs = experiment.Experiment(bundle, "tiny").runs()
+    assert "teat_eps9" in runs and "vat_eps3" in runs and "vat_eps9" not in runs
+    (bundle / "configs" / "teat.json").unlink()
+    exp = experiment.Experiment(bundle, "tiny")
+    assert not any(r.startswith("teat") for r in exp.runs()) and "TEAT" not in exp.eps
+    with pytest.raises(experiment.ExperimentError, match="no configs/teat.json"):
+        experiment.Experiment(bundle, "tiny", eps={"TEAT": [2]})
+    with pytest.raises(experiment.ExperimentError, match=r"Unknown option\(s\) --teat_ep: .*--teat_eps"):
+        experiment.method_options(teat_ep=[2])
