@@ -319,6 +319,14 @@ def _build_amat(num_samples: int, attack: Any = None, thresholds: Any = None, be
     return Training(update, [MarginHandler(book)], book)
 
 
+def _build_trades(num_samples: int, attack: Any = None, eps: float = 2.0, beta: float = 6.0,
+                  activation: Any = "softmax", memory: Any = None, **_: Any) -> Training:
+    from .adversarial import TRADESIteration
+
+    return Training(TRADESIteration(eps, attack=attack, beta=beta, activation=activation,
+                                    memory=_memory(num_samples, memory)))
+
+
 _EPS = {"train_eps": 6.0}  # the training noise level of a method with eps; a task gives its own (its input units)
 _OUTPUTS = {"output_activation": "softmax"}  # how the task's outputs are distributions (robust_bundles.adversarial)
 _ATTACKED = ("trainer", "training_attack")  # the contract ids every adversarial overlay reads
@@ -341,3 +349,10 @@ AMAT = register(Method("AMAT", overlay="amat.json", iteration="robust_bundles.ad
                        build=_build_amat, description="adaptive-margin adversarial training (per-sample margins)",
                        reads=(*_ATTACKED, "loss", "epochs", "datalist", "save_dict", "method_handlers",
                               "thresholds_file", "ckpt_dir"), role="candidate"))
+TRADES = register(Method("TRADES", overlay="trades.json", iteration="robust_bundles.adversarial.TRADESIteration",
+                         takes_eps=True, build=_build_trades,
+                         styles={SCRATCH: ("C4", "p", "TRADES"), FINE_TUNED: ("C6", "h", "TRADES fine-tuned")},
+                         description="clean loss + beta x the divergence of the outputs under the attack that "
+                                     "maximises it (Zhang et al., ICML 2019)",
+                         params={**_EPS, "trades_beta": 6.0, **_OUTPUTS}, task_values=("train_eps", "output_activation"),
+                         reads=_ATTACKED))
