@@ -1,4 +1,4 @@
-"""The training methods of the project, registered once: STD, VAT, TEAT and AMAT.
+"""The training methods of the project, registered once: STD, VAT, TEAT, AMAT and TRADES.
 
 A method is one iteration class (``robust_bundles.adversarial``), one config overlay stacked on a bundle's
 ``train.json`` and one :class:`Method` entry here. Everything above the core reads this registry instead of keeping
@@ -11,11 +11,15 @@ its own table: the experiment tool (its stages, options and groups), the report 
     methods.parse_run("teat_eps0.5")      # (TEAT's entry, 0.5)
     methods.get("AMAT").training(128, attack=L2PGD(steps=3), thresholds=xi, expansion_step=1.0)
 
-A new method: write its iteration class, its overlay ``configs/<key>.json`` (setting ``train#trainer#iteration_update``
-and, for state such as a margin book, ``train#save_dict#<name>`` and ``train#method_handlers``), then
-``methods.register(Method("NAME", overlay="<key>.json", iteration=..., ...))``. The experiment tool then trains and
-evaluates it (a ``--experiment '{"<key>_eps": [...]}'`` list for a method with an eps), the report names its rows and the
-study plots it. Fine-tuning is no method: ``finetune.json`` (:data:`FINETUNE_OVERLAY`) stacks after any method's
+A new method is four files (TRADES was added so, in one commit): its iteration class (``adversarial.py``), its
+entry here (``register(Method("NAME", overlay="<key>.json", iteration=..., params=..., task_values=..., reads=...,
+role=...))``), its base overlay ``common/configs/<family>/<key>.json`` (setting ``train#trainer#iteration_update``
+and, for state such as a margin book, ``train#save_dict#<name>`` and ``train#method_handlers``) and its test; then
+``python scripts/bundles.py render`` writes every bundle's overlay (the entry's ``params`` first, the task's
+``method_values`` replacing their defaults). From the entry, the experiment tool trains and evaluates it
+(``--<key>_eps``, ``--<key>_init``; a method with eps and no list in the profile runs at its overlay's ``train_eps``),
+the report names its rows, the study runs it as a baseline (``--<key>_eps``, ``--<key>_ft_eps``) and plots it, the
+contract (``robust_bundles.contract``) checks what it ``reads`` and the bundle test suite trains it in every bundle. Fine-tuning is no method: ``finetune.json`` (:data:`FINETUNE_OVERLAY`) stacks after any method's
 overlay and makes the run start from trained weights (the study plots such runs with the method's ``fine-tuned``
 style).
 """

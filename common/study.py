@@ -93,7 +93,7 @@ class AmatConfig:
     """
 
     name: str
-    init: str = "std"
+    init: str = methods.FINE_TUNED
     epochs: int | None = None
     margin_rule: str = "target"
     expansion_step: float | None = None

@@ -75,7 +75,7 @@ def toy_network(num_classes: int = 3, filters: tuple[int, ...] = (8, 16, 32)):
 
 
 def run_toy(
-    method: str = "std",
+    method: str | None = None,
     train_data: list[dict] | None = None,
     epochs: int = 10,
     batch_size: int = 16,
@@ -99,6 +99,7 @@ def run_toy(
     margin book and its handler), exactly what a bundle overlay does (:meth:`robust_bundles.methods.Method.training`).
 
     Args:
+        method: a registered method's name, any case (default: the reference, STD).
         init_from: a saved state dict or checkpoint to start from (robust fine-tuning, through
             :class:`robust_bundles.handlers.InitFromCheckpoint`); None trains from the network's initialisation.
         target_margin: AMAT's schedule-aware margin: Delta, A and the cap from this target margin, ``epochs`` and
@@ -132,7 +133,7 @@ def run_toy(
     if init_from is not None:
         handlers.append(InitFromCheckpoint(init_from, net))
     try:
-        entry = methods.get(method)
+        entry = methods.reference() if method is None else methods.get(method)
     except KeyError as e:
         raise ValueError(str(e.args[0])) from None
     rule = "target" if target_margin is not None else "fixed"

@@ -116,11 +116,16 @@ def test_dry_run_hippocampus_lists_stages_with_profile_last(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert p.returncode == 0, p.stderr
-    expected = ["std", "thresholds", "vat_eps2", "vat_eps6", "teat_eps6", "amat", "robustness_std",
-                "robustness_vat_eps2", "robustness_vat_eps6", "robustness_teat_eps6", "robustness_amat", "report"]
+    from robust_bundles import methods
+
+    # the profile's lists, then every other method with eps at the task's train_eps (6 for the hippocampus)
+    others = [m.run_name(6) for m in methods.with_overlay() if m.takes_eps and m.name not in ("VAT", "TEAT")]
+    runs = ["std", "vat_eps2", "vat_eps6", "teat_eps6", "amat", *others]
+    expected = ["std", "thresholds", *runs[1:], *(f"robustness_{r}" for r in runs), "report"]
     cmds = commands(p.stdout)
     assert list(cmds) == expected[:-1]
-    assert "[12/12] report" in p.stdout and "Plan: 12 stages, 0 done, 12 to run" in p.stdout
+    n = len(expected)
+    assert f"[{n}/{n}] report" in p.stdout and f"Plan: {n} stages, 0 done, {n} to run" in p.stdout
     assert not out_root.exists()  # a dry run writes nothing
     overlays = {"std": ["train.json"], "thresholds": ["train.json", "thresholds.json"],
                 "vat_eps2": ["train.json", "vat.json"], "teat_eps6": ["train.json", "teat.json"],
@@ -420,10 +425,15 @@ TINY = {"max_cases": 1, "max_val_cases": 1, "max_test_cases": 1, "epochs": 1, "v
 
 @pytest.mark.slow
 def test_end_to_end_hippocampus_quick(tmp_path):
-    """The whole tool on the hippocampus bundle (synthetic data), tiny settings, one VAT and one TEAT noise level."""
+    """The whole tool on the hippocampus bundle (synthetic data), tiny settings, every registered method (one noise
+    level, 2, for each method with eps)."""
+    from robust_bundles import methods
+
     root = tmp_path / "runs"
+    with_eps = [m for m in methods.with_overlay() if m.takes_eps]
     cmd = [sys.executable, str(SCRIPT), "--bundle", str(HIPPOCAMPUS), "--profile", "quick", "--output_root",
-           str(root), "--vat_eps", "[2]", "--teat_eps", "[2]", "--finetune_epochs", "1", "--override", json.dumps(TINY)]
+           str(root), *(a for m in with_eps for a in (f"--{m.key}_eps", "[2]")), "--finetune_epochs", "1",
+           "--override", json.dumps(TINY)]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, f"{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
     report_dir = root / "report"
@@ -432,17 +442,19 @@ def test_end_to_end_hippocampus_quick(tmp_path):
     for name in ("metric_vs_eps.png", "margins.png"):
         assert (report_dir / name).read_bytes()[:8] == PNG_MAGIC, name
     table = json.loads((report_dir / "results.json").read_text())
-    assert [r["label"] for r in table["rows"]] == ["STD", "VAT (eps 2)", "TEAT (eps 2)", "AMAT (fine-tuned)"]
+    assert [r["label"] for r in table["rows"]] == ["STD", *(f"{m.name} (eps 2)" if m.takes_eps else
+                                                          f"{m.name} (fine-tuned)" for m in methods.with_overlay())]
     assert table["columns"] == ["clean", "PGD 2", "PGD 6", "PGD Avg.", "IFGSM 2", "IFGSM 6", "IFGSM Avg."]
-    for run in ("std", "vat_eps2", "teat_eps2", "amat"):
+    for run in ("std", *(m.run_name(2 if m.takes_eps else None) for m in methods.with_overlay())):
         assert (root / "models" / run / "model.pt").is_file()
         assert (root / "eval" / run / "robustness.json").is_file()
         assert (root / "logs" / f"{run}.log").is_file()
-    assert "[10/10] report done" in p.stdout and "| AMAT (fine-tuned) |" in p.stdout
+    n = 2 * (1 + len(list(methods.with_overlay()))) + 2  # training and evaluation of each run, thresholds, report
+    assert f"[{n}/{n}] report done" in p.stdout and "| AMAT (fine-tuned) |" in p.stdout
     assert json.loads((root / "models" / "amat" / "init_from.json").read_text())["max_epochs"] == 1
     # a second run finds everything done
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0 and "Plan: 10 stages, 10 done, 0 to run" in p.stdout, p.stdout[-3000:]
+    assert p.returncode == 0 and f"Plan: {n} stages, {n} done, 0 to run" in p.stdout, p.stdout[-3000:]
 
 
 def test_extra_runs_of_a_profile(bundle, capsys, tmp_path):
