@@ -36,6 +36,7 @@ from typing import Any, Iterable, Sequence
 from . import layout, methods
 from .finetune import read_init_record
 from .io import atomic_write, atomic_write_json, atomic_write_text
+from .metrics import MetricSpec
 
 __all__ = [
     "run_name",
@@ -274,10 +275,10 @@ def _float(v: Any) -> float:
         return float("nan")
 
 
-def _metric_label(spec: dict) -> str:
-    """``"MRE (mm, lower is better)"``."""
-    unit = f"{spec['unit']}, " if spec.get("unit") else ""
-    return f"{spec['name']} ({unit}{'higher' if spec['higher_is_better'] else 'lower'} is better)"
+def metric_label(spec: Any) -> str:
+    """``"MRE (mm, lower is better)"``: the label of a ``MetricSpec`` or of its dict (as ``robustness.json`` stores
+    it); the one label function of the reports (:meth:`robust_bundles.metrics.MetricSpec.label`)."""
+    return (spec if isinstance(spec, MetricSpec) else MetricSpec.from_dict(spec)).label()
 
 
 def _attack_text(settings: dict) -> str:
@@ -468,7 +469,7 @@ def _caption(rows: Sequence[dict], spec: dict, caption: str, input_shape: Sequen
         f"{r['label']}: {_attack_text(r['settings'])}" for r in rows)
     shape = f", network input {' x '.join(str(s) for s in input_shape)} pixels" if input_shape else ""
     text = (
-        f"Table: {_metric_label(spec)[:-1]}, best of each column in bold) on the test set, "
+        f"Table: {metric_label(spec)[:-1]}, best of each column in bold) on the test set, "
         f"{samples}. White-box attacks on the task loss, model in eval mode: {attacks or 'none'}. "
         f"eps is the {_norm(rows)} norm of the perturbation of the whole network input, in input intensity units "
         f"(after the bundle's intensity normalisation){shape}; Avg. is the mean over the eps > 0 columns."
@@ -562,7 +563,7 @@ def plot_metric_vs_eps(results: Sequence[dict], path: str | Path, metric: str | 
                     color=color, label=f"{r['label']} {name}")
     spec = _spec(rows, metric)
     ax.set_xlabel(f"eps ({_norm(rows)}, input intensity units)")
-    ax.set_ylabel(_metric_label(spec))
+    ax.set_ylabel(metric_label(spec))
     ax.set_title(f"{spec['name']} under attack ({', '.join(attack_names)}; eps 0 = clean)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="best")
@@ -655,7 +656,7 @@ def write_report(
             other_md, _, other_table = paper_table(results, "", input_shape, metric=name)
             table["other_metrics"][name] = other_table
             rows_only = other_md.split("\n\n", 1)[0]  # the table without its caption
-            md += f"\n{_metric_label(_spec(results, name))}:\n\n{rows_only}\n"
+            md += f"\n{metric_label(_spec(results, name))}:\n\n{rows_only}\n"
 
     cost_md, cost_rows = cost_table(results)
     if cost_md:

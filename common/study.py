@@ -493,9 +493,9 @@ class Study(tool.Experiment):
         analysis["metric"] = self.metric
         out = self.path(STUDY_DIR)
         files = {"frontier": plot_frontier(rows, analysis, out / "frontier.png",
-                                           f"validation split ({self.val_cases} cases)", metric_label(self.metric))}
+                                           f"validation split ({self.val_cases} cases)", report.metric_label(self.metric))}
         md = study_markdown(rows, analysis, self.clean_tolerance, self.val_cases, self.report_caption(),
-                            metric_label(self.metric))
+                            report.metric_label(self.metric))
         files["markdown"] = atomic_write_text(out / "study.md", md)
         files["csv"] = atomic_write_text(out / "study.csv", study_csv(rows, analysis))
         files["json"] = atomic_write_json(out / "study.json", report._finite({"rows": rows, "analysis": analysis}))
@@ -514,8 +514,8 @@ class Study(tool.Experiment):
         analysis = analyse(rows, self.clean_tolerance, chosen=chosen, higher_is_better=self.metric["higher_is_better"])
         analysis["metric"] = self.metric
         files["test_frontier"] = plot_frontier(rows, analysis, self.path(STUDY_DIR) / "test_frontier.png",
-                                               "test split", metric_label(self.metric))
-        md = test_markdown(rows, analysis, chosen, self.clean_tolerance, metric_label(self.metric))
+                                               "test split", report.metric_label(self.metric))
+        md = test_markdown(rows, analysis, chosen, self.clean_tolerance, report.metric_label(self.metric))
         files["test_markdown"] = atomic_write_text(self.path(STUDY_DIR) / "test.md", md)
         atomic_write_json(self.path(STUDY_DIR) / "test.json", report._finite({"rows": rows, "analysis": analysis}))
         return files
@@ -683,12 +683,6 @@ def study_markdown(rows: list[dict], analysis: dict, tolerance: float, val_cases
             f"{c['best_baseline']['clean']:.3f}).\n")
     text.append(f"\n![clean vs robust {metric}](frontier.png)\n")
     return "".join(text)
-
-
-def metric_label(spec: dict) -> str:
-    """``"MRE (mm, lower is better)"``: a MetricSpec's name, unit and direction, for titles and captions."""
-    unit = f"{spec['unit']}, " if spec.get("unit") else ""
-    return f"{spec['name']} ({unit}{'higher' if spec.get('higher_is_better', True) else 'lower'} is better)"
 
 
 def _clean_condition(analysis: dict, tolerance: float) -> str:
