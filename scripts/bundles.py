@@ -152,7 +152,7 @@ def render(bundles: Any = None, check: bool = False) -> None:
         print(f"{folder.name}: {len(written)} config(s) written" + "".join(f"\n  {w}" for w in written))
 
 
-def derive(bundle: str, family: str = "segmentation") -> None:
+def derive(bundle: str, family: str = "base") -> None:
     """Write a bundle's task.json as the smallest overlay of the family's base that renders its current configs.
 
     For a new task: copy a bundle of the family, edit its configs/*.json until it runs, then derive its task.json

@@ -13,7 +13,7 @@ The contract is code: :class:`TaskAdapter`, a ``Protocol`` that each task's adap
 (:class:`robust_bundles.tasks.segmentation.SegmentationAdapter`, :class:`robust_bundles.tasks.landmarks.LandmarkAdapter`,
 :class:`robust_bundles.tasks.detection.DetectionAdapter`; ``tests/test_task_adapters.py`` checks all three).
 
-In the bundles' shared base configs (``robust_bundles/configs/segmentation/``) a task fills these ids, each used
+In the bundles' shared base configs (``robust_bundles/configs/base/``) a task fills these ids, each used
 by every engine and dataloader that needs it: ``loss``, ``metric``, ``network_def``, ``samples`` (the reader: samples
 with a stable ``sample_id``, splits), ``sample_preprocessing``, ``sample_digest``, ``collate_fn``, ``prepare_batch``,
 ``decollate`` and ``loss_output`` (MONAI's defaults in the base), plus its key metrics and inference writer.
