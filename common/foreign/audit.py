@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..attack_suite import RandomNoise
 from ..attacks import L2IFGSM, L2PGD, Attack
 from ..io import atomic_write_json, atomic_write_text
 from .losses import PerSampleWrapper
@@ -163,27 +164,6 @@ class CaseFromMetad:
         if isinstance(data, list):  # random crops with num_samples > 1
             return [self._one(d) for d in data]
         return self._one(data)
-
-
-class RandomNoise(Attack):
-    """Random noise of L2 norm exactly eps (a random direction on the sphere): the baseline that an attack must beat
-    (an attack weaker than noise points to gradient masking)."""
-
-    norm = "l2"
-    random_start = True
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs["steps"] = 0
-        super().__init__(**kwargs)
-
-    @property
-    def name(self) -> str:
-        return "noise"
-
-    def run(self, x, y, eps=None, **kwargs):
-        e = self.eps if eps is None else eps
-        kwargs["start_radius"] = e
-        return super().run(x, y, e, **kwargs)
 
 
 class CheckpointedNetwork(nn.Module):
