@@ -11,7 +11,8 @@ worst case over all of them. What the suites run (T = ``pgd_steps``):
   ``APGD_box_regression``; ``APGD_heatmap``...), and on each extra objective of the task (``objectives``, e.g.
   ``APGD_cosine_ce`` for segmentation, ``APGD_distance`` for landmarks; :mod:`robust_bundles.attack_losses`).
 - ``strong``: standard with ``max(T, 100)`` iterations and 3 random restarts for every APGD (the per-sample worst
-  restart is kept); the experiment adds the transfer check (:mod:`robust_bundles.transfer`).
+  restart is kept); the experiment adds the transfer check (:mod:`robust_bundles.transfer`): with a ``surrogate``
+  model any suite adds ``transfer``, its PGD crafted on the surrogate and applied to the evaluated model.
 
 Every suite holds ``PGD`` with the same settings, and the worst case is the per-sample minimum (for a
 higher-is-better metric) over all its attacks, PGD included: no sample comes out better under a suite than under its
@@ -20,11 +21,14 @@ PGD alone. ``PGD_strong`` (PGD-50, 3 restarts) is added to any suite with ``stro
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
+
+import torch.nn as nn
 
 from .apgd import APGD
 from .attack_losses import TermLoss
 from .attacks import L2IFGSM, L2PGD, Attack, AttackResult
+from .transfer import TRANSFER, TransferAttack
 
 __all__ = ["SUITES", "RandomNoise", "suite_attacks", "check_suite"]
 
@@ -73,6 +77,8 @@ def suite_attacks(
     strong_pgd: bool = False,
     strong_pgd_steps: int = 50,
     strong_restarts: int = 3,
+    surrogate: nn.Module | None = None,
+    surrogate_inferer: Callable | None = None,
 ) -> dict[str, Attack]:
     """The attacks of a named suite (see the module docstring).
 
@@ -87,6 +93,9 @@ def suite_attacks(
             ``{"cosine_ce": CosineWeightedCE()}``.
         strong_pgd: add ``PGD_strong`` (``strong_pgd_steps`` steps, ``strong_restarts`` restarts).
         strong_pgd_steps, strong_restarts: its settings.
+        surrogate: a second model of the task: adds ``transfer``, the suite's PGD crafted on it and applied to the
+            evaluated model (:mod:`robust_bundles.transfer`; a transfer worse than every white-box attack is flagged).
+        surrogate_inferer: ``inferer(x, network)`` for the surrogate (the bundle's); None calls it directly.
 
     Returns:
         ``{name: attack}`` in report order, PGD first.
@@ -109,6 +118,9 @@ def suite_attacks(
         for suffix, objective in losses.items():
             attacks[f"APGD{suffix}"] = APGD(loss_fn=objective, steps=steps, clamp=clamp, restarts=restarts)
     attacks["noise"] = RandomNoise(clamp=clamp)
+    if surrogate is not None:
+        attacks[TRANSFER] = TransferAttack(L2PGD(steps=pgd_steps, alpha=alpha, clamp=clamp), surrogate,
+                                           surrogate_inferer)
     if strong_pgd:
         attacks["PGD_strong"] = L2PGD(steps=strong_pgd_steps, alpha=alpha, clamp=clamp, restarts=strong_restarts)
     return attacks

@@ -50,6 +50,7 @@ from typing import Any, Mapping, Sequence
 import fire
 
 from . import layout, methods, report
+from .attack_suite import SUITES
 from .command_line import unknown_override_errors
 from .finetune import INIT_RECORD
 from .io import atomic_write_json
@@ -375,7 +376,7 @@ class Experiment:
     def __init__(self, bundle: str | Path, profile: str | None = "quick", dataset_dir: str | Path | None = None,
                  output_root: str | Path | None = None, override: dict | str | None = None,
                  vat_eps: Any = None, teat_eps: Any = None, inits: dict[str, Any] | None = None,
-                 finetune_epochs: Any = None) -> None:
+                 finetune_epochs: Any = None, attack_suite: str | None = None) -> None:
         self.bundle = Path(bundle).expanduser().resolve()
         cfg = self.bundle / "configs"
         missing = [c for c in bundle_configs() if not (cfg / c).is_file()]
@@ -411,6 +412,10 @@ class Experiment:
             raise ExperimentError(f"--override cannot set {sorted(reserved)}: use the tool's own options "
                                   f"(--output_root, --dataset_dir, --vat_eps/--teat_eps).")
         self.overrides = override
+        if attack_suite is not None:  # --attack_suite: the robustness stages' attack_suite config key
+            if attack_suite not in SUITES:
+                raise ExperimentError(f"--attack_suite {attack_suite!r}: give one of {list(SUITES)}.")
+            self.overrides["attack_suite"] = attack_suite
 
         given_eps = {"VAT": vat_eps, "TEAT": teat_eps}
         self.eps = {m.name: eps_list(given_eps.get(m.name) if given_eps.get(m.name) is not None
@@ -736,6 +741,7 @@ def main(
     vat_init: str | None = None,
     teat_init: str | None = None,
     finetune_epochs: int | None = None,
+    attack_suite: str | None = None,
     dry_run: bool = False,
 ) -> None:
     """Plan, then run the experiment's stages and print the paper's table (stages and resume: module docstring).
@@ -762,11 +768,15 @@ def main(
         finetune_epochs: epochs of the fine-tuned runs (their own optimizer and schedule); default: the epochs of
             ``--override`` if it sets them (every run is then that long), else the profile's "finetune_epochs", else
             the profile's epochs.
+        attack_suite: the attacks of the robustness stages (robust_bundles.attack_suite, docs/robustness_evaluation.md):
+            "quick" (PGD, I-FGSM, noise), "standard" (PGD, noise and APGD on the task loss, each of its terms and
+            the task's attack objectives; per-sample worst case) or "strong"; default: the configs' ("quick").
         dry_run: print the plan and the commands, run nothing.
     """
     t0 = time.time()
     exp = Experiment(bundle, profile, dataset_dir, output_root, override, vat_eps, teat_eps,
-                     inits={"AMAT": amat_init, "VAT": vat_init, "TEAT": teat_init}, finetune_epochs=finetune_epochs)
+                     inits={"AMAT": amat_init, "VAT": vat_init, "TEAT": teat_init}, finetune_epochs=finetune_epochs,
+                     attack_suite=attack_suite)
     plan = exp.plan(stages, force)
     print_plan(exp, plan)
     exp.run_plan(plan, t0, dry_run)

@@ -16,6 +16,7 @@ from robust_bundles.attacks import L2IFGSM, L2PGD
 from robust_bundles.handlers import RobustnessEvaluationHandler
 from robust_bundles.tasks.segmentation import DiceCELoss, SliceDice
 from robust_bundles.toy import make_toy_segmentation, run_toy
+from robust_bundles.transfer import transfer_warnings
 
 
 def test_suites_hold_the_named_attacks():
@@ -57,9 +58,16 @@ def _run(net, data, suite, path):
     return h
 
 
-def test_standard_suite_is_never_better_than_pgd_and_reports_who_found_the_worst(trained, tmp_path):
+@pytest.fixture(scope="module")
+def suites(trained, tmp_path_factory):
+    """The quick and the standard suite on the same model and data (written under ``path``)."""
     net, data = trained
-    quick, std = _run(net, data, "quick", tmp_path / "q"), _run(net, data, "standard", tmp_path / "s")
+    path = tmp_path_factory.mktemp("suites")
+    return _run(net, data, "quick", path / "q"), _run(net, data, "standard", path / "s"), path
+
+
+def test_standard_suite_is_never_better_than_pgd_and_reports_who_found_the_worst(suites):
+    quick, std, tmp_path = suites
 
     def per_sample(h, attack):
         return {(r["index"], r["eps"]): r["dice"] for r in h.rows if r["attack"] == attack}
@@ -83,19 +91,64 @@ def test_standard_suite_is_never_better_than_pgd_and_reports_who_found_the_worst
     assert "Worst case found by" in md and "| APGD_cosine_ce |" in md
 
 
-def test_cost_counts_the_passes(trained, tmp_path):
+def test_cost_counts_the_passes(suites):
     """PGD-4: 4 passes with input gradient per sample and eps; APGD-4: 4 with gradient and the last iterate's forward;
     noise: one forward; I-FGSM-3: 3 + its final check."""
-    net, data = trained
-    h = _run(net, data, "quick", tmp_path / "q")
+    h, std_handler, tmp_path = suites
     per = h.summary["cost"]["passes_per_sample_and_eps"]
     assert per["PGD"] == {"gradient": 4.0, "forward": 1.0}  # perturb's final check of x_adv
     assert per["IFGSM"] == {"gradient": 3.0, "forward": 1.0}
     assert per["noise"] == {"gradient": 0.0, "forward": 1.0}
     assert h.summary["cost"]["total"] == 10.0 and h.summary["cost"]["relative_to_PGD"] == 2.0
-    std = _run(net, data, "standard", tmp_path / "s").summary["cost"]
+    std = std_handler.summary["cost"]
     assert std["passes_per_sample_and_eps"]["APGD_dice"] == {"gradient": 4.0, "forward": 1.0}
     assert std["total"] == 5 * 5 + 1  # PGD and four APGD runs at 5 passes each, noise 1
     js = json.loads((tmp_path / "s" / "robustness.json").read_text())
     assert js["settings"]["attacks"]["APGD_ce"]["loss"] == "TermLoss"
     assert js["settings"]["attacks"]["APGD"]["loss"] == "DiceCELoss"
+
+
+# ------------------------------------------------------------------------------------------------- transfer check
+class Saturated(torch.nn.Module):
+    """The network with its logits scaled by 1e4: the same argmax (the same Dice), but a saturated softmax whose input
+    gradient vanishes on every pixel it classifies correctly: gradient masking by construction."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x) * 1e4
+
+
+def test_transfer_warnings_by_hand():
+    summary = {"metric": "dice", "attacks": {"PGD": {"1": 0.5, "2": 0.3, "avg": 0.4},
+                                             "transfer": {"1": 0.6, "2": 0.2, "avg": 0.4}}}
+    (w,) = transfer_warnings(summary)
+    assert "eps 2" in w and "0.2000" in w and "worst 0.3000" in w
+    assert transfer_warnings(summary, higher_is_better=False) == [transfer_warnings(
+        {"metric": "dice", "attacks": {"PGD": {"1": 0.5}, "transfer": {"1": 0.6}}}, higher_is_better=False)[0]]
+    assert transfer_warnings({"attacks": {"PGD": {"1": 0.5}}}) == []
+
+
+def test_transfer_flags_a_masking_model_and_not_an_honest_one(trained, tmp_path):
+    net, data = trained
+    other, _ = run_toy("std", make_toy_segmentation(32, size=16, seed=1), epochs=5, batch_size=8, seed=1)
+
+    def evaluate(model, surrogate, path):
+        loss = DiceCELoss()
+        attacks = suite_attacks("quick", loss, pgd_steps=4, ifgsm_steps=3, surrogate=surrogate)
+        assert list(attacks) == ["PGD", "IFGSM", "noise", "transfer"]
+        h = RobustnessEvaluationHandler(loss, attacks, eps=[3.0], output_dir=path, metric=SliceDice(name="dice"))
+        SupervisedEvaluator(torch.device("cpu"), DataLoader(Dataset(data), batch_size=3), model,
+                            val_handlers=[h]).run()
+        return h
+
+    masked = evaluate(Saturated(net), net, tmp_path / "m")
+    s = masked.summary
+    assert s["attacks"]["transfer"]["3"] < min(s["attacks"][a]["3"] for a in ("PGD", "IFGSM", "noise"))
+    assert any(w.startswith("gradient masking? At eps 3") for w in masked.warnings)
+    assert s["worst"]["3"] <= s["attacks"]["transfer"]["3"]  # the worst case takes the transfer into account
+    honest = evaluate(net, other, tmp_path / "h")
+    assert not any("gradient masking?" in w for w in honest.warnings)
+    assert honest.summary["attacks"]["transfer"]["3"] > honest.summary["attacks"]["PGD"]["3"]

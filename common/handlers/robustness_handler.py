@@ -51,6 +51,7 @@ from ..data.synthetic import is_synthetic
 from ..io import atomic_write_json, atomic_write_text
 from ..losses import per_sample_terms, weighted_total
 from ..metrics import FunctionMetric, MetricSpec, TaskMetric, nanmean
+from ..transfer import transfer_warnings
 
 __all__ = ["RobustnessEvaluationHandler", "format_eps"]
 
@@ -94,6 +95,8 @@ class RobustnessEvaluationHandler:
         eps_unit: ``"norm"`` (default): ``eps`` is the norm of the perturbation of a sample's whole input;
             ``"rms"``: ``eps`` is a per-value RMS, the attacked L2 norm is ``eps * sqrt(number of input values of the
             sample)`` (comparable across input sizes; the reports keep the RMS levels as labels).
+        suite: the name of the attack suite the attacks come from (:mod:`robust_bundles.attack_suite`), recorded in
+            the settings and stated in the report; None when the attacks were given one by one.
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class RobustnessEvaluationHandler:
         log_every: int = 1,
         dataset_dir: str | Path | None = None,
         eps_unit: str = "norm",
+        suite: str | None = None,
     ) -> None:
         if not isinstance(attacks, Mapping):
             attacks = {a.name: a for a in attacks}
@@ -151,6 +155,7 @@ class RobustnessEvaluationHandler:
         if eps_unit not in ("norm", "rms"):
             raise ValueError(f"eps_unit must be 'norm' or 'rms'; got {eps_unit!r}.")
         self.eps_unit = eps_unit
+        self.suite = suite
         self.loss_fn = loss_fn
         self.attacks = dict(attacks)
         self.eps = sorted(float(e) for e in eps)
@@ -448,6 +453,9 @@ class RobustnessEvaluationHandler:
             if w:
                 self.warnings.append(f"{name} eps {format_eps(eps)}: {w}")
                 logger.warning(self.warnings[-1])
+        for w in transfer_warnings(self.summary, self.higher_is_better):
+            self.warnings.append(w)
+            logger.warning(w)
         self.summary["warnings"] = self.warnings
         for spec in self.specs:
             m = self.summary["metrics"][spec.name]
@@ -473,6 +481,7 @@ class RobustnessEvaluationHandler:
                 for n, a in self.attacks.items()
             },
             "restarts": self.restarts,
+            "suite": self.suite,
             "seed": self.seed,
             "input_shape": self.input_shape,
             "higher_is_better": self.higher_is_better,
@@ -526,6 +535,8 @@ class RobustnessEvaluationHandler:
         w.writerows(self.rows)
         atomic_write_text(out / "robustness.csv", buf.getvalue())
         attacks = ", ".join(f"{n}: {a.norm.upper()} {a.steps} steps" for n, a in self.attacks.items())
+        if self.suite is not None:
+            attacks = f"attack suite {self.suite}: {attacks}"
         atomic_write_text(
             out / "robustness.md",
             (f"**{SYNTHETIC_NOTE}**\n\n" if self.synthetic else "")
