@@ -13,10 +13,8 @@ metric. None of them changes what is measured (the task metric); they change onl
   the pixels still classified correctly weigh more, and the pixels already wrong less, as the attack proceeds. Unlike
   SegPGD's schedule the weight depends on the output only, not on the iteration: a fixed objective, which APGD's
   best-point bookkeeping needs.
-- :class:`LandmarkDistanceLoss`: landmarks, a smooth surrogate of the landmark distance: per landmark the spatial
-  softmax of the heatmap logits weighs each pixel's vote ``pixel + R * offset`` (the decoder's votes, soft instead of
-  top-k), and the loss is the mean over landmarks of the distance of that point to the target landmark (read back
-  from the target disk and offsets), in network pixels.
+- landmarks: :class:`robust_bundles.tasks.landmark_distance.LandmarkDistanceLoss`, the soft-decoded landmark distance
+  (with the landmark task, whose output layout it reads).
 """
 
 from __future__ import annotations
@@ -27,9 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from .losses import PerSampleLoss, per_sample_terms, primary_output
-from .tasks.landmarks import split_heads
 
-__all__ = ["TermLoss", "CosineWeightedCE", "LandmarkDistanceLoss"]
+__all__ = ["TermLoss", "CosineWeightedCE"]
 
 
 class TermLoss(PerSampleLoss):
@@ -88,52 +85,3 @@ class CosineWeightedCE(PerSampleLoss):
             p = logits.softmax(1)
             weight = p.gather(1, idx.unsqueeze(1))[:, 0] / p.norm(dim=1)
         return (weight * ce).flatten(1).mean(1)[:, None]
-
-
-class LandmarkDistanceLoss(PerSampleLoss):
-    """Mean distance (network pixels) of softly decoded landmarks to the targets (see the module docstring).
-
-    Args:
-        num_landmarks: L.
-        radius: R of the targets (pixels; offsets are in units of R).
-        temperature: of the spatial softmax over the heatmap logits (smaller: closer to the arg-max pixel).
-    """
-
-    term_names = ("distance",)
-    term_weights = (1.0,)
-
-    def __init__(self, num_landmarks: int, radius: float, temperature: float = 1.0) -> None:
-        super().__init__()
-        if not radius > 0 or not temperature > 0:
-            raise ValueError(f"radius and temperature must be > 0; got {radius} and {temperature}.")
-        self.num_landmarks, self.radius, self.temperature = int(num_landmarks), float(radius), float(temperature)
-
-    def _votes(self, heads: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every pixel's vote (B, L, H, W) for x and for y, in pixels."""
-        _, _, h, w = heads["heatmap"].shape
-        rows = torch.arange(h, dtype=torch.float32, device=heads["heatmap"].device).view(h, 1)
-        cols = torch.arange(w, dtype=torch.float32, device=heads["heatmap"].device).view(1, w)
-        return cols + self.radius * heads["offset_x"], rows + self.radius * heads["offset_y"]
-
-    def points(self, pred: Any) -> torch.Tensor:
-        """The softly decoded landmarks (B, L, 2) as (x, y) in network pixels."""
-        heads = split_heads(primary_output(pred).float(), self.num_landmarks)
-        weight = (heads["heatmap"].flatten(2) / self.temperature).softmax(2).view_as(heads["heatmap"])
-        vx, vy = self._votes(heads)
-        return torch.stack([(weight * vx).sum((2, 3)), (weight * vy).sum((2, 3))], -1)
-
-    def targets(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The target landmarks (B, L, 2) read back from the disks and offsets, and (B, L) bool: landmark present."""
-        heads = split_heads(torch.as_tensor(target).float(), self.num_landmarks)
-        disk = heads["heatmap"]
-        area = disk.sum((2, 3))
-        vx, vy = self._votes(heads)
-        pts = torch.stack([(disk * vx).sum((2, 3)), (disk * vy).sum((2, 3))], -1) / area.clamp_min(1e-12)[..., None]
-        return pts, area > 0
-
-    def terms(self, pred: Any, target: Any) -> torch.Tensor:
-        pts = self.points(pred)
-        tgt, present = self.targets(target)
-        dist = ((pts - tgt) ** 2).sum(-1).clamp_min(1e-12).sqrt()
-        dist = torch.where(present, dist, torch.zeros_like(dist))
-        return (dist.sum(1) / present.sum(1).clamp_min(1))[:, None]

@@ -176,6 +176,16 @@ def build_stages(eps_levels: Mapping[str, Sequence[float]] | None = None, inits:
     return train + evals + [Stage("report", "report", f"{REPORT_DIR}/results.md", needs=needs)]
 
 
+def transfer_from_std(stage: Stage, output_root: Path) -> Stage:
+    """The strong suite's transfer check: the robustness stage of a run other than STD also attacks the experiment's
+    STD model and applies that attack to the run's model (robust_bundles.transfer); the stage then needs STD's model."""
+    std = methods.STD.run_name()
+    if stage.kind == "robustness" and stage.run != std:
+        stage.needs = [*stage.needs, model_file(std)]
+        stage.args["transfer_surrogate"] = str(output_root / model_file(std))
+    return stage
+
+
 def extra_runs_of(value: Any) -> dict[str, dict]:
     """The profile's ``experiment.extra_runs``: ``{run: {"override": {config key: value}, "label": row label}}``.
 
@@ -440,6 +450,8 @@ class Experiment:
             method = method_of_stage(stage)
             extra = {k: v for k, v in self.method_overrides.get(method, {}).items() if k not in override}
             stage.args = {**extra, **stage.args}
+        if self.overrides.get("attack_suite") == "strong":
+            self.stages = [transfer_from_std(s, self.output_root) for s in self.stages]
         self._stage_keys_cache: dict[str, set[str]] = {}
         self.check_overrides()
 
@@ -770,7 +782,8 @@ def main(
             the profile's epochs.
         attack_suite: the attacks of the robustness stages (robust_bundles.attack_suite, docs/robustness_evaluation.md):
             "quick" (PGD, I-FGSM, noise), "standard" (PGD, noise and APGD on the task loss, each of its terms and
-            the task's attack objectives; per-sample worst case) or "strong"; default: the configs' ("quick").
+            the task's attack objectives; per-sample worst case) or "strong" (more APGD iterations and restarts, and
+            the transfer check from this experiment's STD model); default: the configs' ("quick").
         dry_run: print the plan and the commands, run nothing.
     """
     t0 = time.time()

@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from .attacks import Attack, AttackResult
 
-__all__ = ["TransferAttack", "transfer_warnings", "TRANSFER"]
+__all__ = ["TransferAttack", "transfer_warnings", "load_surrogate", "TRANSFER"]
 
 TRANSFER = "transfer"
 """The name of the transfer column in a robustness report."""
@@ -56,6 +56,24 @@ class TransferAttack(Attack):
         kwargs["train"] = False
         forward = None if self.inferer is None else (lambda t: self.inferer(t, self.surrogate))
         return self.base.run(x, y, eps, model=self.surrogate, forward=forward, **kwargs)
+
+
+def load_surrogate(network: nn.Module, path: str | None, device: Any = "cpu") -> nn.Module | None:
+    """The surrogate of the transfer check: ``network`` (a second instance of the bundle's network) with the weights
+    of ``path`` (a model.pt or checkpoint), on ``device`` in eval mode; None when ``path`` is None (no check).
+
+    Args:
+        network: a fresh instance of the network (configs: ``"transfer_network": "%network_def"``).
+        path: the surrogate's weights, e.g. the experiment's ``models/std/model.pt``; None or "" for none.
+        device: where the evaluated model runs.
+    """
+    if path is None or str(path) == "":
+        return None
+    from .weights import load_network_weights
+
+    load_network_weights(network, path, what="transfer surrogate", map_location="cpu",
+                         fix="give --transfer_surrogate the model.pt of a model trained with the same network settings")
+    return network.to(device).eval()
 
 
 def transfer_warnings(summary: Mapping, higher_is_better: bool = True, transfer: str = TRANSFER,

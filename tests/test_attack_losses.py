@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from robust_bundles.attack_losses import CosineWeightedCE, LandmarkDistanceLoss, TermLoss
+from robust_bundles.attack_losses import CosineWeightedCE, TermLoss
 from robust_bundles.losses import PerSampleLoss
+from robust_bundles.tasks.landmark_distance import LandmarkDistanceLoss
 from robust_bundles.tasks.landmarks import landmark_targets
 
 
