@@ -14,7 +14,8 @@ from robust_bundles.attack_losses import CosineWeightedCE, TermLoss
 from robust_bundles.attack_suite import RandomNoise, suite_attacks
 from robust_bundles.attacks import L2IFGSM, L2PGD
 from robust_bundles.handlers import RobustnessEvaluationHandler
-from robust_bundles.tasks.segmentation import DiceCELoss, SliceDice
+from robust_bundles.metrics import MetricSpec, TaskMetric, nanmean
+from robust_bundles.tasks.segmentation import DiceCELoss, SliceDice, slice_dice
 from robust_bundles.toy import make_toy_segmentation, run_toy
 from robust_bundles.transfer import transfer_warnings
 
@@ -152,3 +153,36 @@ def test_transfer_flags_a_masking_model_and_not_an_honest_one(trained, tmp_path)
     honest = evaluate(net, other, tmp_path / "h")
     assert not any("gradient masking?" in w for w in honest.warnings)
     assert honest.summary["attacks"]["transfer"]["3"] > honest.summary["attacks"]["PGD"]["3"]
+
+
+class _PooledDice(TaskMetric):
+    """A dataset-level metric (like mAP): the mean slice Dice, known only at the end; the task loss picks the
+    'worst' input of an image by proxy, not by this metric."""
+
+    specs = (MetricSpec("pooled_dice", "", True),)
+    per_sample = False
+
+    def reset(self):
+        self.values = []
+
+    def update(self, output, batch):
+        self.values.append(slice_dice(output, batch["label"].to(output.device)))
+        return None
+
+    def aggregate(self):
+        return {"pooled_dice": nanmean(torch.cat(self.values))}
+
+
+def test_dataset_level_worst_is_never_better_than_an_attack(trained, tmp_path):
+    net, data = trained
+    metric = _PooledDice()
+    metric.reset()
+    loss = DiceCELoss()
+    attacks = suite_attacks("standard", loss, pgd_steps=4, objectives={"cosine_ce": CosineWeightedCE()})
+    h = RobustnessEvaluationHandler(loss, attacks, eps=[1.0, 3.0], metric=metric)
+    SupervisedEvaluator(torch.device("cpu"), DataLoader(Dataset(data), batch_size=3), net, val_handlers=[h]).run()
+    s = h.summary
+    for e in ("1", "3"):
+        assert s["worst"][e] == min([h._accumulators[("worst", float(e))].aggregate()["pooled_dice"],
+                                     *(s["attacks"][a][e] for a in attacks)])
+        assert sum(s["worst_found_by"][e].values()) == len(data)  # the highest-loss input of every image
