@@ -50,6 +50,7 @@ from typing import Any, Mapping, Sequence
 import fire
 
 from . import layout, methods, report
+from .attack_suite import SUITES
 from .command_line import unknown_override_errors
 from .finetune import INIT_RECORD
 from .io import atomic_write_json
@@ -202,6 +203,16 @@ def build_stages(eps_levels: Mapping[str, Sequence[float]] | None = None, inits:
              for r in runs]
     needs = [robustness_file(r) for r in runs]
     return train + evals + [Stage("report", "report", f"{REPORT_DIR}/results.md", needs=needs)]
+
+
+def transfer_from_std(stage: Stage, output_root: Path) -> Stage:
+    """The strong suite's transfer check: the robustness stage of a run other than STD also attacks the experiment's
+    STD model and applies that attack to the run's model (robust_bundles.transfer); the stage then needs STD's model."""
+    std = methods.STD.run_name()
+    if stage.kind == "robustness" and stage.run != std:
+        stage.needs = [*stage.needs, model_file(std)]
+        stage.args["transfer_surrogate"] = str(output_root / model_file(std))
+    return stage
 
 
 def extra_runs_of(value: Any) -> dict[str, dict]:
@@ -404,7 +415,7 @@ class Experiment:
     def __init__(self, bundle: str | Path, profile: str | None = "quick", dataset_dir: str | Path | None = None,
                  output_root: str | Path | None = None, override: dict | str | None = None,
                  eps: Mapping[str, Any] | None = None, inits: dict[str, Any] | None = None,
-                 finetune_epochs: Any = None) -> None:
+                 finetune_epochs: Any = None, attack_suite: str | None = None) -> None:
         self.bundle = Path(bundle).expanduser().resolve()
         cfg = self.bundle / "configs"
         missing = [c for c in BASE_CONFIGS if not (cfg / c).is_file()]
@@ -441,6 +452,10 @@ class Experiment:
             raise ExperimentError(f"--override cannot set {sorted(reserved)}: use the tool's own options "
                                   f"(--output_root, --dataset_dir, --<method>_eps).")
         self.overrides = override
+        if attack_suite is not None:  # --attack_suite: the robustness stages' attack_suite config key
+            if attack_suite not in SUITES:
+                raise ExperimentError(f"--attack_suite {attack_suite!r}: give one of {list(SUITES)}.")
+            self.overrides["attack_suite"] = attack_suite
 
         given_eps = {str(k).upper(): v for k, v in (eps or {}).items() if v is not None}
         self.eps = {}
@@ -474,6 +489,8 @@ class Experiment:
             method = method_of_stage(stage)
             extra = {k: v for k, v in self.method_overrides.get(method, {}).items() if k not in override}
             stage.args = {**extra, **stage.args}
+        if self.overrides.get("attack_suite") == "strong":
+            self.stages = [transfer_from_std(s, self.output_root) for s in self.stages]
         self._stage_keys_cache: dict[str, set[str]] = {}
         self.check_overrides()
 
@@ -763,6 +780,7 @@ def main(
     force: Any = False,
     override: Any = None,
     finetune_epochs: int | None = None,
+    attack_suite: str | None = None,
     dry_run: bool = False,
     **method_option: Any,
 ) -> None:
@@ -784,6 +802,10 @@ def main(
         finetune_epochs: epochs of the fine-tuned runs (their own optimizer and schedule); default: the epochs of
             ``--override`` if it sets them (every run is then that long), else the profile's "finetune_epochs", else
             the profile's epochs.
+        attack_suite: the attacks of the robustness stages (robust_bundles.attack_suite, docs/robustness_evaluation.md):
+            "quick" (PGD, I-FGSM, noise), "standard" (PGD, noise and APGD on the task loss, each of its terms and
+            the task's attack objectives; per-sample worst case) or "strong" (more APGD iterations and restarts, and
+            the transfer check from this experiment's STD model); default: the configs' ("quick").
         dry_run: print the plan and the commands, run nothing.
         method_option: two options per registered method (``robust_bundles.methods``), named by its key:
             ``--<key>_eps`` for a method with eps (``--vat_eps "[2,6]"``: training noise levels, L2 in the network's
@@ -795,7 +817,7 @@ def main(
     t0 = time.time()
     eps, inits = method_options(**method_option)
     exp = Experiment(bundle, profile, dataset_dir, output_root, override, eps, inits=inits,
-                     finetune_epochs=finetune_epochs)
+                     finetune_epochs=finetune_epochs, attack_suite=attack_suite)
     plan = exp.plan(stages, force)
     print_plan(exp, plan)
     exp.run_plan(plan, t0, dry_run)

@@ -37,6 +37,7 @@ from . import layout, methods
 from .finetune import read_init_record
 from .io import atomic_write, atomic_write_json, atomic_write_text
 from .metrics import MetricSpec
+from .suite_report import suite_table
 
 __all__ = [
     "run_name",
@@ -657,6 +658,11 @@ def write_report(
             table["other_metrics"][name] = other_table
             rows_only = other_md.split("\n\n", 1)[0]  # the table without its caption
             md += f"\n{metric_label(_spec(results, name))}:\n\n{rows_only}\n"
+
+    suite_md, suite_rows = suite_table(results)
+    if suite_md:
+        md += "\n" + suite_md
+        table["attack_suite"] = suite_rows
 
     cost_md, cost_rows = cost_table(results)
     if cost_md:

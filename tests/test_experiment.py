@@ -151,6 +151,23 @@ def test_dry_run_hippocampus_lists_stages_with_profile_last(tmp_path):
     assert arg(cmds["amat"], "--attack_steps") == "5" and "--attack_steps" not in cmds["vat_eps2"]
 
 
+def test_attack_suite_goes_to_the_robustness_stages(capsys, tmp_path):
+    rc, out, _ = run_tool(capsys, "--bundle", HIPPOCAMPUS, "--output_root", tmp_path, "--attack_suite", "standard",
+                          "--stages", "[std,robustness_std]", "--dry_run")
+    assert rc == 0
+    cmds = commands(out)
+    assert arg(cmds["robustness_std"], "--attack_suite") == "standard" and "--attack_suite" not in cmds["std"]
+    assert "--transfer_surrogate" not in cmds["robustness_std"]
+    rc, out, _ = run_tool(capsys, "--bundle", HIPPOCAMPUS, "--output_root", tmp_path, "--attack_suite", "strong",
+                          "--stages", "[std,thresholds,amat,robustness_std,robustness_amat]", "--dry_run")
+    cmds = commands(out)
+    # the strong suite's transfer check: AMAT's evaluation also attacks STD's model, STD's own does not
+    assert arg(cmds["robustness_amat"], "--transfer_surrogate") == str(tmp_path / "models" / "std" / "model.pt")
+    assert "--transfer_surrogate" not in cmds["robustness_std"]
+    rc, _, err = run_tool(capsys, "--bundle", HIPPOCAMPUS, "--attack_suite", "fast", "--dry_run")
+    assert rc == 1 and "--attack_suite 'fast': give one of ['quick', 'standard', 'strong']" in err
+
+
 def test_default_output_root_and_eps_options(bundle, capsys, tmp_path):
     rc, out, _ = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--dry_run", "--dataset_dir", tmp_path)
     assert rc == 0

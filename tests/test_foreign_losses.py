@@ -64,3 +64,35 @@ def test_refuses_voxelwise_reduction_and_drives_an_attack():
     assert res.norms.tolist() == pytest.approx([1.0, 1.0], abs=1e-4)
     with torch.no_grad():
         assert (loss(net(res.x_adv), y) > loss(net(x), y)).all()
+
+
+def test_sigmoid_dice_on_a_collated_metatensor_batch():
+    from monai.data import MetaTensor, list_data_collate
+
+    # 2 channels (overlapping labels), 2 voxels, sigmoid of logits 0 -> 0.5 everywhere; no smoothing
+    loss = DiceLoss(sigmoid=True, smooth_nr=0.0, smooth_dr=0.0)
+    items = [{"image": MetaTensor(torch.zeros(2, 2)), "label": MetaTensor(torch.tensor([[1.0, 0.0], [1.0, 1.0]]))},
+             {"image": MetaTensor(torch.zeros(2, 2)), "label": MetaTensor(torch.tensor([[1.0, 1.0], [0.0, 0.0]]))}]
+    for i, it in enumerate(items):
+        it["image"].meta["filename_or_obj"] = f"case_{i}.nii.gz"
+    batch = list_data_collate(items)
+    v = PerSampleWrapper(loss)(batch["image"], batch["label"])
+    # sample 0: ch0 1 - 2*0.5/(1+1) = 1/2, ch1 1 - 2*1/(1+2) = 1/3 -> 5/12; sample 1: ch0 1 - 2*1/(1+2) = 1/3,
+    # ch1 1 - 0/(1+0) = 1 -> 2/3
+    assert v.tolist() == pytest.approx([5 / 12, 2 / 3], abs=1e-6)
+
+
+def test_torch_losses_per_sample_equal_each_sample_alone():
+    pred = torch.tensor([[0.0, math.log(3.0)], [0.0, 0.0]])
+    label = torch.tensor([1, 0])
+    # CE with reduction='sum' (classification_template): -ln(3/4) and -ln(1/2)
+    ce = PerSampleWrapper(torch.nn.CrossEntropyLoss(reduction="sum"))
+    assert ce(pred, label).tolist() == pytest.approx([-math.log(0.75), math.log(2.0)], abs=1e-6)
+    # regression of 2 points (B, 2, 2): L1 mean of |d| and MSE mean of d^2 per sample
+    p = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    y = torch.tensor([[[1.0, 2.0], [3.0, 0.0]], [[1.0, 1.0], [1.0, -1.0]]])
+    assert PerSampleWrapper(torch.nn.L1Loss())(p, y).tolist() == pytest.approx([1.0, 1.0])
+    assert PerSampleWrapper(torch.nn.MSELoss())(p, y).tolist() == pytest.approx([4.0, 1.0])
+    for fn in (torch.nn.L1Loss(), torch.nn.MSELoss()):
+        w = PerSampleWrapper(fn)(p, y)
+        assert [float(fn(p[b:b + 1], y[b:b + 1])) for b in range(2)] == pytest.approx(w.tolist())

@@ -1,10 +1,12 @@
 """``robust_bundles audit``: the robustness report of a trained MONAI bundle this project did not write.
 
-The audit builds the bundle's own parts from its configs (:mod:`.parts`), with no training and no edit of the bundle:
-the network (``network_def``) with its trained weights (``models/model.pt`` or ``--model_path``), the evaluation
-preprocessing (``validate#preprocessing``...), the evaluation inferer (``validate#inferer``...), the loss (``loss``,
-made per-sample by :class:`.losses.PerSampleWrapper`) and the evaluation data (``validate#dataset#data``... or
-``--datalist``). It runs a MONAI ``SupervisedEvaluator`` with the project's
+The audit builds the bundle's own parts from its configs (:mod:`.parts`: found from the bundle's
+``SupervisedEvaluator`` and ``SupervisedTrainer``, or named with ``--parts``), with no training and no edit of the
+bundle: the network with its trained weights (``models/model.pt``, another ``models/*.pt`` or ``--model_path``), the
+evaluation preprocessing and data (a datalist with the preprocessing, or a dataset object such as
+``NPZDictItemDataset`` with its own transform; or ``--datalist``), the evaluation inferer, the loss (made per-sample
+by :class:`.losses.PerSampleWrapper`) and a per-sample metric of the task (:mod:`.metrics`: Dice, multi-label Dice,
+accuracy, mean point distance). It runs a MONAI ``SupervisedEvaluator`` with the project's
 :class:`robust_bundles.handlers.RobustnessEvaluationHandler`: clean, L2 PGD, L2 I-FGSM and random noise of the same
 norm at every eps, per-sample worst case, and the gradient-masking checks of :func:`masking_checks`.
 
@@ -19,12 +21,14 @@ Eps units: the L2 norm of the perturbation of one whole input (all channels and 
 network sees after the bundle's preprocessing; ``eps_unit="rms"`` reads eps as a per-value RMS (L2 norm
 ``eps * sqrt(number of input values)``), comparable across bundles and volume sizes.
 
-Sample ids: the image file name in the metadata MONAI keeps (``image.meta["filename_or_obj"]``), without its folder
-and extension: the ``case`` column of the per-sample CSV.
+Sample ids (the ``case`` column of the per-sample CSV): the image file name in the metadata MONAI keeps
+(``image.meta["filename_or_obj"]``), without its folder and extension; for data without file names (arrays),
+``item_<i>`` with ``i`` the sample's position in the underlying dataset (through ``Subset`` indices).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -37,20 +41,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attacks import L2IFGSM, L2PGD, Attack
+from ..attack_suite import RandomNoise, check_suite, suite_attacks
+from ..attacks import Attack
 from ..io import atomic_write_json, atomic_write_text
+from ..transfer import load_surrogate
 from .losses import PerSampleWrapper
-from .parts import find, find_id, load_parser, metric_config
+from .parts import find, find_id, given_flags, load_parser, metric_config, pretrained_off
 
 __all__ = [
     "DICE_METRICS",
     "CaseFromMetad",
     "CheckpointedNetwork",
+    "PositionDataset",
     "RandomNoise",
     "audit",
     "case_of",
     "load_datalist",
     "masking_checks",
+    "resolve_weights",
 ]
 
 logger = logging.getLogger("robust_bundles.audit")
@@ -69,10 +77,64 @@ def case_of(path: Any) -> str:
     return _EXT.sub("", os.path.basename(str(path)))
 
 
+POSITION_KEY = "sample_position"
+"""The item key :class:`PositionDataset` writes: the item's position in the underlying dataset."""
+
+SAMPLE_IDS = ("the image file name without folder and extension where the data has file names (MONAI's "
+              "filename_or_obj metadata); else 'item_<i>', i the position of the sample in the underlying dataset "
+              "(through Subset indices), the same in every epoch and at resume")
+"""How the report names its samples."""
+
+
+def underlying_position(dataset: Any, index: int) -> int:
+    """The position of item ``index`` of ``dataset`` in the dataset under its ``Subset`` wrappers."""
+    index = int(index)
+    while isinstance(dataset, torch.utils.data.Subset):
+        index = int(dataset.indices[index])
+        dataset = dataset.dataset
+    return index
+
+
+class PositionDataset(torch.utils.data.Dataset):
+    """The items of ``dataset`` with their position in the underlying dataset (``sample_position``, through
+    ``Subset`` indices), then ``transform``; the first ``limit`` items only when given. Random crops (a list of
+    dicts per item) each get the position.
+
+    Args:
+        dataset: any map-style dataset of dict items (MONAI ``Dataset``, ``NPZDictItemDataset``, ``CacheDataset``,
+            ``Subset``...).
+        transform: applied to each item after the position is added; None for none.
+        limit: the first N items only.
+    """
+
+    def __init__(self, dataset: Any, transform: Any = None, limit: int | None = None) -> None:
+        self.dataset = dataset
+        self.transform = transform
+        self.size = len(dataset) if not limit else min(int(limit), len(dataset))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> Any:
+        if not 0 <= int(index) < self.size:
+            raise IndexError(index)
+        item = self.dataset[index]
+        pos = underlying_position(self.dataset, index)
+        items = item if isinstance(item, list) else [item]
+        if not all(isinstance(d, Mapping) for d in items):
+            raise TypeError(f"Item {index} of the {type(self.dataset).__name__} is a {type(items[0]).__name__}; "
+                            "dict items ({'image': ..., 'label': ...}) are needed: give the dataset with dict "
+                            "transforms (the *d transforms) or a datalist with --datalist.")
+        items = [{**d, POSITION_KEY: pos} for d in items]
+        out = items if isinstance(item, list) else items[0]
+        return self.transform(out) if self.transform is not None else out
+
+
 class CaseFromMetad:
     """Dict transform: ``d[case_key] = case_of(d[image_key].meta["filename_or_obj"])`` (MONAI keeps the file name in
     the metadata through its transforms and random crops); the datalist item's own image path when the image has no
-    metadata. Every crop of one case gets its case id.
+    metadata; ``item_<i>`` from the item's :data:`POSITION_KEY` when it has no file name at all (array data). Every
+    crop of one case gets its case id.
 
     Args:
         image_key: the image key.
@@ -88,39 +150,22 @@ class CaseFromMetad:
         img = d.get(self.image_key)
         meta = getattr(img, "meta", None) or {}
         src = meta.get("filename_or_obj") or (img if isinstance(img, (str, os.PathLike)) else None)
-        if not src:
+        if src:
+            d[self.case_key] = case_of(src)
+        elif POSITION_KEY in d:
+            d[self.case_key] = f"item_{int(d[POSITION_KEY])}"
+        else:
             raise KeyError(
                 f"Cannot name the sample: {self.image_key!r} has no metadata 'filename_or_obj' (keep LoadImaged's "
-                "metadata, i.e. no image_only=True without MetaTensors) and is not a file path."
+                f"metadata, i.e. no image_only=True without MetaTensors), is not a file path, and the item has no "
+                f"{POSITION_KEY!r} (read the data through robust_bundles.foreign.audit.PositionDataset)."
             )
-        d[self.case_key] = case_of(src)
         return d
 
     def __call__(self, data: Any) -> Any:
         if isinstance(data, list):  # random crops with num_samples > 1
             return [self._one(d) for d in data]
         return self._one(data)
-
-
-class RandomNoise(Attack):
-    """Random noise of L2 norm exactly eps (a random direction on the sphere): the baseline that an attack must beat
-    (an attack weaker than noise points to gradient masking)."""
-
-    norm = "l2"
-    random_start = True
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs["steps"] = 0
-        super().__init__(**kwargs)
-
-    @property
-    def name(self) -> str:
-        return "noise"
-
-    def run(self, x, y, eps=None, **kwargs):
-        e = self.eps if eps is None else eps
-        kwargs["start_radius"] = e
-        return super().run(x, y, e, **kwargs)
 
 
 class CheckpointedNetwork(nn.Module):
@@ -138,6 +183,43 @@ class CheckpointedNetwork(nn.Module):
 
             return checkpoint(self.network, x, *args, use_reentrant=False, **kwargs)
         return self.network(x, *args, **kwargs)
+
+
+def resolve_weights(bundle_dir: str | os.PathLike, model_path: str | os.PathLike | None = None) -> Path:
+    """The trained weights file: ``model_path`` (a file, or a folder to pick from), else ``models/model.pt`` of the
+    bundle, else the one other ``*.pt`` there; among several the ``model_key_metric=...`` one (the best
+    checkpoint MONAI's ``CheckpointSaver`` keeps), else the newest.
+
+    Raises:
+        FileNotFoundError: nothing to load (the message lists what is there and names ``--model_path``).
+    """
+    if model_path is not None and Path(model_path).is_file():
+        return Path(model_path)
+    folder = Path(model_path) if model_path is not None else Path(bundle_dir) / "models"
+    if model_path is not None and not folder.is_dir():
+        raise FileNotFoundError(f"The bundle's trained model {folder} does not exist: fix --model_path (a .pt file "
+                                "or a folder holding one).")
+    if (folder / "model.pt").is_file():
+        return folder / "model.pt"
+    found = sorted(folder.glob("*.pt")) + sorted(folder.glob("*.pth")) if folder.is_dir() else []
+    if not found:
+        raise FileNotFoundError(f"The bundle's trained model {folder / 'model.pt'} does not exist and {folder} holds "
+                                "no .pt file: train the bundle first (its train config) or give the weights with "
+                                "--model_path PATH.")
+    best = [p for p in found if "key_metric" in p.name]
+    pick = max(best or found, key=lambda p: (p.stat().st_mtime, p.name))
+    if len(found) > 1:
+        logger.info(f"weights: {pick.name} chosen among {[p.name for p in found]} (give --model_path to choose)")
+    return pick
+
+
+def _inferer(parser, part: str, engine: str) -> tuple[str, Any]:
+    """The evaluator's (trainer's) inferer; MONAI's default ``SimpleInferer`` when the engine has none."""
+    if find_id(parser, part, required=False) is None and engine in getattr(parser, "discovered", {}):
+        from monai.inferers import SimpleInferer
+
+        return f"{parser.discovered[engine]}'s default", SimpleInferer()
+    return find(parser, part)
 
 
 def load_datalist(path: str | os.PathLike, key: str = "validation") -> list[dict]:
@@ -165,31 +247,50 @@ def load_datalist(path: str | os.PathLike, key: str = "validation") -> list[dict
     return out
 
 
-def _dice_metric(parser, metric: str) -> tuple[Any, dict]:
-    """The per-sample Dice task metric and what was found of the bundle's own metric."""
-    from ..metrics import MetricSpec
-    from ..tasks.segmentation import SliceDice
+def _metric(parser, metric: str, loss: Any) -> tuple[Any, dict]:
+    """The per-sample task metric (:mod:`.metrics`) and what was found of the bundle's own metric."""
+    from .metrics import KINDS, choose_kind, task_metric
 
     mid, cfg = metric_config(parser)
     target = str((cfg or {}).get("_target_", "")).rsplit(".", 1)[-1]
-    info = {"id": mid, "target": target or None}
+    info: dict[str, Any] = {"id": mid, "target": target or None}
     if metric == "auto":
-        if mid is None:
-            find_id(parser, "metric")  # raises the message with the ids and the override
-        if target not in DICE_METRICS:
+        kind = choose_kind(target, loss)
+        if kind is None:
             raise ValueError(
-                f"The bundle's key metric {mid!r} is {target or cfg!r}; the audit reports per-sample Dice only "
-                f"({', '.join(DICE_METRICS)}). Use --metric dice to report Dice for this bundle anyway."
+                f"Cannot tell the task from the bundle's key metric {mid!r} ({target or 'none'}) and its loss "
+                f"{type(loss).__name__}: name the audit's metric with --metric {' or --metric '.join(KINDS)}."
             )
-    elif metric != "dice":
-        raise ValueError(f"Unknown metric {metric!r}: use 'auto' (the bundle's key metric) or 'dice'.")
-    m = SliceDice(name="dice")
-    m.specs = (MetricSpec("dice", "", True, "Dice per case (argmax of the output vs the label after the bundle's "
-                                            "preprocessing), mean over the foreground classes present; cases whose "
-                                            "label has foreground"),)
-    if cfg and cfg.get("include_background") is True:
+    else:
+        kind = metric
+    m, what = task_metric(kind, loss)
+    info.update(kind=kind, description=what, higher_is_better=m.specs[0].higher_is_better)
+    if kind == "dice" and cfg and cfg.get("include_background") is True:
         info["note"] = "the bundle's metric includes the background; the audit's Dice is over foreground classes"
     return m, info
+
+
+def attack_setup(pgd_steps: int, ifgsm_steps: int, alpha: float, clamp: Sequence[float] | None, suite: str = "quick",
+                 loss: Any = None, surrogate: nn.Module | None = None, inferer: Any = None) -> dict[str, Attack]:
+    """The audit's attacks by name: the named suite of :mod:`robust_bundles.attack_suite` (quick: L2 PGD, L2 I-FGSM
+    (left out at 0 steps) and random noise of the same norm; standard: PGD, noise and APGD on the loss and on each of
+    its terms; strong: more APGD iterations and restarts), and the transfer check when a surrogate is given.
+
+    Args:
+        pgd_steps: steps of L2 PGD (random start) and iterations of APGD; >= 1.
+        ifgsm_steps: steps of L2 I-FGSM (quick).
+        alpha: step size factor of PGD and I-FGSM.
+        clamp: value range of the network input, or None.
+        suite: "quick", "standard" or "strong".
+        loss: the per-sample loss (its terms give the per-term APGD runs).
+        surrogate: a second model with the bundle's network: adds the transfer column.
+        inferer: the bundle's inferer, for the surrogate.
+    """
+    if pgd_steps < 1:
+        raise ValueError(f"pgd_steps must be >= 1 (every suite runs PGD, the reference of its worst case); got "
+                         f"{pgd_steps}.")
+    return suite_attacks(suite, loss, pgd_steps, ifgsm_steps, alpha, clamp, surrogate=surrogate,
+                         surrogate_inferer=inferer)
 
 
 def masking_checks(summary: Mapping, attack: str = "PGD", noise: str = "noise", tol: float = 0.01) -> list[str]:
@@ -256,16 +357,23 @@ def audit(
     checkpoint_windows: bool = False,
     device: str | None = None,
     seed: int = 0,
+    parts: Mapping[str, str] | None = None,
+    attack_suite: str = "standard",
+    surrogate: str | None = None,
     **overrides: Any,
 ) -> dict:
-    """Write the robustness report of a trained foreign bundle (see the module docstring).
+    """Write the robustness report of a trained MONAI bundle: its metric per case, clean and under L2 attacks and
+    noise at every eps, through its own preprocessing, inferer and loss (``robust_bundles audit BUNDLE --dataset_dir
+    D``; more in the module docstring of robust_bundles.foreign.audit).
 
     Args:
         bundle_dir: the bundle folder (holds ``configs/`` and ``models/``); never written to.
         output_dir: where the report goes; default ``./robustness_audit/<bundle name>``.
         eps: noise levels (see ``eps_unit``).
         eps_unit: ``"norm"`` (L2 norm of the whole input) or ``"rms"`` (per-value RMS).
-        model_path: the trained weights; default ``<bundle_dir>/models/model.pt``.
+        model_path: the trained weights (a file, or a folder to pick one from); default ``models/model.pt`` of
+            the bundle, else its other ``models/*.pt`` (``model_key_metric=...pt``, ``model_final_iteration=N.pt``).
+            A state dict, or a checkpoint holding it under ``model``/``network``/``net``/``state_dict``.
         datalist: a datalist JSON file to evaluate instead of the bundle's evaluation data.
         datalist_key: the list to read in a decathlon-style datalist.
         config_file: the configs to merge (relative to the bundle); default train + evaluate (JSON or YAML),
@@ -277,11 +385,23 @@ def audit(
         restarts: random restarts of PGD; the per-sample worst is kept.
         clamp: ``[min, max]`` value range of the network input to keep attacked inputs in (e.g. ``[0, 1]`` after a
             clipping intensity transform); default none.
-        metric: ``"auto"`` (the bundle's key metric, Dice kinds) or ``"dice"``.
+        metric: the per-sample metric of the report: ``"auto"`` (from the bundle's key metric, else its loss),
+            ``"dice"`` (softmax or, with a sigmoid loss, multi-label), ``"accuracy"`` or ``"distance"`` (mean point
+            distance, lower is better).
         max_cases: evaluate the first N cases only.
         checkpoint_windows: recompute window activations in the backward pass (memory fallback).
         device: torch device; default CUDA when available.
         seed: seed of the random starts.
+        parts: the bundle's parts by config id where finding them fails, e.g. ``{'loss': 'lossfn',
+            'preprocessing': 'eval_transforms'}``; the parts are network, preprocessing, inferer, loss, data (a
+            datalist), dataset (a dataset object with its own transform), metric, evaluator, trainer (and more, see
+            ``robust_bundles.foreign.parts.PARTS_HELP``); default: found from the bundle's trainer and evaluator.
+        attack_suite: the attacks (robust_bundles.attack_suite): "quick" (PGD, I-FGSM, noise), "standard" (PGD,
+            noise, APGD on the loss and on each of its terms; per-case worst case over all) or "strong" (APGD with
+            100+ iterations and 3 restarts).
+        surrogate: the weights (a model.pt) of a second model with the bundle's network, e.g. one trained without
+            adversarial training: adds the transfer check (PGD crafted on it, applied to the audited model; flagged as
+            gradient masking where it hurts more than every white-box attack).
         overrides: further config ids as keyword arguments (``--dataset_dir /data``), as ``monai.bundle run``.
 
     Returns:
@@ -302,56 +422,59 @@ def audit(
     eps_list = [float(e) for e in (eps if isinstance(eps, (list, tuple)) else [eps])]
     out = Path(output_dir) if output_dir is not None else Path("robustness_audit") / root.name
     merged = {**dict(override or {}), **overrides}
-    parser = load_parser(root, config_file, merged)
+    flags = given_flags(audit, locals())
+    parser = load_parser(root, config_file, merged, parts, command=("audit", flags))
+    pretrained = pretrained_off(parser, merged)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     net_id, network = find(parser, "network")
     if not isinstance(network, nn.Module):
         raise TypeError(f"The bundle's network {net_id!r} is a {type(network).__name__}, not a torch module.")
-    weights = Path(model_path) if model_path is not None else root / "models" / "model.pt"
+    weights = resolve_weights(root, model_path)
     load_network_weights(network, weights, what="bundle's trained model",
                          fix="train the bundle first (its train config) or give the weights with --model_path PATH",
                          map_location="cpu")
     network = network.to(dev).eval()
-    pre_id, preprocessing = find(parser, "preprocessing")
-    inf_id, inferer = find(parser, "inferer")
+    inf_id, inferer = _inferer(parser, "inferer", "evaluator")
     loss_id, loss = find(parser, "loss")
     loss_fn = PerSampleWrapper(loss)
-    task_metric, metric_info = _dice_metric(parser, metric)
-    if datalist is not None:
-        data_id, data = f"--datalist {datalist}", load_datalist(datalist, datalist_key)
-    else:
-        data_id, data = find(parser, "data")
-    if not isinstance(data, (list, tuple)) or not data:
-        raise ValueError(f"The evaluation data {data_id!r} is empty or not a list: check the dataset folder "
-                         "(--dataset_dir) or give --datalist.")
-    data = list(data)[:max_cases] if max_cases else list(data)
-
-    attacks: dict[str, Attack] = {}
-    kw = {"alpha": alpha, "clamp": tuple(clamp) if clamp is not None else None}
-    if pgd_steps > 0:
-        attacks["PGD"] = L2PGD(steps=pgd_steps, **kw)
-    if ifgsm_steps > 0:
-        attacks["IFGSM"] = L2IFGSM(steps=ifgsm_steps, **kw)
-    if not attacks:
-        raise ValueError("pgd_steps and ifgsm_steps are both 0: give at least one attack.")
-    attacks["noise"] = RandomNoise(clamp=kw["clamp"])
-    dataset_dir = parser.get("dataset_dir") if "dataset_dir" in parser else None
-    handler = RobustnessEvaluationHandler(loss_fn, attacks, eps_list, metric=task_metric, output_dir=out, seed=seed,
-                                          restarts=restarts, id_keys=("case",), dataset_dir=dataset_dir,
-                                          eps_unit=eps_unit)
+    task_metric, metric_info = _metric(parser, metric, loss)
     voxels: list[int] = []
 
     def count(d):
-        voxels.append(int(d["image"].numel()) if hasattr(d.get("image"), "numel") else 0)
+        for one in d if isinstance(d, list) else [d]:
+            voxels.append(int(one["image"].numel()) if hasattr(one.get("image"), "numel") else 0)
         return d
 
-    loader = DataLoader(Dataset(data, Compose([preprocessing, CaseFromMetad(), count])), batch_size=1, shuffle=False,
-                        num_workers=0)
+    after = Compose([CaseFromMetad(), count])
+    data_id = f"--datalist {datalist}" if datalist is not None else find_id(parser, "data", required=False)
+    if data_id is not None or find_id(parser, "dataset", required=False) is None:
+        pre_id, preprocessing = find(parser, "preprocessing")
+        data = load_datalist(datalist, datalist_key) if datalist is not None else find(parser, "data")[1]
+        if not isinstance(data, (list, tuple)) or not data:
+            raise ValueError(f"The evaluation data {data_id!r} is empty or not a list: check the dataset folder "
+                             "(--dataset_dir) or give --datalist.")
+        dataset: Any = PositionDataset(Dataset(list(data), preprocessing), after, max_cases)
+    else:  # a dataset object without a datalist (NPZDictItemDataset...): its own transform is the preprocessing
+        data_id, ds = find(parser, "dataset")
+        pre_id = f"{data_id}'s transform"
+        dataset = PositionDataset(ds, after, max_cases)
+    if len(dataset) == 0:
+        raise ValueError(f"The evaluation data {data_id!r} is empty: check the dataset folder (--dataset_dir) or give "
+                         "--datalist.")
+
+    check_suite(attack_suite)
+    transfer_from = load_surrogate(copy.deepcopy(network), surrogate, dev) if surrogate is not None else None
+    attacks = attack_setup(pgd_steps, ifgsm_steps, alpha, clamp, attack_suite, loss_fn, transfer_from, inferer)
+    dataset_dir = parser.get("dataset_dir") if "dataset_dir" in parser else None
+    handler = RobustnessEvaluationHandler(loss_fn, attacks, eps_list, metric=task_metric, output_dir=out, seed=seed,
+                                          restarts=restarts, id_keys=("case",), dataset_dir=dataset_dir,
+                                          eps_unit=eps_unit, suite=attack_suite)
+    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0)
     evaluator = SupervisedEvaluator(device=dev, val_data_loader=loader,
                                     network=CheckpointedNetwork(network) if checkpoint_windows else network,
                                     inferer=inferer, val_handlers=[handler], amp=False)
-    logger.info(f"audit of {root.name}: {len(data)} case(s), eps {eps_list} ({eps_unit}), attacks "
+    logger.info(f"audit of {root.name}: {len(dataset)} case(s), eps {eps_list} ({eps_unit}), attacks "
                 f"{', '.join(f'{n} {a.steps} steps' for n, a in attacks.items())}, inferer {type(inferer).__name__}")
     evaluator.run()
     summary = handler.summary
@@ -362,14 +485,15 @@ def audit(
              "robustness_md": str(out / "robustness.md"),
              "metric_vs_eps": str(plot_metric_vs_eps([result], out / "metric_vs_eps.png"))}
     units = _explain_units(eps_unit, pre_id, sorted(set(voxels)))
-    parts = {"configs": [str(f) for f in parser.files], "network": {"id": net_id, "type": type(network).__name__},
+    found = {"configs": [str(f) for f in parser.files], "network": {"id": net_id, "type": type(network).__name__},
              "weights": str(weights), "preprocessing": pre_id,
              "inferer": {"id": inf_id, "type": type(inferer).__name__},
              "loss": {"id": loss_id, "type": type(loss).__name__, "per_sample_terms": list(loss_fn.term_names)},
-             "metric": metric_info, "data": {"id": data_id, "cases": len(data)}}
-    info = {"bundle": str(root), "parts": parts, "eps": eps_list, "eps_unit": eps_unit, "eps_units": units,
+             "metric": metric_info, "data": {"id": data_id, "cases": len(dataset), "sample_ids": SAMPLE_IDS}}
+    info = {"bundle": str(root), "parts": found, "pretrained_off": sorted(pretrained), "eps": eps_list, "eps_unit": eps_unit, "eps_units": units,
             "masking_checks": checks, "seconds": round(time.time() - t0, 1), "files": files,
-            "checkpoint_windows": bool(checkpoint_windows), "synthetic": handler.synthetic}
+            "checkpoint_windows": bool(checkpoint_windows), "synthetic": handler.synthetic, "attack_suite": attack_suite,
+            "surrogate": surrogate}
     files["audit_json"] = str(atomic_write_json(out / "audit.json", info))
     files["audit_md"] = str(atomic_write_text(out / "audit.md", _markdown(root.name, info, handler)))
     logger.info(f"audit written to {out} ({info['seconds']} s)")
@@ -390,12 +514,15 @@ def _markdown(name: str, info: dict, handler) -> str:
         "**Units.** " + info["eps_units"], "",
         ("**Attacks.** PGD: L2 projected gradient ascent of the bundle's loss with a random start; IFGSM: the same "
          "without random start; noise: a random direction at exactly the eps norm (the baseline an attack must beat). "
+         "APGD (suite standard and strong): the step-size-free Auto-PGD of Croce & Hein on the loss (APGD) and on "
+         "each of its terms alone (APGD_<term>); transfer (with --surrogate): PGD crafted on the surrogate model. "
+         f"Suite `{info['attack_suite']}` (docs/robustness_evaluation.md). "
          "'worst' is, per case, the worst of all of them, then the mean."), "",
         handler.markdown(), "",
         "**Gradient-masking checks.** " + (" ".join(info["masking_checks"]) if info["masking_checks"] else
                                            "none fired (PGD beats random noise at every eps, gets stronger with eps, "
                                            "and input gradients were non-zero)."),
-        "", ("Per-case values: `robustness.csv` (column `case` from the image file name); figures: "
+        "", ("Per-case values: `robustness.csv` (column `case`: " + p["data"]["sample_ids"] + "); figures: "
              "![metric vs eps](metric_vs_eps.png)"), "",
     ]
     return "\n".join(lines)

@@ -3,24 +3,32 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
+from typing import Any, Callable
 
-__all__ = ["main"]
+__all__ = ["commands", "main"]
 
 
-def _audit(bundle_dir: str, **kwargs):
+def _command(fn: Callable, done: Callable[[dict], str]) -> Callable:
+    """``fn`` as a fire command: its signature and Google-style docstring (what ``--help`` lists: every flag with its
+    meaning and default), a one-line result instead of the whole returned dict."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> str:
+        return done(fn(*args, **kwargs))
+
+    return run
+
+
+def commands() -> dict[str, Callable]:
+    """The subcommands: ``audit`` and ``robustify``."""
     from .audit import audit
-
-    info = audit(bundle_dir, **kwargs)
-    return f"audit report: {info['files']['audit_md']}"
-
-
-def _robustify(bundle_dir: str, **kwargs):
     from .robustify import robustify
 
-    info = robustify(bundle_dir, **kwargs)
-    return f"robust model: {info['model']}"
+    return {"audit": _command(audit, lambda info: f"audit report: {info['files']['audit_md']}"),
+            "robustify": _command(robustify, lambda info: f"robust model: {info['model']}")}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
 
     explain_errors()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s", stream=sys.stdout)
-    fire.Fire({"audit": _audit, "robustify": _robustify}, command=argv, name="robust_bundles")
+    fire.Fire(commands(), command=argv, name="robust_bundles")
 
 
 if __name__ == "__main__":  # pragma: no cover

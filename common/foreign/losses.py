@@ -1,4 +1,4 @@
-"""Per-sample values of any MONAI loss whose reduction is over the batch.
+"""Per-sample values of any MONAI loss whose reduction is over the batch, and of torch's losses.
 
 Our attacks, threshold estimation and AMAT's robustness test need one loss value per sample (shape (B,) or (B, K),
 see :mod:`robust_bundles.losses`). MONAI's losses reduce over the batch: ``DiceCELoss(reduction='none')`` is refused,
@@ -11,7 +11,9 @@ batch=True training loss of a batch of several samples (it is the batch=False va
 
 ``DiceCELoss`` (and ``DiceFocalLoss``) are split into their two terms ("dice", "ce"/"focal") with the loss's own
 lambdas as weights, so AMAT gets one threshold per term as with the project's own losses; any other loss is one term
-("loss"). The wrapper's ``forward`` is the per-sample total: ``SupervisedTrainer`` takes its ``.mean()``.
+("loss"). torch's ``CrossEntropyLoss``, ``MSELoss``, ``L1Loss`` (any reduction but ``'none'``) work the same way:
+with ``reduction='sum'`` the value of a sample is its sum alone. Collated MONAI batches (MetaTensors) are read as
+plain tensors. The wrapper's ``forward`` is the per-sample total: ``SupervisedTrainer`` takes its ``.mean()``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ def _split(loss: Any) -> tuple[tuple[str, ...], tuple[float, ...], list[Callable
     if name == "DiceFocalLoss" and hasattr(loss, "dice") and hasattr(loss, "focal"):
         return ("dice", "focal"), (float(loss.lambda_dice), float(loss.lambda_focal)), [loss.dice, loss.focal]
     return ("loss",), (1.0,), None
+
+
+def _plain(x: torch.Tensor) -> torch.Tensor:
+    """A MetaTensor as a plain tensor (same storage and autograd graph); any other tensor as it is."""
+    as_tensor = getattr(x, "as_tensor", None)
+    return as_tensor() if callable(as_tensor) else x
 
 
 class PerSampleWrapper(PerSampleLoss):
@@ -71,7 +79,9 @@ class PerSampleWrapper(PerSampleLoss):
         return value.reshape(())
 
     def terms(self, pred: Any, target: Any) -> torch.Tensor:
-        p = primary_output(pred)
+        # MetaTensors of a collated batch carry per-sample metadata that slicing one sample out of breaks
+        # ("len() of a 0-d tensor"): the loss gets plain tensors (gradients flow through as_tensor).
+        p, target = _plain(primary_output(pred)), _plain(torch.as_tensor(target))
         if p.shape[0] != target.shape[0]:
             raise ValueError(f"Prediction batch {p.shape[0]} and label batch {target.shape[0]} differ.")
         rows = []

@@ -135,7 +135,9 @@ def robustify(
     seed: int = 0,
     **overrides: Any,
 ) -> dict:
-    """Fine-tune a trained foreign bundle with AMAT or VAT (see the module docstring).
+    """Fine-tune a trained MONAI bundle with AMAT (or VAT) by overlays on its unchanged train config, starting from
+    its trained weights (``robust_bundles robustify BUNDLE --dataset_dir D``; more in the module docstring of
+    robust_bundles.foreign.robustify).
 
     Args:
         bundle_dir: the bundle folder; never written to.

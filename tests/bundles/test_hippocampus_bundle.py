@@ -196,16 +196,18 @@ def test_evaluate_std(root, std):
     assert 0.0 <= metrics["test_mean_dice"] <= 1.0
 
 
-def test_robustness_of_the_amat_run(root, amat):
+def test_robustness_of_the_amat_run(root, std, amat):
+    """The quick suite, with the transfer check from the STD model (what the experiment's strong suite adds)."""
     proc = run_bundle(
         ("train", "evaluate", "robustness"), *tiny(), *TEST_SPLIT, "--run_name", "amat", "--pgd_steps", "2",
-        "--ifgsm_steps", "1", "--output_root", str(root),
+        "--ifgsm_steps", "1", "--transfer_surrogate", str(std / "model.pt"), "--output_root", str(root),
     )
     assert f"Restored the network weights from {amat / 'model.pt'}" in proc.stdout
     out = root / "eval" / "amat"
     report = json.loads((out / "robustness.json").read_text())
     assert report["settings"]["eps"] == [2.0, 6.0, 10.0]  # no eps 0 needed: the clean metric is always there
-    assert set(report["summary"]["attacks"]) == {"PGD", "IFGSM"}
+    assert list(report["summary"]["attacks"]) == ["PGD", "IFGSM", "noise", "transfer"]
+    assert report["settings"]["suite"] == "quick" and "attack suite quick" in (out / "robustness.md").read_text()
     assert set(report["summary"]["attacks"]["PGD"]) == {"2", "6", "10", "avg"}
     # the handler's clean Dice is the evaluator's key metric, on the same slices
     assert report["summary"]["clean"] == pytest.approx(_metrics_csv(out / "metrics.csv")["test_mean_dice"], abs=1e-6)
