@@ -170,7 +170,7 @@ def test_kill_and_resume_equals_the_uninterrupted_run(root, thresholds, overlays
 
 def test_latest_checkpoint_reads_the_epoch_of_ignite_checkpoints(std, tmp_path):
     """--resume picks the newest of checkpoint.pt and checkpoint_checkpoint_epoch=N.pt by their trainer state."""
-    from robust_bundles.bundle import latest_checkpoint
+    from robust_bundles.checkpointing import latest_checkpoint
 
     ckpt = load(std / "checkpoint.pt")  # epoch 1: ignite stores iteration and epoch_length, not the epoch
     torch.save(ckpt, tmp_path / "checkpoint.pt")
@@ -222,7 +222,7 @@ def _reference_prediction(model_file: Path, volume: np.ndarray) -> np.ndarray:
     symmetrically (as ResizeWithPadOrCropd: (d // 2, d - d // 2)), argmax, and cut the padding off again."""
     from monai.networks.nets import DynUNet
 
-    from robust_bundles.msd import zscore
+    from robust_bundles.data.nifti import zscore
 
     net = DynUNet(
         2, 1, 3, [[3, 3]] * 4, [[1, 1], [2, 2], [2, 2], [2, 2]], [[2, 2]] * 3, filters=[8, 16, 32, 64],
