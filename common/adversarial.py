@@ -58,7 +58,7 @@ def batch_sample_ids(batchdata: Any, id_key: str, device: torch.device | str) ->
         keys = list(batchdata) if isinstance(batchdata, dict) else type(batchdata).__name__
         raise KeyError(
             f"The batch has no {id_key!r} (it has {keys}). AMAT and TEAT need a stable per-sample id: build the dataset "
-            "with robust_bundles.transforms.assign_sample_ids (robust_bundles.msd.load_slices does it) and keep the key through the "
+            "with robust_bundles.transforms.assign_sample_ids (robust_bundles.data.msd.load_slices does it) and keep the key through the "
             "transforms (robust_bundles.transforms.SampleIdd)."
         )
     ids = torch.as_tensor(batchdata[id_key]).reshape(-1).to(device=device, dtype=torch.long)

@@ -264,16 +264,3 @@ class ConfidenceReport:
         if self.reference is not None:
             logger.info(f"confidence: {len(self.low)} of {self.count} images far below the validation reference"
                         + (f": {', '.join(self.low[:10])}{' ...' if len(self.low) > 10 else ''}" if self.low else ""))
-
-
-# The segmentation measures moved to the segmentation adapter (robust_bundles.tasks.segmentation); their old names here
-# keep configs written before the move working. Resolved on first use: no import cycle.
-_MOVED = ("SegmentationConfidenced", "segmentation_confidence", "segmentation_measures")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module("robust_bundles.tasks.segmentation"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -52,6 +52,7 @@ import fire
 from . import layout, methods, report
 from .attack_suite import SUITES
 from .command_line import unknown_override_errors
+from .console import Console, fmt_time
 from .finetune import INIT_RECORD
 from .io import atomic_write_json
 
@@ -398,13 +399,6 @@ def _signature(cmd: list[str]) -> list[str]:
     return out
 
 
-def fmt_time(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
-
-
 # ----------------------------------------------------------------------------------------------------- experiment
 class Experiment:
     """The stages of one bundle, profile and output folder, their status, and how to run them.
@@ -660,10 +654,12 @@ class Experiment:
         """What a report stage writes, for the dry run."""
         return f"robust_bundles.report.write_report -> {self.output_root / REPORT_DIR}"
 
-    def run_plan(self, plan: list[tuple[Stage, str, str]], t0: float, dry_run: bool = False) -> None:
+    def run_plan(self, plan: list[tuple[Stage, str, str]], t0: float, dry_run: bool = False,
+                 verbose: bool = False) -> None:
         """Run the stages of a plan in order (the one loop of the experiment and the study): skip what is done or
-        was made meanwhile by another process on the same output root, print progress with times; with
-        ``dry_run``, print the commands instead."""
+        was made meanwhile by another process on the same output root, show progress on the console
+        (:class:`~robust_bundles.console.Console`; ``verbose``: every line of every stage); with ``dry_run``, print
+        the commands instead."""
         n = len(plan)
         if dry_run:
             print(f"\nDry run: commands, in {self.bundle}:")
@@ -673,20 +669,26 @@ class Experiment:
                       f"{prefix}:\n  {shlex.join(self.command(s, resume=action == 'resume'))}")
             return
         missing = self.missing_at_plan(plan)
+        self.console = console = Console([s.kind for s, a, _ in plan if a != "skip"], verbose=verbose)
+        console.t0 = t0
         for i, (s, action, reason) in enumerate(plan, 1):
             if action == "skip":
-                print(f"[{i}/{n}] skip {s.name}: {reason}")
+                console.skip(f"[{i}/{n}] skip {s.name}: {reason}")
                 continue
             if s.name in missing and self.done_meanwhile(s):  # e.g. two studies sharing an output root, one per core
-                print(f"[{i}/{n}] skip {s.name}: {s.output} was made meanwhile (by another process)", flush=True)
+                console.skip(f"[{i}/{n}] skip {s.name}: {s.output} was made meanwhile (by another process)",
+                             planned=True)
                 continue
             what = "resume" if action == "resume" else "run"
             log = "" if s.kind == "report" else f"; log {self.log_file(s)}"
-            print(f"\n[{i}/{n}] {s.name} ... ({what}: {reason}{log})", flush=True)
+            console.start(f"[{i}/{n}]", s.name, f"{what}: {reason}{log}")
             ts = time.time()
-            self.run_stage(s, resume=action == "resume")
-            print(f"[{i}/{n}] {s.name} done in {fmt_time(time.time() - ts)} "
-                  f"(total {fmt_time(time.time() - t0)})", flush=True)
+            try:
+                self.run_stage(s, resume=action == "resume")
+            except BaseException:
+                console.failed()
+                raise
+            console.end(f"[{i}/{n}]", s.name, s.kind, time.time() - ts)
 
     def _subprocess(self, stage: Stage, cmd: list[str]) -> None:
         log = self.log_file(stage)
@@ -700,9 +702,9 @@ class Experiment:
                                     text=True, bufsize=1, errors="replace")
             try:
                 assert proc.stdout is not None
+                console = getattr(self, "console", None) or Console([], verbose=True)  # outside run_plan: all
                 for line in proc.stdout:
-                    sys.stdout.write(line)
-                    sys.stdout.flush()
+                    console.line(line)
                     f.write(line)
                 rc = proc.wait()
             except KeyboardInterrupt:
@@ -782,6 +784,7 @@ def main(
     finetune_epochs: int | None = None,
     attack_suite: str | None = None,
     dry_run: bool = False,
+    verbose: bool = False,
     **method_option: Any,
 ) -> None:
     """Plan, then run the experiment's stages and print the paper's table (stages and resume: module docstring).
@@ -807,6 +810,8 @@ def main(
             the task's attack objectives; per-sample worst case) or "strong" (more APGD iterations and restarts, and
             the transfer check from this experiment's STD model); default: the configs' ("quick").
         dry_run: print the plan and the commands, run nothing.
+        verbose: show every line of every stage on the console (by default they go to the stage's log file only;
+            the console shows one line per stage start and end, a progress bar and each warning once).
         method_option: two options per registered method (``robust_bundles.methods``), named by its key:
             ``--<key>_eps`` for a method with eps (``--vat_eps "[2,6]"``: training noise levels, L2 in the network's
             input units, replacing the profile's ``"<key>_eps"``; "[]" for none; default: the profile's, else the
@@ -820,7 +825,7 @@ def main(
                      finetune_epochs=finetune_epochs, attack_suite=attack_suite)
     plan = exp.plan(stages, force)
     print_plan(exp, plan)
-    exp.run_plan(plan, t0, dry_run)
+    exp.run_plan(plan, t0, dry_run, verbose)
     if dry_run:
         return
 

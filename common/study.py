@@ -789,6 +789,7 @@ def main(
     stages: Any = None,
     force: Any = False,
     dry_run: bool = False,
+    verbose: bool = False,
     **baseline_eps: Any,
 ) -> None:
     """Run the study (module docstring): plan, then the validation phase, the choice, and the test phase.
@@ -816,6 +817,7 @@ def main(
         stages: run only these stages of the phase(s), e.g. "[std,thresholds,amat_ft6_m10,robustness_amat_ft6_m10]".
         force: re-run stages even when done: --force or --force "[stage,...]".
         dry_run: print the plan and the commands, run nothing.
+        verbose: show every line of every stage on the console (by default: the stage's log file only).
         baseline_eps: two options per registered method with eps (``robust_bundles.methods``), by its key:
             ``--<key>_eps`` (noise levels trained from scratch [none]) and ``--<key>_ft_eps`` (fine-tuned from STD
             for finetune_epochs epochs; "[]" for none) [its registry entry's ``study_ft_eps``: VAT 2, 4, 6, 8 (the
@@ -835,7 +837,7 @@ def main(
                 break
             study.stages = study.phase_stages("test", study.chosen())
         print(f"\n=== Phase {name} ===")
-        _run_plan(study, stages, force, dry_run, t0)
+        _run_plan(study, stages, force, dry_run, t0, verbose)
         if name == "validation" and not dry_run and study.path(f"{STUDY_DIR}/study.md").is_file():
             print("\n" + study.path(f"{STUDY_DIR}/study.md").read_text())
     if not dry_run and "test" in phases and study.path(f"{STUDY_DIR}/test.md").is_file():
@@ -843,14 +845,14 @@ def main(
     print(f"Total time {tool.fmt_time(time.time() - t0)}.")
 
 
-def _run_plan(study: Study, stages: Any, force: Any, dry_run: bool, t0: float) -> None:
+def _run_plan(study: Study, stages: Any, force: Any, dry_run: bool, t0: float, verbose: bool = False) -> None:
     names = {s.name for s in study.stages}
     wanted = None if stages in (None, True, "", [], ()) else [n for n in tool.as_list(stages, "stages") if n in names]
     if wanted == []:
         return  # none of the selected stages belongs to this phase
     plan = study.plan(wanted, force)
     tool.print_plan(study, plan)
-    study.run_plan(plan, t0, dry_run)
+    study.run_plan(plan, t0, dry_run, verbose)
 
 
 def cli(argv: list[str] | None = None) -> int:

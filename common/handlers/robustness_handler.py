@@ -92,7 +92,7 @@ class RobustnessEvaluationHandler:
             ``["sample_id", "case", "slice"]`` for segmentation slices).
         log_every: log progress (with an ETA) every this many batches.
         dataset_dir: the data evaluated on, recorded in the settings; a synthetic dataset
-            (:func:`robust_bundles.bundle.is_synthetic`) is flagged in every output.
+            (:func:`robust_bundles.data.synthetic.is_synthetic`) is flagged in every output.
         eps_unit: ``"norm"`` (default): ``eps`` is the norm of the perturbation of a sample's whole input;
             ``"rms"``: ``eps`` is a per-value RMS, the attacked L2 norm is ``eps * sqrt(number of input values of the
             sample)`` (comparable across input sizes; the reports keep the RMS levels as labels).
