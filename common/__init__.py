@@ -4,7 +4,7 @@ transforms and metrics used by every bundle in ``bundles/``.
 Its source is the repository folder ``common/``; it is installed (``pip install -e .``) and imported as
 ``robust_bundles``, and a bundle zip carries the modules it needs under the same name (``<bundle>/robust_bundles``,
 see ``scripts/bundles.py``). Submodules load on first use, so ``import robust_bundles`` followed by
-``robust_bundles.msd.load_slices(...)`` works (bundle configs write ``"$import robust_bundles"``), and a bundle's copy
+``robust_bundles.data.msd.load_slices(...)`` works (bundle configs write ``"$import robust_bundles"``), and a bundle's copy
 of the library needs only the modules its configs use.
 """
 
@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 
 def _lazy_submodules(package: str):
     """A module ``__getattr__`` for ``package`` that imports the submodule ``name`` on first access
-    (``robust_bundles.msd``, ``robust_bundles.data.voc`` ...)."""
+    (``robust_bundles.data``, ``robust_bundles.data.voc`` ...)."""
 
     def __getattr__(name: str):
         if name.startswith("_"):

@@ -1,4 +1,4 @@
-"""Adversarial training iterations for MONAI's ``SupervisedTrainer``: VAT, TEAT and AMAT.
+"""Adversarial training iterations for MONAI's ``SupervisedTrainer``: VAT, TEAT, AMAT and TRADES.
 
 Each class here is an ``iteration_update`` callable ``(engine, batchdata) -> output``: a bundle whose train.json builds a
 standard ``SupervisedTrainer`` (STD, clean training) becomes adversarially trained by an overlay that sets
@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
-from .attacks import L2PGD, Attack
+from .attacks import L2PGD, Attack, preserve_model_state
 from .distributed import FirstVisits, gather_first_visits, is_distributed, unwrap
 from .losses import check_terms, per_sample_terms, primary_output, weighted_total
 from .margins import MarginBook
@@ -42,6 +43,8 @@ __all__ = [
     "VATIteration",
     "TEATIteration",
     "AMATIteration",
+    "TRADESIteration",
+    "output_divergence",
     "TemporalEnsemble",
     "teat_weight",
     "batch_sample_ids",
@@ -55,7 +58,7 @@ def batch_sample_ids(batchdata: Any, id_key: str, device: torch.device | str) ->
         keys = list(batchdata) if isinstance(batchdata, dict) else type(batchdata).__name__
         raise KeyError(
             f"The batch has no {id_key!r} (it has {keys}). AMAT and TEAT need a stable per-sample id: build the dataset "
-            "with robust_bundles.transforms.assign_sample_ids (robust_bundles.msd.load_slices does it) and keep the key through the "
+            "with robust_bundles.transforms.assign_sample_ids (robust_bundles.data.msd.load_slices does it) and keep the key through the "
             "transforms (robust_bundles.transforms.SampleIdd)."
         )
     ids = torch.as_tensor(batchdata[id_key]).reshape(-1).to(device=device, dtype=torch.long)
@@ -610,3 +613,108 @@ class AMATIteration(AdversarialIteration):
                                                              info.norms)
         self.margins.record(all_ids, all_robust, all_norms, epoch=engine.state.epoch)
         return {"robust_fraction": float(robust.float().mean())}
+
+
+def _divergence(clean: torch.Tensor, adv: torch.Tensor, activation: str) -> torch.Tensor:
+    """(B,) divergence of the adversarial from the clean output of one head, averaged over its elements:
+    "softmax": KL of the class distributions over dim 1 (per pixel, anchor, ...); "sigmoid": KL of independent
+    Bernoulli probabilities per element; "none": the squared difference."""
+    a, b = clean.float(), adv.float()
+    if activation == "softmax":
+        log_p, log_q = a.log_softmax(1), b.log_softmax(1)
+        per = (log_p.exp() * (log_p - log_q)).sum(1)
+    elif activation == "sigmoid":
+        log_p, log_q = F.logsigmoid(a), F.logsigmoid(b)
+        log_p1, log_q1 = F.logsigmoid(-a), F.logsigmoid(-b)
+        per = log_p.exp() * (log_p - log_q) + log_p1.exp() * (log_p1 - log_q1)
+    else:
+        per = (a - b) ** 2
+    return per.reshape(per.shape[0], -1).mean(1)
+
+
+def output_divergence(loss_fn: Any, clean: Any, adv: Any,
+                      activation: str | Mapping[str, str] = "softmax") -> torch.Tensor:
+    """TRADES's (B,) divergence between a batch's clean and adversarial network outputs, per sample.
+
+    Args:
+        loss_fn: the task's loss (its ``primary`` main output, its ``heads`` by name).
+        clean: the network's output for the clean inputs (raw: logits).
+        adv: its output for the adversarial inputs.
+        activation: how the outputs are distributions, as the task declares them (``output_activation``): one of
+            "softmax", "sigmoid", "none" for the main output, or a dict of them by head (e.g. ``{"heatmap":
+            "sigmoid", "offset_x": "none", "offset_y": "none"}``; heads left out do not enter), summed over heads.
+    """
+    if isinstance(activation, str):
+        main_of = getattr(loss_fn, "primary", primary_output)
+        return _divergence(main_of(clean), main_of(adv), activation)
+    heads_clean, heads_adv = output_heads(loss_fn, clean), output_heads(loss_fn, adv)
+    missing = [h for h in activation if h not in heads_clean]
+    if missing:
+        raise KeyError(f"TRADES output_activation names heads {missing} that the output does not have (heads: "
+                       f"{list(heads_clean)}); use those names.")
+    return sum(_divergence(heads_clean[h], heads_adv[h], a) for h, a in activation.items())
+
+
+class TRADESIteration(VATIteration):
+    """TRADES (Zhang et al., ICML 2019): the clean task loss plus ``beta`` times a divergence between the clean and
+    the adversarial outputs, the adversarial example maximising that divergence::
+
+        x'_b = argmax_{||x' - x_b||_2 <= eps_b} D(f(x_b), f(x'))      (the training attack, L2 PGD, per-sample eps)
+        L = mean_b [ L_task(f(x_b), y_b) + beta * D(f(x_b), f(x'_b)) ]
+
+    ``D`` follows the task's outputs (:func:`output_divergence`): the per-pixel KL of the class probabilities for
+    segmentation ("softmax"), the Bernoulli KL of the heatmaps plus the squared difference of the offsets for
+    landmarks, the Bernoulli KL of the classification heads for detection (``{"classification": "sigmoid"}``; the
+    box codes carry no distribution and the anchors' matching is label-dependent). The attack starts from a point
+    at radius ``start * eps_b`` (D and its gradient are 0 at x itself), keeps the network's mode and statistics, and
+    its clean target is computed once, without gradient. The gradient of the loss flows through both outputs.
+
+    Args:
+        eps: training noise level (the attack's L2 radius, per sample).
+        attack: the attack (default L2 PGD, 10 steps, alpha 4); its own loss is replaced by D.
+        beta: weight of the divergence (1/lambda of the paper; 6 there).
+        activation: the outputs as distributions (see :func:`output_divergence`).
+        start: radius of the attack's random start as a fraction of eps (the paper: 0.001 per pixel).
+        id_key, memory, geometry_key: see :class:`AdversarialIteration` (a memory warm-starts the attack).
+    """
+
+    def __init__(self, eps: float, attack: Attack | None = None, beta: float = 6.0,
+                 activation: str | Mapping[str, str] = "softmax", start: float = 1e-3, id_key: str = "sample_id",
+                 memory: PerturbationMemory | None = None, geometry_key: str = "geometry_key") -> None:
+        super().__init__(eps, attack, 0.0, id_key, memory, geometry_key)
+        if not (beta >= 0 and math.isfinite(beta)):
+            raise ValueError(f"TRADES beta (the divergence's weight) must be finite and >= 0; got {beta}.")
+        kinds = activation.values() if isinstance(activation, Mapping) else [activation]
+        if isinstance(activation, Mapping) and not activation or any(a not in _ACTIVATIONS for a in kinds):
+            raise ValueError(f"TRADES activation must be one of {_ACTIVATIONS} or a non-empty dict of them by head "
+                             f"(a callable output gives no distribution to compare); got {activation!r}.")
+        if not 0 < start <= 1:
+            raise ValueError(f"start must lie in (0, 1] (a fraction of eps); got {start}.")
+        self.beta = float(beta)
+        self.activation = activation if isinstance(activation, str) else dict(activation)
+        self.start = float(start)
+
+    def adversarial(self, engine, inputs, targets, ids, forward):
+        eps = torch.full((inputs.shape[0],), self.eps, device=inputs.device)
+        model = self.attack.model or unwrap(engine.network)
+        with torch.no_grad(), preserve_model_state(model):
+            clean = forward(inputs)
+
+        def divergence(out: Any, target: Any) -> torch.Tensor:
+            return output_divergence(engine.loss_function, target, out, self.activation)
+
+        res = self.attack.run(inputs, clean, eps=eps, model=model, loss_fn=divergence, forward=forward,
+                              random_start=True, start_radius=self.start * eps, final_check=False,
+                              **self._warm(ids, eps, inputs))
+        memory_stats = self.remember(engine, ids, res.x_adv - inputs, eps)
+        return res.x_adv, StepInfo(eps=eps.cpu(), norms=res.norms, memory_stats=memory_stats)
+
+    def objective(self, engine, inputs, targets, x_adv, ids, info, forward):
+        loss_fn = engine.loss_function
+        pred = forward(inputs)
+        terms, total = _terms_and_total(loss_fn, pred, targets)
+        check_terms(terms, getattr(loss_fn, "term_names", ()))
+        info.pred_adv = forward(x_adv)
+        div = output_divergence(loss_fn, pred, info.pred_adv, self.activation)
+        loss = total.mean() + self.beta * div.mean()
+        return loss, pred, {"loss_clean": float(total.detach().mean()), "trades_divergence": float(div.detach().mean())}

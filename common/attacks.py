@@ -251,6 +251,24 @@ def _initial_delta(
     return delta
 
 
+def _checked_setup(model, x: torch.Tensor, eps, steps: int, clamp, forward):
+    """Validate what every attack takes; returns (steps, eps (B,), forward callable, module or None, (lo, hi))."""
+    if steps < 0 or int(steps) != steps:
+        raise ValueError(f"steps must be an integer >= 0; got {steps}.")
+    if not isinstance(x, torch.Tensor) or x.ndim < 2:
+        raise ValueError("x must be a tensor of shape (B, C, *spatial).")
+    if not torch.is_floating_point(x):
+        raise TypeError(f"x must be a floating-point tensor; got {x.dtype}.")
+    fwd = forward if forward is not None else model
+    if fwd is None:
+        raise ValueError("Give a model or a forward callable.")
+    lo, hi = clamp if clamp is not None else (None, None)
+    if lo is not None or hi is not None:
+        _check_clamp_range(x.detach(), lo, hi)
+    eps_t = _as_per_sample(eps, x.shape[0], x.device, "eps")
+    return int(steps), eps_t, fwd, model if isinstance(model, nn.Module) else None, (lo, hi)
+
+
 def _ascent_direction(grad: torch.Tensor, norm: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The step direction of every sample (unit L2 direction, or the gradient's sign for Linf) and a (B,) bool mask
     of the samples whose gradient was zero or non-finite (they do not move; counted as zero-gradient steps)."""
@@ -334,25 +352,10 @@ def perturb(
         raise ValueError(f"Unknown norm {norm!r}; use one of {NORMS}.")
     if check not in CHECK_MODES:
         raise ValueError(f"Unknown check mode {check!r}; use one of {CHECK_MODES}.")
-    if steps < 0 or int(steps) != steps:
-        raise ValueError(f"steps must be an integer >= 0; got {steps}.")
-    if not isinstance(x, torch.Tensor) or x.ndim < 2:
-        raise ValueError("x must be a tensor of shape (B, C, *spatial).")
-    if not torch.is_floating_point(x):
-        raise TypeError(f"x must be a floating-point tensor; got {x.dtype}.")
-    steps = int(steps)
-    batch = x.shape[0]
-    eps_t = _as_per_sample(eps, batch, x.device, "eps")
-    fwd = forward if forward is not None else model
-    if fwd is None:
-        raise ValueError("Give a model or a forward callable.")
-    module = model if isinstance(model, nn.Module) else None
-    lo, hi = clamp if clamp is not None else (None, None)
+    steps, eps_t, fwd, module, (lo, hi) = _checked_setup(model, x, eps, steps, clamp, forward)
+    batch, x0 = x.shape[0], x.detach()
     names = getattr(loss_fn, "term_names", ())
     test = ThresholdTest(thresholds, test_fn, names) if thresholds is not None else None
-    x0 = x.detach()
-    if lo is not None or hi is not None:
-        _check_clamp_range(x0, lo, hi)
 
     def clamp_(xa: torch.Tensor) -> torch.Tensor:
         if lo is not None or hi is not None:

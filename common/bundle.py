@@ -1,8 +1,8 @@
 """The helpers bundle configs call as ``robust_bundles.bundle.<name>``: where the bundle is, which checkpoint to
-resume from, command-line flags, component lists. What they also call lives where it belongs and is reached here by
-its old name (``check_command_line``: :mod:`robust_bundles.command_line`; ``explain_errors``:
-:mod:`robust_bundles.errors`; ``image_datalist``: :mod:`robust_bundles.msd`; ``latest_checkpoint``:
-:mod:`robust_bundles.checkpointing`; the synthetic-data mark: :mod:`robust_bundles.data.synthetic`)."""
+resume from, command-line flags, component lists. What else they call lives where it belongs
+(``check_command_line``: :mod:`robust_bundles.command_line`; ``explain_errors``: :mod:`robust_bundles.errors`;
+``image_datalist``: :mod:`robust_bundles.data.msd`; ``latest_checkpoint``: :mod:`robust_bundles.checkpointing`; the
+synthetic-data mark: :mod:`robust_bundles.data.synthetic`)."""
 
 from __future__ import annotations
 
@@ -13,26 +13,6 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 __all__ = ["find_root", "resume_checkpoint", "drop_none", "handler_of", "require_file", "flag", "tensorboard_enabled"]
-
-#: names that configs and older bundles call as ``robust_bundles.bundle.<name>``, now in the module that holds them
-_MOVED = {
-    "latest_checkpoint": "checkpointing",
-    "image_datalist": "msd",
-    "error_line": "errors",
-    "explain_errors": "errors",
-    **{name: "command_line" for name in ("RUN_ARGUMENTS", "RENAMED_KEYS", "renamed_key_errors",
-                                         "unknown_override_errors", "check_versions", "check_command_line")},
-    **{name: "data.synthetic" for name in ("SYNTHETIC_MARKER", "mark_synthetic", "is_synthetic",
-                                           "announce_synthetic")},
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _names_bundle(folder: Path, name: str) -> bool:

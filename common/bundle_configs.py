@@ -1,20 +1,26 @@
 """One family of bundles, one set of configs: a bundle's configs rendered from a shared base and its small overlay.
 
-The three MRI segmentation bundles (hippocampus, heart, prostate) run the same pipeline: MSD folder -> 2D slices ->
-DynUNet configured the nnU-Net way, with the same STD/VAT/TEAT/AMAT overlays, thresholds, robustness evaluation,
+The five bundles (three MRI segmentations, landmarks, detection) run the same skeleton: a reader with stable sample
+ids, the task's loss, metric and batch layout, the method overlays of the registry, thresholds, robustness evaluation,
 inference and multi-GPU overlay. What they share lives once, in ``robust_bundles/configs/<family>/`` (the family
-``segmentation``: ``train.json``, ``evaluate.json``, ``inference.json``, ...; its values are those of the first
-bundle of the family, the hippocampus). What a task changes lives in its bundle, in ``<bundle>/task.json``:
+``base``: ``train.json``, ``evaluate.json``, ``inference.json``, ...; its default values are those of the 2D MRI
+segmentation pipeline, which the hippocampus bundle uses unchanged; each bundle's ``bundle_root`` is rendered from its
+folder name, and a method's overlay starts with its registry entry's params). What a task changes lives in its bundle, in ``<bundle>/task.json``:
 
 .. code-block:: json
 
-    {"family": "segmentation",
+    {"family": "base",
      "common": {"num_classes": 2, "network_def#in_channels": 1},
      "configs": {"train.json": {"epochs": 50, "+setup": ["..."]}, "vat.json": {"train_eps": 15.0}}}
 
 Every overlay key must name a key of the base (a misspelt ``"trian#epochs"`` is refused with the nearest key); a key
 that adds what the base does not have is listed in the task's ``"new_keys"`` (e.g. ``["channels",
 "samples#channels"]``).
+
+A method's overlay (``vat.json``, ``teat.json``, ...) is rendered from the method's registry entry
+(:mod:`robust_bundles.methods`) and its base: the entry's ``params`` (e.g. ``train_eps``) come first, a value the task
+gives once for every method in its ``"method_values"`` (``{"train_eps": 15.0, "output_activation": ...}``, the
+task's units and outputs) replacing the default; the base overlay does not repeat them.
 
 ``common`` is applied first to every base config that runs alone (that defines ``bundle_root``: ``train.json`` and
 ``inference.json`` here), so what both need (network, classes, channels) is written once.
@@ -65,7 +71,7 @@ def _dumps(config: dict) -> str:
 
 
 def family_dir(family: str) -> Path:
-    """The folder of the base configs of ``family`` (e.g. ``"segmentation"``); errors list the families."""
+    """The folder of the base configs of ``family`` (e.g. ``"base"``); errors list the families."""
     folder = FAMILIES_DIR / str(family)
     if not folder.is_dir():
         known = sorted(p.name for p in FAMILIES_DIR.iterdir() if p.is_dir())
@@ -229,6 +235,8 @@ def derive_task(bundle_dir: str | os.PathLike, family: str) -> dict:
         if not path.is_file():
             raise ValueError(f"{path} is missing: every config of the {family!r} family ({base_file.name}) needs one.")
         base = json.loads(base_file.read_text(encoding="utf-8"))
+        if "bundle_root" in base:
+            base["bundle_root"] = _root(Path(bundle_dir).resolve().name)
         own[base_file.name] = json.loads(path.read_text(encoding="utf-8"))
         overlay, added = derive_overlay(base, own[base_file.name])
         task["configs"][base_file.name] = overlay
@@ -241,7 +249,7 @@ def derive_task(bundle_dir: str | os.PathLike, family: str) -> dict:
         hoisted = {"family": family, "new_keys": task["new_keys"], "common": shared,
                    "configs": {n: {k: v for k, v in o.items() if n not in standalone or k not in shared}
                                for n, o in task["configs"].items()}}
-        if all(_render(hoisted)[n] == own[n] for n in own):  # an overlay whose order matters keeps its keys
+        if all(_render(hoisted, Path(bundle_dir).resolve().name)[n] == own[n] for n in own):  # an overlay whose order matters keeps its keys
             task = hoisted
     task["configs"] = {n: o for n, o in task["configs"].items() if o}
     if not task["common"]:
@@ -270,7 +278,17 @@ def _task(bundle_dir: Path) -> dict | None:
         return None
     task = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(task, dict) or not isinstance(task.get("family"), str):
-        raise ValueError(f'{path} needs a "family" (e.g. "segmentation"), "common": {{...}} and "configs": {{file: overlay}}.')
+        raise ValueError(f'{path} needs a "family" (e.g. "base"), "common": {{...}} and "configs": {{file: overlay}}.')
+    values = task.get("method_values", {})
+    if not isinstance(values, dict):
+        raise ValueError(f'{path}: "method_values" must be a dict such as {{"train_eps": 15.0}}.')
+    from . import methods
+
+    takes = {v for m in methods.all_methods() for v in m.task_values}
+    unknown_values = sorted(set(values) - takes)
+    if unknown_values:
+        raise ValueError(f'{path}: "method_values" {unknown_values} are taken by no registered method; use '
+                         f'{sorted(takes)}.')
     if not isinstance(task.get("new_keys", []), list):
         raise ValueError(f'{path}: "new_keys" must be a list of overlay keys that add to the base (e.g. ["channels"]).')
     unknown = sorted(set(task.get("configs", {})) - {p.name for p in family_dir(task["family"]).iterdir()})
@@ -282,14 +300,29 @@ def _task(bundle_dir: Path) -> dict | None:
     return task
 
 
-def _render(task: Mapping[str, Any]) -> dict[str, Any]:
-    """``{file name: config}`` of every JSON base config of the task's family with the task's overlays applied."""
+def _root(bundle: str) -> str:
+    """The ``bundle_root`` of the configs that run alone: the bundle's folder, found by its name."""
+    return f"$robust_bundles.bundle.find_root({bundle!r})"
+
+
+def _render(task: Mapping[str, Any], bundle: str) -> dict[str, Any]:
+    """``{file name: config}`` of every JSON base config of the task's family with the task's overlays applied, for
+    the bundle folder named ``bundle`` (the ``bundle_root`` of the configs that run alone)."""
+    from . import methods
+
     out = {}
     new_keys = task.get("new_keys", [])
     for base_file in sorted(family_dir(task["family"]).iterdir()):
         if base_file.suffix == ".json":
             config = json.loads(base_file.read_text(encoding="utf-8"))
+            params = methods.overlay_params(base_file.name, task.get("method_values"))
+            repeated = sorted(set(params) & set(config))
+            if repeated:
+                raise ValueError(f"{base_file} sets {repeated}, which the method registry renders into it "
+                                 f"(robust_bundles.methods: the entry's params): remove them from the base.")
+            config = {**params, **config}
             if "bundle_root" in config:
+                config["bundle_root"] = _root(bundle)
                 config = apply_overlay(config, task.get("common", {}), new_keys)
             out[base_file.name] = apply_overlay(config, task.get("configs", {}).get(base_file.name, {}), new_keys)
     return out
@@ -304,7 +337,7 @@ def rendered_configs(bundle_dir: str | os.PathLike) -> dict[str, str]:
     task = _task(Path(bundle_dir))
     if task is None:
         return {}
-    configs = _render(task)
+    configs = _render(task, Path(bundle_dir).resolve().name)
     return {f.name: _dumps(configs[f.name]) if f.name in configs else f.read_text(encoding="utf-8")
             for f in sorted(family_dir(task["family"]).iterdir())}
 

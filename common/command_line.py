@@ -1,5 +1,5 @@
-"""Checks of a ``monai.bundle run`` command line before anything runs: config keys renamed across the bundles,
-unknown override keys (with the nearest key), and installed packages older than the bundle's pins."""
+"""Checks of a ``monai.bundle run`` command line before anything runs: unknown override keys (with the nearest key)
+and installed packages older than the bundle's pins."""
 
 from __future__ import annotations
 
@@ -11,46 +11,13 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from . import errors
 
-__all__ = ["RUN_ARGUMENTS", "RENAMED_KEYS", "renamed_key_errors", "unknown_override_errors", "check_versions",
+__all__ = ["RUN_ARGUMENTS", "unknown_override_errors", "check_versions",
            "check_command_line"]
 
 #: the arguments of ``monai.bundle run`` itself; every other ``--key`` is a config override
 RUN_ARGUMENTS = frozenset(
     {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file"}
 )
-
-
-#: config keys that were renamed so that every bundle uses one word for one thing (old -> new); an old key on the
-#: command line, in ``--override`` or in a config file is refused with its new name instead of being silently unused
-RENAMED_KEYS = {
-    "max_images": "max_cases",
-    "max_val_images": "max_val_cases",
-    "max_test_images": "max_test_cases",
-    "slices": "samples",
-    "slice_preprocessing": "sample_preprocessing",
-}
-
-
-def renamed_key_errors(config: Mapping, keys: Iterable[str] | None = None, where: str = "--") -> list[str]:
-    """The problems of old key names (:data:`RENAMED_KEYS`), one message per key, each naming the new key.
-
-    A key counts only when the config holds its new name (a bundle of this project), so a bundle that uses the old
-    word for something of its own is left alone.
-
-    Args:
-        config: the merged config.
-        keys: the ids to check (command-line overrides); None: the config's own top-level keys (a config file that
-            still sets an old key, e.g. a user's profile).
-        where: how a key is shown: ``"--"`` for the command line, ``""`` for a config file's key.
-    """
-    out = []
-    for name in (str(k).replace("::", "#") for k in (config if keys is None else keys)):
-        head, sep, rest = name.partition("#")  # "slices#channels" -> "samples#channels"
-        if head in RENAMED_KEYS and RENAMED_KEYS[head] in config:
-            new = f"{RENAMED_KEYS[head]}{sep}{rest}"
-            out.append(f"{where}{name}: renamed {where}{new} (one vocabulary of keys across the bundles), so this "
-                       f"{'override' if where else 'key'} would be ignored; use {where}{new}")
-    return out
 
 
 def _config_ids(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -105,10 +72,6 @@ def unknown_override_errors(config: Mapping, overrides: Iterable[str]) -> list[s
     for raw in overrides:
         key = str(raw).replace("::", "#")
         if key in ids:
-            continue
-        renamed = renamed_key_errors(config, [raw])
-        if renamed:
-            problems += renamed
             continue
         parent, _, leaf = key.rpartition("#")
         params: list[str] | None = None
@@ -259,10 +222,6 @@ def check_command_line(argv: Sequence[str] | None = None) -> None:
         if not overrides:
             return
         raise
-    renamed = renamed_key_errors(parser.get(), where="")
-    if renamed:
-        raise ValueError("Renamed config key(s) in the config files: " + " | ".join(renamed)
-                         + f" (configs: {', '.join(str(f) for f in files)}; rename the key in your config file).")
     if not overrides:
         return
     tracking = run_args.get("tracking")

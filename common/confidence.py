@@ -8,7 +8,7 @@ task code:
 - landmarks (:class:`robust_bundles.tasks.landmarks.LandmarkConfidence`): per landmark the peak heatmap probability
   and the vote agreement (the share of the top-k vote weight that lies within ``vote_radius`` of the winning vote);
   per image ``peak`` and ``agreement``, their means over the landmarks.
-- segmentation (:class:`SegmentationConfidenced`): ``foreground_confidence``, the mean over the predicted foreground
+- segmentation (:class:`robust_bundles.tasks.segmentation.SegmentationConfidenced`): ``foreground_confidence``, the mean over the predicted foreground
   voxels of the largest class probability, and ``foreground_volume_mm3`` (and per class).
 - detection (:class:`robust_bundles.tasks.detection.DetectionConfidence`): each box's score is its confidence (in
   ``<stem>.json``); per image ``max_score`` and ``boxes`` (the number of boxes kept).
@@ -39,8 +39,7 @@ import torch
 
 from .io import atomic_write_json, sha256_file
 
-__all__ = ["REFERENCE_FILE", "Measure", "ConfidenceReference", "ConfidenceReport", "SegmentationConfidenced",
-           "segmentation_confidence", "segmentation_measures", "result_stem"]
+__all__ = ["REFERENCE_FILE", "Measure", "ConfidenceReference", "ConfidenceReport", "result_stem"]
 
 logger = logging.getLogger("robust_bundles.confidence")
 
@@ -265,66 +264,3 @@ class ConfidenceReport:
         if self.reference is not None:
             logger.info(f"confidence: {len(self.low)} of {self.count} images far below the validation reference"
                         + (f": {', '.join(self.low[:10])}{' ...' if len(self.low) > 10 else ''}" if self.low else ""))
-
-
-# ---------------------------------------------------------------------------------------------------- segmentation
-def segmentation_measures(num_classes: int) -> list[Measure]:
-    """The segmentation family's measures for a network of ``num_classes`` classes (background included)."""
-    if int(num_classes) < 2:
-        raise ValueError(f"num_classes={num_classes}: a segmentation has at least 2 classes (background and one).")
-    return [
-        Measure("foreground_confidence", f"mean over the predicted foreground voxels of the largest class probability "
-                f"(1 = certain, 1/{int(num_classes)} = chance)", "higher", 1.0 / int(num_classes)),
-        Measure("foreground_volume_mm3", "volume of the predicted foreground (every label but 0), mm^3", "size"),
-    ]
-
-
-def segmentation_confidence(logits: Any, voxel_volume_mm3: float = 1.0) -> dict[str, Any]:
-    """The segmentation measures of one image from its logits (C, *spatial): see the module docstring.
-
-    Args:
-        logits: the network output of one image, classes first (label 0 = background).
-        voxel_volume_mm3: the volume of one voxel.
-
-    Returns:
-        ``{"foreground_confidence": float or None (no foreground), "foreground_volume_mm3": float,
-        "volume_mm3_per_label": {label: float}}``.
-    """
-    p = torch.softmax(torch.as_tensor(logits).detach().float(), 0)
-    top, label = p.max(0)
-    fg = label > 0
-    n = int(fg.sum())
-    per = {int(c): float((label == c).sum()) * voxel_volume_mm3 for c in range(1, p.shape[0])}
-    return {"foreground_confidence": float(top[fg].mean()) if n else None,
-            "foreground_volume_mm3": n * float(voxel_volume_mm3), "volume_mm3_per_label": per}
-
-
-class SegmentationConfidenced:
-    """A postprocessing transform of a segmentation inference (before the argmax): the confidence of the logits under
-    ``keys``, reported through a :class:`ConfidenceReport` (the file named after the image, the voxel volume from the
-    prediction's affine). The data passes unchanged.
-
-    Args:
-        keys: the prediction key (logits, C x spatial).
-        report: the run's report.
-    """
-
-    def __init__(self, keys: str = "pred", report: ConfidenceReport | None = None) -> None:
-        if report is None:
-            raise ValueError("SegmentationConfidenced needs report=@confidence (a robust_bundles.confidence."
-                             "ConfidenceReport).")
-        self.key, self.report = keys, report
-
-    def __call__(self, data: Mapping[str, Any]) -> Mapping[str, Any]:
-        pred = data[self.key]
-        meta = getattr(pred, "meta", {}) or {}
-        path = meta.get("filename_or_obj", "image")
-        affine = getattr(pred, "affine", None)
-        volume = 1.0
-        if affine is not None:
-            a = np.asarray(torch.as_tensor(affine).cpu(), dtype=np.float64)
-            volume = round(float(abs(np.linalg.det(a[: pred.ndim - 1, : pred.ndim - 1]))), 9)  # mm^3 per voxel
-        values = segmentation_confidence(pred, volume)
-        per_label = values.pop("volume_mm3_per_label")
-        self.report.add(str(path), values, {"volume_mm3_per_label": per_label, "classes": int(pred.shape[0])})
-        return data

@@ -50,7 +50,9 @@ from typing import Any, Mapping, Sequence
 import fire
 
 from . import layout, methods, report
+from .attack_suite import SUITES
 from .command_line import unknown_override_errors
+from .console import Console, fmt_time
 from .finetune import INIT_RECORD
 from .io import atomic_write_json
 
@@ -59,9 +61,35 @@ BASE_CONFIGS = ("train.json", "thresholds.json", "evaluate.json", "robustness.js
 
 
 def bundle_configs() -> tuple[str, ...]:
-    """The configs an experiment needs: train.json, every registered method's overlay, thresholds, evaluate and
-    robustness."""
+    """The configs an experiment reads: train.json, every registered method's overlay, thresholds, evaluate and
+    robustness (a bundle without a method's overlay has no runs of that method)."""
     return (BASE_CONFIGS[0], *(m.overlay for m in methods.with_overlay()), *BASE_CONFIGS[1:])
+
+
+def default_eps(configs: Path, method: methods.Method) -> list[float]:
+    """A method's default training noise levels in a bundle: the ``train_eps`` of its rendered overlay (the task's
+    value, ``robust_bundles.methods``), [] when the overlay sets none."""
+    try:
+        value = json.loads((configs / method.overlay).read_text()).get("train_eps")
+    except (OSError, ValueError):
+        return []
+    return [float(value)] if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else []
+
+
+def method_options(**given: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The per-method command-line options (``--<key>_eps``, ``--<key>_init`` of every registered method), by method
+    name: ``(eps, inits)``; an option of no registered method is an error listing the valid ones."""
+    valid = {f"{m.key}_eps": ("eps", m.name) for m in methods.all_methods() if m.takes_eps}
+    valid.update({f"{m.key}_init": ("init", m.name) for m in methods.with_overlay()})
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        raise ExperimentError(f"Unknown option(s) {', '.join('--' + u for u in unknown)}: the options of the "
+                              f"registered methods are {', '.join('--' + v for v in valid)}.")
+    out: dict[str, dict[str, Any]] = {"eps": {}, "init": {}}
+    for key, value in given.items():
+        kind, name = valid[key]
+        out[kind][name] = value
+    return out["eps"], out["init"]
 
 
 def groups() -> tuple[str, ...]:
@@ -132,7 +160,8 @@ def finetune(stage: Stage, init: str | None, epochs: int | None = None) -> Stage
 
 
 def build_stages(eps_levels: Mapping[str, Sequence[float]] | None = None, inits: dict[str, str] | None = None,
-                 finetune_epochs: int | None = None, extra_runs: dict[str, dict] | None = None) -> list[Stage]:
+                 finetune_epochs: int | None = None, extra_runs: dict[str, dict] | None = None,
+                 present: Sequence[str] | None = None) -> list[Stage]:
     """All stages in order: the paper's protocol, generated from the method registry (:mod:`robust_bundles.methods`).
 
     STD (train.json), the thresholds (when a registered method needs them), the extra runs, then every other method
@@ -148,18 +177,20 @@ def build_stages(eps_levels: Mapping[str, Sequence[float]] | None = None, inits:
         extra_runs: further STD-style runs (train.json with config overrides), by run name, each
             ``{"override": {...}, "label": "..."}`` (see :func:`extra_runs_of`); trained after the thresholds and
             evaluated like the others.
+        present: the names of the methods whose overlay the bundle has (None: every registered method).
     """
     inits = inits or {}
     levels_of = {str(k).upper(): list(v) for k, v in (eps_levels or {}).items()}
     std = methods.STD.run_name()
     train = [Stage(std, "train", model_file(std), configs=["train.json"], args={"run_name": std}, run=std)]
-    if any(m.needs_thresholds for m in methods.with_overlay()):
+    used = [m for m in methods.with_overlay() if present is None or m.name in present]
+    if any(m.needs_thresholds for m in used):
         train.append(Stage("thresholds", "thresholds", THRESHOLDS_FILE, needs=[model_file(std)],
                            configs=["train.json", methods.THRESHOLDS_OVERLAY]))
     for run, spec in (extra_runs or {}).items():
         train.append(Stage(run, "train", model_file(run), configs=["train.json"],
                            args={**spec.get("override", {}), "run_name": run}, run=run))
-    for method in methods.with_overlay():
+    for method in used:
         for e in levels_of.get(method.name, []) if method.takes_eps else [None]:
             run = method.run_name(e)
             args = {"run_name": run} if e is None else {"train_eps": float(e), "run_name": run}
@@ -173,6 +204,16 @@ def build_stages(eps_levels: Mapping[str, Sequence[float]] | None = None, inits:
              for r in runs]
     needs = [robustness_file(r) for r in runs]
     return train + evals + [Stage("report", "report", f"{REPORT_DIR}/results.md", needs=needs)]
+
+
+def transfer_from_std(stage: Stage, output_root: Path) -> Stage:
+    """The strong suite's transfer check: the robustness stage of a run other than STD also attacks the experiment's
+    STD model and applies that attack to the run's model (robust_bundles.transfer); the stage then needs STD's model."""
+    std = methods.STD.run_name()
+    if stage.kind == "robustness" and stage.run != std:
+        stage.needs = [*stage.needs, model_file(std)]
+        stage.args["transfer_surrogate"] = str(output_root / model_file(std))
+    return stage
 
 
 def extra_runs_of(value: Any) -> dict[str, dict]:
@@ -278,7 +319,7 @@ def method_overrides_of(experiment: dict) -> dict[str, dict]:
         reserved = (TOOL_KEYS | {"epochs"}) & set(value)
         if reserved:
             raise ExperimentError(f"experiment.{key} cannot set {sorted(reserved)}: use the tool's own options "
-                                  f"(--finetune_epochs, --vat_eps/--teat_eps, ...).")
+                                  f"(--finetune_epochs, --<method>_eps, ...).")
         out[method] = dict(value)
     return out
 
@@ -358,13 +399,6 @@ def _signature(cmd: list[str]) -> list[str]:
     return out
 
 
-def fmt_time(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
-
-
 # ----------------------------------------------------------------------------------------------------- experiment
 class Experiment:
     """The stages of one bundle, profile and output folder, their status, and how to run them.
@@ -374,11 +408,12 @@ class Experiment:
 
     def __init__(self, bundle: str | Path, profile: str | None = "quick", dataset_dir: str | Path | None = None,
                  output_root: str | Path | None = None, override: dict | str | None = None,
-                 vat_eps: Any = None, teat_eps: Any = None, inits: dict[str, Any] | None = None,
-                 finetune_epochs: Any = None) -> None:
+                 eps: Mapping[str, Any] | None = None, inits: dict[str, Any] | None = None,
+                 finetune_epochs: Any = None, attack_suite: str | None = None) -> None:
         self.bundle = Path(bundle).expanduser().resolve()
         cfg = self.bundle / "configs"
-        missing = [c for c in bundle_configs() if not (cfg / c).is_file()]
+        missing = [c for c in BASE_CONFIGS if not (cfg / c).is_file()]
+        self.present = [m.name for m in methods.with_overlay() if (cfg / m.overlay).is_file()]
         if missing:
             raise ExperimentError(f"{self.bundle} is not a complete bundle: configs/{', configs/'.join(missing)} "
                                   f"missing (give --bundle the bundle folder, e.g. bundles/<name>).")
@@ -409,13 +444,26 @@ class Experiment:
         reserved = TOOL_KEYS & set(override)
         if reserved:
             raise ExperimentError(f"--override cannot set {sorted(reserved)}: use the tool's own options "
-                                  f"(--output_root, --dataset_dir, --vat_eps/--teat_eps).")
+                                  f"(--output_root, --dataset_dir, --<method>_eps).")
         self.overrides = override
+        if attack_suite is not None:  # --attack_suite: the robustness stages' attack_suite config key
+            if attack_suite not in SUITES:
+                raise ExperimentError(f"--attack_suite {attack_suite!r}: give one of {list(SUITES)}.")
+            self.overrides["attack_suite"] = attack_suite
 
-        given_eps = {"VAT": vat_eps, "TEAT": teat_eps}
-        self.eps = {m.name: eps_list(given_eps.get(m.name) if given_eps.get(m.name) is not None
-                                     else experiment.get(f"{m.key}_eps", []), f"{m.key}_eps")
-                    for m in methods.all_methods() if m.takes_eps}
+        given_eps = {str(k).upper(): v for k, v in (eps or {}).items() if v is not None}
+        self.eps = {}
+        for m in methods.all_methods():
+            if not m.takes_eps:
+                continue
+            asked = given_eps.get(m.name, experiment.get(f"{m.key}_eps"))
+            if m.name not in self.present:
+                if eps_list(asked, f"{m.key}_eps"):
+                    raise ExperimentError(f"{m.key}_eps asks for {m.name} runs, but the bundle has no "
+                                          f"configs/{m.overlay}: render it (python scripts/bundles.py render) or "
+                                          f"drop the option.")
+                continue
+            self.eps[m.name] = eps_list(default_eps(cfg, m) if asked is None else asked, f"{m.key}_eps")
         self.caption = str(experiment.get("caption", "") or "")
         self.extra_runs = extra_runs_of(experiment.get("extra_runs"))
         default_root = self.bundle / "runs" / (self.profile or "default")
@@ -429,22 +477,16 @@ class Experiment:
         if any(v != SCRATCH for v in self.inits.values()) and not (cfg / FINETUNE_CONFIG).is_file():
             raise ExperimentError(f"Fine-tuning ({self.inits}) needs configs/{FINETUNE_CONFIG} in {self.bundle}, "
                                   f"which does not exist: add it (see the hippocampus bundle) or use scratch.")
-        self.stages = build_stages(self.eps, self.inits, self.finetune_epochs, self.extra_runs)
+        self.stages = build_stages(self.eps, self.inits, self.finetune_epochs, self.extra_runs, self.present)
         self.method_overrides = method_overrides_of(experiment)
         for stage in self.stages:  # under the stage's own arguments and under --override
             method = method_of_stage(stage)
             extra = {k: v for k, v in self.method_overrides.get(method, {}).items() if k not in override}
             stage.args = {**extra, **stage.args}
+        if self.overrides.get("attack_suite") == "strong":
+            self.stages = [transfer_from_std(s, self.output_root) for s in self.stages]
         self._stage_keys_cache: dict[str, set[str]] = {}
         self.check_overrides()
-
-    @property
-    def vat_eps(self) -> list[float]:
-        return self.eps.get("VAT", [])
-
-    @property
-    def teat_eps(self) -> list[float]:
-        return self.eps.get("TEAT", [])
 
     # -------------------------------------------------------------------------------------------------- status
     def path(self, rel: str) -> Path:
@@ -612,10 +654,12 @@ class Experiment:
         """What a report stage writes, for the dry run."""
         return f"robust_bundles.report.write_report -> {self.output_root / REPORT_DIR}"
 
-    def run_plan(self, plan: list[tuple[Stage, str, str]], t0: float, dry_run: bool = False) -> None:
+    def run_plan(self, plan: list[tuple[Stage, str, str]], t0: float, dry_run: bool = False,
+                 verbose: bool = False) -> None:
         """Run the stages of a plan in order (the one loop of the experiment and the study): skip what is done or
-        was made meanwhile by another process on the same output root, print progress with times; with
-        ``dry_run``, print the commands instead."""
+        was made meanwhile by another process on the same output root, show progress on the console
+        (:class:`~robust_bundles.console.Console`; ``verbose``: every line of every stage); with ``dry_run``, print
+        the commands instead."""
         n = len(plan)
         if dry_run:
             print(f"\nDry run: commands, in {self.bundle}:")
@@ -625,20 +669,26 @@ class Experiment:
                       f"{prefix}:\n  {shlex.join(self.command(s, resume=action == 'resume'))}")
             return
         missing = self.missing_at_plan(plan)
+        self.console = console = Console([s.kind for s, a, _ in plan if a != "skip"], verbose=verbose)
+        console.t0 = t0
         for i, (s, action, reason) in enumerate(plan, 1):
             if action == "skip":
-                print(f"[{i}/{n}] skip {s.name}: {reason}")
+                console.skip(f"[{i}/{n}] skip {s.name}: {reason}")
                 continue
             if s.name in missing and self.done_meanwhile(s):  # e.g. two studies sharing an output root, one per core
-                print(f"[{i}/{n}] skip {s.name}: {s.output} was made meanwhile (by another process)", flush=True)
+                console.skip(f"[{i}/{n}] skip {s.name}: {s.output} was made meanwhile (by another process)",
+                             planned=True)
                 continue
             what = "resume" if action == "resume" else "run"
             log = "" if s.kind == "report" else f"; log {self.log_file(s)}"
-            print(f"\n[{i}/{n}] {s.name} ... ({what}: {reason}{log})", flush=True)
+            console.start(f"[{i}/{n}]", s.name, f"{what}: {reason}{log}")
             ts = time.time()
-            self.run_stage(s, resume=action == "resume")
-            print(f"[{i}/{n}] {s.name} done in {fmt_time(time.time() - ts)} "
-                  f"(total {fmt_time(time.time() - t0)})", flush=True)
+            try:
+                self.run_stage(s, resume=action == "resume")
+            except BaseException:
+                console.failed()
+                raise
+            console.end(f"[{i}/{n}]", s.name, s.kind, time.time() - ts)
 
     def _subprocess(self, stage: Stage, cmd: list[str]) -> None:
         log = self.log_file(stage)
@@ -652,9 +702,9 @@ class Experiment:
                                     text=True, bufsize=1, errors="replace")
             try:
                 assert proc.stdout is not None
+                console = getattr(self, "console", None) or Console([], verbose=True)  # outside run_plan: all
                 for line in proc.stdout:
-                    sys.stdout.write(line)
-                    sys.stdout.flush()
+                    console.line(line)
                     f.write(line)
                 rc = proc.wait()
             except KeyboardInterrupt:
@@ -697,7 +747,8 @@ class Experiment:
             "  " + "; ".join(f"{m} eps: {', '.join(format(e, 'g') for e in levels) or 'none'}"
                              for m, levels in self.eps.items()),
         ]
-        has_runs = {m.name: bool(self.eps.get(m.name)) if m.takes_eps else True for m in methods.with_overlay()}
+        has_runs = {m.name: bool(self.eps.get(m.name)) if m.takes_eps else m.name in self.present
+                    for m in methods.with_overlay()}
         tuned = {m: v for m, v in self.inits.items() if v != SCRATCH and has_runs[m]}
         if tuned:
             length = f"{self.finetune_epochs} epochs" if self.finetune_epochs else "the profile's epochs"
@@ -730,46 +781,51 @@ def main(
     stages: Any = None,
     force: Any = False,
     override: Any = None,
-    vat_eps: Any = None,
-    teat_eps: Any = None,
-    amat_init: str | None = None,
-    vat_init: str | None = None,
-    teat_init: str | None = None,
     finetune_epochs: int | None = None,
+    attack_suite: str | None = None,
     dry_run: bool = False,
+    verbose: bool = False,
+    **method_option: Any,
 ) -> None:
     """Plan, then run the experiment's stages and print the paper's table (stages and resume: module docstring).
 
     Args:
-        bundle: the bundle folder (holds configs/train.json, vat.json, teat.json, amat.json, thresholds.json,
-            evaluate.json, robustness.json and profiles/<profile>.json).
+        bundle: the bundle folder (holds configs/train.json, thresholds.json, evaluate.json, robustness.json, the
+            overlay of each method it trains (vat.json, ...) and profiles/<profile>.json).
         profile: the profile overlay configs/profiles/<profile>.json, appended LAST to the config list of every stage;
-            its "experiment" dict gives the VAT and TEAT training noise levels ("vat_eps", "teat_eps") and the
+            its "experiment" dict gives the training noise levels of the methods with eps ("<key>_eps") and the
             table's "caption".
         dataset_dir: the data; default: the bundle's own default (synthetic data written on first use).
         output_root: where models/, eval/, logs/ and report/ go; default <bundle>/runs/<profile>.
         stages: the stages to consider, e.g. "[amat,robustness_amat,report]" (names from the plan, or the groups
-            train, vat, teat, robustness); default: all.
+            train, robustness and each method with eps by its key); default: all.
         force: re-run stages even when their output exists: --force (all selected stages) or --force "[amat,report]".
         override: JSON dict of config overrides given to every stage (after the profile), e.g. '{"epochs": 1}'; an
             "experiment" key changes the profile's experiment dict instead (e.g. '{"experiment": {"vat_eps": [2]}}').
-        vat_eps: training noise levels of VAT (L2, input intensity units), replacing the profile's; "[]" for none.
-        teat_eps: training noise levels of TEAT, replacing the profile's; "[]" for none.
-        amat_init: where AMAT starts: "scratch" (random initialisation), "std" (fine-tune this experiment's STD
-            model) or a model.pt / checkpoint.pt file; default: the profile's "amat_init", else scratch.
-        vat_init: the same for the VAT runs.
-        teat_init: the same for the TEAT runs.
         finetune_epochs: epochs of the fine-tuned runs (their own optimizer and schedule); default: the epochs of
             ``--override`` if it sets them (every run is then that long), else the profile's "finetune_epochs", else
             the profile's epochs.
+        attack_suite: the attacks of the robustness stages (robust_bundles.attack_suite, docs/robustness_evaluation.md):
+            "quick" (PGD, I-FGSM, noise), "standard" (PGD, noise and APGD on the task loss, each of its terms and
+            the task's attack objectives; per-sample worst case) or "strong" (more APGD iterations and restarts, and
+            the transfer check from this experiment's STD model); default: the configs' ("quick").
         dry_run: print the plan and the commands, run nothing.
+        verbose: show every line of every stage on the console (by default they go to the stage's log file only;
+            the console shows one line per stage start and end, a progress bar and each warning once).
+        method_option: two options per registered method (``robust_bundles.methods``), named by its key:
+            ``--<key>_eps`` for a method with eps (``--vat_eps "[2,6]"``: training noise levels, L2 in the network's
+            input units, replacing the profile's ``"<key>_eps"``; "[]" for none; default: the profile's, else the
+            ``train_eps`` of the bundle's overlay, the task's value) and ``--<key>_init`` (``--amat_init std``: where
+            its runs start: "scratch" (random initialisation), "std" (fine-tune this experiment's STD model) or a
+            model.pt / checkpoint.pt file; default: the profile's ``"<key>_init"``, else scratch).
     """
     t0 = time.time()
-    exp = Experiment(bundle, profile, dataset_dir, output_root, override, vat_eps, teat_eps,
-                     inits={"AMAT": amat_init, "VAT": vat_init, "TEAT": teat_init}, finetune_epochs=finetune_epochs)
+    eps, inits = method_options(**method_option)
+    exp = Experiment(bundle, profile, dataset_dir, output_root, override, eps, inits=inits,
+                     finetune_epochs=finetune_epochs, attack_suite=attack_suite)
     plan = exp.plan(stages, force)
     print_plan(exp, plan)
-    exp.run_plan(plan, t0, dry_run)
+    exp.run_plan(plan, t0, dry_run, verbose)
     if dry_run:
         return
 

@@ -57,7 +57,8 @@ __all__ = [
 
 MODELS, EVAL, LOGS, REPORT = "models", "eval", "logs", "report"
 STD_RUN = "std"
-"""The run whose model the thresholds are estimated on."""
+"""The run whose model the thresholds are estimated on (``robust_bundles.methods.reference().run_name()``; the layout
+is core, below the registry, so it names it; ``tests/test_layers.py`` checks the two agree)."""
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
 BEST_MODEL_FILE = "model_best_val.pt"

@@ -105,16 +105,3 @@ def check_terms(terms: torch.Tensor, names: Sequence[str]) -> None:
             f"Non-finite loss in term(s) {cols} for {int(bad.any(1).sum())} sample(s). Check the input intensities "
             "(NaN voxels?), lower the learning rate, or disable amp."
         )
-
-
-# The segmentation adapter moved to robust_bundles.tasks.segmentation; its old names here keep configs written before
-# the move working ("_target_": "robust_bundles.losses.DiceCELoss"). Resolved on first use: no import cycle.
-_MOVED = ('DiceCELoss',)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module("robust_bundles.tasks.segmentation"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

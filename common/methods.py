@@ -1,4 +1,4 @@
-"""The training methods of the project, registered once: STD, VAT, TEAT and AMAT.
+"""The training methods of the project, registered once: STD, VAT, TEAT, AMAT and TRADES.
 
 A method is one iteration class (``robust_bundles.adversarial``), one config overlay stacked on a bundle's
 ``train.json`` and one :class:`Method` entry here. Everything above the core reads this registry instead of keeping
@@ -11,11 +11,15 @@ its own table: the experiment tool (its stages, options and groups), the report 
     methods.parse_run("teat_eps0.5")      # (TEAT's entry, 0.5)
     methods.get("AMAT").training(128, attack=L2PGD(steps=3), thresholds=xi, expansion_step=1.0)
 
-A new method: write its iteration class, its overlay ``configs/<key>.json`` (setting ``train#trainer#iteration_update``
-and, for state such as a margin book, ``train#save_dict#<name>`` and ``train#method_handlers``), then
-``methods.register(Method("NAME", overlay="<key>.json", iteration=..., ...))``. The experiment tool then trains and
-evaluates it (a ``--experiment '{"<key>_eps": [...]}'`` list for a method with an eps), the report names its rows and the
-study plots it. Fine-tuning is no method: ``finetune.json`` (:data:`FINETUNE_OVERLAY`) stacks after any method's
+A new method is four files (TRADES was added so, in one commit): its iteration class (``adversarial.py``), its
+entry here (``register(Method("NAME", overlay="<key>.json", iteration=..., params=..., task_values=..., reads=...,
+role=...))``), its base overlay ``common/configs/<family>/<key>.json`` (setting ``train#trainer#iteration_update``
+and, for state such as a margin book, ``train#save_dict#<name>`` and ``train#method_handlers``) and its test; then
+``python scripts/bundles.py render`` writes every bundle's overlay (the entry's ``params`` first, the task's
+``method_values`` replacing their defaults). From the entry, the experiment tool trains and evaluates it
+(``--<key>_eps``, ``--<key>_init``; a method with eps and no list in the profile runs at its overlay's ``train_eps``),
+the report names its rows, the study runs it as a baseline (``--<key>_eps``, ``--<key>_ft_eps``) and plots it, the
+contract (``robust_bundles.contract``) checks what it ``reads`` and the bundle test suite trains it in every bundle. Fine-tuning is no method: ``finetune.json`` (:data:`FINETUNE_OVERLAY`) stacks after any method's
 overlay and makes the run start from trained weights (the study plots such runs with the method's ``fine-tuned``
 style).
 """
@@ -40,6 +44,11 @@ __all__ = [
     "THRESHOLDS_OVERLAY",
     "SCRATCH",
     "FINE_TUNED",
+    "ROLES",
+    "with_role",
+    "reference",
+    "candidate",
+    "overlay_params",
 ]
 
 FINETUNE_OVERLAY = "finetune.json"
@@ -50,6 +59,10 @@ SCRATCH = "scratch"
 """A run that starts from a random initialisation."""
 FINE_TUNED = "std"
 """A run fine-tuned from this experiment's STD model (the init value of the experiment tool and the study)."""
+ROLES = ("reference", "frontier", "baseline", "candidate")
+"""A method's role in the study and its plots: the ``reference`` (clean training, the clean metric to keep), the
+``frontier`` (fixed-eps runs whose clean/robust trade-off curve the candidates must rise above), the other
+``baseline`` methods (compared with the candidate's choice) and the ``candidate`` (the studied method, its grid)."""
 
 
 @dataclass
@@ -92,6 +105,14 @@ class Method:
         build: ``build(num_samples, attack=..., **settings) -> Training`` for the Python dispatchers (toy,
             benchmarks); None for a method only known to bundles.
         description: one line for help texts.
+        params: config ids its overlay sets, with their defaults (``{"train_eps": 6.0}``): ``render`` writes them at
+            the top of every bundle's rendered overlay (the base overlay does not repeat them).
+        task_values: those of ``params`` a task sets once for every method, in its ``task.json``'s
+            ``"method_values"`` (``train_eps`` in the task's input units, ``output_activation`` of its outputs).
+        reads: the contract ids its overlay reads from ``train.json`` (names of ``robust_bundles.contract``'s
+            properties): the contract check and the properties derive from them.
+        role: its role in the study and the plots (:data:`ROLES`).
+        study_ft_eps: the study's default noise levels of its runs fine-tuned from STD (methods with eps).
     """
 
     name: str
@@ -102,12 +123,22 @@ class Method:
     styles: Mapping[str, tuple[str, str, str]] = field(default_factory=dict)
     build: Callable[..., Training] | None = None
     description: str = ""
+    params: Mapping[str, Any] = field(default_factory=dict)
+    task_values: tuple[str, ...] = ()
+    reads: tuple[str, ...] = ()
+    role: str = "baseline"
+    study_ft_eps: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Z][A-Z0-9]*", self.name):
             raise ValueError(f"Method name {self.name!r}: upper-case letters and digits, starting with a letter.")
         if self.overlay is not None and not self.overlay.endswith(".json"):
             raise ValueError(f"Method {self.name}: overlay must be a .json config file name, not {self.overlay!r}.")
+        if self.role not in ROLES:
+            raise ValueError(f"Method {self.name}: role {self.role!r} is not one of {', '.join(ROLES)}.")
+        unknown = [v for v in self.task_values if v not in self.params]
+        if unknown:
+            raise ValueError(f"Method {self.name}: task_values {unknown} are not among its params {list(self.params)}.")
 
     @property
     def key(self) -> str:
@@ -199,6 +230,34 @@ def with_overlay() -> Iterator[Method]:
     return (m for m in _REGISTRY.values() if m.overlay)
 
 
+def with_role(role: str) -> list[Method]:
+    """The registered methods of a study role (:data:`ROLES`), in order."""
+    if role not in ROLES:
+        raise ValueError(f"Unknown role {role!r}: one of {', '.join(ROLES)}.")
+    return [m for m in _REGISTRY.values() if m.role == role]
+
+
+def reference() -> Method:
+    """The study's reference method (clean training)."""
+    return with_role("reference")[0]
+
+
+def candidate() -> Method:
+    """The studied method (the study's grid trains it)."""
+    return with_role("candidate")[0]
+
+
+def overlay_params(overlay: str, task_values: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The config ids the method of ``overlay`` (a file name, ``"vat.json"``) sets in a bundle's rendered overlay:
+    its params, a task's value (``task_values``, the ``"method_values"`` of a ``task.json``) replacing the default
+    where the method takes it from the task. {} for a file that is no method's overlay."""
+    values = dict(task_values or {})
+    for m in _REGISTRY.values():
+        if m.overlay == overlay:
+            return {k: values.get(k, v) if k in m.task_values else v for k, v in m.params.items()}
+    return {}
+
+
 def parse_run(run: str) -> tuple[Method, float | None] | None:
     """The method and training eps of a run name (``"vat_eps6" -> (VAT, 6.0)``, ``"amat" -> (AMAT, None)``); None
     for other names, and for an eps that is not a number."""
@@ -264,15 +323,40 @@ def _build_amat(num_samples: int, attack: Any = None, thresholds: Any = None, be
     return Training(update, [MarginHandler(book)], book)
 
 
-STD = register(Method("STD", description="standard training (MONAI's default step)",
+def _build_trades(num_samples: int, attack: Any = None, eps: float = 2.0, beta: float = 6.0,
+                  activation: Any = "softmax", memory: Any = None, **_: Any) -> Training:
+    from .adversarial import TRADESIteration
+
+    return Training(TRADESIteration(eps, attack=attack, beta=beta, activation=activation,
+                                    memory=_memory(num_samples, memory)))
+
+
+_EPS = {"train_eps": 6.0}  # the training noise level of a method with eps; a task gives its own (its input units)
+_OUTPUTS = {"output_activation": "softmax"}  # how the task's outputs are distributions (robust_bundles.adversarial)
+_ATTACKED = ("trainer", "training_attack")  # the contract ids every adversarial overlay reads
+
+STD = register(Method("STD", description="standard training (MONAI's default step)", role="reference",
                       styles={SCRATCH: ("k", "*", "STD")}, build=_build_std))
 VAT = register(Method("VAT", overlay="vat.json", iteration="robust_bundles.adversarial.VATIteration", takes_eps=True,
                       styles={SCRATCH: ("C0", "o", "VAT"), FINE_TUNED: ("C9", "v", "VAT fine-tuned")},
-                      build=_build_vat, description="vanilla adversarial training at one noise level eps"))
+                      build=_build_vat, description="vanilla adversarial training at one noise level eps",
+                      params=_EPS, task_values=("train_eps",), reads=_ATTACKED, role="frontier",
+                      study_ft_eps=(2, 4, 6, 8)))
 TEAT = register(Method("TEAT", overlay="teat.json", iteration="robust_bundles.adversarial.TEATIteration",
                        takes_eps=True, styles={SCRATCH: ("C2", "s", "TEAT"), FINE_TUNED: ("C2", "P", "TEAT fine-tuned")},
-                       build=_build_teat, description="VAT plus a temporal-ensemble consistency term"))
+                       build=_build_teat, description="VAT plus a temporal-ensemble consistency term",
+                       params={**_EPS, **_OUTPUTS}, task_values=("train_eps", "output_activation"),
+                       reads=(*_ATTACKED, "epochs", "datalist", "save_dict"), study_ft_eps=(6,)))
 AMAT = register(Method("AMAT", overlay="amat.json", iteration="robust_bundles.adversarial.AMATIteration",
                        needs_thresholds=True,
                        styles={SCRATCH: ("C3", "^", "AMAT from scratch"), FINE_TUNED: ("C1", "D", "AMAT fine-tuned")},
-                       build=_build_amat, description="adaptive-margin adversarial training (per-sample margins)"))
+                       build=_build_amat, description="adaptive-margin adversarial training (per-sample margins)",
+                       reads=(*_ATTACKED, "loss", "epochs", "datalist", "save_dict", "method_handlers",
+                              "thresholds_file", "ckpt_dir"), role="candidate"))
+TRADES = register(Method("TRADES", overlay="trades.json", iteration="robust_bundles.adversarial.TRADESIteration",
+                         takes_eps=True, build=_build_trades,
+                         styles={SCRATCH: ("C4", "p", "TRADES"), FINE_TUNED: ("C6", "h", "TRADES fine-tuned")},
+                         description="clean loss + beta x the divergence of the outputs under the attack that "
+                                     "maximises it (Zhang et al., ICML 2019)",
+                         params={**_EPS, "trades_beta": 6.0, **_OUTPUTS}, task_values=("train_eps", "output_activation"),
+                         reads=_ATTACKED))

@@ -211,16 +211,3 @@ def nanmean(values: torch.Tensor) -> float:
     """Mean over the finite values; NaN when there is none."""
     v = values[~torch.isnan(values)]
     return float(v.mean()) if v.numel() else float("nan")
-
-
-# The segmentation adapter moved to robust_bundles.tasks.segmentation; its old names here keep configs written before
-# the move working ("_target_": "robust_bundles.metrics.SliceDice"). Resolved on first use: no import cycle.
-_MOVED = ('SliceDice', 'SliceDiceMetric', 'as_class_indices', 'slice_dice')
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module("robust_bundles.tasks.segmentation"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

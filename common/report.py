@@ -36,6 +36,8 @@ from typing import Any, Iterable, Sequence
 from . import layout, methods
 from .finetune import read_init_record
 from .io import atomic_write, atomic_write_json, atomic_write_text
+from .metrics import MetricSpec
+from .suite_report import suite_table
 
 __all__ = [
     "run_name",
@@ -274,10 +276,10 @@ def _float(v: Any) -> float:
         return float("nan")
 
 
-def _metric_label(spec: dict) -> str:
-    """``"MRE (mm, lower is better)"``."""
-    unit = f"{spec['unit']}, " if spec.get("unit") else ""
-    return f"{spec['name']} ({unit}{'higher' if spec['higher_is_better'] else 'lower'} is better)"
+def metric_label(spec: Any) -> str:
+    """``"MRE (mm, lower is better)"``: the label of a ``MetricSpec`` or of its dict (as ``robustness.json`` stores
+    it); the one label function of the reports (:meth:`robust_bundles.metrics.MetricSpec.label`)."""
+    return (spec if isinstance(spec, MetricSpec) else MetricSpec.from_dict(spec)).label()
 
 
 def _attack_text(settings: dict) -> str:
@@ -425,7 +427,7 @@ def cost_table(results: Sequence[dict]) -> tuple[str, list[dict]]:
     rows = [r for r in _ordered(results) if isinstance(r.get("cost"), dict)]
     if not rows:
         return "", []
-    std = next((r["cost"] for r in rows if r["method"] == "STD"), None)
+    std = next((r["cost"] for r in rows if r["method"] == methods.reference().name), None)
 
     def ratio(a: Any, b: Any) -> float:
         a, b = _float(a), _float(b)
@@ -468,7 +470,7 @@ def _caption(rows: Sequence[dict], spec: dict, caption: str, input_shape: Sequen
         f"{r['label']}: {_attack_text(r['settings'])}" for r in rows)
     shape = f", network input {' x '.join(str(s) for s in input_shape)} pixels" if input_shape else ""
     text = (
-        f"Table: {_metric_label(spec)[:-1]}, best of each column in bold) on the test set, "
+        f"Table: {metric_label(spec)[:-1]}, best of each column in bold) on the test set, "
         f"{samples}. White-box attacks on the task loss, model in eval mode: {attacks or 'none'}. "
         f"eps is the {_norm(rows)} norm of the perturbation of the whole network input, in input intensity units "
         f"(after the bundle's intensity normalisation){shape}; Avg. is the mean over the eps > 0 columns."
@@ -562,7 +564,7 @@ def plot_metric_vs_eps(results: Sequence[dict], path: str | Path, metric: str | 
                     color=color, label=f"{r['label']} {name}")
     spec = _spec(rows, metric)
     ax.set_xlabel(f"eps ({_norm(rows)}, input intensity units)")
-    ax.set_ylabel(_metric_label(spec))
+    ax.set_ylabel(metric_label(spec))
     ax.set_title(f"{spec['name']} under attack ({', '.join(attack_names)}; eps 0 = clean)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="best")
@@ -611,7 +613,7 @@ def write_report(
     caption: str = "",
     out_dir: str | Path | None = None,
     input_shape: Sequence[int] | None = None,
-    margins_run: str = "amat",
+    margins_run: str | None = None,
     labels: dict[str, str] | None = None,
     models_root: str | Path | None = None,
 ) -> dict[str, Path]:
@@ -623,7 +625,8 @@ def write_report(
         caption: free text appended to the table's caption (e.g. the profile's description).
         out_dir: where to write; default ``<output_root>/report``.
         input_shape: optional spatial size of the network input, stated in the caption.
-        margins_run: the run whose ``models/<run>/margins.csv`` is summarised and plotted when present.
+        margins_run: the run whose ``models/<run>/margins.csv`` is summarised and plotted when present (default:
+            the study candidate's run, ``robust_bundles.methods.candidate()``).
         labels: row labels by run (see :func:`collect`).
         models_root: the folder holding ``models/<run>`` when it is not ``output_root`` (see :func:`collect`).
 
@@ -633,6 +636,7 @@ def write_report(
         of every further metric.
     """
     root = Path(output_root)
+    margins_run = methods.candidate().run_name() if margins_run is None else margins_run
     out = Path(out_dir) if out_dir is not None else Path(layout.report_dir(root))
     models = Path(models_root) if models_root is not None else root
     results = collect(root, runs, labels, models_root=models)
@@ -653,7 +657,12 @@ def write_report(
             other_md, _, other_table = paper_table(results, "", input_shape, metric=name)
             table["other_metrics"][name] = other_table
             rows_only = other_md.split("\n\n", 1)[0]  # the table without its caption
-            md += f"\n{_metric_label(_spec(results, name))}:\n\n{rows_only}\n"
+            md += f"\n{metric_label(_spec(results, name))}:\n\n{rows_only}\n"
+
+    suite_md, suite_rows = suite_table(results)
+    if suite_md:
+        md += "\n" + suite_md
+        table["attack_suite"] = suite_rows
 
     cost_md, cost_rows = cost_table(results)
     if cost_md:

@@ -93,7 +93,7 @@ class AmatConfig:
     """
 
     name: str
-    init: str = "std"
+    init: str = methods.FINE_TUNED
     epochs: int | None = None
     margin_rule: str = "target"
     expansion_step: float | None = None
@@ -127,7 +127,7 @@ class AmatConfig:
 
     @property
     def run(self) -> str:
-        return f"amat_{self.name}"
+        return f"{methods.candidate().key}_{self.name}"
 
     def delta(self, epochs: int) -> float:
         """The expansion step this configuration trains with (target rule: from its epochs)."""
@@ -166,18 +166,36 @@ for _entry in DEFAULT_GRID:
     _entry.setdefault("target_margin", 10.0 if _entry.get("margin_rule", "target") == "target" else None)
 
 
-STUDY_DEFAULTS: dict[str, Any] = {
-    "grid": None, "vat_eps": (), "vat_ft_eps": (2, 4, 6, 8), "teat_eps": (), "teat_ft_eps": (6,), "val_cases": 8,
-    "finetune_epochs": 6, "clean_tolerance": 0.03,
-}
-"""The study's settings when neither the command line nor the profile's ``experiment.study`` gives them: the
-hippocampus study (its eps in z-score units, its tolerance in Dice). A bundle whose metric or noise levels have
-other scales (the landmark bundle: eps 0.5-2 of grey levels in [0, 1], MRE in mm) states its own in its profile."""
+def baseline_options() -> dict[str, tuple[str, str]]:
+    """The study's options of the registered methods with eps (the frontier and the other baselines), by option
+    name: ``"<key>_eps"`` (runs from scratch) and ``"<key>_ft_eps"`` (fine-tuned from STD) -> (method, init)."""
+    out = {}
+    for m in methods.all_methods():
+        if m.takes_eps and m.role in ("frontier", "baseline"):
+            out[f"{m.key}_eps"] = (m.name, methods.SCRATCH)
+            out[f"{m.key}_ft_eps"] = (m.name, methods.FINE_TUNED)
+    return out
+
+
+def study_defaults() -> dict[str, Any]:
+    """The study's settings when neither the command line nor the profile's ``experiment.study`` gives them: the
+    hippocampus study (its eps in z-score units, its tolerance in Dice); each baseline's fine-tuned noise levels are
+    its registry entry's ``study_ft_eps``, none from scratch. A bundle whose metric or noise levels have other scales
+    (the landmark bundle: eps 0.5-2 of grey levels in [0, 1], MRE in mm) states its own in its profile."""
+    eps = {option: tuple(methods.get(name).study_ft_eps) if init != methods.SCRATCH else ()
+           for option, (name, init) in baseline_options().items()}
+    return {"grid": None, **eps, "val_cases": 8, "finetune_epochs": 6, "clean_tolerance": 0.03}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "STUDY_DEFAULTS":  # the registry's current methods
+        return study_defaults()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def study_settings(profile_file: Path | None, given: dict[str, Any]) -> dict[str, Any]:
     """The study's settings: those given (not None), else the profile's ``experiment.study``, else
-    :data:`STUDY_DEFAULTS`.
+    :func:`study_defaults`.
 
     Args:
         profile_file: the profile (``configs/profiles/<profile>.json``), None without one.
@@ -189,11 +207,12 @@ def study_settings(profile_file: Path | None, given: dict[str, Any]) -> dict[str
     if not isinstance(own, dict):
         raise ExperimentError(f"{profile_file}: experiment.study must be a dict of study settings such as "
                               f"{{\"vat_ft_eps\": [1, 2]}}; got {own!r}.")
-    unknown = sorted(k for k in set(own) - set(STUDY_DEFAULTS) if not k.startswith("_desc"))
+    defaults = study_defaults()
+    unknown = sorted(k for k in set(own) - set(defaults) if not k.startswith("_desc"))
     if unknown:
         raise ExperimentError(f"{profile_file}: experiment.study has unknown key(s) {unknown}; known: "
-                              f"{sorted(STUDY_DEFAULTS)}.")
-    return {k: given[k] if given.get(k) is not None else own.get(k, default) for k, default in STUDY_DEFAULTS.items()}
+                              f"{sorted(defaults)}.")
+    return {k: given[k] if given.get(k) is not None else own.get(k, default) for k, default in defaults.items()}
 
 
 def parse_grid(grid: Any) -> list[AmatConfig]:
@@ -233,7 +252,7 @@ def cost_units(epochs: int, steps: int, beta: float) -> int:
 # ----------------------------------------------------------------------------------------------------------- study
 @dataclass
 class Baseline:
-    """A VAT or TEAT run of the study."""
+    """A run of a baseline method with eps (VAT, TEAT, ...) in the study."""
 
     method: str
     eps: float
@@ -252,23 +271,29 @@ class Study(tool.Experiment):
     """
 
     def __init__(self, bundle: str, dataset_dir: str | None, output_root: str | None, profile: str = "quick",
-                 override: Any = None, grid: Any = None, vat_eps: Any = None, vat_ft_eps: Any = None,
-                 teat_eps: Any = None, val_cases: int | None = None, finetune_epochs: int | None = None,
-                 clean_tolerance: float | None = None, teat_ft_eps: Any = None, test_baselines: str = "best") -> None:
-        super().__init__(bundle, profile, dataset_dir, output_root, override, vat_eps=[], teat_eps=[])
+                 override: Any = None, grid: Any = None, val_cases: int | None = None,
+                 finetune_epochs: int | None = None, clean_tolerance: float | None = None,
+                 test_baselines: str = "best", **baseline_eps: Any) -> None:
+        options = baseline_options()
+        unknown = sorted(set(baseline_eps) - set(options))
+        if unknown:
+            raise ExperimentError(f"Unknown option(s) {', '.join('--' + u for u in unknown)}: the baselines' options "
+                                  f"are {', '.join('--' + o for o in options)}.")
+        no_runs = {m.name: [] for m in methods.all_methods() if m.takes_eps}
+        super().__init__(bundle, profile, dataset_dir, output_root, override, eps=no_runs)
         if output_root is None:
             self.output_root = self.bundle / "runs" / "amat_study"
         s = study_settings(self.bundle / self.profile_file if self.profile_file else None, dict(
-            grid=grid, vat_eps=vat_eps, vat_ft_eps=vat_ft_eps, teat_eps=teat_eps, teat_ft_eps=teat_ft_eps,
-            val_cases=val_cases, finetune_epochs=finetune_epochs, clean_tolerance=clean_tolerance))
-        grid, vat_eps, vat_ft_eps, teat_eps, teat_ft_eps = (s[k] for k in ("grid", "vat_eps", "vat_ft_eps",
-                                                                           "teat_eps", "teat_ft_eps"))
+            grid=grid, val_cases=val_cases, finetune_epochs=finetune_epochs, clean_tolerance=clean_tolerance,
+            **baseline_eps))
         val_cases, finetune_epochs, clean_tolerance = s["val_cases"], s["finetune_epochs"], s["clean_tolerance"]
-        self.grid = parse_grid(grid)
-        self.baselines = ([Baseline("VAT", e) for e in tool.eps_list(vat_eps, "vat_eps")]
-                          + [Baseline("VAT", e, "std") for e in tool.eps_list(vat_ft_eps, "vat_ft_eps")]
-                          + [Baseline("TEAT", e) for e in tool.eps_list(teat_eps, "teat_eps")]
-                          + [Baseline("TEAT", e, "std") for e in tool.eps_list(teat_ft_eps, "teat_ft_eps")])
+        self.grid = parse_grid(s["grid"])
+        self.baselines = [Baseline(name, e, init) for option, (name, init) in options.items()
+                          for e in tool.eps_list(s[option], option)]
+        absent = sorted({b.method for b in self.baselines} - set(self.present))
+        if absent:
+            raise ExperimentError(f"The study asks for {', '.join(absent)} runs, but {self.bundle} has no overlay "
+                                  f"for them: render the bundle (python scripts/bundles.py render).")
         if test_baselines not in ("best", "all"):
             raise ExperimentError(f"--test_baselines must be 'best' or 'all'; got {test_baselines!r}.")
         self.test_baselines = test_baselines
@@ -444,7 +469,7 @@ class Study(tool.Experiment):
             base = next((b for b in self.baselines if b.run == run), None)
             if config is not None:
                 epochs = self.epochs_of(config)
-                row.update(method="AMAT", init=config.init, epochs=epochs, steps=int(config.attack_steps),
+                row.update(method=methods.candidate().name, init=config.init, epochs=epochs, steps=int(config.attack_steps),
                            rule=config.margin_rule, delta=config.delta(epochs), xi=config.xi,
                            target=config.target_margin if config.margin_rule == "target" else None,
                            cost=cost_units(epochs, config.attack_steps, config.beta) / vat_cost,
@@ -457,7 +482,7 @@ class Study(tool.Experiment):
                 row.update(method=base.method, init=base.init, epochs=epochs, steps=self.profile_steps,
                            eps=base.eps, cost=cost_units(epochs, self.profile_steps, 0.0) / vat_cost)
             else:
-                row.update(method="STD", init=methods.SCRATCH, epochs=self.profile_epochs, steps=0,
+                row.update(method=methods.reference().name, init=methods.SCRATCH, epochs=self.profile_epochs, steps=0,
                            cost=cost_units(self.profile_epochs, 0, 0.0) / vat_cost)
             out.append(row)
         return out
@@ -468,9 +493,9 @@ class Study(tool.Experiment):
         analysis["metric"] = self.metric
         out = self.path(STUDY_DIR)
         files = {"frontier": plot_frontier(rows, analysis, out / "frontier.png",
-                                           f"validation split ({self.val_cases} cases)", metric_label(self.metric))}
+                                           f"validation split ({self.val_cases} cases)", report.metric_label(self.metric))}
         md = study_markdown(rows, analysis, self.clean_tolerance, self.val_cases, self.report_caption(),
-                            metric_label(self.metric))
+                            report.metric_label(self.metric))
         files["markdown"] = atomic_write_text(out / "study.md", md)
         files["csv"] = atomic_write_text(out / "study.csv", study_csv(rows, analysis))
         files["json"] = atomic_write_json(out / "study.json", report._finite({"rows": rows, "analysis": analysis}))
@@ -489,8 +514,8 @@ class Study(tool.Experiment):
         analysis = analyse(rows, self.clean_tolerance, chosen=chosen, higher_is_better=self.metric["higher_is_better"])
         analysis["metric"] = self.metric
         files["test_frontier"] = plot_frontier(rows, analysis, self.path(STUDY_DIR) / "test_frontier.png",
-                                               "test split", metric_label(self.metric))
-        md = test_markdown(rows, analysis, chosen, self.clean_tolerance, metric_label(self.metric))
+                                               "test split", report.metric_label(self.metric))
+        md = test_markdown(rows, analysis, chosen, self.clean_tolerance, report.metric_label(self.metric))
         files["test_markdown"] = atomic_write_text(self.path(STUDY_DIR) / "test.md", md)
         atomic_write_json(self.path(STUDY_DIR) / "test.json", report._finite({"rows": rows, "analysis": analysis}))
         return files
@@ -553,8 +578,9 @@ def analyse(rows: list[dict], tolerance: float, chosen: str | None = None, highe
             "better", the frontier, the heights (positive: better than the frontier) and the choice follow it.
     """
     sign = 1.0 if higher_is_better else -1.0
-    std = next(r for r in rows if r["method"] == "STD")
-    vat = [r for r in rows if r["method"] == "VAT"]
+    role = {m.name: m.role for m in methods.all_methods()}
+    std = next(r for r in rows if role.get(r["method"]) == "reference")
+    vat = [r for r in rows if role.get(r["method"]) == "frontier"]
     # the frontier of "goodness" (the metric times its direction), mapped back to the metric's values
     front = [(sign * c, sign * g) for c, g in frontier(
         [(sign * std["clean"], sign * std["pgd_avg"])] + [(sign * r["clean"], sign * r["pgd_avg"]) for r in vat])]
@@ -565,8 +591,8 @@ def analyse(rows: list[dict], tolerance: float, chosen: str | None = None, highe
         r["height"] = None if f is None else sign * r["pgd_avg"] - f
         r["clean_ok"] = sign * r["clean"] >= sign * std["clean"] - tolerance - 1e-12
         r["cost_ok"] = r.get("cost", 0.0) <= 1.0 + 1e-9
-        r["eligible"] = r["method"] == "AMAT" and r["clean_ok"] and r["cost_ok"]
-    amat = [r for r in rows if r["method"] == "AMAT"]
+        r["eligible"] = role.get(r["method"]) == "candidate" and r["clean_ok"] and r["cost_ok"]
+    amat = [r for r in rows if role.get(r["method"]) == "candidate"]
     if chosen is None:
         eligible = [r for r in amat if r["eligible"]]
         if eligible:
@@ -578,7 +604,7 @@ def analyse(rows: list[dict], tolerance: float, chosen: str | None = None, highe
             pick, why = None, "no AMAT configuration"
     else:
         pick, why = next((r for r in amat if r["run"] == chosen), None), "chosen on the validation split"
-    others = [r for r in rows if r["method"] in ("VAT", "TEAT")]
+    others = [r for r in rows if role.get(r["method"]) in ("frontier", "baseline")]
     best_other = max(others, key=lambda r: sign * r["pgd_avg"]) if others else None
     choice = None
     if pick is not None:
@@ -603,12 +629,12 @@ def _time(seconds: float | None) -> str:
 
 
 def _setting(r: dict) -> str:
-    if r["method"] == "STD":
-        return "STD"
     if r.get("eps") is not None:
         return f"{r['method']} eps {format(r['eps'], 'g')}"
+    if r.get("rule") is None:
+        return r["method"]
     rule = f"M {format(r['target'], 'g')}" if r["rule"] == "target" else "fixed"
-    return f"AMAT {rule}"
+    return f"{r['method']} {rule}"
 
 
 def study_table(rows: list[dict], analysis: dict) -> str:
@@ -623,7 +649,7 @@ def study_table(rows: list[dict], analysis: dict) -> str:
         margins = "" if not m else f"{m['q05']:.3g} / {m['median']:.3g} / {m['q95']:.3g} / {m['max']:.3g}"
         name = f"**{r['run']}**" if r["run"] == chosen else r["run"]
         failed = [w for w, ok in (("clean", r["clean_ok"]), ("cost", r["cost_ok"])) if not ok]
-        flags = f" ({', '.join(failed)})" if r["method"] == "AMAT" and failed else ""
+        flags = f" ({', '.join(failed)})" if r["method"] == methods.candidate().name and failed else ""
         cells = [name, _setting(r), r["init"], str(r["epochs"]), str(r["steps"] or "-"),
                  _f(r.get("delta"), 2) if r.get("delta") is not None else "-", r.get("xi", "-"), _f(r["clean"])]
         cells += [_f(r["pgd"].get(k)) for k in eps_keys]
@@ -657,12 +683,6 @@ def study_markdown(rows: list[dict], analysis: dict, tolerance: float, val_cases
             f"{c['best_baseline']['clean']:.3f}).\n")
     text.append(f"\n![clean vs robust {metric}](frontier.png)\n")
     return "".join(text)
-
-
-def metric_label(spec: dict) -> str:
-    """``"MRE (mm, lower is better)"``: a MetricSpec's name, unit and direction, for titles and captions."""
-    unit = f"{spec['unit']}, " if spec.get("unit") else ""
-    return f"{spec['name']} ({unit}{'higher' if spec.get('higher_is_better', True) else 'lower'} is better)"
 
 
 def _clean_condition(analysis: dict, tolerance: float) -> str:
@@ -730,7 +750,8 @@ def plot_frontier(rows: list[dict], analysis: dict, path: Path, where: str, metr
                    edgecolors="k" if r["run"] == chosen else "none", label=None if label in seen else label, zorder=3)
         seen.add(label)
         text = (format(r["eps"], "g") if r.get("eps") is not None else
-                r["run"].replace("amat_", "") if r["method"] == "AMAT" else "")
+                r["run"].replace(f"{methods.candidate().key}_", "") if r["method"] == methods.candidate().name
+                else "")
         if text:
             ax.annotate(text, (r["clean"], r["pgd_avg"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
     higher = analysis.get("higher_is_better", True)  # the clean condition's edge: STD - tol, or STD + tol (MRE)
@@ -760,10 +781,6 @@ def main(
     profile: str = "quick",
     phase: str = "all",
     grid: Any = None,
-    vat_eps: Any = None,
-    vat_ft_eps: Any = None,
-    teat_eps: Any = None,
-    teat_ft_eps: Any = None,
     test_baselines: str = "best",
     val_cases: int | None = None,
     finetune_epochs: int | None = None,
@@ -772,12 +789,14 @@ def main(
     stages: Any = None,
     force: Any = False,
     dry_run: bool = False,
+    verbose: bool = False,
+    **baseline_eps: Any,
 ) -> None:
     """Run the study (module docstring): plan, then the validation phase, the choice, and the test phase.
 
-    The settings grid, vat_eps, vat_ft_eps, teat_eps, teat_ft_eps, val_cases, finetune_epochs and clean_tolerance
-    default to the profile's ``experiment.study`` (e.g. the landmark bundle's quick profile: eps and margins in its
-    units, the tolerance in mm), else to :data:`STUDY_DEFAULTS` (the hippocampus study, given in brackets below).
+    The settings grid, the baselines' eps lists, val_cases, finetune_epochs and clean_tolerance default to the
+    profile's ``experiment.study`` (e.g. the landmark bundle's quick profile: eps and margins in its units, the
+    tolerance in mm), else to :func:`study_defaults` (the hippocampus study, given in brackets below).
 
     Args:
         bundle: the bundle folder (with configs/finetune.json and configs/profiles/<profile>.json).
@@ -787,11 +806,6 @@ def main(
         phase: "validation" (train and choose), "test" (evaluate the choice once on the test split) or "all".
         grid: the AMAT configurations: a JSON list of dicts (keys of AmatConfig) or a JSON file [the
             DEFAULT_GRID of robust_bundles.study].
-        vat_eps: VAT noise levels trained from scratch [none].
-        vat_ft_eps: VAT noise levels fine-tuned from STD for finetune_epochs epochs, the frontier ("[]" for none)
-            [2, 4, 6, 8].
-        teat_eps: TEAT noise levels trained from scratch [none].
-        teat_ft_eps: TEAT noise levels fine-tuned from STD for finetune_epochs epochs [6].
         test_baselines: which baselines the test phase evaluates besides STD and the choice: "best" (the VAT/TEAT
             run with the best validation PGD average; the cheap default) or "all" (every one, and the reference AMAT).
         val_cases: the number of validation cases evaluated (the first ones of the split) [8].
@@ -803,12 +817,17 @@ def main(
         stages: run only these stages of the phase(s), e.g. "[std,thresholds,amat_ft6_m10,robustness_amat_ft6_m10]".
         force: re-run stages even when done: --force or --force "[stage,...]".
         dry_run: print the plan and the commands, run nothing.
+        verbose: show every line of every stage on the console (by default: the stage's log file only).
+        baseline_eps: two options per registered method with eps (``robust_bundles.methods``), by its key:
+            ``--<key>_eps`` (noise levels trained from scratch [none]) and ``--<key>_ft_eps`` (fine-tuned from STD
+            for finetune_epochs epochs; "[]" for none) [its registry entry's ``study_ft_eps``: VAT 2, 4, 6, 8 (the
+            frontier), TEAT 6, TRADES none].
     """
     if phase not in ("validation", "test", "all"):
         raise ExperimentError(f"--phase must be validation, test or all; got {phase!r}.")
     t0 = time.time()
-    study = Study(bundle, dataset_dir, output_root, profile, override, grid, vat_eps, vat_ft_eps, teat_eps,
-                  val_cases, finetune_epochs, clean_tolerance, teat_ft_eps, test_baselines)
+    study = Study(bundle, dataset_dir, output_root, profile, override, grid, val_cases, finetune_epochs,
+                  clean_tolerance, test_baselines, **baseline_eps)
     phases = ["validation", "test"] if phase == "all" else [phase]
     for name in phases:
         if name == "test":
@@ -818,7 +837,7 @@ def main(
                 break
             study.stages = study.phase_stages("test", study.chosen())
         print(f"\n=== Phase {name} ===")
-        _run_plan(study, stages, force, dry_run, t0)
+        _run_plan(study, stages, force, dry_run, t0, verbose)
         if name == "validation" and not dry_run and study.path(f"{STUDY_DIR}/study.md").is_file():
             print("\n" + study.path(f"{STUDY_DIR}/study.md").read_text())
     if not dry_run and "test" in phases and study.path(f"{STUDY_DIR}/test.md").is_file():
@@ -826,14 +845,14 @@ def main(
     print(f"Total time {tool.fmt_time(time.time() - t0)}.")
 
 
-def _run_plan(study: Study, stages: Any, force: Any, dry_run: bool, t0: float) -> None:
+def _run_plan(study: Study, stages: Any, force: Any, dry_run: bool, t0: float, verbose: bool = False) -> None:
     names = {s.name for s in study.stages}
     wanted = None if stages in (None, True, "", [], ()) else [n for n in tool.as_list(stages, "stages") if n in names]
     if wanted == []:
         return  # none of the selected stages belongs to this phase
     plan = study.plan(wanted, force)
     tool.print_plan(study, plan)
-    study.run_plan(plan, t0, dry_run)
+    study.run_plan(plan, t0, dry_run, verbose)
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -75,7 +75,7 @@ def toy_network(num_classes: int = 3, filters: tuple[int, ...] = (8, 16, 32)):
 
 
 def run_toy(
-    method: str = "std",
+    method: str | None = None,
     train_data: list[dict] | None = None,
     epochs: int = 10,
     batch_size: int = 16,
@@ -90,23 +90,24 @@ def run_toy(
     target_margin: float | None = None,
     reach_fraction: float = 0.5,
     memory: bool = False,
-    amat_beta: float = 0.5,
     extra_handlers: list | None = None,
+    **settings,
 ):
-    """Train a toy network with STD, VAT(eps) or AMAT using the project's real components.
+    """Train a toy network with any registered method (STD, VAT(eps), AMAT, ...) using the project's real components.
 
-    A plain ``monai.engines.SupervisedTrainer``; VAT and AMAT only set its ``iteration_update`` (and AMAT adds the
-    margin book and its handler), exactly what a bundle overlay does.
+    A plain ``monai.engines.SupervisedTrainer``; a method only sets its ``iteration_update`` (and AMAT adds the
+    margin book and its handler), exactly what a bundle overlay does (:meth:`robust_bundles.methods.Method.training`).
 
     Args:
+        method: a registered method's name, any case (default: the reference, STD).
         init_from: a saved state dict or checkpoint to start from (robust fine-tuning, through
             :class:`robust_bundles.handlers.InitFromCheckpoint`); None trains from the network's initialisation.
         target_margin: AMAT's schedule-aware margin: Delta, A and the cap from this target margin, ``epochs`` and
             ``reach_fraction`` (:func:`robust_bundles.margins.margin_schedule`) instead of ``expansion_step``.
         memory: warm-start every attack from the sample's last perturbation
-            (:class:`robust_bundles.perturbation_memory.PerturbationMemory`), VAT and AMAT alike.
-        amat_beta: AMAT's weight of the clean loss.
+            (:class:`robust_bundles.perturbation_memory.PerturbationMemory`), every adversarial method alike.
         extra_handlers: further train handlers (e.g. a :class:`robust_bundles.handlers.PassCounter`).
+        settings: further settings of the method's builder (e.g. ``beta``; default: the builder's, AMAT's 0.5).
         The others: the method, data and training settings (Delta = ``expansion_step``, VAT's ``eps``, the training
         PGD's ``attack_steps``).
 
@@ -131,13 +132,15 @@ def run_toy(
     handlers = list(extra_handlers or [])
     if init_from is not None:
         handlers.append(InitFromCheckpoint(init_from, net))
-    if method not in ("std", "vat", "amat"):
-        raise ValueError(f"Unknown method {method!r}; use 'std', 'vat' or 'amat'.")
+    try:
+        entry = methods.reference() if method is None else methods.get(method)
+    except KeyError as e:
+        raise ValueError(str(e.args[0])) from None
     rule = "target" if target_margin is not None else "fixed"
-    training = methods.get(method).training(  # VAT's beta 0 (its builder's default), AMAT's amat_beta
+    training = entry.training(  # each method's builder takes what it reads and ignores the rest
         len(data), attack=L2PGD(steps=attack_steps, alpha=4.0), eps=eps, thresholds=thresholds, margin_rule=rule,
         expansion_step=expansion_step, target_margin=target_margin, epochs=epochs, reach_fraction=reach_fraction,
-        memory=memory, **({"beta": amat_beta} if method == "amat" else {}))
+        memory=memory, max_epochs=epochs, **settings)
     training.trainer(net, opt, loss, loader, epochs, handlers=handlers).run()
     return net, training.margins
 

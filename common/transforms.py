@@ -28,7 +28,7 @@ __all__ = ["assign_sample_ids", "datalist_digest", "SampleIdd", "LoadCheckedImag
            "RefuseUninformatived"]
 
 _NO_ID_FIX = (
-    "assign ids with robust_bundles.transforms.assign_sample_ids (or robust_bundles.msd.load_slices) before the dataset is built"
+    "assign ids with robust_bundles.transforms.assign_sample_ids (or robust_bundles.data.msd.load_slices) before the dataset is built"
 )
 
 
@@ -147,7 +147,7 @@ class SampleIdd(MapTransform):
 
     Args:
         keys: the field holding the id (default ``"sample_id"``), as given by
-            :func:`robust_bundles.transforms.assign_sample_ids` or :func:`robust_bundles.msd.load_slices`.
+            :func:`robust_bundles.transforms.assign_sample_ids` or :func:`robust_bundles.data.msd.load_slices`.
         allow_missing_keys: do not raise when a sample has no id (leave it without one). Off by default: a missing
             id is a bug that would silently give the sample a wrong margin.
 

@@ -23,6 +23,8 @@ from typing import Any
 import fire
 import torch
 
+from robust_bundles import methods
+
 REPO = Path(__file__).resolve().parents[1]
 
 #: tiny runs of each bundle (the tests' shrinking overrides)
@@ -40,7 +42,8 @@ TINY: dict[str, list[str]] = {
                                   "--batch_size", "8"],
 }
 COMMON = ["--epochs", "1", "--val_interval", "1", "--attack_steps", "1", "--tensorboard", "false"]
-STAGES = (("train",), ("train", "thresholds"), ("train", "amat"))
+STD, AMAT = methods.reference(), methods.candidate()
+STAGES = (("train",), ("train", Path(methods.THRESHOLDS_OVERLAY).stem), ("train", Path(AMAT.overlay).stem))
 
 
 def _run_stages(tree: Path, bundle: str, out: Path, pythonpath: str | None) -> None:
@@ -69,12 +72,13 @@ def _same_weights(a: Path, b: Path) -> bool:
 def compare(before_root: Path, after_root: Path) -> dict[str, Any]:
     """Weights of STD and AMAT, thresholds and margins of two output roots: ``{what: equal?}`` and the sample count."""
     models_a, models_b = before_root / "models", after_root / "models"
-    margins_a = _load(models_a / "amat" / "checkpoint.pt")["margins"]["margins"]
-    margins_b = _load(models_b / "amat" / "checkpoint.pt")["margins"]["margins"]
-    xi = [json.loads((m / "std" / "thresholds.json").read_text())["xi"] for m in (models_a, models_b)]
-    return {"STD weights": _same_weights(models_a / "std" / "model.pt", models_b / "std" / "model.pt"),
+    std, amat = STD.run_name(), AMAT.run_name()
+    margins_a = _load(models_a / amat / "checkpoint.pt")["margins"]["margins"]
+    margins_b = _load(models_b / amat / "checkpoint.pt")["margins"]["margins"]
+    xi = [json.loads((m / std / "thresholds.json").read_text())["xi"] for m in (models_a, models_b)]
+    return {f"{STD.name} weights": _same_weights(models_a / std / "model.pt", models_b / std / "model.pt"),
             "thresholds": xi[0] == xi[1],
-            "AMAT weights": _same_weights(models_a / "amat" / "model.pt", models_b / "amat" / "model.pt"),
+            f"{AMAT.name} weights": _same_weights(models_a / amat / "model.pt", models_b / amat / "model.pt"),
             "margins": torch.equal(margins_a, margins_b), "samples": len(margins_b)}
 
 
@@ -107,7 +111,7 @@ def main(before: str, bundles: Any = None, work_dir: str | None = None) -> None:
                 rows.append((bundle, compare(tmp_path / "out" / "before" / bundle, tmp_path / "out" / "after" / bundle)))
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, capture_output=True)
-    keys = ["STD weights", "thresholds", "AMAT weights", "margins"]
+    keys = [f"{STD.name} weights", "thresholds", f"{AMAT.name} weights", "margins"]
     print(f"\n| bundle | {' | '.join(keys)} |\n|---|" + "---|" * len(keys))
     for bundle, eq in rows:
         cells = ["equal" if eq[k] else "DIFFER" for k in keys]

@@ -17,7 +17,7 @@ untimed iterations (every epoch is one iteration here, so from the second iterat
 What runs: a real ``monai.engines.SupervisedTrainer`` per method over an in-memory list of dicts ("image", "label",
 "sample_id"), with the project's ``iteration_update`` callables (``robust_bundles.adversarial``) plugged in exactly as a bundle
 overlay does. The network is the 2D DynUNet of the hippocampus bundle, configured the nnU-Net way for a 56 x 40 patch
-(kernels and strides derived from the patch size by the bundles' own planner, ``robust_bundles.networks.nnunet_plan``; the bundle's 40 x 56 patch gives
+(kernels and strides derived from the patch size by the bundles' own planner, ``robust_bundles.tasks.segmentation.nnunet_plan``; the bundle's 40 x 56 patch gives
 the same network), deep supervision with 2 extra heads as in the bundle, the Dice + CE loss of :mod:`robust_bundles.losses` and
 SGD (momentum 0.99, Nesterov, lr 0.01, weight decay 3e-5). Inputs are random z-scores, labels random in {0, 1, 2}.
 A fifth row, VAT with beta 0.5 (clean + adversarial loss, like AMAT), is a control: AMAT minus it is the cost of AMAT's
@@ -97,7 +97,7 @@ def network_config(tiny: bool = False, deep_supr_num: int = 2) -> dict:
             the hippocampus bundle's value (all three decoder levels above the bottleneck; nnU-Net would give the
             lowest of them weight 0, which costs the same).
     """
-    from robust_bundles.networks import nnunet_plan
+    from robust_bundles.tasks.segmentation import nnunet_plan
 
     patch = TINY_PATCH if tiny else PATCH
     kernels, strides = nnunet_plan(patch)

@@ -152,7 +152,7 @@ def render(bundles: Any = None, check: bool = False) -> None:
         print(f"{folder.name}: {len(written)} config(s) written" + "".join(f"\n  {w}" for w in written))
 
 
-def derive(bundle: str, family: str = "segmentation") -> None:
+def derive(bundle: str, family: str = "base") -> None:
     """Write a bundle's task.json as the smallest overlay of the family's base that renders its current configs.
 
     For a new task: copy a bundle of the family, edit its configs/*.json until it runs, then derive its task.json
@@ -166,7 +166,8 @@ def derive(bundle: str, family: str = "segmentation") -> None:
     path = folder / bundle_configs.TASK_FILE
     old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     task = bundle_configs.derive_task(folder, family)
-    task = {"family": task.pop("family"), **({"_desc_": old["_desc_"]} if "_desc_" in old else {}), **task}
+    kept = {k: old[k] for k in ("_desc_", "method_values") if k in old}  # what no config shows
+    task = {"family": task.pop("family"), **kept, **task}
     text = bundle_configs.format_task(task)
     atomic_write_text(path, text)
     print(f"{path}: {len(text.splitlines())} lines; configs match their rendering: "

@@ -17,6 +17,7 @@ import time
 import fire
 import torch
 
+from robust_bundles import methods  # noqa: E402
 from robust_bundles.toy import make_toy_segmentation, run_toy, toy_robustness, toy_thresholds  # noqa: E402
 
 
@@ -62,21 +63,21 @@ def main(
         print(f"  evaluated {name}: clean Dice {s['clean']:.3f} ({time.time() - t0:.0f}s)", flush=True)
 
     print(f"[1/3] STD: {epochs} epochs on {num_train} generated images", flush=True)
-    std, _ = run_toy("std", train, epochs=epochs, seed=seed)
-    report("STD", std)
+    std, _ = run_toy(methods.STD.name, train, epochs=epochs, seed=seed)
+    report(methods.STD.name, std)
     xi = toy_thresholds(std, train, rule=rule)
     print(f"  thresholds xi ({rule}): " + ", ".join(f"{n} {v:.4f}" for n, v in zip(xi.term_names, xi.xi)), flush=True)
     if vat_eps is not None:
         print(f"[+] VAT({vat_eps:g})", flush=True)
-        vat, _ = run_toy("vat", train, epochs=epochs, eps=vat_eps, attack_steps=attack_steps, seed=seed)
-        report(f"VAT({vat_eps:g})", vat)
+        vat, _ = run_toy(methods.VAT.name, train, epochs=epochs, eps=vat_eps, attack_steps=attack_steps, seed=seed)
+        report(f"{methods.VAT.name}({vat_eps:g})", vat)
     print(f"[2/3] AMAT: Delta {expansion_step:g}, PGD {attack_steps} steps", flush=True)
     amat, margins = run_toy(
-        "amat", train, epochs=epochs, thresholds=xi.xi, expansion_step=expansion_step, attack_steps=attack_steps,
+        methods.AMAT.name, train, epochs=epochs, thresholds=xi.xi, expansion_step=expansion_step, attack_steps=attack_steps,
         seed=seed,
     )
     m = margins.summary()
-    report("AMAT", amat, f"margins median {m['median']:.2f}, q95 {m['q95']:.2f}, max {m['max']:.2f}")
+    report(methods.AMAT.name, amat, f"margins median {m['median']:.2f}, q95 {m['q95']:.2f}, max {m['max']:.2f}")
     print("[3/3] results", flush=True)
     heads = ["method", "clean"] + [f"PGD {e:g}" for e in eps] + ["PGD avg"] + [f"IFGSM {e:g}" for e in eps] + ["IFGSM avg"]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]

@@ -11,3 +11,22 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def toy_std(tmp_path_factory):
+    """The STD model of the generated toy problem (robust_bundles.toy: 20 epochs, fixed seed), trained once per
+    session for every method's robustness test: its network, the state dict saved as a file, its xi (mean + 2 std),
+    the training data and 64 test samples."""
+    from robust_bundles.toy import make_toy_segmentation, run_toy, toy_thresholds
+
+    torch.set_num_threads(1)
+    train = make_toy_segmentation(128, seed=0)
+    std, _ = run_toy("std", train, epochs=20, seed=0)
+    path = tmp_path_factory.mktemp("toy_std") / "model.pt"
+    torch.save(std.state_dict(), path)
+    xi = toy_thresholds(std, train, rule="mean_std")
+    return {"train": train, "test": make_toy_segmentation(64, seed=1000), "net": std, "path": path, "xi": xi.xi}

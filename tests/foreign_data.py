@@ -12,7 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from robust_bundles.bundle import mark_synthetic
+from robust_bundles.data.synthetic import mark_synthetic
 
 SPACING = (1.5, 1.5, 2.0)
 

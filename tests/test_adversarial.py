@@ -16,7 +16,7 @@ from robust_bundles.attacks import L2IFGSM, L2PGD
 from robust_bundles.handlers import MarginHandler
 from robust_bundles.margins import MarginBook
 from robust_bundles.tasks.segmentation import DiceCELoss
-from robust_bundles.toy import make_toy_segmentation, run_toy, toy_network, toy_robustness, toy_thresholds
+from robust_bundles.toy import make_toy_segmentation, run_toy, toy_network, toy_robustness
 
 
 @pytest.fixture(autouse=True)
@@ -209,18 +209,6 @@ def test_amat_resume_restores_margins_and_optimizer(tmp_path):
     tr2.run()  # resumes at epoch 2 and trains epoch 3 only
     assert book2.margins.tolist() == [2.0] * 8
     assert tr2.state.epoch == 3
-
-
-@pytest.fixture(scope="module")
-def toy_std(tmp_path_factory):
-    """The STD model of the generated problem (20 epochs, fixed seed), saved as a state dict, and its xi."""
-    torch.set_num_threads(1)
-    train = make_toy_segmentation(128, seed=0)
-    std, _ = run_toy("std", train, epochs=20, seed=0)
-    path = tmp_path_factory.mktemp("toy_std") / "model.pt"
-    torch.save(std.state_dict(), path)
-    xi = toy_thresholds(std, train, rule="mean_std")
-    return {"train": train, "test": make_toy_segmentation(64, seed=1000), "net": std, "path": path, "xi": xi.xi}
 
 
 @pytest.mark.slow

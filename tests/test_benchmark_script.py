@@ -35,7 +35,7 @@ def benchmark():
 
 def test_the_benchmark_network_is_the_bundle_planner_s_for_the_hippocampus_patch(benchmark):
     cfg = benchmark.network_config()
-    # 56 x 40 -> 7 x 5: one more halving would go below 4 (robust_bundles.networks.nnunet_plan, as the bundle plans it)
+    # 56 x 40 -> 7 x 5: one more halving would go below 4 (robust_bundles.tasks.segmentation.nnunet_plan, as the bundle plans it)
     assert cfg["strides"] == [[1, 1], [2, 2], [2, 2], [2, 2]] and cfg["kernel_size"] == [[3, 3]] * 4
     assert cfg["filters"] == [32, 64, 128, 256] and cfg["upsample_kernel_size"] == cfg["strides"][1:]
 

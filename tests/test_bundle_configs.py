@@ -61,28 +61,51 @@ def test_committed_configs_equal_their_rendering(bundle):
 def test_render_writes_only_what_differs_and_reports_bad_task_files(tmp_path):
     bundle = tmp_path / "b"
     (bundle / "configs").mkdir(parents=True)
-    (bundle / bc.TASK_FILE).write_text(json.dumps({"family": "segmentation", "common": {"num_classes": 7},
+    (bundle / bc.TASK_FILE).write_text(json.dumps({"family": "base", "common": {"num_classes": 7},
                                                    "configs": {"vat.json": {"train_eps": 9},
                                                                "inference.json": {"num_classes": 5}}}))
     written = bc.render_bundle(bundle)
     names = sorted(p.name for p in written)
-    assert names == sorted(p.name for p in bc.family_dir("segmentation").iterdir())
+    assert names == sorted(p.name for p in bc.family_dir("base").iterdir())
     config = {p.stem: json.loads(p.read_text()) for p in (bundle / "configs").glob("*.json")}
     assert config["vat"]["train_eps"] == 9 and "num_classes" not in config["vat"]
     # "common" goes to the configs that run alone (train, inference), before their own overlay
     assert config["train"]["num_classes"] == 7 and config["inference"]["num_classes"] == 5
-    assert (bundle / "configs" / "logging.conf").read_text() == (bc.family_dir("segmentation") / "logging.conf").read_text()
+    assert (bundle / "configs" / "logging.conf").read_text() == (bc.family_dir("base") / "logging.conf").read_text()
     assert '"expected_labels": [0, 1, 2],' in (bundle / "configs" / "train.json").read_text()  # short lists on one line
     assert bc.render_bundle(bundle) == [] and bc.stale_configs(bundle) == []
     (bundle / "configs" / "vat.json").write_text('{"train_eps": 1}')  # a hand edit is found
     assert bc.stale_configs(bundle) == ["vat.json"]
-    (bundle / bc.TASK_FILE).write_text(json.dumps({"family": "segmentation", "configs": {"nope.json": {}}}))
-    with pytest.raises(ValueError, match=r"overlays \['nope.json'\], which the 'segmentation' family does not have"):
+    (bundle / bc.TASK_FILE).write_text(json.dumps({"family": "base", "configs": {"nope.json": {}}}))
+    with pytest.raises(ValueError, match=r"overlays \['nope.json'\], which the 'base' family does not have"):
         bc.rendered_configs(bundle)
     (bundle / bc.TASK_FILE).write_text(json.dumps({"family": "detection3d"}))
     with pytest.raises(ValueError, match="no config family 'detection3d'"):
         bc.rendered_configs(bundle)
     assert bc.rendered_configs(tmp_path) == {}  # no task.json: not a rendered bundle
+
+
+def test_method_overlays_take_the_registry_params_and_the_task_values_once(tmp_path):
+    """A method's rendered overlay starts with its registry entry's params; a task's "method_values" (its eps units,
+    its outputs) replace the defaults in every method that takes them; the base may not repeat them."""
+    from robust_bundles import methods
+
+    assert methods.overlay_params("teat.json") == {"train_eps": 6.0, "output_activation": "softmax"}
+    assert methods.overlay_params("teat.json", {"train_eps": 3}) == {"train_eps": 3, "output_activation": "softmax"}
+    assert methods.overlay_params("amat.json", {"train_eps": 3}) == {} == methods.overlay_params("train.json")
+    bundle = tmp_path / "b"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / bc.TASK_FILE).write_text(json.dumps({"family": "base", "method_values": {"train_eps": 15.0}}))
+    rendered = {k: json.loads(v) for k, v in bc.rendered_configs(bundle).items() if k.endswith(".json")}
+    assert rendered["vat.json"]["train_eps"] == rendered["teat.json"]["train_eps"] == 15.0
+    assert rendered["teat.json"]["output_activation"] == "softmax"  # the registry's default
+    assert rendered["teat.json"]["train#trainer#iteration_update"]["activation"] == "@output_activation"
+    assert "train_eps" not in rendered["amat.json"]
+    (bundle / bc.TASK_FILE).write_text(json.dumps({"family": "base", "method_values": {"train_epz": 1}}))
+    with pytest.raises(ValueError, match=r"\"method_values\" \['train_epz'\] are taken by no registered method"):
+        bc.rendered_configs(bundle)
+    base = json.loads((bc.family_dir("base") / "vat.json").read_text())
+    assert "train_eps" not in base  # the registry's, not the base's
 
 
 def test_derive_overlay_inverts_apply_overlay_with_deletions_and_literal_path_keys():
@@ -125,7 +148,7 @@ def test_derive_overlay_writes_lists_by_element_or_appended_and_dicts_whole_when
 
 
 def test_format_task_fills_new_keys_into_lines_and_stays_json():
-    task = {"family": "segmentation", "new_keys": [f"key_number_{i}" for i in range(20)], "configs": {}}
+    task = {"family": "base", "new_keys": [f"key_number_{i}" for i in range(20)], "configs": {}}
     text = bc.format_task(task)
     assert json.loads(text) == task
     lines = text.splitlines()
@@ -135,8 +158,8 @@ def test_format_task_fills_new_keys_into_lines_and_stays_json():
 def test_derive_task_of_a_bundle_renders_its_configs(tmp_path):
     """A bundle written by hand gets its task.json from derive_task; rendering from it changes none of its configs."""
     bundle = REPO / "bundles" / "cephalometric_xray_landmarks"
-    task = bc.derive_task(bundle, "segmentation")
-    copy = tmp_path / "ceph"
+    task = bc.derive_task(bundle, "base")
+    copy = tmp_path / bundle.name  # bundle_root is rendered from the folder name
     (copy / "configs").mkdir(parents=True)
     for f in (bundle / "configs").glob("*.json"):
         (copy / "configs" / f.name).write_text(f.read_text())

@@ -174,7 +174,7 @@ def test_synthetic_dataset_with_other_settings_replaces_the_old_one(tmp_path):
     ceph.write_synthetic_ceph(tmp_path / "s", num_train=2, num_test1=2, size=(60, 48))
     assert len(ceph.read_ceph_datalist(root)) == 4  # no stale image of the first set
     assert ceph.synthetic_default(tmp_path / "s", num_train=2, num_test1=2, size=(60, 48)) == str(root)
-    from robust_bundles.bundle import is_synthetic
+    from robust_bundles.data.synthetic import is_synthetic
 
     assert is_synthetic(root)
 

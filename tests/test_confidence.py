@@ -11,16 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from robust_bundles.confidence import (
-    ConfidenceReference,
-    ConfidenceReport,
-    Measure,
-    SegmentationConfidenced,
-    result_stem,
-    segmentation_confidence,
-    segmentation_measures,
-)
+from robust_bundles.confidence import ConfidenceReference, ConfidenceReport, Measure, result_stem
 from robust_bundles.tasks.landmarks import LandmarkConfidence, decode_landmarks
+from robust_bundles.tasks.segmentation import SegmentationConfidenced, segmentation_confidence, segmentation_measures
 from robust_bundles.transforms import RefuseUninformatived, refuse_uninformative
 
 MEASURES = [Measure("p", "a probability of 3 classes", "higher", 0.5), Measure("v", "a volume", "size")]

@@ -59,3 +59,26 @@ def test_command_line_ends_with_an_error_line(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("ERROR (contract):")
     assert "'train#datalist' missing" in bad.stdout
+
+
+def test_the_contract_derives_from_the_method_registry():
+    """A registered method's overlay is in OVERLAYS and its reads make the properties' readers and the check."""
+    from robust_bundles import methods
+
+    methods.register(methods.Method("ZED", overlay="zed.json", reads=("training_attack", "loss")))
+    try:
+        assert "zed" in contract.OVERLAYS
+        props = contract.PROPERTIES
+        assert "zed" in props["training_attack"]["overlays"] and "zed" in props["loss"]["overlays"]
+        assert "zed" not in props["datalist"]["overlays"]
+        problems = contract.check({"train": {"trainer": {}}}, ["zed"])
+        assert [p.split("id '")[1].split("'")[0] for p in problems] == ["loss", "training_attack"]
+    finally:
+        methods.unregister("ZED")
+    assert "zed" not in contract.OVERLAYS
+    methods.register(methods.Method("ZED", overlay="zed.json", reads=("trainer", "no_such_id")))
+    try:
+        with pytest.raises(contract.ContractError, match="no_such_id"):
+            contract.check({}, ["vat"])
+    finally:
+        methods.unregister("ZED")

@@ -213,7 +213,7 @@ def test_load_voc_assigns_stable_ids_per_split(synthetic):
 
 
 def test_synthetic_default_is_marked_and_announced(tmp_path, caplog):
-    from robust_bundles.bundle import is_synthetic
+    from robust_bundles.data.synthetic import is_synthetic
 
     with caplog.at_level(logging.WARNING):
         out = voc.synthetic_default(tmp_path / "syn")

@@ -116,11 +116,16 @@ def test_dry_run_hippocampus_lists_stages_with_profile_last(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert p.returncode == 0, p.stderr
-    expected = ["std", "thresholds", "vat_eps2", "vat_eps6", "teat_eps6", "amat", "robustness_std",
-                "robustness_vat_eps2", "robustness_vat_eps6", "robustness_teat_eps6", "robustness_amat", "report"]
+    from robust_bundles import methods
+
+    # the profile's lists, then every other method with eps at the task's train_eps (6 for the hippocampus)
+    others = [m.run_name(6) for m in methods.with_overlay() if m.takes_eps and m.name not in ("VAT", "TEAT")]
+    runs = ["std", "vat_eps2", "vat_eps6", "teat_eps6", "amat", *others]
+    expected = ["std", "thresholds", *runs[1:], *(f"robustness_{r}" for r in runs), "report"]
     cmds = commands(p.stdout)
     assert list(cmds) == expected[:-1]
-    assert "[12/12] report" in p.stdout and "Plan: 12 stages, 0 done, 12 to run" in p.stdout
+    n = len(expected)
+    assert f"[{n}/{n}] report" in p.stdout and f"Plan: {n} stages, 0 done, {n} to run" in p.stdout
     assert not out_root.exists()  # a dry run writes nothing
     overlays = {"std": ["train.json"], "thresholds": ["train.json", "thresholds.json"],
                 "vat_eps2": ["train.json", "vat.json"], "teat_eps6": ["train.json", "teat.json"],
@@ -144,6 +149,23 @@ def test_dry_run_hippocampus_lists_stages_with_profile_last(tmp_path):
     assert "--train_eps" not in cmds["amat"] and "--resume" not in cmds["std"]
     # the study's choice: AMAT trains with 5 PGD steps (the profile's amat_override), VAT and TEAT with the profile's 3
     assert arg(cmds["amat"], "--attack_steps") == "5" and "--attack_steps" not in cmds["vat_eps2"]
+
+
+def test_attack_suite_goes_to_the_robustness_stages(capsys, tmp_path):
+    rc, out, _ = run_tool(capsys, "--bundle", HIPPOCAMPUS, "--output_root", tmp_path, "--attack_suite", "standard",
+                          "--stages", "[std,robustness_std]", "--dry_run")
+    assert rc == 0
+    cmds = commands(out)
+    assert arg(cmds["robustness_std"], "--attack_suite") == "standard" and "--attack_suite" not in cmds["std"]
+    assert "--transfer_surrogate" not in cmds["robustness_std"]
+    rc, out, _ = run_tool(capsys, "--bundle", HIPPOCAMPUS, "--output_root", tmp_path, "--attack_suite", "strong",
+                          "--stages", "[std,thresholds,amat,robustness_std,robustness_amat]", "--dry_run")
+    cmds = commands(out)
+    # the strong suite's transfer check: AMAT's evaluation also attacks STD's model, STD's own does not
+    assert arg(cmds["robustness_amat"], "--transfer_surrogate") == str(tmp_path / "models" / "std" / "model.pt")
+    assert "--transfer_surrogate" not in cmds["robustness_std"]
+    rc, _, err = run_tool(capsys, "--bundle", HIPPOCAMPUS, "--attack_suite", "fast", "--dry_run")
+    assert rc == 1 and "--attack_suite 'fast': give one of ['quick', 'standard', 'strong']" in err
 
 
 def test_default_output_root_and_eps_options(bundle, capsys, tmp_path):
@@ -261,6 +283,11 @@ def _touch(path: Path, text: str = "x", age: float = 0.0) -> Path:
     return path
 
 
+def _logs(root: Path) -> str:
+    """The stages' log files of an output root, one after the other."""
+    return "".join(p.read_text() for p in sorted((root / "logs").glob("*.log")))
+
+
 def _plan(out: str) -> dict[str, str]:
     """Stage -> status (done, run, resume) from the printed plan."""
     res = {}
@@ -355,8 +382,9 @@ def test_full_run_resume_rerun_and_failure(bundle, capsys, tmp_path, monkeypatch
     assert rc == 1
     assert "Stage 'amat' failed" in err and "monai.bundle run" in err and str(root / "logs" / "amat.log") in err
     assert "ZeroDivisionError" in (root / "logs" / "amat.log").read_text()
-    assert f"STAGE std train_eps 0 resume False data {tmp_path / 'data'}" in out  # stage output is streamed
-    assert "STAGE vat_eps3 train_eps 3 resume False" in out
+    logs = _logs(root)  # the stages' output goes to their logs (the console has one line per start and end)
+    assert f"STAGE std train_eps 0 resume False data {tmp_path / 'data'}" in logs and "STAGE std" not in out
+    assert "STAGE vat_eps3 train_eps 3 resume False" in logs
     assert "[3/8] vat_eps3 done in" in out and "] robustness_std done" not in out
     assert (root / "models" / "vat_eps3" / "model.pt").is_file() and not (root / "eval").exists()
 
@@ -388,13 +416,14 @@ def test_full_run_resume_rerun_and_failure(bundle, capsys, tmp_path, monkeypatch
     _touch(root / "models" / "vat_eps3" / "checkpoint.pt")
     rc, out, _ = run_tool(capsys, *base)
     assert rc == 0
-    assert "STAGE vat_eps3 train_eps 3 resume True" in out
+    assert "STAGE vat_eps3 train_eps 3 resume True" in _logs(root)
     assert "] robustness_vat_eps3 done in" in out and "] report done in" in out and "skip amat:" in out
 
     # 5. --force on a training stage starts it afresh (old checkpoints removed, no --resume)
     _touch(root / "models" / "amat" / "checkpoint_epoch=3.pt")
     rc, out, _ = run_tool(capsys, *base, "--force", "[amat]", "--stages", "[amat,robustness_amat,report]")
-    assert rc == 0 and "STAGE amat train_eps 0 resume False" in out
+    last_run = (root / "logs" / "amat.log").read_text().split("===== cwd:")[-1]  # the log of this run of amat
+    assert rc == 0 and "STAGE amat train_eps 0 resume False" in last_run
     assert not (root / "models" / "amat" / "checkpoint_epoch=3.pt").exists()
     assert "] robustness_amat done in" in out and "] report done in" in out
 
@@ -420,10 +449,15 @@ TINY = {"max_cases": 1, "max_val_cases": 1, "max_test_cases": 1, "epochs": 1, "v
 
 @pytest.mark.slow
 def test_end_to_end_hippocampus_quick(tmp_path):
-    """The whole tool on the hippocampus bundle (synthetic data), tiny settings, one VAT and one TEAT noise level."""
+    """The whole tool on the hippocampus bundle (synthetic data), tiny settings, every registered method (one noise
+    level, 2, for each method with eps)."""
+    from robust_bundles import methods
+
     root = tmp_path / "runs"
+    with_eps = [m for m in methods.with_overlay() if m.takes_eps]
     cmd = [sys.executable, str(SCRIPT), "--bundle", str(HIPPOCAMPUS), "--profile", "quick", "--output_root",
-           str(root), "--vat_eps", "[2]", "--teat_eps", "[2]", "--finetune_epochs", "1", "--override", json.dumps(TINY)]
+           str(root), *(a for m in with_eps for a in (f"--{m.key}_eps", "[2]")), "--finetune_epochs", "1",
+           "--override", json.dumps(TINY)]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, f"{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
     report_dir = root / "report"
@@ -432,17 +466,19 @@ def test_end_to_end_hippocampus_quick(tmp_path):
     for name in ("metric_vs_eps.png", "margins.png"):
         assert (report_dir / name).read_bytes()[:8] == PNG_MAGIC, name
     table = json.loads((report_dir / "results.json").read_text())
-    assert [r["label"] for r in table["rows"]] == ["STD", "VAT (eps 2)", "TEAT (eps 2)", "AMAT (fine-tuned)"]
+    assert [r["label"] for r in table["rows"]] == ["STD", *(f"{m.name} (eps 2)" if m.takes_eps else
+                                                          f"{m.name} (fine-tuned)" for m in methods.with_overlay())]
     assert table["columns"] == ["clean", "PGD 2", "PGD 6", "PGD Avg.", "IFGSM 2", "IFGSM 6", "IFGSM Avg."]
-    for run in ("std", "vat_eps2", "teat_eps2", "amat"):
+    for run in ("std", *(m.run_name(2 if m.takes_eps else None) for m in methods.with_overlay())):
         assert (root / "models" / run / "model.pt").is_file()
         assert (root / "eval" / run / "robustness.json").is_file()
         assert (root / "logs" / f"{run}.log").is_file()
-    assert "[10/10] report done" in p.stdout and "| AMAT (fine-tuned) |" in p.stdout
+    n = 2 * (1 + len(list(methods.with_overlay()))) + 2  # training and evaluation of each run, thresholds, report
+    assert f"[{n}/{n}] report done" in p.stdout and "| AMAT (fine-tuned) |" in p.stdout
     assert json.loads((root / "models" / "amat" / "init_from.json").read_text())["max_epochs"] == 1
     # a second run finds everything done
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0 and "Plan: 10 stages, 10 done, 0 to run" in p.stdout, p.stdout[-3000:]
+    assert p.returncode == 0 and f"Plan: {n} stages, {n} done, 0 to run" in p.stdout, p.stdout[-3000:]
 
 
 def test_extra_runs_of_a_profile(bundle, capsys, tmp_path):
@@ -498,7 +534,7 @@ def test_a_registry_entry_makes_a_method_known_to_the_tool_the_report_and_the_st
 
     root = tmp_path / "out"
     rc, out, err = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--output_root", root, "--vat_eps", "[]",
-                            "--override", '{"experiment": {"dummy_eps": [2]}}')
+                            "--override", '{"experiment": {"dummy_eps": [2]}}', "--verbose")  # every stage's lines
     assert rc == 0, err
     # the experiment tool: a training stage with the overlay (the iteration class built), its evaluation, the group
     assert "STAGE dummy_eps2 train_eps 2 resume False" in out and "ITERATION DummyIteration 2.0" in out
@@ -520,3 +556,18 @@ def test_a_registry_entry_makes_a_method_known_to_the_tool_the_report_and_the_st
     assert "dummy.json" not in experiment.bundle_configs() and "DUMMY" not in report.METHODS
     assert report.parse_run("dummy_eps2") == ("dummy_eps2", None, "dummy_eps2")
     methods.register(dummy_method)  # for the fixture's clean-up
+
+
+def test_a_method_without_a_list_runs_at_its_overlays_eps_and_a_bundle_without_its_overlay_has_no_runs(bundle):
+    """The profile gives no teat_eps: TEAT runs at the train_eps of the bundle's teat.json (the task's value); a
+    bundle without teat.json trains no TEAT, and asking for TEAT runs there names the missing file."""
+    _write(bundle / "configs" / "profiles" / "tiny.json", {"experiment": {"vat_eps": [3]}, "epochs": 1})
+    runs = experiment.Experiment(bundle, "tiny").runs()
+    assert "teat_eps9" in runs and "vat_eps3" in runs and "vat_eps9" not in runs
+    (bundle / "configs" / "teat.json").unlink()
+    exp = experiment.Experiment(bundle, "tiny")
+    assert not any(r.startswith("teat") for r in exp.runs()) and "TEAT" not in exp.eps
+    with pytest.raises(experiment.ExperimentError, match="no configs/teat.json"):
+        experiment.Experiment(bundle, "tiny", eps={"TEAT": [2]})
+    with pytest.raises(experiment.ExperimentError, match=r"Unknown option\(s\) --teat_ep: .*--teat_eps"):
+        experiment.method_options(teat_ep=[2])

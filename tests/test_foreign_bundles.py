@@ -201,7 +201,7 @@ def test_audit_2d_bundle_yaml_datalist_rms(bundle2d, tmp_path):
     (data / "datalist.json").write_text(json.dumps({"validation": items}))
     out = tmp_path / "audit"
     info = audit(str(bundle), output_dir=str(out), eps=[0.05, 0.1], eps_unit="rms", datalist=str(data / "datalist.json"),
-                 pgd_steps=5, ifgsm_steps=3, dataset_dir=str(data))
+                 pgd_steps=5, ifgsm_steps=3, dataset_dir=str(data), surrogate=str(bundle / "models" / "model.pt"))
     assert info["parts"]["inferer"]["type"] == "SimpleInferer"
     assert info["parts"]["loss"]["per_sample_terms"] == ["dice", "ce"]
     assert info["parts"]["data"]["cases"] == 3
@@ -214,7 +214,12 @@ def test_audit_2d_bundle_yaml_datalist_rms(bundle2d, tmp_path):
     summary = json.loads((out / "robustness.json").read_text())["summary"]
     assert summary["clean"] > 0.7, summary  # the bundle learned the disks
     assert summary["attacks"]["PGD"]["0.1"] < summary["clean"]
-    assert summary["worst"]["0.1"] <= min(summary["attacks"][a]["0.1"] for a in ("PGD", "IFGSM", "noise")) + 1e-9
+    # the audit's default suite, standard: PGD, APGD on the loss and on each of its terms, noise; worst case over all
+    # (and the transfer check from the --surrogate model, here the bundle's own weights)
+    assert list(summary["attacks"]) == ["PGD", "APGD", "APGD_dice", "APGD_ce", "noise", "transfer"]
+    assert info["attack_suite"] == "standard" and "Suite `standard`" in (out / "audit.md").read_text()
+    assert summary["worst"]["0.1"] <= min(summary["attacks"][a]["0.1"] for a in summary["attacks"]) + 1e-9
+    assert sum(summary["worst_found_by"]["0.1"].values()) >= 3 and summary["cost"]["relative_to_PGD"] > 4
     for f in ("audit.md", "audit.json", "robustness.md", "metric_vs_eps.png"):
         assert (out / f).is_file()
 
@@ -294,7 +299,7 @@ def test_spleen_audit_through_the_sliding_window(spleen, tmp_path):
     bundle, data, best = spleen
     out = tmp_path / "audit"
     proc = _run(["-m", "robust_bundles", "audit", str(bundle), "--output_dir", str(out), "--eps", "[1, 2, 4]",
-                 "--pgd_steps", "3", "--ifgsm_steps", "2", "--dataset_dir", str(data),
+                 "--pgd_steps", "3", "--ifgsm_steps", "2", "--attack_suite", "quick", "--dataset_dir", str(data),
                  "--override", repr(AUDIT_OVERRIDES)], cwd=tmp_path)
     _ok(proc)
     info = json.loads((out / "audit.json").read_text())
@@ -330,7 +335,8 @@ def test_spleen_amat_fine_tune_by_overlay_gains_robustness(spleen, tmp_path):
     results = {}
     for name, model in (("std", None), ("amat", str(out / "checkpoint.pt"))):
         info = audit(str(bundle), output_dir=str(tmp_path / f"audit_{name}"), eps=[4.0], pgd_steps=5,
-                     ifgsm_steps=0, model_path=model, dataset_dir=str(data), override=AUDIT_OVERRIDES)
+                     ifgsm_steps=0, model_path=model, dataset_dir=str(data), override=AUDIT_OVERRIDES,
+                     attack_suite="quick")
         results[name] = json.loads(Path(info["files"]["robustness_json"]).read_text())["summary"]
     # measured: PGD-5 Dice at eps 4 0.70 (the bundle's model) -> 0.83 (AMAT, 15 epochs), clean 0.956 -> 0.960
     assert results["amat"]["attacks"]["PGD"]["4"] > results["std"]["attacks"]["PGD"]["4"] + 0.05, results

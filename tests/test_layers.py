@@ -2,8 +2,8 @@
 
 1. core: math, data, task adapters and engine-independent helpers (attacks, margins, thresholds, metrics, tasks, ...);
 2. handlers: Ignite/MONAI handlers built on the core;
-3. drivers: the method registry, the experiment and study engines, the report, the toy problem, packaging, the tools
-   for foreign bundles.
+3. drivers: the method registry, the experiment and study engines, the report, the toy problem, packaging and the
+   rendering of bundle configs, the tools for foreign bundles.
 
 A module may import from its own layer and the layers below it, never from a layer above (checked on the source's
 import statements, lazy imports inside functions included).
@@ -19,7 +19,8 @@ import pytest
 LIBRARY = Path(__file__).resolve().parents[1] / "common"
 
 HANDLERS = {"handlers"}
-DRIVERS = {"methods", "toy", "report", "experiment", "study", "distribution", "contract", "foreign", "__main__"}
+DRIVERS = {"methods", "toy", "report", "experiment", "study", "distribution", "contract", "foreign", "__main__",
+           "bundle_configs"}  # bundle_configs renders the method overlays from the registry
 
 
 def _layer(top: str) -> int:
@@ -66,3 +67,9 @@ def test_no_import_runs_up_the_layers(path):
     up = sorted(t for t in _imported_tops(path) if _layer(t) > _layer(own))
     assert not up, (f"common/{path.relative_to(LIBRARY)} (layer {_layer(own)}) imports {up} from a layer above: move "
                     f"what it needs down (e.g. robust_bundles.weights, robust_bundles.engine_io) or the module up.")
+
+
+def test_the_layout_names_the_reference_run_of_the_registry():
+    from robust_bundles import layout, methods
+
+    assert layout.STD_RUN == methods.reference().run_name()

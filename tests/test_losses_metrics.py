@@ -301,20 +301,3 @@ def test_nanmean():
     assert nanmean(torch.tensor([1.0, float("nan"), 3.0])) == 2.0
     assert math.isnan(nanmean(torch.tensor([float("nan")])))
     assert math.isnan(nanmean(torch.tensor([])))
-
-
-def test_segmentation_names_moved_to_the_task_adapter_still_resolve_from_configs():
-    # configs written before the move name robust_bundles.losses.DiceCELoss and robust_bundles.metrics.SliceDice*
-    from monai.bundle import ConfigParser
-
-    import robust_bundles.losses as losses
-    import robust_bundles.metrics as metrics
-    import robust_bundles.tasks.segmentation as seg
-
-    assert losses.DiceCELoss is seg.DiceCELoss and metrics.slice_dice is seg.slice_dice
-    parser = ConfigParser({"loss": {"_target_": "robust_bundles.losses.DiceCELoss"},
-                           "metric": {"_target_": "robust_bundles.metrics.SliceDiceMetric", "num_classes": 2}})
-    assert isinstance(parser.get_parsed_content("loss"), seg.DiceCELoss)
-    assert isinstance(parser.get_parsed_content("metric"), seg.SliceDiceMetric)
-    with pytest.raises(AttributeError, match="no attribute 'DiceLoss'"):
-        losses.DiceLoss  # noqa: B018

@@ -31,7 +31,6 @@ from robust_bundles.toy import (
     run_toy,
     toy_network,
     toy_robustness,
-    toy_thresholds,
 )
 
 
@@ -272,11 +271,9 @@ def test_memory_off_is_bit_identical_and_memory_on_warm_starts():
 
 # ------------------------------------------------------------------------------------------------ end to end
 @pytest.mark.slow
-def test_fast_amat_t1_with_memory_gains_robustness_over_std():
+def test_fast_amat_t1_with_memory_gains_robustness_over_std(toy_std):
     """Fast AMAT (T = 1, perturbation memory) on the toy problem: clearly more robust than STD under PGD-20."""
-    train, test = make_toy_segmentation(128, seed=0), make_toy_segmentation(64, seed=1000)
-    std, _ = run_toy("std", train, epochs=20, seed=0)
-    xi = toy_thresholds(std, train, rule="mean_std").xi
+    train, test, std, xi = toy_std["train"], toy_std["test"], toy_std["net"], toy_std["xi"]
     counter = PassCounter()
     fast, margins = run_toy("amat", train, epochs=20, thresholds=xi, expansion_step=1.0, attack_steps=1, seed=0,
                             memory=True, extra_handlers=[counter])

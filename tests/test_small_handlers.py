@@ -9,7 +9,8 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from robust_bundles.bundle import drop_none, find_root, latest_checkpoint, require_file
+from robust_bundles.bundle import drop_none, find_root, require_file
+from robust_bundles.checkpointing import latest_checkpoint
 from robust_bundles.handlers import FiniteLossGuard, ProgressHandler
 
 

@@ -21,7 +21,7 @@ from .msd import _LAYOUT, ARCHIVE_SUFFIXES, _dataset_json_path, _is_appledouble
 
 __all__ = ["fetch_msd"]
 
-logger = logging.getLogger("robust_bundles.msd")
+logger = logging.getLogger("robust_bundles.data.msd")
 
 
 def _inside(path: str, root: str) -> bool:

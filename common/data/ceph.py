@@ -614,7 +614,7 @@ def write_synthetic_ceph(
 
 def synthetic_default(out_dir: str | os.PathLike, **kwargs: Any) -> str:
     """The bundle's default ``dataset_dir``: :func:`write_synthetic_ceph` (written once), marked and announced loudly
-    as synthetic (:func:`robust_bundles.bundle.is_synthetic`), so that every log and report says its numbers mean
+    as synthetic (:func:`robust_bundles.data.synthetic.is_synthetic`), so that every log and report says its numbers mean
     nothing about the real task."""
     out = write_synthetic_ceph(out_dir, **kwargs)
     mark_synthetic(out, "robust_bundles.data.ceph.write_synthetic_ceph")

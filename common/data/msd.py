@@ -15,8 +15,7 @@ folder into the 2D samples the bundles train on:
    attached to the right slice.
 
 Also here: :func:`split_summary` / :func:`write_split_json` (the split, for reports) and :func:`foreground_only`.
-Synthetic MSD data is :mod:`robust_bundles.data.synthetic_msd`, archives and downloads :mod:`robust_bundles.data.archives`;
-:mod:`robust_bundles.msd` re-exports all of them under their old names.
+Synthetic MSD data is :mod:`robust_bundles.data.synthetic_msd`, archives and downloads :mod:`robust_bundles.data.archives`.
 
 Units: the MSD hippocampus volumes are about 35 x 50 x 36 voxels of 1 mm; intensities are arbitrary MRI units before
 z-scoring and unitless (standard deviations of the volume) after it. Slice shapes differ between cases (the crops
@@ -50,7 +49,7 @@ __all__ = [
     "ARCHIVE_SUFFIXES",
 ]
 
-logger = logging.getLogger("robust_bundles.msd")
+logger = logging.getLogger("robust_bundles.data.msd")
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip")
 _DATASET_JSON_EXAMPLE = (
@@ -96,7 +95,7 @@ def _missing_dataset_json_error(folder: Path) -> FileNotFoundError:
         return FileNotFoundError(
             f"{json_path} does not exist, but {folder / 'imagesTr'} does: an MSD folder needs a dataset.json that "
             f"lists its cases. Write one next to imagesTr/ and labelsTr/, e.g. {_DATASET_JSON_EXAMPLE} "
-            f"(robust_bundles.msd.write_synthetic_msd shows a complete example)."
+            f"(robust_bundles.data.synthetic_msd.write_synthetic_msd shows a complete example)."
         )
     loose = sorted(
         p.name for p in folder.iterdir() if p.name.endswith(NIFTI_SUFFIXES) and not _is_appledouble(p.name)
@@ -109,7 +108,7 @@ def _missing_dataset_json_error(folder: Path) -> FileNotFoundError:
         )
     return FileNotFoundError(
         f"{json_path} does not exist: {folder} is not an MSD task folder ({_LAYOUT}). Set dataset_dir to such a "
-        f"folder, or get one with robust_bundles.msd.fetch_msd (folder, .tar archive or URL)."
+        f"folder, or get one with robust_bundles.data.archives.fetch_msd (folder, .tar archive or URL)."
     )
 
 
@@ -119,12 +118,12 @@ def _dataset_json_path(dataset_dir: str | os.PathLike) -> Path:
     if not folder.exists():
         raise FileNotFoundError(
             f"MSD dataset folder {folder} does not exist: set dataset_dir to the task folder ({_LAYOUT}), e.g. "
-            f"../shared/data/msd_hippocampus, or get one with robust_bundles.msd.fetch_msd."
+            f"../shared/data/msd_hippocampus, or get one with robust_bundles.data.archives.fetch_msd."
         )
     if not folder.is_dir():
         if folder.name.endswith(ARCHIVE_SUFFIXES):
             raise NotADirectoryError(
-                f"{folder} is an archive, not a folder: extract it with robust_bundles.msd.fetch_msd({str(folder)!r}, root) "
+                f"{folder} is an archive, not a folder: extract it with robust_bundles.data.archives.fetch_msd({str(folder)!r}, root) "
                 f"and set dataset_dir to the folder it returns."
             )
         if folder.name == "dataset.json":

@@ -58,7 +58,7 @@ MSD_TASKS = {
 #: the first bytes of a macOS AppleDouble file (magic number 0x00051607, version 2)
 _APPLEDOUBLE = bytes.fromhex("0005160700020000") + b"Mac OS X        " + bytes(8)
 
-logger = logging.getLogger("robust_bundles.msd")
+logger = logging.getLogger("robust_bundles.data.msd")
 
 
 def _smooth_field(rng: np.random.Generator, grid: np.ndarray, waves: int = 6, wavelength=(12.0, 40.0)) -> np.ndarray:
@@ -208,7 +208,7 @@ def write_synthetic_msd(
     if len(labels) < 2:
         raise ValueError(f"labels={tuple(labels)}: give the background and at least one foreground class name.")
     params = {
-        "generator": "robust_bundles.msd.write_synthetic_msd",
+        "generator": "robust_bundles.data.synthetic_msd.write_synthetic_msd",
         "version": 1,
         "num_cases": int(num_cases),
         "shape": list(shape),
@@ -258,7 +258,7 @@ def write_synthetic_msd(
     meta = {
         "name": str(name),
         "description": "Synthetic hippocampus-like volumes (smooth background, adjacent ellipsoids, noise)",
-        "reference": "robust-bundles robust_bundles.msd.write_synthetic_msd",
+        "reference": "robust-bundles robust_bundles.data.synthetic_msd.write_synthetic_msd",
         "licence": "CC0 (synthetic)",
         "tensorImageSize": "3D",
         "modality": {str(i): str(m) for i, m in enumerate(modalities)},
@@ -272,7 +272,7 @@ def write_synthetic_msd(
     if task is not None:
         meta.update(preset["fields"], description=f"SYNTHETIC stand-in for: {preset['fields']['description']}",
                     licence="CC0 (synthetic)")
-    mark_synthetic(out, "robust_bundles.msd.write_synthetic_msd")
+    mark_synthetic(out, "robust_bundles.data.synthetic_msd.write_synthetic_msd")
     atomic_write_text(json_path, json.dumps(meta, indent=1) + "\n")
     return out
 
@@ -281,10 +281,10 @@ def synthetic_default(out_dir: str | os.PathLike, num_cases: int = 12, **kwargs)
     """The default ``dataset_dir`` of a bundle: :func:`write_synthetic_msd` (written once), announced loudly.
 
     Every run on it logs a warning that its numbers say nothing about the real task, and the robustness reports
-    say so too (:func:`robust_bundles.bundle.is_synthetic`).
+    say so too (:func:`robust_bundles.data.synthetic.is_synthetic`).
     """
     out = write_synthetic_msd(out_dir, num_cases=num_cases, **kwargs)
     if not is_synthetic(out):  # written by an older version
-        mark_synthetic(out, "robust_bundles.msd.write_synthetic_msd")
-    return announce_synthetic(out, "synthetic MSD volumes (robust_bundles.msd.write_synthetic_msd)")
+        mark_synthetic(out, "robust_bundles.data.synthetic_msd.write_synthetic_msd")
+    return announce_synthetic(out, "synthetic MSD volumes (robust_bundles.data.synthetic_msd.write_synthetic_msd)")
 

@@ -548,7 +548,7 @@ def synthetic_default(
 ) -> str:
     """A bundle's default ``dataset_dir``: :func:`write_synthetic_voc` (written once; 40 images of 160 x 120 pixels,
     24 train, 8 validation, 8 test), marked and announced loudly as synthetic
-    (:func:`robust_bundles.bundle.is_synthetic`), so that every log and report says its numbers mean nothing about the
+    (:func:`robust_bundles.data.synthetic.is_synthetic`), so that every log and report says its numbers mean nothing about the
     real task."""
     out = write_synthetic_voc(out_dir, num_images, image_size, objects_per_image, val_fraction, **kwargs)
     mark_synthetic(out, "robust_bundles.data.voc.write_synthetic_voc")

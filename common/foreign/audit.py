@@ -28,6 +28,7 @@ Sample ids (the ``case`` column of the per-sample CSV): the image file name in t
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -40,8 +41,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attacks import L2IFGSM, L2PGD, Attack
+from ..attack_suite import RandomNoise, check_suite, suite_attacks
+from ..attacks import Attack
 from ..io import atomic_write_json, atomic_write_text
+from ..transfer import load_surrogate
 from .losses import PerSampleWrapper
 from .parts import find, find_id, given_flags, load_parser, metric_config, pretrained_off
 
@@ -174,27 +177,6 @@ class CaseFromMetad:
         return self._one(data)
 
 
-class RandomNoise(Attack):
-    """Random noise of L2 norm exactly eps (a random direction on the sphere): the baseline that an attack must beat
-    (an attack weaker than noise points to gradient masking)."""
-
-    norm = "l2"
-    random_start = True
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs["steps"] = 0
-        super().__init__(**kwargs)
-
-    @property
-    def name(self) -> str:
-        return "noise"
-
-    def run(self, x, y, eps=None, **kwargs):
-        e = self.eps if eps is None else eps
-        kwargs["start_radius"] = e
-        return super().run(x, y, e, **kwargs)
-
-
 class CheckpointedNetwork(nn.Module):
     """The network with activation checkpointing when an input gradient is taken: each call (one sliding window
     batch) keeps only its input and output, and recomputes its activations in the backward pass. Same outputs and
@@ -316,25 +298,27 @@ def _metric(parser, metric: str, loss: Any) -> tuple[Any, dict]:
     return m, info
 
 
-def attack_setup(pgd_steps: int, ifgsm_steps: int, alpha: float, clamp: Sequence[float] | None) -> dict[str, Attack]:
-    """The audit's attacks by name: L2 PGD, L2 I-FGSM (each left out at 0 steps) and random noise of the same norm.
+def attack_setup(pgd_steps: int, ifgsm_steps: int, alpha: float, clamp: Sequence[float] | None, suite: str = "quick",
+                 loss: Any = None, surrogate: nn.Module | None = None, inferer: Any = None) -> dict[str, Attack]:
+    """The audit's attacks by name: the named suite of :mod:`robust_bundles.attack_suite` (quick: L2 PGD, L2 I-FGSM
+    (left out at 0 steps) and random noise of the same norm; standard: PGD, noise and APGD on the loss and on each of
+    its terms; strong: more APGD iterations and restarts), and the transfer check when a surrogate is given.
 
     Args:
-        pgd_steps: steps of L2 PGD (random start).
-        ifgsm_steps: steps of L2 I-FGSM.
-        alpha: step size factor.
+        pgd_steps: steps of L2 PGD (random start) and iterations of APGD; >= 1.
+        ifgsm_steps: steps of L2 I-FGSM (quick).
+        alpha: step size factor of PGD and I-FGSM.
         clamp: value range of the network input, or None.
+        suite: "quick", "standard" or "strong".
+        loss: the per-sample loss (its terms give the per-term APGD runs).
+        surrogate: a second model with the bundle's network: adds the transfer column.
+        inferer: the bundle's inferer, for the surrogate.
     """
-    attacks: dict[str, Attack] = {}
-    kw = {"alpha": alpha, "clamp": tuple(clamp) if clamp is not None else None}
-    if pgd_steps > 0:
-        attacks["PGD"] = L2PGD(steps=pgd_steps, **kw)
-    if ifgsm_steps > 0:
-        attacks["IFGSM"] = L2IFGSM(steps=ifgsm_steps, **kw)
-    if not attacks:
-        raise ValueError("pgd_steps and ifgsm_steps are both 0: give at least one attack.")
-    attacks["noise"] = RandomNoise(clamp=kw["clamp"])
-    return attacks
+    if pgd_steps < 1:
+        raise ValueError(f"pgd_steps must be >= 1 (every suite runs PGD, the reference of its worst case); got "
+                         f"{pgd_steps}.")
+    return suite_attacks(suite, loss, pgd_steps, ifgsm_steps, alpha, clamp, surrogate=surrogate,
+                         surrogate_inferer=inferer)
 
 
 def masking_checks(summary: Mapping, attack: str = "PGD", noise: str = "noise", tol: float = 0.01,
@@ -406,6 +390,8 @@ def audit(
     device: str | None = None,
     seed: int = 0,
     parts: Mapping[str, str] | None = None,
+    attack_suite: str = "standard",
+    surrogate: str | None = None,
     **overrides: Any,
 ) -> dict:
     """Write the robustness report of a trained MONAI bundle: its metric per case, clean and under L2 attacks and
@@ -442,6 +428,12 @@ def audit(
             'preprocessing': 'eval_transforms'}``; the parts are network, preprocessing, inferer, loss, data (a
             datalist), dataset (a dataset object with its own transform), metric, evaluator, trainer (and more, see
             ``robust_bundles.foreign.parts.PARTS_HELP``); default: found from the bundle's trainer and evaluator.
+        attack_suite: the attacks (robust_bundles.attack_suite): "quick" (PGD, I-FGSM, noise), "standard" (PGD,
+            noise, APGD on the loss and on each of its terms; per-case worst case over all) or "strong" (APGD with
+            100+ iterations and 3 restarts).
+        surrogate: the weights (a model.pt) of a second model with the bundle's network, e.g. one trained without
+            adversarial training: adds the transfer check (PGD crafted on it, applied to the audited model; flagged as
+            gradient masking where it hurts more than every white-box attack).
         overrides: further config ids as keyword arguments (``--dataset_dir /data``), as ``monai.bundle run``.
 
     Returns:
@@ -504,11 +496,13 @@ def audit(
         raise ValueError(f"The evaluation data {data_id!r} is empty: check the dataset folder (--dataset_dir) or give "
                          "--datalist.")
 
-    attacks = attack_setup(pgd_steps, ifgsm_steps, alpha, clamp)
+    check_suite(attack_suite)
+    transfer_from = load_surrogate(copy.deepcopy(network), surrogate, dev) if surrogate is not None else None
+    attacks = attack_setup(pgd_steps, ifgsm_steps, alpha, clamp, attack_suite, loss_fn, transfer_from, inferer)
     dataset_dir = parser.get("dataset_dir") if "dataset_dir" in parser else None
     handler = RobustnessEvaluationHandler(loss_fn, attacks, eps_list, metric=task_metric, output_dir=out, seed=seed,
                                           restarts=restarts, id_keys=("case",), dataset_dir=dataset_dir,
-                                          eps_unit=eps_unit)
+                                          eps_unit=eps_unit, suite=attack_suite)
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0)
     evaluator = SupervisedEvaluator(device=dev, val_data_loader=loader,
                                     network=CheckpointedNetwork(network) if checkpoint_windows else network,
@@ -531,7 +525,8 @@ def audit(
              "metric": metric_info, "data": {"id": data_id, "cases": len(dataset), "sample_ids": SAMPLE_IDS}}
     info = {"bundle": str(root), "parts": found, "pretrained_off": sorted(pretrained), "eps": eps_list, "eps_unit": eps_unit, "eps_units": units,
             "masking_checks": checks, "seconds": round(time.time() - t0, 1), "files": files,
-            "checkpoint_windows": bool(checkpoint_windows), "synthetic": handler.synthetic}
+            "checkpoint_windows": bool(checkpoint_windows), "synthetic": handler.synthetic, "attack_suite": attack_suite,
+            "surrogate": surrogate}
     files["audit_json"] = str(atomic_write_json(out / "audit.json", info))
     files["audit_md"] = str(atomic_write_text(out / "audit.md", _markdown(root.name, info, handler)))
     logger.info(f"audit written to {out} ({info['seconds']} s)")
@@ -552,6 +547,9 @@ def _markdown(name: str, info: dict, handler) -> str:
         "**Units.** " + info["eps_units"], "",
         ("**Attacks.** PGD: L2 projected gradient ascent of the bundle's loss with a random start; IFGSM: the same "
          "without random start; noise: a random direction at exactly the eps norm (the baseline an attack must beat). "
+         "APGD (suite standard and strong): the step-size-free Auto-PGD of Croce & Hein on the loss (APGD) and on "
+         "each of its terms alone (APGD_<term>); transfer (with --surrogate): PGD crafted on the surrogate model. "
+         f"Suite `{info['attack_suite']}` (docs/robustness_evaluation.md). "
          "'worst' is, per case, the worst of all of them, then the mean."), "",
         handler.markdown(), "",
         "**Gradient-masking checks.** " + (" ".join(info["masking_checks"]) if info["masking_checks"] else

@@ -200,7 +200,7 @@ class TrainerCheckpointLoader:
     empty. The trainer keeps the run's ``max_epochs`` (a resumed run may be given more epochs).
 
     Args:
-        load_path: the checkpoint (``robust_bundles.bundle.latest_checkpoint`` of the output folder), or "".
+        load_path: the checkpoint (``robust_bundles.checkpointing.latest_checkpoint`` of the output folder), or "".
         load_dict: the objects of the run's ``save_dict`` (model, optimizer, margins, random states).
         map_location: ``torch.load``'s map_location.
     """

@@ -14,7 +14,8 @@ The per-sample worst case over all attacks ("worst") is reported at every eps:
   direction (the minimum of a higher-is-better metric, the maximum of a lower-is-better one), then the mean over
   samples; different metrics of one sample may take their worst from different attacks;
 - dataset-level metrics (no per-sample value): for every sample the adversarial input with the highest task loss
-  over the attacks is fed to a separate "worst" copy of the metric.
+  over the attacks is fed to a separate "worst" copy of the metric, and the worst case is the worst of that and of
+  every attack's own value (the loss picks by proxy: the mix alone can come out better than an attack's inputs).
 
 Restarts (random-start attacks): per sample the restart with the worst headline metric is kept (per-sample metrics)
 or the one with the highest loss (dataset-level metrics).
@@ -38,6 +39,7 @@ import io
 import logging
 import math
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -50,6 +52,7 @@ from ..data.synthetic import is_synthetic
 from ..io import atomic_write_json, atomic_write_text
 from ..losses import per_sample_terms, weighted_total
 from ..metrics import FunctionMetric, MetricSpec, TaskMetric, nanmean
+from ..transfer import transfer_warnings
 
 __all__ = ["RobustnessEvaluationHandler", "format_eps"]
 
@@ -81,17 +84,20 @@ class RobustnessEvaluationHandler:
         higher_is_better: direction of ``metric_fn``.
         output_dir: folder for the report files; None to keep results in memory only.
         metric_name: name of ``metric_fn``.
-        seed: seed of the attacks' random starts (evaluation is deterministic).
+        seed: seed of the attacks' random starts (evaluation is deterministic); every attack draws from its own stream
+            (seed, first sample's index and the attack's name), the same in any suite.
         restarts: random restarts per attack (random-start attacks only); the per-sample worst is kept. An attack's
             own ``restarts`` (e.g. the strong check ``L2PGD(steps=50, restarts=3)``) wins over this.
         id_keys: batch keys copied into the per-sample rows when present (the task's sample-id fields, e.g.
             ``["sample_id", "case", "slice"]`` for segmentation slices).
         log_every: log progress (with an ETA) every this many batches.
         dataset_dir: the data evaluated on, recorded in the settings; a synthetic dataset
-            (:func:`robust_bundles.bundle.is_synthetic`) is flagged in every output.
+            (:func:`robust_bundles.data.synthetic.is_synthetic`) is flagged in every output.
         eps_unit: ``"norm"`` (default): ``eps`` is the norm of the perturbation of a sample's whole input;
             ``"rms"``: ``eps`` is a per-value RMS, the attacked L2 norm is ``eps * sqrt(number of input values of the
             sample)`` (comparable across input sizes; the reports keep the RMS levels as labels).
+        suite: the name of the attack suite the attacks come from (:mod:`robust_bundles.attack_suite`), recorded in
+            the settings and stated in the report; None when the attacks were given one by one.
     """
 
     def __init__(
@@ -110,6 +116,7 @@ class RobustnessEvaluationHandler:
         log_every: int = 1,
         dataset_dir: str | Path | None = None,
         eps_unit: str = "norm",
+        suite: str | None = None,
     ) -> None:
         if not isinstance(attacks, Mapping):
             attacks = {a.name: a for a in attacks}
@@ -149,6 +156,7 @@ class RobustnessEvaluationHandler:
         if eps_unit not in ("norm", "rms"):
             raise ValueError(f"eps_unit must be 'norm' or 'rms'; got {eps_unit!r}.")
         self.eps_unit = eps_unit
+        self.suite = suite
         self.loss_fn = loss_fn
         self.attacks = dict(attacks)
         self.eps = sorted(float(e) for e in eps)
@@ -165,6 +173,7 @@ class RobustnessEvaluationHandler:
         self.summary: dict = {}
         self.warnings: list[str] = []
         self._accumulators: dict[tuple[str, float], TaskMetric] = {}
+        self.passes: dict[str, dict[str, int]] = {}
 
     # ------------------------------------------------------------------------------------------------ properties
     @property
@@ -195,6 +204,8 @@ class RobustnessEvaluationHandler:
         self.rows, self.summary, self.warnings = [], {}, []
         self._zero_grad: dict[tuple[str, float], list[torch.Tensor]] = {}
         self._accumulators = {}
+        self.passes: dict[str, dict[str, int]] = {}
+        self._found_by: dict[str, dict[str, int]] = {}
         self._t0 = time.time()
         self._count = 0
 
@@ -233,13 +244,27 @@ class RobustnessEvaluationHandler:
         """Per sample: is ``new`` worse than ``old``? (NaN never is.)"""
         return new < old if higher_is_better else new > old
 
+    def _counted(self, name: str, forward: Callable) -> Callable:
+        """``forward`` that adds the samples it passes to ``self.passes[name]`` (with and without input gradient)."""
+        count = self.passes.setdefault(name, {"gradient": 0, "forward": 0})
+
+        def counted(x: torch.Tensor) -> Any:
+            count["gradient" if torch.is_grad_enabled() else "forward"] += int(x.shape[0])
+            return forward(x)
+
+        return counted
+
     def _attack(self, attack: Attack, eps: float, inputs, targets, batchdata, forward, network, gen):
-        """One attack at one eps, with restarts: (x_adv, output, loss (B,), norms (B,), zero-gradient steps (B,))."""
+        """One attack at one eps, with restarts: (x_adv, output, loss (B,), norms (B,), zero-gradient steps (B,)).
+        The attack maximises its own loss (``attack.loss_fn``) when it has one, else the task loss."""
+        name = next((n for n, a in self.attacks.items() if a is attack), attack.name)
         tries = (getattr(attack, "restarts", None) or self.restarts) if attack.random_start else 1
+        objective = attack.loss_fn if attack.loss_fn is not None else self.loss_fn
+        counted = self._counted(name, forward)
         best = None
         for _ in range(tries):
             with torch.enable_grad():
-                res = attack.run(inputs, targets, eps=eps, model=network, loss_fn=self.loss_fn, forward=forward,
+                res = attack.run(inputs, targets, eps=eps, model=network, loss_fn=objective, forward=counted,
                                  generator=gen, train=False)
             with torch.no_grad():
                 out = forward(res.x_adv)
@@ -291,13 +316,15 @@ class RobustnessEvaluationHandler:
             clean_loss = self._loss(clean_out, targets)
         self._rows(keys, "clean", 0.0, values, clean_loss, zeros, zeros.long())
         gen = torch.Generator(device=inputs.device)
-        gen.manual_seed(self.seed + self._count)
         scale = math.sqrt(inputs[0].numel()) if self.eps_unit == "rms" else 1.0
         for eps in self.eps:
             losses, x_advs = [], []
-            for name, attack in self.attacks.items():
+            for name in self.attacks:
+                # every attack draws from its own seed (by name), so an attack's random starts are the same whatever
+                # other attacks the suite runs: PGD of the standard suite is PGD of the quick suite, sample for sample
+                gen.manual_seed(self.seed + self._count + zlib.crc32(name.encode()) % 1_000_003)
                 x_adv, out, loss, norms, zero_grad = self._attack(
-                    attack, eps * scale, inputs, targets, batchdata, forward, network, gen)
+                    self.attacks[name], eps * scale, inputs, targets, batchdata, forward, network, gen)
                 with torch.no_grad():
                     values = self._accumulator(name, eps).update(out, batchdata)
                 self._zero_grad.setdefault((name, eps), []).append(zero_grad)
@@ -306,6 +333,9 @@ class RobustnessEvaluationHandler:
                 x_advs.append(x_adv)
             if not self.metric.per_sample:  # the highest-loss adversarial input of every sample
                 pick = torch.stack(losses).argmax(0)
+                found = self._found_by.setdefault(format_eps(eps), dict.fromkeys(self.attacks, 0))
+                for a, n in zip(self.attacks, torch.bincount(pick, minlength=len(self.attacks)).tolist()):
+                    found[a] += n
                 x_worst = torch.stack(x_advs)[pick.to(inputs.device), torch.arange(size, device=inputs.device)]
                 with torch.no_grad():
                     self._accumulator("worst", eps).update(forward(x_worst), batchdata)
@@ -350,7 +380,42 @@ class RobustnessEvaluationHandler:
                     q = torch.quantile(t, torch.tensor([q for _, q in _QUANTILES])).tolist()
                     out["quantiles"][f"{attack}@{format_eps(e)}"] = dict(zip([n for n, _ in _QUANTILES], q))
         else:
-            out["worst"] = {format_eps(e): aggregated[("worst", e)][name] for e in self.eps}
+            # the highest-loss input of every image is a guess (the loss is not the metric): the worst case is the
+            # worst of that mix and of every attack's own inputs, so it is never better than any attack's column
+            pick = min if spec.higher_is_better else max
+            out["worst"] = {format_eps(e): pick([aggregated[(a, e)][name] for a in ("worst", *self.attacks)])
+                            for e in self.eps}
+        return out
+
+    def _worst_found_by(self) -> dict[str, dict[str, int]]:
+        """Per eps, for every attack the number of samples whose worst headline value it reached (ties count for every
+        attack that reached it; samples with a NaN value do not count)."""
+        by = self._per_sample(self.metric_name)
+        pick = min if self.higher_is_better else max
+        out = {}
+        for e in self.eps:
+            found = dict.fromkeys(self.attacks, 0)
+            for idx in by.get(("clean", 0.0), {}):
+                vals = {a: by[(a, e)][idx] for a in self.attacks}
+                if any(math.isnan(v) for v in vals.values()):
+                    continue
+                worst = pick(vals.values())
+                for a, v in vals.items():
+                    found[a] += v == worst
+            out[format_eps(e)] = found
+        return out
+
+    def _cost(self, num_samples: int) -> dict:
+        """Network passes per sample and eps level of every attack (with input gradient, forward only; restarts
+        included), their total and the total relative to PGD's."""
+        runs = max(num_samples * len(self.eps), 1)
+        per = {a: {k: v / runs for k, v in self.passes.get(a, {"gradient": 0, "forward": 0}).items()}
+               for a in self.attacks}
+        total = sum(c["gradient"] + c["forward"] for c in per.values())
+        ref = per.get("PGD")
+        out: dict = {"passes_per_sample_and_eps": per, "total": total}
+        if ref and ref["gradient"] + ref["forward"] > 0:
+            out["relative_to_PGD"] = total / (ref["gradient"] + ref["forward"])
         return out
 
     def _aggregate(self) -> dict:
@@ -375,6 +440,8 @@ class RobustnessEvaluationHandler:
             # every metric of the task, the headline included
             "metrics": metrics,
         }
+        summary["worst_found_by"] = self._worst_found_by() if self.metric.per_sample else self._found_by
+        summary["cost"] = self._cost(num_samples)
         details = {f"{a}@{format_eps(e)}": acc.details() for (a, e), acc in self._accumulators.items()}
         details = {k: v for k, v in details.items() if v}
         if details:
@@ -391,6 +458,9 @@ class RobustnessEvaluationHandler:
             if w:
                 self.warnings.append(f"{name} eps {format_eps(eps)}: {w}")
                 logger.warning(self.warnings[-1])
+        for w in transfer_warnings(self.summary, self.higher_is_better):
+            self.warnings.append(w)
+            logger.warning(w)
         self.summary["warnings"] = self.warnings
         for spec in self.specs:
             m = self.summary["metrics"][spec.name]
@@ -410,11 +480,13 @@ class RobustnessEvaluationHandler:
             "eps": self.eps,
             "attacks": {
                 n: {"type": type(a).__name__, "norm": a.norm, "steps": a.steps, "alpha": a.alpha,
+                    "loss": type(a.loss_fn if a.loss_fn is not None else self.loss_fn).__name__,
                     "random_start": a.random_start, "clamp": a.clamp,
                     "restarts": (getattr(a, "restarts", None) or self.restarts) if a.random_start else 1}
                 for n, a in self.attacks.items()
             },
             "restarts": self.restarts,
+            "suite": self.suite,
             "seed": self.seed,
             "input_shape": self.input_shape,
             "higher_is_better": self.higher_is_better,
@@ -438,7 +510,25 @@ class RobustnessEvaluationHandler:
                 cells += [f"{res[format_eps(e)]:.4f}" for e in self.eps] + [f"{res['avg']:.4f}"]
             cells += [f"{m['worst'][format_eps(e)]:.4f}" for e in self.eps]
             lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + self.suite_markdown()
+
+    def suite_markdown(self) -> str:
+        """Which attack found the per-sample worst case how often, and what every attack cost (counted passes)."""
+        found, cost = self.summary.get("worst_found_by"), self.summary.get("cost")
+        if not found or not cost:
+            return ""
+        how = ("samples whose worst " + self.metric_name + " the attack reached; ties count for every attack that "
+               "reached it") if self.metric.per_sample else "samples whose highest-loss input it gave"
+        lines = ["", f"Worst case found by ({how}):", "",
+                 "| attack | " + " | ".join(f"eps {e}" for e in found) + " |", "|---|" + "---|" * len(found)]
+        for a in self.attacks:
+            lines.append(f"| {a} | " + " | ".join(str(found[e][a]) for e in found) + " |")
+        per = cost["passes_per_sample_and_eps"]
+        parts = [f"{a} {c['gradient']:g} + {c['forward']:g}" for a, c in per.items()]
+        rel = f" ({cost['relative_to_PGD']:.1f} x PGD)" if "relative_to_PGD" in cost else ""
+        lines += ["", "Cost, network passes per sample and eps (with input gradient + forward only): "
+                  + ", ".join(parts) + f"; total {cost['total']:g}{rel}.", ""]
+        return "\n".join(lines)
 
     def write(self, output_dir: str | Path) -> None:
         out = Path(output_dir)
@@ -450,6 +540,8 @@ class RobustnessEvaluationHandler:
         w.writerows(self.rows)
         atomic_write_text(out / "robustness.csv", buf.getvalue())
         attacks = ", ".join(f"{n}: {a.norm.upper()} {a.steps} steps" for n, a in self.attacks.items())
+        if self.suite is not None:
+            attacks = f"attack suite {self.suite}: {attacks}"
         atomic_write_text(
             out / "robustness.md",
             (f"**{SYNTHETIC_NOTE}**\n\n" if self.synthetic else "")

@@ -63,6 +63,7 @@ __all__ = [
     "LandmarkMetric",
     "predict_landmarks",
     "LandmarkWriter",
+    "LandmarkAdapter",
 ]
 
 logger = logging.getLogger("robust_bundles.landmarks")
@@ -501,3 +502,40 @@ class LandmarkWriter:
                 draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=(255, 40, 40), width=max(1, r // 2))
                 draw.text((cx + r + 1, cy - r - 1), str(i + 1), fill=(255, 220, 0))
             return atomic_write(out, lambda tmp: im.save(tmp, format="PNG", optimize=True))
+
+
+class LandmarkAdapter:
+    """Landmark detection in the task contract (:class:`robust_bundles.tasks.TaskAdapter`): heatmap + offset terms per
+    sample, MRE/SDR in mm, MONAI's batch layout, offset-vote decoding, peak and agreement confidence.
+
+    Args:
+        num_landmarks: L.
+        radius: R of the heatmap disks (pixels).
+        loss_settings: keywords of :class:`LandmarkLoss`.
+    """
+
+    name = "landmarks"
+    id_keys = ("sample_id", "case")
+    output_activation = {"heatmap": "sigmoid", "offset_x": "none", "offset_y": "none"}
+
+    def __init__(self, num_landmarks: int, radius: float, **loss_settings: Any) -> None:
+        self.num_landmarks, self.radius = int(num_landmarks), float(radius)
+        self.loss_settings = loss_settings
+
+    def loss(self) -> LandmarkLoss:
+        return LandmarkLoss(self.num_landmarks, **self.loss_settings)
+
+    def metric(self) -> LandmarkMetric:
+        return LandmarkMetric(self.num_landmarks, self.radius)
+
+    def collate_fn(self) -> None:
+        return None  # images, target maps and point arrays stack into tensors
+
+    def prepare_batch(self) -> None:
+        return None  # (image, target maps)
+
+    def decode(self, pred: Any) -> torch.Tensor:
+        return decode_landmarks(primary_output(pred), self.num_landmarks, self.radius)
+
+    def confidence(self) -> LandmarkConfidence:
+        return LandmarkConfidence(self.num_landmarks, self.radius)

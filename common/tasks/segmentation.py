@@ -5,7 +5,11 @@ sample ids of the three MRI bundles.
 - metric: :class:`SliceDice` (a :class:`robust_bundles.metrics.TaskMetric`; :class:`SliceDiceMetric` is the same
   number as a MONAI metric for an evaluator's key metric);
 - sample ids: :data:`ID_KEYS` (one sample is one 2D slice of a case);
-- TEAT: one head (the soft target is the softmax of the full-resolution output).
+- TEAT and TRADES: one head, a class distribution per voxel (``output_activation`` "softmax");
+- confidence: :class:`SegmentationConfidence` (per image ``foreground_confidence`` and ``foreground_volume_mm3``,
+  :func:`segmentation_measures`; :class:`SegmentationConfidenced` reports them at inference);
+- network: :func:`nnunet_dynunet`, a DynUNet planned the nnU-Net way from the patch size (:func:`nnunet_plan`);
+- the adapter: :class:`SegmentationAdapter` (the :class:`robust_bundles.tasks.TaskAdapter` contract).
 
 Segmentation (:class:`SliceDice`, :func:`slice_dice`): the average Dice index (ADI) over test slices. Per slice and
 foreground class c, ``Dice_c = 2 TP / (2 TP + FP + FN)`` on the hard (argmax) prediction; the slice's Dice is the
@@ -20,16 +24,22 @@ and prediction scores 1 (one with false positives only scores 0).
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.metrics import CumulativeIterationMetric
+from monai.networks.nets import DynUNet
 
+from ..confidence import ConfidenceReport, Measure
 from ..losses import PerSampleLoss, primary_output
 from ..metrics import MetricSpec, PerSampleMetric, batch_value, nanmean
 
-__all__ = ["ID_KEYS", "DiceCELoss", "SliceDice", "SliceDiceMetric", "as_class_indices", "slice_dice"]
+__all__ = ["ID_KEYS", "DiceCELoss", "SliceDice", "SliceDiceMetric", "as_class_indices", "slice_dice",
+           "segmentation_measures", "segmentation_confidence", "SegmentationConfidence", "SegmentationConfidenced",
+           "nnunet_plan", "nnunet_dynunet", "SegmentationAdapter"]
 
 ID_KEYS = ("sample_id", "case", "slice")
 """The batch keys that name a segmentation sample in reports: the stable sample id, the case and the slice index."""
@@ -235,3 +245,206 @@ class SliceDiceMetric(CumulativeIterationMetric):
         if not isinstance(data, torch.Tensor):
             raise ValueError("SliceDiceMetric has no data: run it on at least one batch.")
         return torch.tensor(nanmean(data.flatten()))
+
+
+# ---------------------------------------------------------------------------------------------------- segmentation
+def segmentation_measures(num_classes: int) -> list[Measure]:
+    """The segmentation family's measures for a network of ``num_classes`` classes (background included)."""
+    if int(num_classes) < 2:
+        raise ValueError(f"num_classes={num_classes}: a segmentation has at least 2 classes (background and one).")
+    return [
+        Measure("foreground_confidence", f"mean over the predicted foreground voxels of the largest class probability "
+                f"(1 = certain, 1/{int(num_classes)} = chance)", "higher", 1.0 / int(num_classes)),
+        Measure("foreground_volume_mm3", "volume of the predicted foreground (every label but 0), mm^3", "size"),
+    ]
+
+
+def segmentation_confidence(logits: Any, voxel_volume_mm3: float = 1.0) -> dict[str, Any]:
+    """The segmentation measures of one image from its logits (C, *spatial): see the module docstring.
+
+    Args:
+        logits: the network output of one image, classes first (label 0 = background).
+        voxel_volume_mm3: the volume of one voxel.
+
+    Returns:
+        ``{"foreground_confidence": float or None (no foreground), "foreground_volume_mm3": float,
+        "volume_mm3_per_label": {label: float}}``.
+    """
+    p = torch.softmax(torch.as_tensor(logits).detach().float(), 0)
+    top, label = p.max(0)
+    fg = label > 0
+    n = int(fg.sum())
+    per = {int(c): float((label == c).sum()) * voxel_volume_mm3 for c in range(1, p.shape[0])}
+    return {"foreground_confidence": float(top[fg].mean()) if n else None,
+            "foreground_volume_mm3": n * float(voxel_volume_mm3), "volume_mm3_per_label": per}
+
+
+class SegmentationConfidenced:
+    """A postprocessing transform of a segmentation inference (before the argmax): the confidence of the logits under
+    ``keys``, reported through a :class:`ConfidenceReport` (the file named after the image, the voxel volume from the
+    prediction's affine). The data passes unchanged.
+
+    Args:
+        keys: the prediction key (logits, C x spatial).
+        report: the run's report.
+    """
+
+    def __init__(self, keys: str = "pred", report: ConfidenceReport | None = None) -> None:
+        if report is None:
+            raise ValueError("SegmentationConfidenced needs report=@confidence (a robust_bundles.confidence."
+                             "ConfidenceReport).")
+        self.key, self.report = keys, report
+
+    def __call__(self, data: Mapping[str, Any]) -> Mapping[str, Any]:
+        pred = data[self.key]
+        meta = getattr(pred, "meta", {}) or {}
+        path = meta.get("filename_or_obj", "image")
+        affine = getattr(pred, "affine", None)
+        volume = 1.0
+        if affine is not None:
+            a = np.asarray(torch.as_tensor(affine).cpu(), dtype=np.float64)
+            volume = round(float(abs(np.linalg.det(a[: pred.ndim - 1, : pred.ndim - 1]))), 9)  # mm^3 per voxel
+        values = segmentation_confidence(pred, volume)
+        per_label = values.pop("volume_mm3_per_label")
+        self.report.add(str(path), values, {"volume_mm3_per_label": per_label, "classes": int(pred.shape[0])})
+        return data
+
+
+class SegmentationConfidence:
+    """The confidence of a batch of segmentation outputs: per image the :func:`segmentation_measures` (NaN
+    foreground confidence for an image without predicted foreground).
+
+    Args:
+        voxel_volume_mm3: the volume of one voxel.
+    """
+
+    def __init__(self, voxel_volume_mm3: float = 1.0) -> None:
+        self.voxel_volume_mm3 = float(voxel_volume_mm3)
+
+    def __call__(self, pred: Any, batch: Any = None) -> dict[str, torch.Tensor]:
+        """Per image ``{"foreground_confidence": (B,), "foreground_volume_mm3": (B,)}`` from logits."""
+        values = [segmentation_confidence(p, self.voxel_volume_mm3) for p in primary_output(pred)]
+        conf = [math.nan if v["foreground_confidence"] is None else v["foreground_confidence"] for v in values]
+        return {"foreground_confidence": torch.tensor(conf),
+                "foreground_volume_mm3": torch.tensor([v["foreground_volume_mm3"] for v in values])}
+
+
+# -------------------------------------------------------------------------------------------------------- network
+def nnunet_plan(patch_size: Sequence[int], min_feature_size: int = 4, max_pools: int = 6) -> tuple[list, list]:
+    """Kernel sizes and strides of a U-Net for ``patch_size``, as nnU-Net's planner derives them.
+
+    Every axis is halved (stride 2) while its feature map stays at least ``2 * min_feature_size`` voxels and fewer
+    than ``max_pools`` poolings were made on it; all kernels are 3 (2D bundles here are isotropic in-plane).
+    Example: (40, 56) -> strides [1,1], [2,2], [2,2], [2,2] (feature maps 40x56, 20x28, 10x14, 5x7).
+
+    Args:
+        patch_size: the network input size per spatial axis, in voxels.
+        min_feature_size: the smallest feature map size an axis may be pooled to.
+        max_pools: the largest number of poolings per axis.
+
+    Returns:
+        ``(kernel_size, strides)``: one list per level (the first level has stride 1).
+    """
+    size = [int(s) for s in patch_size]
+    if not size or min(size) < 1:
+        raise ValueError(f"patch_size={list(patch_size)}: give a positive size per spatial axis.")
+    strides = [[1] * len(size)]
+    pools = [0] * len(size)
+    while True:
+        step = [2 if s >= 2 * min_feature_size and p < max_pools else 1 for s, p in zip(size, pools)]
+        if all(st == 1 for st in step):
+            break
+        strides.append(step)
+        size = [s // st for s, st in zip(size, step)]
+        pools = [p + (st == 2) for p, st in zip(pools, step)]
+    kernels = [[3] * len(size) for _ in strides]
+    return kernels, strides
+
+
+def nnunet_dynunet(
+    patch_size: Sequence[int],
+    in_channels: int,
+    out_channels: int,
+    filters: Sequence[int] | None = None,
+    deep_supervision: bool = True,
+    deep_supr_num: int = 2,
+    min_feature_size: int = 4,
+    max_pools: int = 6,
+) -> DynUNet:
+    """A ``DynUNet`` for ``patch_size`` configured the nnU-Net way.
+
+    Args:
+        patch_size: the network input size (2 or 3 spatial axes), in voxels; gives the depth, kernels and strides
+            (:func:`nnunet_plan`).
+        in_channels: input channels (MRI modalities).
+        out_channels: output channels (classes, background included).
+        filters: feature channels per level; default nnU-Net's 32, 64, 128, ... capped at 512 (2D) or 320 (3D). Its
+            length must equal the number of levels of the plan.
+        deep_supervision: also return the outputs of the ``deep_supr_num`` levels below the top in training mode
+            (DynUNet stacks them; eval mode returns the full-resolution output only).
+        deep_supr_num: number of deep-supervision heads.
+        min_feature_size: see :func:`nnunet_plan`.
+        max_pools: see :func:`nnunet_plan`.
+    """
+    kernels, strides = nnunet_plan(patch_size, min_feature_size, max_pools)
+    levels = len(strides)
+    if filters is None:
+        cap = 512 if len(kernels[0]) == 2 else 320
+        filters = [min(32 * 2**i, cap) for i in range(levels)]
+    filters = [int(f) for f in filters]
+    if len(filters) != levels:
+        raise ValueError(
+            f"filters={filters} has {len(filters)} levels but the patch size {list(patch_size)} gives {levels} "
+            f"(strides {strides}): give {levels} filter counts, e.g. {[min(32 * 2**i, 512) for i in range(levels)]}."
+        )
+    return DynUNet(
+        spatial_dims=len(kernels[0]),
+        in_channels=int(in_channels),
+        out_channels=int(out_channels),
+        kernel_size=kernels,
+        strides=strides,
+        upsample_kernel_size=strides[1:],
+        filters=filters,
+        norm_name="instance",
+        act_name=("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
+        deep_supervision=deep_supervision,
+        deep_supr_num=deep_supr_num,
+        res_block=False,
+    )
+
+
+# -------------------------------------------------------------------------------------------------------- adapter
+class SegmentationAdapter:
+    """Segmentation in the task contract (:class:`robust_bundles.tasks.TaskAdapter`): Dice + CE per sample, slice
+    Dice, MONAI's batch layout, argmax decoding, the foreground confidence.
+
+    Args:
+        num_classes: classes, background included.
+        loss_settings: keywords of :class:`DiceCELoss`.
+    """
+
+    name = "segmentation"
+    id_keys = ID_KEYS
+    output_activation = "softmax"
+
+    def __init__(self, num_classes: int = 2, **loss_settings: Any) -> None:
+        self.num_classes = int(num_classes)
+        self.loss_settings = loss_settings
+
+    def loss(self) -> DiceCELoss:
+        return DiceCELoss(**self.loss_settings)
+
+    def metric(self) -> SliceDice:
+        return SliceDice(self.num_classes)
+
+    def collate_fn(self) -> None:
+        return None  # MONAI's list_data_collate: images and labels stack into tensors
+
+    def prepare_batch(self) -> None:
+        return None  # MONAI's default_prepare_batch: (image, label)
+
+    def decode(self, pred: Any) -> torch.Tensor:
+        return as_class_indices(primary_output(pred), self.num_classes)
+
+    def confidence(self) -> SegmentationConfidence:
+        return SegmentationConfidence()

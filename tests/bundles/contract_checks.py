@@ -7,8 +7,8 @@ what is its task's: the landmark frames, the detection boxes, the MSD layout, th
 
 The contract: STD training writes ``model.pt`` (a plain state dict), ``checkpoint.pt`` (the network, optimizer,
 scheduler and trainer state, loadable with ``weights_only=True``) and ``model_best_val.pt``, on synthetic default data
-that it announces; thresholds are estimated on the STD model with the loss's terms and the bundle's rule; VAT trains
-under ``vat_eps<eps>``; AMAT keeps a margin per training sample (floored at its expansion step) in its checkpoint and
+that it announces; thresholds are estimated on the STD model with the loss's terms and the bundle's rule; every
+registered method with eps (VAT, TEAT, ... from ``robust_bundles.methods``) trains under ``<key>_eps<eps>``; AMAT keeps a margin per training sample (floored at its expansion step) in its checkpoint and
 ``margins.csv``; fine-tuned AMAT starts from the STD weights with the schedule-aware margin; AMAT without thresholds
 and an evaluation without a model stop with an error naming the missing file; the metadata passes MONAI's schema
 check and the train and inference workflows have every property MONAI requires.
@@ -27,6 +27,11 @@ import pytest
 import torch
 from bundle_run import REPO, Bundle, epoch_of, last_error, load, run
 
+from robust_bundles import methods
+
+#: the registered methods with eps: each trains in every bundle (its overlay rendered from the registry)
+WITH_EPS = [m for m in methods.with_overlay() if m.takes_eps]
+
 SCHEMA = "bundles/meta_schema.json"
 
 __all__ = [
@@ -38,7 +43,7 @@ __all__ = [
     "amat",
     "test_contract_std_writes_model_and_checkpoints_on_announced_synthetic_data",
     "test_contract_thresholds_follow_the_loss_terms_and_the_bundle_rule",
-    "test_contract_vat_training",
+    "test_contract_method_with_eps_trains",
     "test_contract_amat_keeps_a_margin_per_sample",
     "test_contract_finetuned_amat_starts_from_std_with_the_target_margin",
     "test_contract_amat_without_thresholds_names_the_file",
@@ -129,9 +134,11 @@ def test_contract_thresholds_follow_the_loss_terms_and_the_bundle_rule(contract,
     assert data["rule"] == contract.config_value("thresholds", "threshold_rule")
 
 
-def test_contract_vat_training(contract, root, std):
-    contract.run(("train", "vat"), *contract.tiny(), "--train_eps", "2", "--output_root", str(root))
-    run_dir = root / "models" / "vat_eps2"  # the run name follows train_eps
+@pytest.mark.parametrize("method", WITH_EPS, ids=[m.key for m in WITH_EPS])
+def test_contract_method_with_eps_trains(contract, root, std, method):
+    contract.run(("train", Path(method.overlay).stem), *contract.tiny(), "--train_eps", "2", "--output_root",
+                 str(root))
+    run_dir = root / "models" / method.run_name(2)  # the run name follows train_eps
     assert (run_dir / "model.pt").is_file() and epoch_of(load(run_dir / "checkpoint.pt")) == 1
 
 

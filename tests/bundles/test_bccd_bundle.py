@@ -102,7 +102,7 @@ def test_evaluate_and_robustness(root, amat):
     metrics = _metrics_csv(root / "eval" / "amat" / "metrics.csv")
     assert 0 <= metrics["test_mAP"] <= 1 and {"test_mAP_mAP50", "test_mAP_AP_RBC", "test_mAP_AP_Platelets"} <= set(metrics)
     run_bundle(("train", "evaluate", "robustness"), *tiny(), "--run_name", "amat", "--max_test_cases", "4",
-               "--pgd_steps", "2", "--ifgsm_steps", "1", "--output_root", str(root))
+               "--pgd_steps", "2", "--ifgsm_steps", "1", "--attack_suite", "standard", "--output_root", str(root))
     report = json.loads((root / "eval" / "amat" / "robustness.json").read_text())
     settings = report["settings"]
     assert settings["eps"] == [5.0, 10.0, 15.0] and settings["input_shape"] == [3, 64, 64]
@@ -112,7 +112,10 @@ def test_evaluate_and_robustness(root, amat):
     s = report["summary"]
     assert s["metric"] == "mAP" and s["clean"] == pytest.approx(metrics["test_mAP"], abs=1e-6)
     rows = list(csv.DictReader((root / "eval" / "amat" / "robustness.csv").open()))
-    assert len(rows) == 4 * (1 + 2 * 3) and {"loss", "norm", "name"} <= set(rows[0])  # per image: clean, attacks x eps
+    # the standard suite: PGD, APGD on the loss, on its classification and box-regression terms apart, noise
+    assert list(s["attacks"]) == ["PGD", "APGD", "APGD_classification", "APGD_box_regression", "noise"]
+    assert sum(s["worst_found_by"]["15"].values()) == 4  # dataset-level mAP: the highest-loss input of each image
+    assert len(rows) == 4 * (1 + 5 * 3) and {"loss", "norm", "name"} <= set(rows[0])  # per image: clean, attacks x eps
     for r in rows:
         assert float(r["norm"]) <= float(r["eps"]) * (1 + 1e-4) + 1e-6
 

@@ -115,7 +115,7 @@ def test_evaluate_and_robustness(root, amat):
     metrics = _metrics_csv(root / "eval" / "amat" / "metrics.csv")
     assert metrics["test_MRE"] > 0 and 0 <= metrics["test_MRE_SDR_4mm"] <= 100
     run_bundle(("train", "evaluate", "robustness"), *tiny(), "--run_name", "amat", "--max_test_cases", "3",
-               "--pgd_steps", "2", "--ifgsm_steps", "1", "--output_root", str(root))
+               "--pgd_steps", "2", "--ifgsm_steps", "1", "--attack_suite", "standard", "--output_root", str(root))
     report = json.loads((root / "eval" / "amat" / "robustness.json").read_text())
     assert report["settings"]["eps"] == [0.5, 1.0, 2.0]
     assert report["settings"]["input_shape"] == [1, 64, 48]
@@ -126,7 +126,12 @@ def test_evaluate_and_robustness(root, amat):
     assert s["metrics"]["SDR_2mm"]["clean"] == pytest.approx(metrics["test_MRE_SDR_2mm"], rel=1e-5)
     assert set(s["details"]["clean@0"]["per_landmark"]) >= {"sella", "articulare"}
     rows = list(csv.DictReader((root / "eval" / "amat" / "robustness.csv").open()))
-    assert len(rows) == 3 * (1 + 2 * 3) and {"MRE", "SDR_4mm", "case"} <= set(rows[0])
+    # the standard suite: PGD, APGD on the loss, on its three terms and on the landmark distance, noise
+    attacks = ["PGD", "APGD", "APGD_heatmap", "APGD_offset_x", "APGD_offset_y", "APGD_distance", "noise"]
+    assert list(s["attacks"]) == attacks and report["settings"]["attacks"]["APGD_distance"]["loss"] == \
+        "LandmarkDistanceLoss"
+    assert len(rows) == 3 * (1 + 7 * 3) and {"MRE", "SDR_4mm", "case"} <= set(rows[0])
+    assert sum(s["worst_found_by"]["2"].values()) >= 3 and s["cost"]["relative_to_PGD"] > 1
 
 
 # ----------------------------------------------------------------------------------------------------------------------

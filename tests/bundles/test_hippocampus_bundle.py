@@ -4,6 +4,7 @@ Each run is ``python -m monai.bundle run ...`` started with the repository root 
 ``--output_root`` (models/, eval/ and the bundle's default synthetic MSD data go there), with a tiny network, two
 training cases and one-step attacks, so that each takes seconds. One module-scoped fixture trains STD once; the
 thresholds, AMAT, evaluation, robustness, inference and model-zoo checks reuse it (fixtures run in dependency order).
+The resume tests are in test_hippocampus_resume.py (a file of their own: xdist runs it on the other worker).
 
 Subprocesses run with one OpenMP thread: on a shared two-core machine PyTorch's default of one thread per core,
 spinning while another process holds a core, made an adversarial epoch 20-40 times slower.
@@ -12,7 +13,6 @@ spinning while another process holds a core, made an adversarial epoch 20-40 tim
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_run import REPO, SHARED_DATA, Bundle, epoch_of, last_error, load, run
+from bundle_run import SHARED_DATA, Bundle, epoch_of, last_error, load, run
 from contract_checks import *  # noqa: F401,F403 (the contract every bundle keeps, and its fixtures root/std/...)
 from contract_checks import Contract
 
@@ -72,105 +72,9 @@ def test_teat_training_keeps_its_ensemble_in_the_checkpoint(root, std):
 
 
 
-def test_resume_restores_margins_optimizer_scheduler_and_epoch(root, thresholds):
-    # a 2-epoch run interrupted after epoch 1 (its poly schedule spans 2 epochs), then resumed
-    first = run_bundle(
-        ("train", "amat"), *tiny(), "--train#lr_scheduler#total_iters", "2", "--run_name", "amat_resume",
-        "--output_root", str(root),
-    )
-    run_dir = root / "models" / "amat_resume"
-    before = load(run_dir / "checkpoint.pt")
-    assert "Restored" not in first.stdout
-    lr0 = 0.01
-    assert before["optimizer"]["param_groups"][0]["lr"] == pytest.approx(lr0 * 0.5**0.9)
-
-    second = run_bundle(
-        ("train", "amat"), *tiny(epochs="2"),
-        "--run_name", "amat_resume", "--resume", "true", "--output_root", str(root),
-    )
-    assert f"Restored all variables from {run_dir / 'checkpoint.pt'}" in second.stdout
-    assert "Epoch: 2/2" in second.stdout and "Epoch: 1/2" not in second.stdout  # continues at epoch 2
-    after = load(run_dir / "checkpoint.pt")
-    assert epoch_of(after) == 2 and after["trainer"]["max_epochs"] == 2
-    assert after["trainer"]["iteration"] == 2 * before["trainer"]["iteration"]
-    assert after["lr_scheduler"]["last_epoch"] == 2
-    assert after["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)  # end of the 2-epoch schedule
-    assert after["margins"]["epochs_completed"] == 2  # the margin book went on from the checkpoint's
-    # the pass counts went on too: cost.json covers both epochs, the one before the resume included
-    cost = json.loads((run_dir / "cost.json").read_text())
-    assert before["pass_counter"]["samples"] == 72 and cost["samples"] == 2 * 72
-    assert cost["forward"] == 2 * before["pass_counter"]["forward"] and [e["epoch"] for e in cost["epochs"]] == [1, 2]
-    assert cost["wall_time_s"] > before["pass_counter"]["wall_time"]
-
-    # --resume false (the word, as typed on a command line) starts afresh
-    third = run_bundle(
-        ("train",), *tiny(), "--run_name", "amat_resume", "--resume", "false", "--output_root", str(root)
-    )
-    assert "Restored" not in third.stdout
-    assert epoch_of(load(run_dir / "checkpoint.pt")) == 1
-
-
-def _kill_after_first_checkpoint(cmd: list[str], ckpt_dir: Path, timeout: float = 300) -> None:
-    """Start a training run and SIGKILL it as soon as its first epoch checkpoint exists (as a crash would)."""
-    import time
-
-    from bundle_run import env
-
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = ckpt_dir / "checkpoint_checkpoint_epoch=1.pt"
-    t0 = time.time()
-    try:
-        while not first.is_file():
-            if proc.poll() is not None:
-                pytest.fail(f"the run ended (exit {proc.returncode}) before its first checkpoint: {cmd}")
-            if time.time() - t0 > timeout:
-                pytest.fail("no checkpoint within the timeout")
-            time.sleep(0.02)
-    finally:
-        proc.kill()
-        proc.wait()
-
-
-@pytest.mark.parametrize("overlays", [("train", "amat"), ("train", "amat", "finetune")], ids=["scratch", "finetuned"])
-def test_kill_and_resume_equals_the_uninterrupted_run(root, thresholds, overlays):
-    """AMAT, 3 epochs, validation every epoch: killed after the first checkpoint and resumed, the run ends with
-    bit-identical weights, optimizer state, margins and best model, and keeps one epoch checkpoint only. Fine-tuned
-    (finetune.json): the resumed run continues from its checkpoint and never reloads the initial weights."""
-    finetuned = "finetune" in overlays
-    tag = "_ft" if finetuned else ""
-    args = [*tiny(epochs="3"), "--output_root", str(root)]
-    straight_run = run_bundle(overlays, *args, "--run_name", f"amat_straight{tag}")
-    killed = root / "models" / f"amat_killed{tag}"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", HIPPOCAMPUS.config_list(*overlays),
-           *args, "--run_name", f"amat_killed{tag}"]
-    _kill_after_first_checkpoint(cmd, killed)
-    resumed = run_bundle(overlays, *args, "--run_name", f"amat_killed{tag}", "--resume", "true")
-    assert "Restored all variables from" in resumed.stdout and "Epoch: 1/3" not in resumed.stdout
-    assert "Fine-tuning from" not in resumed.stdout
-    if finetuned:
-        assert "Fine-tuning from" in straight_run.stdout
-        record = json.loads((killed / "init_from.json").read_text())  # written by the first start, kept
-        std_model = (root / "models" / "std" / "model.pt").resolve()
-        assert record["max_epochs"] == 3 and record["init_from"] == str(std_model)
-
-    straight = root / "models" / f"amat_straight{tag}"
-    a, b = load(straight / "checkpoint.pt"), load(killed / "checkpoint.pt")
-    for name, wa in a["model"].items():
-        assert torch.equal(wa, b["model"][name]), name
-    assert torch.equal(a["margins"]["margins"], b["margins"]["margins"])
-    for (pa, sa), (_pb, sb) in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].items()):
-        assert all(torch.equal(sa[k], sb[k]) for k in sa), pa
-    assert a["validation"]["best_metric"] == b["validation"]["best_metric"]
-    assert a["validation"]["best_metric_epoch"] == b["validation"]["best_metric_epoch"]
-    best_a, best_b = load(straight / "model_best_val.pt"), load(killed / "model_best_val.pt")
-    assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
-    assert sorted(p.name for p in killed.glob("*epoch=*.pt")) == ["checkpoint_checkpoint_epoch=3.pt"]
-    assert (killed / "margins.csv").read_text() == (straight / "margins.csv").read_text()
-
-
 def test_latest_checkpoint_reads_the_epoch_of_ignite_checkpoints(std, tmp_path):
     """--resume picks the newest of checkpoint.pt and checkpoint_checkpoint_epoch=N.pt by their trainer state."""
-    from robust_bundles.bundle import latest_checkpoint
+    from robust_bundles.checkpointing import latest_checkpoint
 
     ckpt = load(std / "checkpoint.pt")  # epoch 1: ignite stores iteration and epoch_length, not the epoch
     torch.save(ckpt, tmp_path / "checkpoint.pt")
@@ -196,16 +100,18 @@ def test_evaluate_std(root, std):
     assert 0.0 <= metrics["test_mean_dice"] <= 1.0
 
 
-def test_robustness_of_the_amat_run(root, amat):
+def test_robustness_of_the_amat_run(root, std, amat):
+    """The quick suite, with the transfer check from the STD model (what the experiment's strong suite adds)."""
     proc = run_bundle(
         ("train", "evaluate", "robustness"), *tiny(), *TEST_SPLIT, "--run_name", "amat", "--pgd_steps", "2",
-        "--ifgsm_steps", "1", "--output_root", str(root),
+        "--ifgsm_steps", "1", "--transfer_surrogate", str(std / "model.pt"), "--output_root", str(root),
     )
     assert f"Restored the network weights from {amat / 'model.pt'}" in proc.stdout
     out = root / "eval" / "amat"
     report = json.loads((out / "robustness.json").read_text())
     assert report["settings"]["eps"] == [2.0, 6.0, 10.0]  # no eps 0 needed: the clean metric is always there
-    assert set(report["summary"]["attacks"]) == {"PGD", "IFGSM"}
+    assert list(report["summary"]["attacks"]) == ["PGD", "IFGSM", "noise", "transfer"]
+    assert report["settings"]["suite"] == "quick" and "attack suite quick" in (out / "robustness.md").read_text()
     assert set(report["summary"]["attacks"]["PGD"]) == {"2", "6", "10", "avg"}
     # the handler's clean Dice is the evaluator's key metric, on the same slices
     assert report["summary"]["clean"] == pytest.approx(_metrics_csv(out / "metrics.csv")["test_mean_dice"], abs=1e-6)
@@ -222,7 +128,7 @@ def _reference_prediction(model_file: Path, volume: np.ndarray) -> np.ndarray:
     symmetrically (as ResizeWithPadOrCropd: (d // 2, d - d // 2)), argmax, and cut the padding off again."""
     from monai.networks.nets import DynUNet
 
-    from robust_bundles.msd import zscore
+    from robust_bundles.data.nifti import zscore
 
     net = DynUNet(
         2, 1, 3, [[3, 3]] * 4, [[1, 1], [2, 2], [2, 2], [2, 2]], [[2, 2]] * 3, filters=[8, 16, 32, 64],
@@ -516,35 +422,3 @@ def test_one_short_epoch_on_the_real_hippocampus_data(tmp_path):
     ckpt = load(tmp_path / "models" / "std" / "checkpoint.pt")
     assert epoch_of(ckpt) == 1
     assert not (tmp_path / "data").exists()  # no synthetic data written when dataset_dir is given
-
-
-def test_kill_and_resume_with_the_perturbation_memory_is_bit_exact(root, thresholds):
-    """Fast AMAT (T = 1, --perturbation_memory true), 3 epochs: killed after the first checkpoint and resumed, the run
-    ends with bit-identical weights, margins and perturbation memory; the checkpoint holds the memory (float16, one
-    perturbation per training slice) and cost.json counts (1 + 2) forward and (1 + 2) backward passes per sample.
-    Without the switch the checkpoint has no memory entry (older checkpoints still resume)."""
-    fast = ["--perturbation_memory", "true", "--attack_steps", "1"]
-    args = [*tiny(epochs="3"), *fast, "--output_root", str(root)]
-    run_bundle(("train", "amat"), *args, "--run_name", "fast_straight")
-    killed = root / "models" / "fast_killed"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", HIPPOCAMPUS.config_list("train", "amat"),
-           *args, "--run_name", "fast_killed"]
-    _kill_after_first_checkpoint(cmd, killed)
-    resumed = run_bundle(("train", "amat"), *args, "--run_name", "fast_killed", "--resume", "true")
-    assert "Restored all variables from" in resumed.stdout
-    a, b = load(root / "models" / "fast_straight" / "checkpoint.pt"), load(killed / "checkpoint.pt")
-    for name, wa in a["model"].items():
-        assert torch.equal(wa, b["model"][name]), name
-    assert torch.equal(a["margins"]["margins"], b["margins"]["margins"])
-    ma, mb = a["perturbation_memory"], b["perturbation_memory"]
-    assert ma["values"].dtype == torch.float16 and bool(ma["filled"].all())
-    assert ma["values"].shape[0] == a["margins"]["margins"].shape[0]
-    for key in ("values", "scale", "radius", "geometry", "filled"):
-        assert torch.equal(ma[key], mb[key]), key
-    cost = json.loads((root / "models" / "fast_straight" / "cost.json").read_text())
-    assert cost["forward_per_sample"] == 3.0 and cost["backward_per_sample"] == 3.0 and len(cost["epochs"]) == 3
-    assert "perturbation_memory" not in load(root / "models" / "amat" / "checkpoint.pt") if \
-        (root / "models" / "amat" / "checkpoint.pt").is_file() else True
-    std_cost = json.loads((root / "models" / "std" / "cost.json").read_text())
-    assert std_cost["forward_per_sample"] == 1.0 and std_cost["backward_per_sample"] == 1.0
-    assert "perturbation_memory" not in load(root / "models" / "std" / "checkpoint.pt")

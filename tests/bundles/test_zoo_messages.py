@@ -14,7 +14,6 @@ import pytest
 import torch
 from bundle_run import REPO, Bundle, env, last_error, run
 
-from robust_bundles import bundle as rb
 from robust_bundles import command_line, errors
 from robust_bundles.handlers.model_loader import read_weights
 
@@ -39,7 +38,7 @@ def evil_weights(tmp_path) -> Path:
 # ----------------------------------------------------------------------------------------------------------------------
 def test_error_line_is_one_line_and_names_version_problems(monkeypatch):
     monkeypatch.setattr(errors, "_VERSION_PROBLEMS", [])
-    assert rb.error_line(ValueError("first\n\n  second\tthird")) == "ValueError: first second third"
+    assert errors.error_line(ValueError("first\n\n  second\tthird")) == "ValueError: first second third"
     monkeypatch.setattr(errors, "_VERSION_PROBLEMS", ["torch 2.13.0 is installed, older ..."])
     assert errors.error_line(ImportError("x")) == "ImportError: x (and: torch 2.13.0 is installed, older ...)"
 
@@ -66,7 +65,7 @@ def test_nested_override_typo_names_the_component_argument():
 
     parser = ConfigParser()
     parser.read_config([str(REPO / "bundles/hippocampus_mri_segmentation/configs/train.json")])
-    problems = rb.unknown_override_errors(parser.get(), ["train#trainer#max_epoch", "train#trainer#max_epochs",
+    problems = command_line.unknown_override_errors(parser.get(), ["train#trainer#max_epoch", "train#trainer#max_epochs",
                                                          "train#trainer#amp"])
     assert len(problems) == 1
     assert problems[0].startswith("--train#trainer#max_epoch: SupervisedTrainer ('train#trainer') takes no argument "
@@ -74,7 +73,7 @@ def test_nested_override_typo_names_the_component_argument():
     assert "did you mean --train#trainer#max_epochs or " in problems[0]  # the nearest first
     # a component whose target takes **kwargs, or cannot be located, keeps the benefit of the doubt
     config = {"a": {"_target_": "builtins.dict"}, "b": {"_target_": "no.such.Thing"}}
-    assert rb.unknown_override_errors(config, ["a#anything", "b#anything"]) == []
+    assert command_line.unknown_override_errors(config, ["a#anything", "b#anything"]) == []
 
 
 def test_unsafe_pickle_is_refused_with_a_one_line_cause(evil_weights):
@@ -149,7 +148,7 @@ def test_an_older_torch_is_named_first_and_on_the_last_line(tmp_path):
 
 def test_tracking_settings_may_be_overridden_only_with_tracking():
     train = str(REPO / "bundles/hippocampus_mri_segmentation/configs/train.json")
-    rb.check_command_line(["run", "--config_file", train, "--tracking", "mlflow", "--tracking_uri", "sqlite:///x.db",
+    command_line.check_command_line(["run", "--config_file", train, "--tracking", "mlflow", "--tracking_uri", "sqlite:///x.db",
                            "--experiment_name", "e"])  # MONAI's tracking adds these keys
     with pytest.raises(ValueError, match="--tracking_uri: the config has no key"):
-        rb.check_command_line(["run", "--config_file", train, "--tracking_uri", "sqlite:///x.db"])
+        command_line.check_command_line(["run", "--config_file", train, "--tracking_uri", "sqlite:///x.db"])

@@ -19,6 +19,7 @@ values; attacks clamp to [0, 1]. For a 320 x 320 input, eps 5 is a root-mean-squ
 MONAI's detection code needs torchvision: install the ``detection`` extra (``pip install -e ".[detection]"``).
 """
 
+from .adapter import DetectionAdapter
 from .batch import BOX_KEYS, DetectionPrepareBatch, collate_detection
 from .heads import RetinaNetHeads
 from .inference import (
@@ -39,6 +40,7 @@ from .transforms import ResizeBoxd, boxes_to_original, detection_preprocessing
 
 __all__ = [
     "BOX_KEYS",
+    "DetectionAdapter",
     "BACKBONES",
     "COCODetectionMetric",
     "DetectionPrepareBatch",

@@ -112,6 +112,13 @@ class RetinaNetHeads:
         self._grids_by_count[int(cls.shape[1])] = grids
         return cls, box, grids
 
+    def __call__(self, pred: Any) -> dict[str, torch.Tensor]:
+        """The named heads of an output, as the loss names its terms: ``{"classification": (B, A, C) logits,
+        "box_regression": (B, A, 2D) codes}`` (what ``loss.heads(output)`` gives the adversarial iterations, e.g.
+        an ``output_activation`` ``{"classification": "sigmoid"}``)."""
+        cls, box, _ = self.split(pred)
+        return {"classification": cls, "box_regression": box}
+
     def pack(self, pred: Any) -> torch.Tensor:
         """The packed (B, A, C + 2D) tensor of a raw output (a packed tensor is returned as is)."""
         if isinstance(pred, torch.Tensor):

@@ -1,0 +1,190 @@
+"""The measured tables of the docs, generated from the result files of the runs, never typed.
+
+A run's figures are kept as a small record, ``docs/figures/<name>.json``: the table of its ``report/results.json`` and
+what the run actually used, read from its files (cases and slices of each split from the stage logs, the epochs of
+each model from its ``cost.json``, fine-tuning from ``init_from.json``, the attacks and the data from
+``robustness.json``, the date from the report stage's record). Any Markdown file shows it between two markers::
+
+    <!-- figures:main_job -->
+    ... (written by this script)
+    <!-- /figures:main_job -->
+
+Commands (from the repository root)::
+
+    python scripts/readme_figures.py write --run bundles/hippocampus_mri_segmentation/runs/quick --name main_job
+    python scripts/readme_figures.py write            # re-render every marked section from its record
+    python scripts/readme_figures.py check            # exit 1 naming each section that differs from its record
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import fire
+
+REPO = Path(__file__).resolve().parents[1]
+FIGURES = "docs/figures"
+#: the Markdown files that may hold marked sections
+DOCS = ("README.md", "docs/*.md", "bundles/*/docs/README.md")
+_SPLIT = re.compile(r"(train|validation|test) split: (\d+) cases?, (\d+) slices")
+_SECTION = re.compile(r"(<!-- figures:([\w-]+) -->\n)(.*?)(<!-- /figures:\2 -->)", re.S)
+
+
+class FiguresError(ValueError):
+    """A run folder or a doc that cannot give its figures; the message names the file and the fix."""
+
+
+def _json(path: Path) -> Any:
+    if not path.is_file():
+        raise FiguresError(f"{path} is missing: run the job to the end (its report stage writes it), or give --run "
+                           "the output root of a finished run.")
+    return json.loads(path.read_text())
+
+
+def _splits(log: Path) -> dict[str, dict[str, int]]:
+    """``{"train": {"cases": 9, "slices": 324}, ...}`` from the last run written to a stage log."""
+    out: dict[str, dict[str, int]] = {}
+    if log.is_file():
+        for name, cases, slices in _SPLIT.findall(log.read_text().split("===== cwd:")[-1]):
+            out[name] = {"cases": int(cases), "slices": int(slices)}
+    return out
+
+
+def record(run: str | Path, command: str = "") -> dict:
+    """The figures of the finished run in output root ``run`` and what it used, read from its files."""
+    root = Path(run).resolve()
+    table = _json(root / "report" / "results.json")
+    report_stage = _json(root / "logs" / "report.json")
+    splits = {**_splits(root / "logs" / "std.log"), **_splits(root / "logs" / "robustness_std.log")}
+    models = {}
+    for row in table["rows"]:
+        cost = _json(root / "models" / row["run"] / "cost.json")
+        init = root / "models" / row["run"] / "init_from.json"
+        models[row["label"]] = {"epochs": len(cost["epochs"]),
+                                "fine_tuned_from": Path(_json(init)["init_from"]).parent.name if init.is_file() else None}
+    settings = _json(root / "eval" / table["rows"][0]["run"] / "robustness.json")["settings"]
+    dataset = settings.get("dataset") or {}
+    return {
+        "date": report_stage.get("finished", "")[:10],
+        "command": command,
+        "data": "synthetic (the bundle's default: no --dataset_dir)" if dataset.get("synthetic")
+        else Path(str(dataset.get("dir", "?"))).name,
+        "splits": splits,
+        "models": models,
+        "attacks": {name: a["steps"] for name, a in settings["attacks"].items()},
+        "counted": sorted({f"{r['num_counted']} of {r['num_samples']}" for r in table["rows"]}),
+        "metric": table["metric"],
+        "higher_is_better": table["higher_is_better"],
+        "columns": table["columns"],
+        "rows": [{"label": r["label"], "values": r["values"]} for r in table["rows"]],
+    }
+
+
+def render(rec: dict) -> str:
+    """The Markdown of a record: the table (3 decimals, best of each column in bold) and a caption of what ran."""
+    cols = rec["columns"]
+    best = {}
+    for c in cols:
+        vals = [round(r["values"][c], 3) for r in rec["rows"] if r["values"].get(c) is not None]
+        best[c] = (max(vals) if rec["higher_is_better"] else min(vals)) if vals else None
+    lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for r in rec["rows"]:
+        cells = []
+        for c in cols:
+            v = r["values"].get(c)
+            s = "n/a" if v is None else f"{v:.3f}"
+            cells.append(f"**{s}**" if v is not None and round(v, 3) == best[c] else s)
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    split = "; ".join(f"{name} {s['cases']} cases ({s['slices']} slices)" for name, s in rec["splits"].items())
+    epochs = ", ".join(f"{label} {m['epochs']}" + (f" (fine-tuned from {m['fine_tuned_from']})"
+                                                   if m["fine_tuned_from"] else "")
+                       for label, m in rec["models"].items())
+    attacks = ", ".join(f"{name} {steps} steps" for name, steps in rec["attacks"].items())
+    better = "higher" if rec["higher_is_better"] else "lower"
+    caption = (f"{rec['metric']} ({better} is better, best of each column in bold) on {' / '.join(rec['counted'])} test "
+               f"slices; run on {rec['date']}, data: {rec['data']}; {split}; epochs: {epochs}; attacks: {attacks}.")
+    if rec.get("command"):
+        caption += f" Command: `{rec['command']}`."
+    if rec.get("spread"):
+        caption += " " + rec["spread"]
+    return "\n".join(lines) + "\n\n" + caption + "\n"
+
+
+def _docs(repo: Path) -> list[Path]:
+    return sorted({p for pattern in DOCS for p in repo.glob(pattern)})
+
+
+def _updated(text: str, repo: Path, source: Path) -> str:
+    def section(m: re.Match) -> str:
+        rec_file = repo / FIGURES / f"{m.group(2)}.json"
+        if not rec_file.is_file():
+            raise FiguresError(f"{source}: the section figures:{m.group(2)} has no record {rec_file}; make it with "
+                               f"python scripts/readme_figures.py write --run <output root> --name {m.group(2)}")
+        return m.group(1) + render(json.loads(rec_file.read_text())) + m.group(4)
+
+    return _SECTION.sub(section, text)
+
+
+def write(run: str | None = None, name: str | None = None, command: str = "", repo: str | Path = REPO) -> list[str]:
+    """Record the run ``run`` as ``docs/figures/<name>.json`` (when given), then re-render every marked section.
+
+    Args:
+        run: the output root of a finished run (holds report/, logs/, models/, eval/).
+        name: the record's name, the marker's: ``<!-- figures:NAME -->``.
+        command: the command that made the run, stated in the caption.
+        repo: the repository root.
+    """
+    repo = Path(repo)
+    if run is not None:
+        if not name:
+            raise FiguresError("--run needs --name: the record's name (the marker <!-- figures:NAME --> in the docs)")
+        path = repo / FIGURES / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record(run, command), indent=2) + "\n")
+        tmp.replace(path)
+    changed = []
+    for doc in _docs(repo):
+        text = doc.read_text()
+        new = _updated(text, repo, doc)
+        if new != text:
+            tmp = doc.with_suffix(doc.suffix + ".tmp")
+            tmp.write_text(new)
+            tmp.replace(doc)
+            changed.append(str(doc.relative_to(repo)))
+    return changed
+
+
+def check(repo: str | Path = REPO) -> list[str]:
+    """The marked sections that differ from their records (empty: all are what the runs printed).
+
+    Raises:
+        FiguresError: a section differs; the message names the files and the command that rewrites them.
+    """
+    repo = Path(repo)
+    stale = []
+    for doc in _docs(repo):
+        text = doc.read_text()
+        if _updated(text, repo, doc) != text:
+            stale.append(str(doc.relative_to(repo)))
+    if stale:
+        raise FiguresError(f"figures differ from their records in {', '.join(stale)}: run "
+                           "python scripts/readme_figures.py write (never edit a marked section by hand)")
+    return stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        fire.Fire({"write": write, "check": check}, command=argv, serialize=lambda x: None)
+    except FiguresError as e:
+        print(f"readme_figures: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
