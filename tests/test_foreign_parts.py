@@ -386,3 +386,47 @@ def test_a_detection_bundle_is_named_not_half_audited(tmp_path):
     (tmp_path / "configs" / "train.json").write_text(json.dumps(cfg))
     with pytest.raises(NotImplementedError, match="detection bundles.*'train#trainer' runs the detector 'detector'"):
         audit(str(tmp_path), output_dir=str(tmp_path / "o"))
+
+
+def test_every_method_with_an_overlay_has_a_foreign_overlay_from_the_registry():
+    from robust_bundles import methods
+    from robust_bundles.foreign.overlay import foreign_methods, method_overlay
+    from robust_bundles.foreign.robustify import foreign_method
+
+    assert [m.name for m in foreign_methods()] == [m.name for m in methods.all_methods() if m.overlay]
+    for m in foreign_methods():
+        o = method_overlay(m.name)
+        assert o["robust#iteration"]["iteration"] == "@robust#method_iteration"
+        assert o["robust#method_iteration"]["_target_"] == m.iteration
+        assert {f"robust#{k}" for k in m.params} <= set(o)  # the entry's params, under robust#
+        assert not any(k.startswith("train") and not k.startswith("robust#") for k in o)
+    amat = method_overlay("AMAT")  # the main overlay's margin rule reaches the foreign one
+    assert amat["robust#margin_rule"] == "fixed" and amat["robust#target_margin"] == 10.0
+    with pytest.raises(ValueError, match="STD is the bundle's own training"):
+        foreign_method("std")
+
+
+def test_robustify_with_trades(tiny_bundle, tmp_path):
+    """TRADES on the flat bundle: the run gives a model and its checkpoint, at the eps and beta asked for. No robustness
+    gain is asserted: the start (1x1 convolution, boundary at input 0) is already the widest-margin classifier of this
+    data, so fine-tuning cannot make it more robust; the gain of TRADES is tested in tests/test_adversarial.py."""
+    import torch
+
+    from robust_bundles.foreign.robustify import robustify
+
+    bundle = tmp_path / "flat"
+    shutil.copytree(tiny_bundle, bundle)
+    (bundle / "configs" / "evaluate.yaml").unlink()
+    (bundle / "configs" / "train.yaml").write_text(TRAIN_YAML)
+    out = tmp_path / "rob"
+    info = robustify(str(bundle), output_dir=str(out), method="TRADES", epochs=1, pgd_steps=2, train_eps=0.5,
+                     override={"robust#trades_beta": 3.0})
+    assert info["method"] == "trades" and "thresholds" not in info and not (out / "thresholds.json").exists()
+    overlay = json.loads((out / "trades_overlay.json").read_text())
+    assert overlay["robust#method_iteration"]["_target_"] == "robust_bundles.adversarial.TRADESIteration"
+    assert "--robust#train_eps 0.5" in info["command"] and "--robust#trades_beta 3.0" in info["command"]
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    start = torch.load(bundle / "models" / "model_key_metric=0.9.pt", weights_only=True)["model"]
+    assert ckpt["trainer"]["max_epochs"] == 1 and not torch.equal(ckpt["model"]["weight"], start["weight"])
+    with pytest.raises(ValueError, match="use one of vat, teat, amat, trades"):
+        robustify(str(bundle), output_dir=str(out), method="std")

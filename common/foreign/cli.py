@@ -23,12 +23,15 @@ def _command(fn: Callable, done: Callable[[dict], str]) -> Callable:
 
 
 def commands() -> dict[str, Callable]:
-    """The subcommands: ``audit`` and ``robustify``."""
+    """The subcommands: ``audit`` and ``robustify`` (whose ``--method`` help lists the registry's methods with an
+    overlay, read when asked: a method registered later is included)."""
     from .audit import audit
+    from .overlay import foreign_methods
     from .robustify import robustify
 
-    return {"audit": _command(audit, lambda info: f"audit report: {info['files']['audit_md']}"),
-            "robustify": _command(robustify, lambda info: f"robust model: {info['model']}")}
+    run = _command(robustify, lambda info: f"robust model: {info['model']}")
+    run.__doc__ = (run.__doc__ or "").replace("{foreign_methods}", ", ".join(repr(m.key) for m in foreign_methods()))
+    return {"audit": _command(audit, lambda info: f"audit report: {info['files']['audit_md']}"), "robustify": run}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,8 +6,13 @@
   dataset has a datalist of file paths and ``item_<i>`` otherwise (NPZ arrays, ``CacheDataset`` over arrays). Every
   random crop of one sample has the sample's id (and margin); the ids are the same in every epoch and at resume.
 - :class:`CaseIds`: ids from the image file names of a datalist (the first form of the overlays; kept for scripts).
-- :class:`ForeignAMATIteration`, :class:`ForeignVATIteration`: the project's AMAT/VAT iterations with the ids put
-  into the batch (the foreign datalist has no ``sample_id``).
+- :func:`method_overlay`: a registered method's foreign overlay, derived from its entry in
+  :mod:`robust_bundles.methods` (its ``params``) and its base overlay (``common/configs/base/<key>.json``) with the
+  ids of the project's ``train.json`` it reads mapped to their ``robust#`` counterparts (:data:`FOREIGN_IDS`); nobody
+  writes a method's foreign overlay by hand.
+- :class:`WithSampleIds`: a method's iteration with the ids put into the batch (the foreign datalist has no
+  ``sample_id``); :class:`ForeignAMATIteration`, :class:`ForeignVATIteration` are the same for scripts that build
+  AMAT or VAT in Python.
 
 The bundle's parts the overlays use are named under ``robust#bundle`` (network, loss, optimizer, device,
 train_dataset, train_transform); ``robust_bundles robustify`` writes them, with the trainer's ``loss_function``,
@@ -17,7 +22,9 @@ robustify.wiring`).
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,7 +34,8 @@ from ..adversarial import AMATIteration, VATIteration
 from ..margins import MarginBook
 from .audit import POSITION_KEY, case_of, underlying
 
-__all__ = ["CaseIds", "ForeignAMATIteration", "ForeignVATIteration", "SampleIds", "batch_cases"]
+__all__ = ["FOREIGN_IDS", "CaseIds", "ForeignAMATIteration", "ForeignVATIteration", "SampleIds", "WithSampleIds",
+           "batch_cases", "foreign_methods", "method_overlay"]
 
 
 def batch_cases(batchdata: Any, image_key: str = "image") -> list[str]:
@@ -164,6 +172,105 @@ class ForeignVATIteration(_WithIds, VATIteration):
     def __init__(self, ids: CaseIds, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.ids = ids
+
+
+class WithSampleIds:
+    """A method's ``iteration_update`` on a foreign bundle: puts the sample ids (:class:`SampleIds`) into the batch
+    under the iteration's ``id_key``, then runs it.
+
+    Args:
+        ids: the :class:`SampleIds` of the training data.
+        iteration: the method's iteration (a ``robust_bundles.adversarial.AdversarialIteration``).
+    """
+
+    def __init__(self, ids: Any, iteration: Any) -> None:
+        self.ids = ids
+        self.iteration = iteration
+
+    def __call__(self, engine: Any, batchdata: Any) -> Any:
+        if isinstance(batchdata, dict):
+            batchdata = {**batchdata, getattr(self.iteration, "id_key", "sample_id"): self.ids(batchdata)}
+        return self.iteration(engine, batchdata)
+
+
+FOREIGN_IDS = {
+    "train#trainer#iteration_update": "robust#method_iteration",
+    "train#save_dict": "robust#save_dict",
+    "train#method_handlers": "robust#method_handlers",
+    "train#datalist": "robust#ids",
+    "training_attack": "robust#attack",
+    "training_memory": "robust#memory",
+    "loss": "robust#loss",
+    "epochs": "robust#epochs",
+    "ckpt_dir": "robust#output_dir",
+    "thresholds_file": "robust#thresholds_file",
+    "sample_digest": "robust#sample_digest",
+}
+"""The ids of the project's ``train.json`` a base method overlay reads or sets, and their counterparts in
+``configs/foreign/robust.json``; every other id the overlay defines goes under ``robust#`` (``amat_beta`` ->
+``robust#amat_beta``)."""
+_DROPPED = ("run_name",)  # the project's run naming: a foreign run is named by its output folder
+_REF = re.compile(r"@([A-Za-z_][\w#]*)")
+
+
+def foreign_methods() -> list:
+    """The registered methods robustify trains (every method with an overlay; STD is the bundle's own training)."""
+    from .. import methods
+
+    return list(methods.with_overlay())
+
+
+def _foreign_id(i: str, own: set[str], method: str) -> str:
+    for k, v in FOREIGN_IDS.items():
+        if i == k or i.startswith(k + "#"):
+            return v + i[len(k):]
+    if i.split("#", 1)[0] in own:
+        return f"robust#{i}"
+    raise KeyError(f"{method}'s base overlay reads @{i}, which a foreign bundle has no counterpart for: add it to "
+                   "robust_bundles.foreign.overlay.FOREIGN_IDS (and robust#... to configs/foreign/robust.json).")
+
+
+def _rewrite(value: Any, own: set[str], method: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _rewrite(v, own, method) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rewrite(v, own, method) for v in value]
+    if isinstance(value, str):
+        return _REF.sub(lambda m: "@" + _foreign_id(m.group(1), own, method), value)
+    return value
+
+
+def method_overlay(name: str) -> dict[str, Any]:
+    """The foreign overlay of a registered method (stacked after ``configs/foreign/robust.json``): its entry's
+    ``params`` and its base overlay under ``robust#`` (:data:`FOREIGN_IDS`), its iteration wrapped in
+    :class:`WithSampleIds` as ``robust#iteration``, its margin handlers naming the samples.
+
+    Raises:
+        KeyError: no such method; ValueError: a method without an overlay (STD: the bundle's own training).
+    """
+    from .. import methods
+    from ..bundle_configs import family_dir
+
+    m = methods.get(name)
+    if not m.overlay:
+        known = ", ".join(x.key for x in foreign_methods())
+        raise ValueError(f"Method {m.name} has no overlay: it is the bundle's own training. Use one of {known}.")
+    path = family_dir("base") / m.overlay
+    base = {**dict(m.params), **json.loads(path.read_text())}
+    own = {k.split("#", 1)[0] for k in base}
+    out: dict[str, Any] = {"_desc": f"{m.name} on a foreign bundle (after robust.json), derived from the registry "
+                                    f"entry and {path.parent.name}/{path.name} by robust_bundles.foreign.overlay."
+                                    f"method_overlay: {m.description}."}
+    for k, v in base.items():
+        if k in _DROPPED or k.startswith("_desc"):
+            continue
+        out[_foreign_id(k, own, m.name)] = _rewrite(v, own, m.name)
+    for h in out.get("robust#method_handlers", []):
+        if isinstance(h, dict) and str(h.get("_target_", "")).endswith("MarginHandler") and "keys" not in h:
+            h["keys"] = "$@robust#ids.names"  # margins.csv names the samples (image file names, item_<i>)
+    out["robust#iteration"] = {"_target_": "robust_bundles.foreign.overlay.WithSampleIds", "ids": "@robust#ids",
+                               "iteration": "@robust#method_iteration"}
+    return out
 
 
 class TrainerCheckpointSaver:

@@ -1,16 +1,18 @@
-"""``robust_bundles robustify``: robust fine-tuning (AMAT or VAT) of a trained foreign MONAI bundle, by overlay.
+"""``robust_bundles robustify``: robust fine-tuning (AMAT, VAT, TEAT, TRADES: every method of the registry
+:mod:`robust_bundles.methods` with an overlay) of a trained foreign MONAI bundle, by overlay.
 
 Two steps, with no edit of the bundle:
 
-1. **Thresholds** (AMAT): the bundle's trained model (``models/model.pt`` or ``--model_path``) is run in eval mode
+1. **Thresholds** (a method that ``needs_thresholds``: AMAT): the bundle's trained model (``models/model.pt`` or ``--model_path``) is run in eval mode
    over its own training data with its own training preprocessing and inferer (random crops included, as the
    training iterations will see them); the per-sample loss terms of :class:`.losses.PerSampleWrapper` give the
    thresholds xi (``--threshold_rule``, default the mean) written to ``<output_dir>/thresholds.json``.
 2. **Fine-tuning**: ``monai.bundle run`` of the bundle's unchanged train config with the overlays
-   ``configs/foreign/robust.json`` and ``amat.json`` (or ``vat.json``) stacked on it::
+   ``configs/foreign/robust.json`` and the method's overlay ``<output_dir>/<method>_overlay.json`` stacked on it
+   (derived from the registry entry and its base overlay by :func:`robust_bundles.foreign.overlay.method_overlay`)::
 
        python -m monai.bundle run --config_file "['configs/train.json', '<robust_bundles>/configs/foreign/robust.json',
-           '<robust_bundles>/configs/foreign/amat.json', 'OUT/bundle_wiring.json']" --bundle_root . --robust#init_model models/model.pt
+           'OUT/amat_overlay.json', 'OUT/bundle_wiring.json']" --bundle_root . --robust#init_model models/model.pt
            --robust#output_dir OUT --robust#thresholds_file OUT/thresholds.json --train#trainer#max_epochs 5
 
    and last the wiring file ``<output_dir>/bundle_wiring.json`` (:func:`wiring`): the bundle's own parts found by
@@ -35,8 +37,10 @@ from typing import Any
 
 import torch
 
+from .. import methods
 from ..io import atomic_write_json, sha256_file
 from .losses import PerSampleWrapper
+from .overlay import foreign_methods, method_overlay
 from .parts import config_path, find, find_id, given_flags, pretrained_off
 
 __all__ = ["OVERLAY_DIR", "estimate_bundle_thresholds", "overlay_files", "redirects", "robustify", "run_id", "wiring"]
@@ -44,16 +48,32 @@ __all__ = ["OVERLAY_DIR", "estimate_bundle_thresholds", "overlay_files", "redire
 logger = logging.getLogger("robust_bundles.robustify")
 
 OVERLAY_DIR = Path(__file__).resolve().parent.parent / "configs" / "foreign"
-"""The overlays stacked on a foreign train config (robust.json, amat.json, vat.json)."""
+"""The base overlay stacked on a foreign train config (robust.json); the method overlays come from the registry."""
 
-METHODS = ("amat", "vat")
+FLAG_IDS = {"train_eps": "train_eps", "expansion_step": "expansion_step", "initial_margin": "initial_margin",
+            "max_margin": "max_margin", "beta": "amat_beta"}
+"""robustify's method flags and the overlay ids (under ``robust#``) they set, for a method whose overlay has them."""
 
 
-def overlay_files(method: str) -> list[str]:
-    """The overlay files of a method, in stacking order."""
-    if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}: use one of {METHODS}.")
-    return [str(OVERLAY_DIR / "robust.json"), str(OVERLAY_DIR / f"{method}.json")]
+def foreign_method(method: str) -> methods.Method:
+    """The registered method of a ``--method`` value (any case) that robustify trains.
+
+    Raises:
+        ValueError: no such method, or one without an overlay (STD); the message lists the methods.
+    """
+    keys = [m.key for m in foreign_methods()]
+    if str(method).lower() not in keys:
+        raise ValueError(f"Unknown method {method!r} for robustify: use one of {', '.join(keys)} (the registered "
+                         "methods with an overlay; STD is the bundle's own training).")
+    return methods.get(method)
+
+
+def overlay_files(method: str, output_dir: str | Path) -> list[str]:
+    """The overlay files of a method, in stacking order: ``robust.json`` and the method's overlay, derived from the
+    registry and written to ``<output_dir>/<key>_overlay.json``."""
+    m = foreign_method(method)
+    path = atomic_write_json(Path(output_dir) / f"{m.key}_overlay.json", method_overlay(m.name))
+    return [str(OVERLAY_DIR / "robust.json"), str(path)]
 
 
 def estimate_bundle_thresholds(parser, weights: str | Path, output_path: str | Path, rule: str = "mean",
@@ -215,14 +235,14 @@ def robustify(
     parts: Mapping[str, str] | None = None,
     **overrides: Any,
 ) -> dict:
-    """Fine-tune a trained MONAI bundle with AMAT (or VAT) by overlays on its unchanged train config, starting from
+    """Fine-tune a trained MONAI bundle with a robust training method by overlays on its unchanged train config, starting from
     its trained weights (``robust_bundles robustify BUNDLE --dataset_dir D``; more in the module docstring of
     robust_bundles.foreign.robustify).
 
     Args:
         bundle_dir: the bundle folder; never written to.
         output_dir: where thresholds, the checkpoint, margins and logs go; default ``./robust_<method>/<bundle>``.
-        method: ``"amat"`` or ``"vat"``.
+        method: the training method, one of {foreign_methods}.
         epochs: fine-tuning epochs (sets the trainer's ``max_epochs``).
         model_path: the trained weights to start from (a file, or a folder to pick one from); default
             ``models/model.pt`` of the bundle, else its other ``models/*.pt`` (``model_key_metric=...pt``...).
@@ -235,7 +255,8 @@ def robustify(
         initial_margin: AMAT's A (default Delta).
         max_margin: AMAT's cap (default none).
         beta: AMAT's weight of the clean loss.
-        train_eps: VAT's noise level (same units).
+        train_eps: the noise level of a method with eps (VAT, TEAT, TRADES; same units). Other settings of the
+            method's overlay as config ids, e.g. ``--robust#trades_beta 3``, ``--robust#output_activation sigmoid``.
         override: further config ids to set (e.g. the bundle's data and crop sizes).
         resume: continue an interrupted run of the same ``output_dir`` from its latest checkpoint (model, optimizer,
             margins, random states, trainer; the thresholds file of the first run is reused); ``epochs`` is the
@@ -259,8 +280,8 @@ def robustify(
 
     t0 = time.time()
     root = Path(bundle_dir).resolve()
-    if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}: use one of {METHODS}.")
+    chosen = foreign_method(method)
+    method = chosen.key
     if config_file is None:
         train = config_path(root, "train")
         if train is None:
@@ -272,7 +293,8 @@ def robustify(
     out = (Path(output_dir) if output_dir is not None else Path(f"robust_{method}") / root.name).resolve()
     out.mkdir(parents=True, exist_ok=True)
     user = {**dict(override or {}), **overrides}
-    parser = load_parser(root, train_files, user, parts, command=("robustify", given_flags(robustify, locals())))
+    own = {k: v for k, v in user.items() if not str(k).startswith("robust#")}  # the overlays' ids: checked stacked
+    parser = load_parser(root, train_files, own, parts, command=("robustify", given_flags(robustify, locals())))
     refuse_detection(parser, "robustify")
     weights = resolve_weights(root, model_path).resolve()
     pretrained = pretrained_off(parser, user)
@@ -282,14 +304,21 @@ def robustify(
     info: dict[str, Any] = {"bundle": str(root), "method": method, "init_model": str(weights), "epochs": int(epochs)}
     settings: dict[str, Any] = {
         "robust#init_model": str(weights), "robust#output_dir": str(out), "robust#pgd_steps": int(pgd_steps),
-        "robust#alpha": float(alpha), f"{trainer}#max_epochs": int(epochs), **pretrained,
+        "robust#alpha": float(alpha), f"{trainer}#max_epochs": int(epochs), "robust#epochs": int(epochs),
+        **pretrained,
     }
     if resume:
         from ..checkpointing import latest_checkpoint
 
         settings["robust#resume_from"] = latest_checkpoint(out)
         info["resumed_from"] = settings["robust#resume_from"]
-    if method == "amat":
+    files = train_files + overlay_files(method, out)
+    given = {"train_eps": train_eps, "expansion_step": expansion_step, "initial_margin": initial_margin,
+             "max_margin": max_margin, "beta": beta}
+    ids = json.loads(Path(files[-1]).read_text())
+    settings.update({f"robust#{FLAG_IDS[k]}": float(v) if v is not None else None for k, v in given.items()
+                     if f"robust#{FLAG_IDS[k]}" in ids})
+    if chosen.needs_thresholds:
         th_file = out / "thresholds.json"
         if resume:
             if not th_file.is_file():
@@ -299,14 +328,10 @@ def robustify(
         else:
             info["thresholds"] = estimate_bundle_thresholds(parser, weights, th_file, threshold_rule,
                                                             threshold_passes, seed=seed)
-        settings.update({"robust#thresholds_file": str(th_file), "robust#expansion_step": float(expansion_step),
-                         "robust#initial_margin": initial_margin, "robust#max_margin": max_margin,
-                         "robust#beta": float(beta)})
-    else:
-        settings["robust#train_eps"] = float(train_eps)
+        settings["robust#thresholds_file"] = str(th_file)
     settings.update(redirects(parser, user, out))
     wiring_file = atomic_write_json(out / "bundle_wiring.json", wired)
-    files = train_files + overlay_files(method) + [str(wiring_file)]
+    files = files + [str(wiring_file)]
     run_overrides = {**settings, **user}
     from .parts import _quote
 
