@@ -43,6 +43,8 @@ from typing import Any, Sequence
 import fire
 import torch
 
+from robust_bundles.methods import AMAT, STD, TEAT, VAT
+
 ROOT = Path(__file__).resolve().parents[1]
 REAL_BCCD = ROOT / ".." / "shared" / "data" / "bccd"
 
@@ -261,7 +263,7 @@ def budget(
         eps_levels * (pgd_steps + ifgsm_steps) * t["attack_step"] + (1 + 2 * eps_levels) * t["eval_step"]
     )
     stages = {
-        "STD": std, "thresholds": thresholds, "VAT": vat_models * vat, "TEAT": teat_models * teat, "AMAT": amat,
+        STD.name: std, "thresholds": thresholds, VAT.name: vat_models * vat, TEAT.name: teat_models * teat, AMAT.name: amat,
         "robustness": models * per_model,
     }
     stages["total"] = sum(stages.values())
@@ -291,7 +293,7 @@ def report(results: list[dict], steps: int, budget_opts: dict) -> str:
     for r in results:
         b = budget(r, **budget_opts)
         lines.append(f"| {r['name']} | " + " | ".join(f"{b[k] / 60:.1f}" for k in
-                     ("STD", "thresholds", "VAT", "TEAT", "AMAT", "robustness", "total")) + " |")
+                     (STD.name, "thresholds", VAT.name, TEAT.name, AMAT.name, "robustness", "total")) + " |")
     return "\n".join(lines)
 
 
