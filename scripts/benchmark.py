@@ -58,15 +58,17 @@ from typing import Any, Sequence
 import fire
 import torch
 
-METHODS = ("STD", "VAT", "TEAT", "AMAT", "VAT_B05")
+from robust_bundles.methods import AMAT, STD, TEAT, VAT
+
+METHODS = (STD.name, VAT.name, TEAT.name, AMAT.name, "VAT_B05")
 #: --fast: name -> (method, attack steps T, perturbation memory, AMAT's beta)
 FAST_CONFIGS = {
-    "STD": ("STD", 0, False, 0.5),
-    "AMAT_T5_COLD": ("AMAT", 5, False, 0.5),
-    "AMAT_T2_MEM": ("AMAT", 2, True, 0.5),
-    "AMAT_T1_MEM": ("AMAT", 1, True, 0.5),
-    "AMAT_T1_MEM_B0": ("AMAT", 1, True, 0.0),
-    "VAT_T1_MEM": ("VAT", 1, True, 0.0),
+    STD.name: (STD.name, 0, False, 0.5),
+    "AMAT_T5_COLD": (AMAT.name, 5, False, 0.5),
+    "AMAT_T2_MEM": (AMAT.name, 2, True, 0.5),
+    "AMAT_T1_MEM": (AMAT.name, 1, True, 0.5),
+    "AMAT_T1_MEM_B0": (AMAT.name, 1, True, 0.0),
+    "VAT_T1_MEM": (VAT.name, 1, True, 0.0),
 }
 GOAL_FAST_PASSES_OVER_STD = 2.0
 GOAL_TIME_OVER_PREDICTION = 0.10
@@ -266,12 +268,12 @@ def run_method(
     # every method from the registry; VAT_B05 is a control (VAT with AMAT's clean-loss weight, to isolate AMAT's own
     # bookkeeping cost); TEAT with its ensemble active at w_max from the first iteration (start = ramp = 0); the
     # perturbation memory (``memory``) for VAT and AMAT
-    registered = methods.get("VAT" if method == "VAT_B05" else method)
-    beta = {"VAT_B05": 0.5, "AMAT": amat_beta}.get(method, 0.0)
+    registered = methods.get(VAT.name if method == "VAT_B05" else method)
+    beta = {"VAT_B05": 0.5, AMAT.name: amat_beta}.get(method, 0.0)
     training = registered.training(batch, attack=attack, eps=VAT_EPS, beta=beta, max_epochs=1, momentum=0.9,
                                    start=0.0, ramp=0.0, expansion_step=AMAT_EXPANSION_STEP,
                                    initial_margin=AMAT_INITIAL_MARGIN, thresholds=list(AMAT_THRESHOLDS), check="path",
-                                   memory=memory and method in ("VAT", "AMAT"))
+                                   memory=memory and method in (VAT.name, AMAT.name))
     counter = PassCounter()
     total = warmup + iters
     trainer = training.trainer(net, opt, loss, loader, total, device=dev, handlers=[counter])
@@ -517,14 +519,14 @@ def _notes(results: dict, steps: int) -> list[str]:
     """Explanations of the figures: what AMAT adds over VAT, the ratio at other T, other load on the machine."""
     notes = []
     ms, a = results["methods"], results["attack_step"]
-    if "AMAT" in ms and "VAT" in ms:
-        amat, vat = ms["AMAT"]["s_per_iter_mean"], ms["VAT"]["s_per_iter_mean"]
+    if AMAT.name in ms and VAT.name in ms:
+        amat, vat = ms[AMAT.name]["s_per_iter_mean"], ms[VAT.name]["s_per_iter_mean"]
         text = (
             f"AMAT - VAT = {amat - vat:.3f} s/iter. AMAT's beta = 0.5 trains on the clean batch too: one more "
             "training forward pass and its backward per iteration, which VAT (beta = 0) does not do"
         )
-        if "STD" in ms:
-            text += f" (a whole STD iteration costs {ms['STD']['s_per_iter_mean']:.3f} s)"
+        if STD.name in ms:
+            text += f" (a whole STD iteration costs {ms[STD.name]['s_per_iter_mean']:.3f} s)"
         if "VAT_B05" in ms:
             ctl = ms["VAT_B05"]["s_per_iter_mean"]
             text += (
@@ -532,10 +534,10 @@ def _notes(results: dict, steps: int) -> list[str]:
                 f"(margin book, per-sample eps, robustness test on every iterate) is {amat - ctl:.3f} s/iter"
             )
         notes.append(text + ".")
-        if "STD" in ms and steps > 0:
+        if STD.name in ms and steps > 0:
             # VAT = STD + T attack steps (same training pass), so (VAT - STD) / T is one attack step inside the
             # trainer; AMAT's attack step costs the same (see the attack-step line). Extrapolate the ratio in T.
-            s = (vat - ms["STD"]["s_per_iter_mean"]) / steps
+            s = (vat - ms[STD.name]["s_per_iter_mean"]) / steps
 
             def ratio(t: int) -> float:
                 return (amat + (t - steps) * s) / (vat + (t - steps) * s)
@@ -628,7 +630,7 @@ def run_fast(opts: dict, out: str | None, isolate: bool) -> dict:
         _log(f"[{k}/{len(jobs)}] {job}: {res['passes']['passes_per_sample']:.2f} passes/sample, "
              f"{res['s_per_iter_mean']:.3f} s/iter ({wall:.0f} s)")
     fs = results["fast"]
-    std = fs["STD"]
+    std = fs[STD.name]
     # two unit costs, each measured once: a training pass pair (forward + backward with weight gradients) from
     # STD's iteration, an attack pass pair (forward + input-only backward) from the attack-step job
     train_pair = std["s_per_iter_mean"] / std["passes"]["backward_per_sample"]
@@ -642,7 +644,7 @@ def run_fast(opts: dict, out: str | None, isolate: bool) -> dict:
                                      + attack_pair * p["attack_backward_per_sample"])
         r["time_over_prediction"] = r["s_per_iter_mean"] / r["predicted_s_per_iter"]
     fast_ones = [n for n in fs if n.endswith("_MEM") or "_MEM_" in n]
-    amat_fast = [n for n in fast_ones if n.startswith("AMAT")]
+    amat_fast = [n for n in fast_ones if n.startswith(AMAT.name)]
     best = min(amat_fast, key=lambda n: fs[n]["passes_vs_std"])
     results["goals"] = {
         "fast_amat_passes": _goal(f"fewest counted passes of fast AMAT ({best}) / STD", fs[best]["passes_vs_std"],
@@ -794,15 +796,15 @@ def main(
     config["wall_time_s"] = time.perf_counter() - t_start
 
     ms = results["methods"]
-    std_t = ms["STD"]["s_per_iter_mean"] if "STD" in ms else None
-    vat_t = ms["VAT"]["s_per_iter_mean"] if "VAT" in ms else None
+    std_t = ms[STD.name]["s_per_iter_mean"] if STD.name in ms else None
+    vat_t = ms[VAT.name]["s_per_iter_mean"] if VAT.name in ms else None
     for r in ms.values():
         r["ratio_to_std"] = r["s_per_iter_mean"] / std_t if std_t else None
         r["ratio_to_vat"] = r["s_per_iter_mean"] / vat_t if vat_t else None
     a = results["attack_step"]
     results["goals"] = {
         "amat_over_vat": _goal(
-            f"AMAT / VAT s/iter at equal T = {opts['steps']}", ms["AMAT"]["ratio_to_vat"] if "AMAT" in ms else None,
+            f"AMAT / VAT s/iter at equal T = {opts['steps']}", ms[AMAT.name]["ratio_to_vat"] if AMAT.name in ms else None,
             GOAL_AMAT_OVER_VAT,
         ),
         "attack_step_over_fwd_bwd": _goal(
