@@ -11,8 +11,7 @@
   ids of the project's ``train.json`` it reads mapped to their ``robust#`` counterparts (:data:`FOREIGN_IDS`); nobody
   writes a method's foreign overlay by hand.
 - :class:`WithSampleIds`: a method's iteration with the ids put into the batch (the foreign datalist has no
-  ``sample_id``); :class:`ForeignAMATIteration`, :class:`ForeignVATIteration` are the same for scripts that build
-  AMAT or VAT in Python.
+  ``sample_id``).
 
 The bundle's parts the overlays use are named under ``robust#bundle`` (network, loss, optimizer, device,
 train_dataset, train_transform); ``robust_bundles robustify`` writes them, with the trainer's ``loss_function``,
@@ -30,11 +29,10 @@ from typing import Any
 
 import torch
 
-from ..adversarial import AMATIteration, VATIteration
 from ..margins import MarginBook
 from .audit import POSITION_KEY, case_of, underlying
 
-__all__ = ["FOREIGN_IDS", "CaseIds", "ForeignAMATIteration", "ForeignVATIteration", "SampleIds", "WithSampleIds",
+__all__ = ["FOREIGN_IDS", "CaseIds", "SampleIds", "WithSampleIds",
            "batch_cases", "foreign_methods", "method_overlay"]
 
 
@@ -143,35 +141,6 @@ class SampleIds:
             raise IndexError(f"Sample positions {ids.tolist()[:5]} are outside the training dataset of "
                              f"{len(self.names)} samples.")
         return ids.to(device) if device is not None else ids
-
-
-class _WithIds:
-    def __call__(self, engine, batchdata):  # type: ignore[override]
-        if isinstance(batchdata, dict):
-            batchdata = dict(batchdata)
-            batchdata[self.id_key] = self.ids(batchdata)
-        return super().__call__(engine, batchdata)
-
-
-class ForeignAMATIteration(_WithIds, AMATIteration):
-    """:class:`robust_bundles.adversarial.AMATIteration` with sample ids from the image file names.
-
-    Args:
-        ids: the :class:`SampleIds` (or :class:`CaseIds`) of the training data.
-        kwargs: the arguments of ``AMATIteration``.
-    """
-
-    def __init__(self, ids: CaseIds, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.ids = ids
-
-
-class ForeignVATIteration(_WithIds, VATIteration):
-    """:class:`robust_bundles.adversarial.VATIteration` (ids are recorded for symmetry; VAT does not use them)."""
-
-    def __init__(self, ids: CaseIds, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.ids = ids
 
 
 class WithSampleIds:
