@@ -29,6 +29,7 @@ _BATCH = re.compile(r"robustness: batch (\d+)/(\d+)")
 _KEY_METRIC = re.compile(r"Key metric: (\S+) best value: ([-\d.eE+naif]+) at epoch: (\d+)")
 _XI = re.compile(r"xi\[(\w+)\] = ([-\d.eE+]+)")
 _MARGINS = re.compile(r"margins mean ([-\d.eE+]+)")
+_EXCEPTION = re.compile(r"^(?:ERROR \(cause\): )?[\w.]*(?:Error|Exception|Interrupt|Exit)\b[^ ]*:")
 
 
 def fmt_time(seconds: float) -> str:
@@ -68,6 +69,7 @@ class Console:
         self.done = 0
         self.t0 = time.time()
         self._tail: deque[str] = deque(maxlen=tail)
+        self._exceptions: deque[str] = deque(maxlen=5)
         self._stage_start = self.t0
         self._bar_shown = False
         self._last_bar = 0.0
@@ -83,6 +85,7 @@ class Console:
         self._clear_bar()
         self._stage_start = time.time()
         self._tail.clear()
+        self._exceptions.clear()
         self._table_header = None
         self.figures = {}
         self.fraction = 0.0
@@ -95,6 +98,8 @@ class Console:
         """One line of the running stage's output (with or without its newline)."""
         text = text.rstrip("\n")
         self._tail.append(text)
+        if _EXCEPTION.match(text):
+            self._exceptions.append(text)
         if self.verbose:
             self._print(text)
         else:
@@ -116,10 +121,16 @@ class Console:
         self._print(f"{label} {name} done in {fmt_time(seconds)}" + (f": {figure}" if figure else "") + f" ({times})")
 
     def failed(self) -> None:
-        """The running stage failed: its last lines (the cause is usually there), unless they were all shown."""
+        """The running stage failed: the exceptions of its traceback (the root cause first) and its last lines,
+        unless every line was shown already."""
         self._flush_warning()
         self._clear_bar()
-        if not self.verbose and self._tail:
+        if self.verbose:
+            return
+        causes = [t for t in dict.fromkeys(self._exceptions) if t not in self._tail]
+        if causes:
+            self._print("  exceptions in its output:\n" + "\n".join(f"    {t}" for t in causes))
+        if self._tail:
             self._print("  last lines of its output:\n" + "\n".join(f"    {t}" for t in self._tail))
 
     def skip(self, text: str, planned: bool = False) -> None:
