@@ -29,6 +29,7 @@ _BATCH = re.compile(r"robustness: batch (\d+)/(\d+)")
 _KEY_METRIC = re.compile(r"Key metric: (\S+) best value: ([-\d.eE+naif]+) at epoch: (\d+)")
 _XI = re.compile(r"xi\[(\w+)\] = ([-\d.eE+]+)")
 _MARGINS = re.compile(r"margins mean ([-\d.eE+]+)")
+_EXCEPTION = re.compile(r"^(?:ERROR \(cause\): )?[\w.]*(?:Error|Exception|Interrupt|Exit)\b[^ ]*:")
 
 
 def fmt_time(seconds: float) -> str:
@@ -40,9 +41,6 @@ def fmt_time(seconds: float) -> str:
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
-
-_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt): ")
-"""A line that names a raised exception (``ZeroDivisionError: division by zero``)."""
 
 class Console:
     """The console of a job of stages: start and end lines with the job's ETA, a progress bar, warnings once.
@@ -71,6 +69,7 @@ class Console:
         self.done = 0
         self.t0 = time.time()
         self._tail: deque[str] = deque(maxlen=tail)
+        self._exceptions: deque[str] = deque(maxlen=5)
         self._stage_start = self.t0
         self._bar_shown = False
         self._last_bar = 0.0
@@ -86,7 +85,7 @@ class Console:
         self._clear_bar()
         self._stage_start = time.time()
         self._tail.clear()
-        self._errors: list[str] = []
+        self._exceptions.clear()
         self._table_header = None
         self.figures = {}
         self.fraction = 0.0
@@ -99,8 +98,8 @@ class Console:
         """One line of the running stage's output (with or without its newline)."""
         text = text.rstrip("\n")
         self._tail.append(text)
-        if _ERROR_LINE.match(text) and text not in self._errors:  # an exception line: the cause may be far above
-            self._errors.append(text)
+        if _EXCEPTION.match(text):
+            self._exceptions.append(text)
         if self.verbose:
             self._print(text)
         else:
@@ -122,13 +121,16 @@ class Console:
         self._print(f"{label} {name} done in {fmt_time(seconds)}" + (f": {figure}" if figure else "") + f" ({times})")
 
     def failed(self) -> None:
-        """The running stage failed: its last lines (the cause is usually there), unless they were all shown."""
+        """The running stage failed: the exceptions of its traceback (the root cause first) and its last lines,
+        unless every line was shown already."""
         self._flush_warning()
         self._clear_bar()
-        if not self.verbose and self._tail:
-            causes = [e for e in getattr(self, "_errors", []) if e not in self._tail]
-            if causes:  # raised before what the tail shows (a wrapper re-raised it, e.g. MONAI's RuntimeError)
-                self._print("  exceptions above them:\n" + "\n".join(f"    {t}" for t in causes))
+        if self.verbose:
+            return
+        causes = [t for t in dict.fromkeys(self._exceptions) if t not in self._tail]
+        if causes:
+            self._print("  exceptions in its output:\n" + "\n".join(f"    {t}" for t in causes))
+        if self._tail:
             self._print("  last lines of its output:\n" + "\n".join(f"    {t}" for t in self._tail))
 
     def skip(self, text: str, planned: bool = False) -> None:

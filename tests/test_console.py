@@ -81,11 +81,13 @@ def test_eta_counts_the_kinds_and_the_progress_of_the_running_stage():
 def test_a_failed_stage_shows_its_last_lines_and_verbose_shows_everything():
     c, out = _console(["train"], tail=2)
     c.start("[1/1]", "std", "")
-    for line in ("a", "b", "Traceback ...", "ZeroDivisionError: division by zero"):
+    for line in ("Traceback ...", "ZeroDivisionError: division by zero", "", "The above exception was the direct cause",
+                 "  File x", "RuntimeError: Failed to evaluate ConfigExpression:", '"$1 / 0"'):
         c.line(line)
     c.failed()
-    assert out.getvalue().splitlines()[-3:] == ["  last lines of its output:", "    Traceback ...",
-                                                "    ZeroDivisionError: division by zero"]
+    assert out.getvalue().splitlines()[-5:] == [
+        "  exceptions in its output:", "    ZeroDivisionError: division by zero",  # the root cause, above the tail
+        "  last lines of its output:", "    RuntimeError: Failed to evaluate ConfigExpression:", '    "$1 / 0"']
     c, out = _console(["train"], verbose=True)
     c.start("[1/1]", "std", "")
     for line in TRAIN:
