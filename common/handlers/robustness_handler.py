@@ -248,10 +248,14 @@ class RobustnessEvaluationHandler:
         """``forward`` that adds the samples it passes to ``self.passes[name]`` (with and without input gradient)."""
         count = self.passes.setdefault(name, {"gradient": 0, "forward": 0})
 
-        def counted(x: torch.Tensor) -> Any:
+        def note(x: torch.Tensor) -> None:
             count["gradient" if torch.is_grad_enabled() else "forward"] += int(x.shape[0])
+
+        def counted(x: torch.Tensor) -> Any:
+            note(x)
             return forward(x)
 
+        counted.note = note  # an attack that runs another network (the transfer check's surrogate) counts with it
         return counted
 
     def _attack(self, attack: Attack, eps: float, inputs, targets, batchdata, forward, network, gen):
