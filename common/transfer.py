@@ -50,11 +50,17 @@ class TransferAttack(Attack):
 
     def run(self, x, y, eps=None, **kwargs: Any) -> AttackResult:
         """The base attack on the surrogate; ``model`` and ``forward`` given by the caller (the evaluated model's) are
-        ignored, everything else (loss, generator, eps) is passed on."""
+        not used (a ``forward.note(x)`` pass counter is called for every surrogate pass), everything else (loss,
+        generator, eps) is passed on."""
         kwargs.pop("model", None)
-        kwargs.pop("forward", None)
+        note = getattr(kwargs.pop("forward", None), "note", None)  # the caller's pass counter, if it has one
         kwargs["train"] = False
-        forward = None if self.inferer is None else (lambda t: self.inferer(t, self.surrogate))
+
+        def forward(t):
+            if note is not None:
+                note(t)
+            return self.inferer(t, self.surrogate) if self.inferer is not None else self.surrogate(t)
+
         return self.base.run(x, y, eps, model=self.surrogate, forward=forward, **kwargs)
 
 

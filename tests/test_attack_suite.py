@@ -150,6 +150,7 @@ def test_transfer_flags_a_masking_model_and_not_an_honest_one(trained, tmp_path)
     assert s["attacks"]["transfer"]["3"] < min(s["attacks"][a]["3"] for a in ("PGD", "IFGSM", "noise"))
     assert any(w.startswith("gradient masking? At eps 3") for w in masked.warnings)
     assert s["worst"]["3"] <= s["attacks"]["transfer"]["3"]  # the worst case takes the transfer into account
+    assert s["cost"]["passes_per_sample_and_eps"]["transfer"] == {"gradient": 4.0, "forward": 1.0}  # on the surrogate
     honest = evaluate(net, other, tmp_path / "h")
     assert not any("gradient masking?" in w for w in honest.warnings)
     assert honest.summary["attacks"]["transfer"]["3"] > honest.summary["attacks"]["PGD"]["3"]

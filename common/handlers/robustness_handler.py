@@ -17,6 +17,11 @@ The per-sample worst case over all attacks ("worst") is reported at every eps:
   over the attacks is fed to a separate "worst" copy of the metric, and the worst case is the worst of that and of
   every attack's own value (the loss picks by proxy: the mix alone can come out better than an attack's inputs).
 
+Every attack maximises its own loss when it has one (``attack.loss_fn``: the suites of
+:mod:`robust_bundles.attack_suite` run APGD on several losses), else the task loss. The summary says, per eps, which
+attack reached each sample's worst case (``worst_found_by``) and what every attack cost in network passes counted at
+run time (``cost``); ``robustness.md`` shows both under the table.
+
 Restarts (random-start attacks): per sample the restart with the worst headline metric is kept (per-sample metrics)
 or the one with the highest loss (dataset-level metrics).
 
@@ -174,6 +179,7 @@ class RobustnessEvaluationHandler:
         self.warnings: list[str] = []
         self._accumulators: dict[tuple[str, float], TaskMetric] = {}
         self.passes: dict[str, dict[str, int]] = {}
+        self._found_by: dict[str, dict[str, int]] = {}
 
     # ------------------------------------------------------------------------------------------------ properties
     @property
@@ -204,8 +210,8 @@ class RobustnessEvaluationHandler:
         self.rows, self.summary, self.warnings = [], {}, []
         self._zero_grad: dict[tuple[str, float], list[torch.Tensor]] = {}
         self._accumulators = {}
-        self.passes: dict[str, dict[str, int]] = {}
-        self._found_by: dict[str, dict[str, int]] = {}
+        self.passes = {}
+        self._found_by = {}
         self._t0 = time.time()
         self._count = 0
 
@@ -248,10 +254,14 @@ class RobustnessEvaluationHandler:
         """``forward`` that adds the samples it passes to ``self.passes[name]`` (with and without input gradient)."""
         count = self.passes.setdefault(name, {"gradient": 0, "forward": 0})
 
-        def counted(x: torch.Tensor) -> Any:
+        def note(x: torch.Tensor) -> None:
             count["gradient" if torch.is_grad_enabled() else "forward"] += int(x.shape[0])
+
+        def counted(x: torch.Tensor) -> Any:
+            note(x)
             return forward(x)
 
+        counted.note = note  # an attack that runs another network (the transfer check's surrogate) counts with it
         return counted
 
     def _attack(self, attack: Attack, eps: float, inputs, targets, batchdata, forward, network, gen):
