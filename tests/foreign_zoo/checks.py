@@ -1,0 +1,141 @@
+"""The end-to-end checks of a model-zoo bundle (the test files ``test_foreign_zoo_*.py`` parametrize them):
+``robust_bundles audit`` writes a report on the bundle's own evaluation data, and ``robustify`` (AMAT) makes the
+bundle more robust than its trained start, as a user runs them (``python -m robust_bundles ...`` in a subprocess,
+``--dataset_dir`` and ``--model_path``, plus the size overrides of :mod:`foreign_zoo.zoo`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .zoo import BUNDLES, Trained, run, trained
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a check spends on one bundle: noise levels (per-value RMS of the network input, so that one scale fits
+    inputs of any size), attack steps, cases, and AMAT's fine-tuning."""
+
+    eps: tuple[float, ...] = (0.05, 0.1)
+    cases: int = 2
+    pgd_steps: int = 3
+    ifgsm_steps: int = 2
+    epochs: int = 4
+    train_pgd_steps: int = 2
+    expansion_step: float = 1.0
+
+
+BUDGETS: dict[str, Budget] = {
+    **{name: Budget() for name in BUNDLES},
+    # inputs scaled to [0, 1] whose trained models break at a per-value RMS of 0.05: smaller noise levels
+    "spleen_ct_segmentation": Budget(eps=(0.01, 0.02)),
+    "classification_template": Budget(eps=(0.01, 0.02), cases=8),
+}
+
+
+# What h23a's discovery does not handle yet, with the exact error: strict, so that a fix shows as XPASS and the mark
+# goes. (check, bundle) -> reason.
+DICE_FOCAL = ("AssertionError: ground truth has different shape (torch.Size([1, 0, ...])) from input "
+              "(torch.Size([1, C - 1, ...])): PerSampleWrapper calls DiceFocalLoss.focal with the index label "
+              "DiceFocalLoss.forward would one-hot first (to_onehot_y=True, include_background=False)")
+ROBUSTIFY_FLAT = ("MissingPart: The bundle's train config has no 'loss' (the training loss component); the robust "
+                  "overlays need it: robustify still takes the spleen-shaped ids, not the parts audit finds")
+XFAIL: dict[tuple[str, str], str] = {
+    ("audit", "prostate_mri_anatomy"): DICE_FOCAL,
+    ("robustify", "prostate_mri_anatomy"): DICE_FOCAL,
+    ("audit", "endoscopic_tool_segmentation"): DICE_FOCAL,
+    ("robustify", "endoscopic_tool_segmentation"): DICE_FOCAL,
+    ("robustify", "classification_template"): ROBUSTIFY_FLAT,
+    ("robustify", "valve_landmarks"): ROBUSTIFY_FLAT,
+    ("audit", "lung_nodule_ct_detection"): "MissingPart: Could not find the bundle's loss: DetectionTrainer computes "
+                                           "its losses inside the RetinaNetDetector; no loss_function to attack",
+}
+
+
+def params(check: str, names: list[str]) -> list:
+    """``names`` as pytest parameters, the ones in :data:`XFAIL` for ``check`` marked strict xfail."""
+    return [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=XFAIL[(check, n)]))
+            if (check, n) in XFAIL else n for n in names]
+
+
+def _ok(proc) -> None:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out.strip().splitlines()[-1:] + [out[-4000:]]
+
+
+def skip_reason(name: str) -> str | None:
+    spec = BUNDLES[name]
+    if not spec.available():
+        return f"the model-zoo bundle {name} is not at {spec.source} (../shared/foreign_bundles; or set " \
+               "ROBUST_BUNDLES_FOREIGN_BUNDLES)"
+    return None
+
+
+def bundle(name: str, cache_root: Path) -> Trained:
+    reason = skip_reason(name)
+    if reason:
+        pytest.skip(reason)
+    return trained(name, cache_root)
+
+
+def audit_args(t: Trained, out: Path, model_path: Path | None = None, eps=None) -> list[str]:
+    b = BUDGETS[t.spec.name]
+    args = ["-m", "robust_bundles", "audit", str(t.bundle), "--dataset_dir", t.dataset_arg(),
+            "--model_path", str(model_path or t.weights), "--output_dir", str(out),
+            "--eps", repr(list(eps or b.eps)), "--eps_unit", "rms", "--pgd_steps", str(b.pgd_steps),
+            "--ifgsm_steps", str(b.ifgsm_steps), "--max_cases", str(b.cases)]
+    if t.spec.sizes:
+        args += ["--override", repr(t.spec.sizes)]
+    return args
+
+
+def audit_summary(t: Trained, out: Path, model_path: Path | None = None, eps=None) -> tuple[dict, bool]:
+    """Run the audit; return ``robustness.json``'s summary (the report's figures) and whether its headline metric
+    is better higher (Dice, accuracy) or lower (a distance)."""
+    _ok(run(audit_args(t, out, model_path, eps), cwd=out.parent))
+    for f in ("audit.md", "audit.json", "robustness.json", "robustness.csv"):
+        assert (out / f).is_file(), f
+    report = json.loads((out / "robustness.json").read_text())
+    return report["summary"], report["settings"].get("higher_is_better", True) is not False
+
+
+def better(a: float, b: float, higher: bool) -> bool:
+    return a > b if higher else a < b
+
+
+def check_audit(name: str, cache_root: Path, tmp_path: Path) -> dict:
+    """The audit's report: a clean figure, every attack at every eps, PGD at the largest eps worse than clean."""
+    t = bundle(name, cache_root)
+    summary, higher = audit_summary(t, tmp_path / "audit")
+    eps = BUDGETS[name].eps
+    assert json.loads((tmp_path / "audit" / "audit.json").read_text())["synthetic"] is True
+    for attack in ("PGD", "IFGSM"):
+        assert {str(e) for e in eps} <= set(summary["attacks"][attack])
+    worst = summary["attacks"]["PGD"][str(eps[-1])]
+    assert better(summary["clean"], worst, higher), summary
+    print(f"{name}: clean {summary['clean']:.4g}, PGD {json.dumps(summary['attacks']['PGD'])}")
+    return summary
+
+
+def check_robustify(name: str, cache_root: Path, tmp_path: Path) -> tuple[dict, dict]:
+    """``robustify`` (AMAT) from the bundle's trained weights; the fine-tuned model's PGD figure at the largest eps
+    beats the trained start's, each audited on the same cases."""
+    t = bundle(name, cache_root)
+    b = BUDGETS[name]
+    out = tmp_path / "amat"
+    args = ["-m", "robust_bundles", "robustify", str(t.bundle), "--dataset_dir", t.dataset_arg(), "--model_path",
+            str(t.weights), "--output_dir", str(out), "--epochs", str(b.epochs), "--pgd_steps", str(b.train_pgd_steps),
+            "--expansion_step", str(b.expansion_step), "--threshold_rule", "mean_std"]
+    if t.spec.sizes:
+        args += ["--override", repr(t.spec.sizes)]
+    _ok(run(args, cwd=tmp_path))
+    start, higher = audit_summary(t, tmp_path / "audit_start")
+    amat, _ = audit_summary(t, tmp_path / "audit_amat", model_path=out / "checkpoint.pt")
+    e = str(b.eps[-1])
+    print(f"{name}: start clean {start['clean']:.4g} PGD@{e} {start['attacks']['PGD'][e]:.4g}; "
+          f"AMAT clean {amat['clean']:.4g} PGD@{e} {amat['attacks']['PGD'][e]:.4g}")
+    assert better(amat["attacks"]["PGD"][e], start["attacks"]["PGD"][e], higher), (start, amat)
+    return start, amat
