@@ -80,6 +80,11 @@ def test_sigmoid_dice_on_a_collated_metatensor_batch():
     # sample 0: ch0 1 - 2*0.5/(1+1) = 1/2, ch1 1 - 2*1/(1+2) = 1/3 -> 5/12; sample 1: ch0 1 - 2*1/(1+2) = 1/3,
     # ch1 1 - 0/(1+0) = 1 -> 2/3
     assert v.tolist() == pytest.approx([5 / 12, 2 / 3], abs=1e-6)
+    # boolean masks (BraTS' label transform), with squared_pred as in the BraTS bundle: sum p^2 = 0.5 per channel
+    bool_label = batch["label"].bool()
+    sq = PerSampleWrapper(DiceLoss(sigmoid=True, squared_pred=True, smooth_nr=0.0, smooth_dr=0.0))
+    # sample 0: ch0 1 - 2*0.5/(0.5+1) = 1/3, ch1 1 - 2*1/(0.5+2) = 1/5; sample 1: ch0 1/5, ch1 1 - 0 = 1
+    assert sq(batch["image"], bool_label).tolist() == pytest.approx([(1 / 3 + 1 / 5) / 2, (1 / 5 + 1) / 2], abs=1e-6)
 
 
 def test_torch_losses_per_sample_equal_each_sample_alone():
@@ -96,3 +101,28 @@ def test_torch_losses_per_sample_equal_each_sample_alone():
     for fn in (torch.nn.L1Loss(), torch.nn.MSELoss()):
         w = PerSampleWrapper(fn)(p, y)
         assert [float(fn(p[b:b + 1], y[b:b + 1])) for b in range(2)] == pytest.approx(w.tolist())
+
+
+def test_dice_focal_with_onehot_and_no_background_is_split_exactly():
+    from monai.losses import DiceFocalLoss
+
+    # the endoscopic bundle's loss: to_onehot_y, no background, softmax, jaccard
+    loss = DiceFocalLoss(include_background=False, to_onehot_y=True, softmax=True, jaccard=True)
+    torch.manual_seed(0)
+    pred = torch.randn(2, 2, 4, 4)
+    label = (torch.rand(2, 1, 4, 4) > 0.5).float()
+    w = PerSampleWrapper(loss)
+    t = w.terms(pred, label)
+    assert w.term_names == ("dice", "focal") and t.shape == (2, 2)
+    for b in range(2):
+        assert float(w(pred, label)[b]) == pytest.approx(float(loss(pred[b:b + 1], label[b:b + 1])), abs=1e-6)
+
+
+def test_a_split_that_does_not_add_up_falls_back_to_one_term():
+    loss = DiceCELoss(to_onehot_y=True, softmax=True)
+    w = PerSampleWrapper(loss)
+    w._fns = [lambda p, t: loss.dice(p, t), lambda p, t: torch.tensor(5.0)]  # a wrong second term
+    pred, label = torch.randn(2, 2, 4, 4), (torch.rand(2, 1, 4, 4) > 0.5).float()
+    v = w(pred, label)
+    assert w.term_names == ("loss",)
+    assert v.tolist() == pytest.approx([float(loss(pred[b:b + 1], label[b:b + 1])) for b in range(2)], abs=1e-6)

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import csv
+import json
+import shutil
+
 import pytest
 
 from robust_bundles.foreign.parts import check_parts, discover, follow, target_kind
@@ -61,3 +65,313 @@ def test_parts_flag_is_checked():
         check_parts({"los": "x"})
     with pytest.raises(ValueError, match="must be a dict"):
         check_parts("lossfn")
+
+
+# --------------------------------------------------------------------------- a tiny bundle of another shape (YAML)
+EVAL_YAML = """\
+imports:
+  - $import torch
+bundle_root: .
+device: $torch.device('cpu')
+use_imagenet_pretrain: true
+network_def:
+  _target_: torch.nn.Conv2d
+  in_channels: 1
+  out_channels: 2
+  kernel_size: 1
+network: $@network_def.to(@device)
+lossfn: {_target_: DiceCELoss, to_onehot_y: true, softmax: true}
+eval_transforms:
+  _target_: Compose
+  transforms: [{_target_: EnsureTyped, keys: [image, label]}]
+eval_dataset:
+  _target_: Dataset
+  data: "$[{'image': torch.linspace(-1, 1, 64).reshape(1, 8, 8) * (k + 1), 'label': (torch.linspace(-1, 1, 64) > 0).float().reshape(1, 8, 8)} for k in range(3)]"
+  transform: '@eval_transforms'
+eval_dataloader: {_target_: DataLoader, dataset: '@eval_dataset', batch_size: 2}
+evaluator:
+  _target_: SupervisedEvaluator
+  device: '@device'
+  network: '@network'
+  val_data_loader: '@eval_dataloader'
+  key_val_metric:
+    val_dice: {_target_: MeanDice, include_background: false}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    """An evaluation-only bundle (no trainer, so no loss is found by structure) with array data (no file names) and
+    weights saved as a checkpoint under 'model' in models/model_key_metric=0.9.pt."""
+    import torch
+
+    root = tmp_path_factory.mktemp("tiny") / "tiny_bundle"
+    (root / "configs").mkdir(parents=True)
+    (root / "models").mkdir()
+    (root / "configs" / "evaluate.yaml").write_text(EVAL_YAML)
+    net = torch.nn.Conv2d(1, 2, 1)
+    with torch.no_grad():  # class 1 where the input is positive: a Dice of 1 on the clean data
+        net.weight.copy_(torch.tensor([[[[-1.0]]], [[[1.0]]]]))
+        net.bias.zero_()
+    torch.save({"model": net.state_dict(), "epoch": 3}, root / "models" / "model_key_metric=0.9.pt")
+    torch.save({"model": torch.nn.Conv2d(1, 2, 1).state_dict()}, root / "models" / "model_final_iteration=4.pt")
+    return root
+
+
+def _suggested(message: str) -> list[list[str]]:
+    """The command lines a message suggests (after '... with: '), as argv lists without the program name."""
+    import re
+    import shlex
+
+    lines = re.findall(r"with: (robust_bundles .*?)(?= Or define one|$)", message)
+    assert lines, message
+    out = []
+    for line in lines:
+        words = shlex.split(line)
+        assert words[:2] == ["robust_bundles", "audit"], line
+        out.append(words[1:])
+    return out
+
+
+@pytest.mark.parametrize("drop_loss", [False, True], ids=["named", "defined"])
+def test_every_suggested_fix_is_a_command_that_runs(tiny_bundle, tmp_path, drop_loss, capsys):
+    from robust_bundles.foreign.audit import audit
+    from robust_bundles.foreign.cli import main
+    from robust_bundles.foreign.parts import MissingPart
+
+    bundle = tiny_bundle
+    if drop_loss:  # no loss in the config at all: the message defines one with --override and names it
+        bundle = tmp_path / "no_loss"
+        shutil.copytree(tiny_bundle, bundle)
+        cfg = bundle / "configs" / "evaluate.yaml"
+        cfg.write_text(cfg.read_text().replace("lossfn: {_target_: DiceCELoss, to_onehot_y: true, softmax: true}\n",
+                                               ""))
+    out = tmp_path / "audit"
+    with pytest.raises(MissingPart) as e:
+        audit(str(bundle), output_dir=str(out), eps=[0.5], pgd_steps=2, ifgsm_steps=0)
+    msg = str(e.value)
+    assert "loss" in msg and "found evaluator 'evaluator'" in msg
+    commands = _suggested(msg)
+    assert msg.rstrip().endswith("True}}\"")  # the message ends with the last command line
+    if drop_loss:
+        assert len(commands) == 1 and "--override" in commands[0] and "robust_loss" in " ".join(commands[0])
+    else:  # the id that looks like a loss, then a loss defined by --override
+        assert "{'loss': 'lossfn'}" in commands[0] and "--override" in commands[1], commands
+    for argv in commands:  # the tool accepts each of its own suggestions, the override key check included
+        main(argv)
+        assert "audit report:" in capsys.readouterr().out
+    info = json.loads((out / "audit.json").read_text())
+    assert info["parts"]["loss"]["id"] == "robust_loss"  # the last one run
+    assert info["parts"]["inferer"]["type"] == "SimpleInferer"  # the evaluator's default
+    assert info["parts"]["weights"].endswith("model_key_metric=0.9.pt")  # the best of models/*.pt
+    assert info["pretrained_off"] == ["use_imagenet_pretrain"]
+    rows = list(csv.DictReader((out / "robustness.csv").open()))
+    assert sorted({r["case"] for r in rows}) == ["item_0", "item_1", "item_2"]  # positions: no file names
+    assert [float(r["dice"]) for r in rows if r["attack"] == "clean"] == [1.0, 1.0, 1.0]
+
+
+def test_parts_flag_names_ids_that_exist(tiny_bundle, tmp_path):
+    from robust_bundles.foreign.audit import audit
+    from robust_bundles.foreign.parts import MissingPart
+
+    with pytest.raises(MissingPart, match="loss: 'lossfun' \\(did you mean 'lossfn'\\?\\)"):
+        audit(str(tiny_bundle), output_dir=str(tmp_path), parts={"loss": "lossfun"})
+
+
+def test_help_lists_every_flag_with_its_default(capsys):
+    import inspect
+
+    from robust_bundles.foreign.audit import audit
+    from robust_bundles.foreign.cli import main
+    from robust_bundles.foreign.robustify import robustify
+
+    for name, fn in (("audit", audit), ("robustify", robustify)):
+        with pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0
+        captured = capsys.readouterr()
+        text = captured.out + captured.err
+        flags = [p for p in inspect.signature(fn).parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD][1:]
+        for p in flags:
+            block = text.split(f"--{p.name}=", 1)
+            assert len(block) == 2, f"{name} --help lacks --{p.name}"
+            entry = block[1].split("\n    -", 1)[0]
+            assert f"Default: {p.default!r}" in entry or "Default:" in entry, entry
+            assert len(entry.strip().splitlines()) >= 3, f"{name} --{p.name} has no meaning: {entry}"
+        assert "BUNDLE_DIR" in text and "Flags are accepted" not in text
+
+
+def test_find_id_does_not_index_into_a_reference(tmp_path):
+    from robust_bundles.foreign.parts import find_id, load_parser
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "train.json").write_text(json.dumps(FLAT))
+    parser = load_parser(tmp_path)
+    # "train#trainer" is the string "@trainer": MONAI's parser failed with "invalid literal for int()" here
+    assert find_id(parser, "loss", ["train#trainer#loss_function"], required=False) is None
+    assert find_id(parser, "loss") == "lossfn"
+
+
+# ------------------------------------------------------------------------------------- task metrics, sample ids
+def test_task_metrics_exact_values_and_kinds():
+    import math
+
+    import torch
+
+    from robust_bundles.foreign.metrics import accuracy, choose_kind, mean_point_distance, multilabel_dice
+
+    # 2 labels (overlapping), 4 voxels; logits > 0 is the predicted mask
+    pred = torch.tensor([[[1.0, 1.0, -1.0, -1.0], [1.0, -1.0, -1.0, -1.0]]])
+    label = torch.tensor([[[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]]])
+    # ch0: 2*1/(2+1) = 2/3; ch1: 2*1/(1+2) = 2/3
+    assert multilabel_dice(pred, label).tolist() == pytest.approx([2 / 3])
+    assert math.isnan(float(multilabel_dice(pred, torch.zeros_like(label))))  # no foreground: does not count
+    assert accuracy(torch.tensor([[0.1, 2.0], [3.0, 0.0]]), torch.tensor([1, 1])).tolist() == [1.0, 0.0]
+    # points (B, 2, N): distances 5 and 0 -> 2.5
+    p = torch.tensor([[[3.0, 1.0], [4.0, 1.0]]])
+    y = torch.tensor([[[0.0, 1.0], [0.0, 1.0]]])
+    assert mean_point_distance(p, y).tolist() == [2.5]
+    assert choose_kind("ignite.metrics.Accuracy", None) == "accuracy"
+    assert choose_kind("ignite.metrics.MeanPairwiseDistance", None) == "distance"
+    assert choose_kind(None, torch.nn.L1Loss()) == "distance"
+    assert choose_kind(None, torch.nn.CrossEntropyLoss()) == "accuracy"
+    assert choose_kind("MeanDice", torch.nn.L1Loss()) == "dice"
+
+
+def test_sample_ids_are_positions_through_subsets_named_by_file():
+    import torch
+    from monai.data import Dataset
+
+    from robust_bundles.foreign.audit import POSITION_KEY, PositionDataset
+    from robust_bundles.foreign.overlay import CaseIds, SampleIds
+
+    arrays = Dataset([{"image": torch.full((1, 2, 2), float(i))} for i in range(5)])
+    sub = torch.utils.data.Subset(torch.utils.data.Subset(arrays, [4, 3, 1]), [2, 0])  # -> positions 1, 4
+    ds = PositionDataset(sub)
+    assert [ds[i][POSITION_KEY] for i in range(len(ds))] == [1, 4]
+    assert float(ds[1]["image"][0, 0, 0]) == 4.0
+    ids = SampleIds(sub)
+    assert len(ids) == 5 and ids.names[:2] == ["item_0", "item_1"]
+    assert ids({POSITION_KEY: torch.tensor([4, 1])}).tolist() == [4, 1]
+    files = Dataset([{"image": f"/d/imgs/case_{i}.nii.gz"} for i in range(3)])
+    assert SampleIds(torch.utils.data.Subset(files, [2])).names == ["case_0", "case_1", "case_2"]
+    with pytest.raises(KeyError, match="PositionDataset"):
+        ids({"image": torch.zeros(1)})
+    # a datalist without file names: the error names the keys and types and the fix, never the array
+    with pytest.raises(TypeError) as e:
+        CaseIds([{"image": torch.zeros(100, 100)}])
+    assert "Tensor" in str(e.value) and "SampleIds" in str(e.value) and "0., 0." not in str(e.value)
+
+
+def test_wiring_of_a_flat_bundle(tmp_path):
+    from robust_bundles.foreign.parts import load_parser
+    from robust_bundles.foreign.robustify import redirects, run_id, wiring
+
+    (tmp_path / "configs").mkdir()
+    cfg = {**FLAT, "optimizer": {"_target_": "torch.optim.Adam", "params": "$@network.parameters()"},
+           "handlers": [], "training": ["$@trainer.run()"]}
+    cfg["trainer"] = {**cfg["trainer"], "optimizer": "@optimizer", "train_handlers": "@handlers"}
+    cfg["eval_dataset"] = {**cfg["eval_dataset"], "_target_": "PersistentDataset", "cache_dir": "./cache"}
+    cfg["output_dir"] = "./results"
+    (tmp_path / "configs" / "train.json").write_text(json.dumps(cfg))
+    parser = load_parser(tmp_path)
+    w = wiring(parser)
+    assert w["_trainer"] == "trainer" and run_id(parser, "trainer") == "training"
+    assert w["robust#bundle#loss"] == "@lossfn" and w["robust#bundle#optimizer"] == "@optimizer"
+    # the inline dataset is copied out of the loader, whose dataset becomes the position reader of the copy
+    assert w["robust#bundle#train_dataset"]["_target_"] == "Dataset"
+    assert w["trainer#train_data_loader#dataset"]["dataset"] == "@robust#bundle#train_dataset"
+    assert w["trainer#loss_function"] == "@robust#loss" and w["trainer#iteration_update"] == "@robust#iteration"
+    assert w["trainer#train_handlers"].startswith("$@robust#method_handlers + @robust#bundle#train_handlers")
+    # nothing is written into the bundle folder: outputs and dataset caches go to the output folder
+    r = redirects(parser, {"output_dir": "/mine"}, tmp_path / "out")
+    assert r == {"eval_dataset#cache_dir": str(tmp_path / "out" / "bundle_cache")}
+
+
+def test_an_offline_download_names_the_pretrained_flag(tmp_path):
+    from robust_bundles.foreign.parts import find, load_parser
+
+    (tmp_path / "configs").mkdir()
+    cfg = {"use_imagenet_pretrain": False,
+           "network_def": {"_target_": "urllib.request.urlopen", "url": "http://nowhere.invalid/w.pth", "timeout": 1},
+           "evaluator": {"_target_": "SupervisedEvaluator", "network": "@network_def"}}
+    (tmp_path / "configs" / "evaluate.json").write_text(json.dumps(cfg))
+    with pytest.raises(RuntimeError, match="--use_imagenet_pretrain false"):
+        find(load_parser(tmp_path), "network")
+
+
+def test_masking_checks_follow_a_lower_is_better_metric():
+    from robust_bundles.foreign.audit import masking_checks
+
+    # a distance: PGD raises it above noise and more at the larger eps, as a working attack does
+    summary = {"metric": "distance", "attacks": {"PGD": {"0.5": 189.7, "1": 190.0}, "noise": {"0.5": 188.9, "1": 188.9}}}
+    assert masking_checks(summary, higher_is_better=False) == []
+    assert len(masking_checks(summary, higher_is_better=True)) == 3  # read as a higher-is-better metric: all fire
+
+
+def test_bundles_older_than_the_installed_monai_and_numpy(tmp_path, caplog):
+    import numpy
+
+    from robust_bundles.foreign.parts import load_parser, missing_packages, numpy_compat
+
+    (tmp_path / "configs").mkdir()
+    cfg = {"network_def": {"_target_": "SwinUNETR", "img_size": 96, "in_channels": 1, "out_channels": 2},
+           "evaluator": {"_target_": "SupervisedEvaluator", "network": "@network_def"}}
+    (tmp_path / "configs" / "evaluate.json").write_text(json.dumps(cfg))
+    (tmp_path / "configs" / "metadata.json").write_text(json.dumps(
+        {"optional_packages_version": {"numpy": "1.0", "no_such_package_robust_bundles": "1.0"}}))
+    parser = load_parser(tmp_path)
+    # SwinUNETR's img_size (unused since MONAI 1.3) is gone from MONAI 1.5+: dropped, and said so
+    import inspect
+
+    from monai.networks.nets import SwinUNETR
+
+    assert ("img_size" in parser.get("network_def")) == ("img_size" in inspect.signature(SwinUNETR).parameters)
+    assert missing_packages(tmp_path) == ["no_such_package_robust_bundles"]
+    assert "pip install no_such_package_robust_bundles" in caplog.text
+    numpy_compat()
+    assert numpy.product is numpy.prod or numpy.__version__ < "2"  # valve_landmarks calls numpy.product
+
+
+TRAIN_YAML = EVAL_YAML + """\
+epochs: 2
+train_data: "$[{'image': torch.linspace(-1, 1, 64).reshape(1, 8, 8) * (k + 1), 'label': (torch.linspace(-1, 1, 64) > 0).float().reshape(1, 8, 8)} for k in range(4)]"
+optimizer: {_target_: torch.optim.SGD, params: $@network.parameters(), lr: 0.01}
+trainer:
+  _target_: SupervisedTrainer
+  max_epochs: '@epochs'
+  device: '@device'
+  network: '@network'
+  loss_function: '@lossfn'
+  optimizer: '@optimizer'
+  train_data_loader:
+    _target_: DataLoader
+    batch_size: 2
+    dataset: {_target_: Dataset, data: '$torch.utils.data.Subset(@train_data, [3, 1, 2])', transform: '@eval_transforms'}
+  train_handlers: [{_target_: StatsHandler, output_transform: '$lambda x: None'}]
+training:
+  - $@trainer.run()
+"""
+
+
+def test_robustify_a_flat_bundle_with_array_data_and_inline_parts(tiny_bundle, tmp_path):
+    """Flat ids, the trainer's loader, dataset and handlers inline, array data in a Subset, its run list named
+    'training', weights in models/model_key_metric=0.9.pt: robustify with no flag but the sizes."""
+    import csv as csv_
+
+    from robust_bundles.foreign.robustify import robustify
+
+    bundle = tmp_path / "flat"
+    shutil.copytree(tiny_bundle, bundle)
+    (bundle / "configs" / "evaluate.yaml").unlink()
+    (bundle / "configs" / "train.yaml").write_text(TRAIN_YAML)
+    out = tmp_path / "rob"
+    info = robustify(str(bundle), output_dir=str(out), epochs=2, pgd_steps=2, expansion_step=0.5)
+    assert (out / "checkpoint.pt").is_file() and info["init_model"].endswith("model_key_metric=0.9.pt")
+    rows = list(csv_.DictReader((out / "margins.csv").open()))
+    # ids are positions in the Subset's underlying data (4 items, 3 trained), named item_<i>
+    assert [r["key"] for r in rows] == ["item_0", "item_1", "item_2", "item_3"]
+    assert float(rows[0]["margin"]) == 0.5  # never trained on: the initial margin
+    wiring = json.loads((out / "bundle_wiring.json").read_text())
+    assert wiring["trainer#loss_function"] == "@robust#loss"
+    assert not (bundle / "models" / "model.pt").exists()  # the bundle folder is not written to

@@ -83,13 +83,22 @@ SAMPLE_IDS = ("the image file name without folder and extension where the data h
 """How the report names its samples."""
 
 
+def underlying(dataset: Any, index: int | None = None) -> tuple[Any, int | None]:
+    """The data under a dataset's ``Subset`` wrappers (a ``Subset`` itself, or the ``data`` of a MONAI dataset built
+    on one, as ``random_split`` makes), and the position of item ``index`` in it."""
+    while True:
+        if isinstance(dataset, torch.utils.data.Subset):
+            index = None if index is None else int(dataset.indices[index])
+            dataset = dataset.dataset
+        elif isinstance(getattr(dataset, "data", None), torch.utils.data.Subset):
+            dataset = dataset.data
+        else:
+            return dataset, index
+
+
 def underlying_position(dataset: Any, index: int) -> int:
-    """The position of item ``index`` of ``dataset`` in the dataset under its ``Subset`` wrappers."""
-    index = int(index)
-    while isinstance(dataset, torch.utils.data.Subset):
-        index = int(dataset.indices[index])
-        dataset = dataset.dataset
-    return index
+    """The position of item ``index`` of ``dataset`` in the data under its ``Subset`` wrappers (:func:`underlying`)."""
+    return int(underlying(dataset, int(index))[1])
 
 
 class PositionDataset(torch.utils.data.Dataset):
@@ -231,6 +240,25 @@ def resolve_weights(bundle_dir: str | os.PathLike, model_path: str | os.PathLike
     return pick
 
 
+def refuse_detection(parser, command: str = "audit") -> None:
+    """Stop with the reason when the bundle is a detection bundle (a ``detector`` argument of its trainer or
+    evaluator, e.g. the model zoo's ``lung_nodule_ct_detection`` with its ``scripts.trainer.DetectionTrainer``)."""
+    from .parts import _arg
+
+    config = parser.get()
+    for engine in ("trainer", "evaluator"):
+        i = getattr(parser, "discovered", {}).get(engine)
+        det = _arg(config, i, "detector") if i else None
+        if det is not None:
+            raise NotImplementedError(
+                f"robust_bundles {command} does not handle detection bundles yet: the {engine} {i!r} runs the "
+                f"detector {det!r}, whose loss is computed inside it from box labels (there is no loss_function to "
+                "attack per sample, and the label is not an image), and whose metric is mAP over boxes. The "
+                "project's own detection bundles (robust_bundles.tasks.detection) are robust-trained and evaluated "
+                "with their own configs; auditing a foreign detector needs that adapter wired to its configs."
+            )
+
+
 def _inferer(parser, part: str, engine: str) -> tuple[str, Any]:
     """The evaluator's (trainer's) inferer; MONAI's default ``SimpleInferer`` when the engine has none."""
     if find_id(parser, part, required=False) is None and engine in getattr(parser, "discovered", {}):
@@ -283,7 +311,7 @@ def _metric(parser, metric: str, loss: Any) -> tuple[Any, dict]:
         kind = metric
     m, what = task_metric(kind, loss)
     info.update(kind=kind, description=what, higher_is_better=m.specs[0].higher_is_better)
-    if kind == "dice" and cfg and cfg.get("include_background") is True:
+    if kind == "dice" and what.startswith("softmax") and cfg and cfg.get("include_background") is True:
         info["note"] = "the bundle's metric includes the background; the audit's Dice is over foreground classes"
     return m, info
 
@@ -309,19 +337,23 @@ def attack_setup(pgd_steps: int, ifgsm_steps: int, alpha: float, clamp: Sequence
     return attacks
 
 
-def masking_checks(summary: Mapping, attack: str = "PGD", noise: str = "noise", tol: float = 0.01) -> list[str]:
+def masking_checks(summary: Mapping, attack: str = "PGD", noise: str = "noise", tol: float = 0.01,
+                   higher_is_better: bool | None = None) -> list[str]:
     """Gradient-masking warning signs in a robustness summary (headline metric), one sentence each:
 
     - the attack is not worse than random noise of the same norm at some eps > 0 (by more than ``tol``);
     - the attack gets weaker as eps grows (its metric improves by more than ``tol`` from one eps to the next).
 
+    ``higher_is_better`` is the metric's direction (a distance is lower-is-better); default: read from the summary,
+    else higher.
+
     (The handler adds the third: most samples had zero or non-finite input gradients.)
     """
     out = []
-    hib = True
+    hib = True if higher_is_better is None else bool(higher_is_better)
     metrics = summary.get("metrics") or {}
     head = metrics.get(summary.get("metric"), {})
-    if head.get("higher_is_better") is False:
+    if higher_is_better is None and head.get("higher_is_better") is False:
         hib = False
     att = summary.get("attacks", {}).get(attack, {})
     nz = summary.get("attacks", {}).get(noise, {})
@@ -432,6 +464,7 @@ def audit(
     merged = {**dict(override or {}), **overrides}
     flags = given_flags(audit, locals())
     parser = load_parser(root, config_file, merged, parts, command=("audit", flags))
+    refuse_detection(parser)
     pretrained = pretrained_off(parser, merged)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -484,7 +517,7 @@ def audit(
                 f"{', '.join(f'{n} {a.steps} steps' for n, a in attacks.items())}, inferer {type(inferer).__name__}")
     evaluator.run()
     summary = handler.summary
-    checks = masking_checks(summary) + list(handler.warnings)
+    checks = masking_checks(summary, higher_is_better=handler.higher_is_better) + list(handler.warnings)
     result = {"run": "bundle", "method": "bundle", "train_eps": None, "label": root.name,
               "settings": handler.settings(), "summary": summary}
     files = {"robustness_json": str(out / "robustness.json"), "robustness_csv": str(out / "robustness.csv"),

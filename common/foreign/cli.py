@@ -39,7 +39,10 @@ def main(argv: list[str] | None = None) -> None:
 
     explain_errors()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s", stream=sys.stdout)
-    fire.Fire(commands(), command=argv, name="robust_bundles")
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in args and any(a in ("--help", "-h") for a in args):  # fire's own form: help, exit status 0
+        args = [a for a in args if a not in ("--help", "-h")] + ["--", "--help"]
+    fire.Fire(commands(), command=args, name="robust_bundles")
 
 
 if __name__ == "__main__":  # pragma: no cover

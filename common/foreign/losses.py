@@ -13,7 +13,7 @@ batch=True training loss of a batch of several samples (it is the batch=False va
 lambdas as weights, so AMAT gets one threshold per term as with the project's own losses; any other loss is one term
 ("loss"). torch's ``CrossEntropyLoss``, ``MSELoss``, ``L1Loss`` (any reduction but ``'none'``) work the same way:
 with ``reduction='sum'`` the value of a sample is its sum alone. Collated MONAI batches (MetaTensors) are read as
-plain tensors. The wrapper's ``forward`` is the per-sample total: ``SupervisedTrainer`` takes its ``.mean()``.
+plain tensors, boolean masks as the output's float type. The wrapper's ``forward`` is the per-sample total: ``SupervisedTrainer`` takes its ``.mean()``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,14 @@ def _split(loss: Any) -> tuple[tuple[str, ...], tuple[float, ...], list[Callable
             return loss.ce(p, t) if p.shape[1] != 1 else loss.bce(p, t)
         return ("dice", "ce"), (float(loss.lambda_dice), float(loss.lambda_ce)), [loss.dice, ce]
     if name == "DiceFocalLoss" and hasattr(loss, "dice") and hasattr(loss, "focal"):
-        return ("dice", "focal"), (float(loss.lambda_dice), float(loss.lambda_focal)), [loss.dice, loss.focal]
+        def onehot(p, t):  # DiceFocalLoss one-hot encodes the label itself before calling its two terms
+            if getattr(loss, "to_onehot_y", False) and p.shape[1] > 1 and t.shape[1] == 1:
+                from monai.networks import one_hot
+
+                return one_hot(t, num_classes=p.shape[1])
+            return t
+        return ("dice", "focal"), (float(loss.lambda_dice), float(loss.lambda_focal)), [
+            lambda p, t: loss.dice(p, onehot(p, t)), lambda p, t: loss.focal(p, onehot(p, t))]
     return ("loss",), (1.0,), None
 
 
@@ -68,6 +75,7 @@ class PerSampleWrapper(PerSampleLoss):
         self.loss = loss
         names, weights, fns = _split(loss) if split_terms else (("loss",), (1.0,), None)
         self.term_names, self.term_weights, self._fns = names, weights, fns
+        self._checked = fns is None
 
     def _scalar(self, value: Any, what: str) -> torch.Tensor:
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
@@ -82,16 +90,41 @@ class PerSampleWrapper(PerSampleLoss):
         # MetaTensors of a collated batch carry per-sample metadata that slicing one sample out of breaks
         # ("len() of a 0-d tensor"): the loss gets plain tensors (gradients flow through as_tensor).
         p, target = _plain(primary_output(pred)), _plain(torch.as_tensor(target))
+        if target.dtype == torch.bool:  # multi-label masks (BraTS' ConvertToMultiChannelBasedOnBratsClassesd)
+            target = target.to(p.dtype)
         if p.shape[0] != target.shape[0]:
             raise ValueError(f"Prediction batch {p.shape[0]} and label batch {target.shape[0]} differ.")
         rows = []
         for b in range(p.shape[0]):
             pb, tb = p[b:b + 1], target[b:b + 1]
+            if not self._checked:
+                self._check_split(pb, tb)
             if self._fns is None:
                 rows.append(self._scalar(self.loss(pb, tb), "The loss")[None])
             else:
                 rows.append(torch.stack([self._scalar(f(pb, tb), n) for f, n in zip(self._fns, self.term_names)]))
         return torch.stack(rows).float()
+
+    def _check_split(self, pb: torch.Tensor, tb: torch.Tensor) -> None:
+        """Once: the weighted terms must add up to the loss itself; else (a MONAI version whose loss prepares the
+        label differently) the loss is used as one term, with a warning."""
+        self._checked = True
+        with torch.no_grad():
+            total = float(self._scalar(self.loss(pb, tb), "The loss"))
+            try:
+                split = sum(w * float(self._scalar(f(pb, tb), n))
+                            for f, n, w in zip(self._fns, self.term_names, self.term_weights))
+            except Exception as e:  # noqa: BLE001 (any failure of the split: use the loss whole)
+                split, why = float("nan"), f"{type(e).__name__}: {e}"
+            else:
+                why = f"{split:.6g} != {total:.6g}"
+        if not abs(split - total) <= 1e-4 * max(1.0, abs(total)):
+            import logging
+
+            logging.getLogger("robust_bundles.foreign").warning(
+                f"{type(self.loss).__name__}: its terms {self.term_names} do not add up to the loss ({why}); it is "
+                "used as one term 'loss'.")
+            self.term_names, self.term_weights, self._fns = ("loss",), (1.0,), None
 
     def __repr__(self) -> str:
         return f"PerSampleWrapper({type(self.loss).__name__}, terms={self.term_names})"

@@ -1,14 +1,18 @@
 """What the method overlays of ``configs/foreign/`` need to stack on a foreign bundle's unchanged train config.
 
-- :class:`CaseIds`: stable integer sample ids from the image file name MONAI keeps in the metadata
-  (``image.meta["filename_or_obj"]``), so every random crop of one case maps to the case's id (and margin).
-- :class:`ForeignAMATIteration`, :class:`ForeignVATIteration`: the project's AMAT/VAT iterations with the ids of
-  :class:`CaseIds` put into the batch (the foreign datalist has no ``sample_id``).
+- :class:`SampleIds`: stable integer sample ids, the position of each sample in the bundle's training dataset under
+  its ``Subset`` wrappers (read from the ``sample_position`` that :class:`robust_bundles.foreign.audit.PositionDataset`
+  adds to each item; the wiring reads the trainer's dataset through it), named by the image file name where the
+  dataset has a datalist of file paths and ``item_<i>`` otherwise (NPZ arrays, ``CacheDataset`` over arrays). Every
+  random crop of one sample has the sample's id (and margin); the ids are the same in every epoch and at resume.
+- :class:`CaseIds`: ids from the image file names of a datalist (the first form of the overlays; kept for scripts).
+- :class:`ForeignAMATIteration`, :class:`ForeignVATIteration`: the project's AMAT/VAT iterations with the ids put
+  into the batch (the foreign datalist has no ``sample_id``).
 
-The ids of a foreign ``train.json`` the overlays rely on: ``network``, ``loss``, ``optimizer``, ``train#trainer``
-(a ``SupervisedTrainer``: its ``iteration_update``, ``loss_function`` and ``train_handlers`` are set),
-``train#handlers`` (the bundle's own trainer handlers, kept), ``train#dataset#data`` (the training datalist, for the
-ids) and ``device``. Everything the overlays add lives under the one new id ``robust``.
+The bundle's parts the overlays use are named under ``robust#bundle`` (network, loss, optimizer, device,
+train_dataset, train_transform); ``robust_bundles robustify`` writes them, with the trainer's ``loss_function``,
+``iteration_update`` and ``train_handlers``, into a wiring file stacked last (:func:`robust_bundles.foreign.
+robustify.wiring`).
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ import torch
 
 from ..adversarial import AMATIteration, VATIteration
 from ..margins import MarginBook
-from .audit import case_of
+from .audit import POSITION_KEY, case_of, underlying
 
-__all__ = ["CaseIds", "ForeignAMATIteration", "ForeignVATIteration", "batch_cases"]
+__all__ = ["CaseIds", "ForeignAMATIteration", "ForeignVATIteration", "SampleIds", "batch_cases"]
 
 
 def batch_cases(batchdata: Any, image_key: str = "image") -> list[str]:
@@ -54,7 +58,9 @@ class CaseIds:
         names = []
         for i, d in enumerate(data):
             if not isinstance(d, dict) or not isinstance(d.get(image_key), (str, os.PathLike)):
-                raise TypeError(f"Training datalist item {i} has no {image_key!r} file path: {d!r}.")
+                what = ({k: type(v).__name__ for k, v in d.items()} if isinstance(d, dict) else type(d).__name__)
+                raise TypeError(f"Training datalist item {i} has no {image_key!r} file path (it holds {what}): name "
+                                "the samples by position instead with robust_bundles.foreign.overlay.SampleIds.")
             names.append(case_of(d[image_key]))
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -81,6 +87,56 @@ class CaseIds:
         return torch.tensor([self.index[c] for c in cases], dtype=torch.long, device=device)
 
 
+def sample_names(dataset: Any, image_key: str = "image") -> list[str]:
+    """The names of the samples of the data under ``dataset``'s ``Subset`` wrappers, by position: the image file
+    names of its datalist when they are all file paths with distinct names, else ``item_<i>``."""
+    base, _ = underlying(dataset)
+    n = len(base)
+    data = base if isinstance(base, Sequence) and not isinstance(base, (str, bytes)) else getattr(base, "data", None)
+    if isinstance(data, Sequence) and not isinstance(data, (str, bytes)) and len(data) == n and all(
+            isinstance(d, dict) and isinstance(d.get(image_key), (str, os.PathLike)) for d in data):
+        names = [case_of(d[image_key]) for d in data]
+        if len(set(names)) == n:
+            return names
+    return [f"item_{i}" for i in range(n)]
+
+
+class SampleIds:
+    """Sample id = position in the training dataset under its ``Subset`` wrappers (see the module docstring).
+
+    Args:
+        dataset: the bundle's training dataset (the trainer's data loader's dataset), e.g. ``@train#dataset``.
+        image_key: the image key, for the names.
+    """
+
+    def __init__(self, dataset: Any, image_key: str = "image") -> None:
+        try:
+            self.names = sample_names(dataset, image_key)
+        except TypeError as e:
+            raise TypeError(f"The training dataset ({type(dataset).__name__}) has no length, so its samples cannot be "
+                            "numbered: robust training needs a map-style dataset.") from e
+        if not self.names:
+            raise ValueError("The training dataset is empty: check the dataset folder (--dataset_dir).")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def digest(self) -> str:
+        """Fingerprint of the id table (stored with the margins, checked at resume)."""
+        return MarginBook.digest_keys(self.names)
+
+    def __call__(self, batchdata: Any, device: Any = None) -> torch.Tensor:
+        if not isinstance(batchdata, dict) or POSITION_KEY not in batchdata:
+            keys = sorted(batchdata) if isinstance(batchdata, dict) else type(batchdata).__name__
+            raise KeyError(f"The batch has no {POSITION_KEY!r} (it has {keys}): read the trainer's dataset through "
+                           "robust_bundles.foreign.audit.PositionDataset (robust_bundles robustify's wiring does).")
+        ids = torch.as_tensor(batchdata[POSITION_KEY]).reshape(-1).long()
+        if ids.numel() and (ids.min() < 0 or ids.max() >= len(self.names)):
+            raise IndexError(f"Sample positions {ids.tolist()[:5]} are outside the training dataset of "
+                             f"{len(self.names)} samples.")
+        return ids.to(device) if device is not None else ids
+
+
 class _WithIds:
     def __call__(self, engine, batchdata):  # type: ignore[override]
         if isinstance(batchdata, dict):
@@ -93,7 +149,7 @@ class ForeignAMATIteration(_WithIds, AMATIteration):
     """:class:`robust_bundles.adversarial.AMATIteration` with sample ids from the image file names.
 
     Args:
-        ids: the :class:`CaseIds` of the training datalist.
+        ids: the :class:`SampleIds` (or :class:`CaseIds`) of the training data.
         kwargs: the arguments of ``AMATIteration``.
     """
 

@@ -52,6 +52,14 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "train_data": ("train#dataset#data", "train_datalist"),
     "train_preprocessing": ("train#preprocessing",),
     "train_inferer": ("train#inferer",),
+    "dataset": ("validate#dataset", "evaluate#dataset"),
+    "trainer": ("train#trainer", "trainer"),
+    "evaluator": ("validate#evaluator", "evaluate#evaluator", "evaluator"),
+    "train_network": ("network", "network_def"),
+    "optimizer": ("optimizer",),
+    "train_handlers": ("train#handlers", "handlers"),
+    "train_loader": ("train#dataloader", "train_dataloader"),
+    "train_dataset": ("train#dataset", "train_dataset"),
 }
 """The config ids tried for each part, first match wins."""
 
@@ -157,6 +165,7 @@ def load_parser(bundle_dir: str | os.PathLike, config_file: str | Sequence[str] 
             raise FileNotFoundError(f"Config file(s) {missing} do not exist: fix --config_file.")
     parts = check_parts(parts)
     numpy_compat()
+    missing_packages(root)
     bundle_on_path(root)
     parser = ConfigParser()
     parser.read_config(files)
@@ -169,15 +178,22 @@ def load_parser(bundle_dir: str | os.PathLike, config_file: str | Sequence[str] 
     parser["bundle_root"] = str(root)
     for k, v in overrides.items():
         parser[k.replace("::", "#")] = v
+    monai_compat(parser)
     parser.files = files  # type: ignore[attr-defined]
     parser.given_parts = parts  # type: ignore[attr-defined]
     parser.discovered = discover(parser.get())  # type: ignore[attr-defined]
     parser.command = (command[0], dict(command[1])) if command else None  # type: ignore[attr-defined]
-    missing_ids = [f"{p}: {i!r}" for p, i in parts.items() if not _has(parser.get(), i)]
+    missing_ids = []
+    for p, i in parts.items():
+        if not _has(parser.get(), i):
+            import difflib
+
+            near = difflib.get_close_matches(i, list(_config_ids(parser.get())), n=2, cutoff=0.6)
+            missing_ids.append(f"{p}: {i!r}" + (f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""))
     if missing_ids:
         raise MissingPart(f"--parts names ids the configs ({', '.join(Path(f).name for f in files)}) do not have: "
-                          f"{'; '.join(missing_ids)}. Give ids of the bundle's own config (e.g. 'lossfn', "
-                          "'validate#preprocessing'), or define them with --override.")
+                          f"{'; '.join(missing_ids)}. Give ids of the bundle's own config, or define them with "
+                          "--override.")
     return parser
 
 
@@ -201,6 +217,58 @@ def numpy_compat() -> list[str]:
         logging.getLogger("robust_bundles.foreign").info(
             f"NumPy {numpy.__version__}: restored aliases removed in NumPy 2.0 for the bundle's code: {', '.join(added)}")
     return added
+
+
+_REMOVED_ARGS = {"SwinUNETR": ("img_size",)}
+"""Arguments that MONAI removed from a class after model-zoo bundles were published (``SwinUNETR(img_size=...)``,
+unused since MONAI 1.3 and gone in 1.5)."""
+
+
+def monai_compat(parser) -> list[str]:
+    """Drop the arguments of :data:`_REMOVED_ARGS` from the bundle's components when the installed MONAI class no
+    longer takes them (each drop is logged); nothing changes on a MONAI that still takes them.
+
+    Returns:
+        The ids dropped.
+    """
+    from ..command_line import _target_parameters
+
+    dropped = []
+    for i, c in list(_components(parser.get())):
+        for arg in _REMOVED_ARGS.get(_short(c.get("_target_")), ()):
+            params = _target_parameters(c["_target_"]) if arg in c else None
+            if params is not None and arg not in params:
+                del c[arg]
+                dropped.append(f"{i}#{arg}")
+    if dropped:
+        import monai
+
+        logging.getLogger("robust_bundles.foreign").info(
+            f"MONAI {monai.__version__} no longer takes {', '.join(dropped)} (removed from MONAI after the bundle was "
+            "written; it had no effect): dropped")
+    return dropped
+
+
+def missing_packages(bundle_dir: str | os.PathLike) -> list[str]:
+    """The packages the bundle's ``configs/metadata.json`` lists (``required_packages_version``,
+    ``optional_packages_version``) that are not installed, with a warning naming them and the ``pip install``; the
+    parts that use them fail later (e.g. ``einops`` for SwinUNETR, ``itk`` for an ``ITKReader``)."""
+    import json
+
+    from ..command_line import _installed_version
+
+    meta = Path(bundle_dir) / "configs" / "metadata.json"
+    try:
+        data = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    names = {**dict(data.get("optional_packages_version") or {}), **dict(data.get("required_packages_version") or {})}
+    missing = sorted(n for n in names if _installed_version(n) is None)
+    if missing:
+        logging.getLogger("robust_bundles.foreign").warning(
+            f"{meta} lists packages that are not installed: {', '.join(missing)}; the parts that use them will fail "
+            f"(pip install {' '.join(missing)}).")
+    return missing
 
 
 def bundle_on_path(bundle_dir: str | os.PathLike) -> None:
@@ -273,12 +341,20 @@ def suggest_command(parser, parts: Mapping[str, str], overrides: Mapping[str, An
     flags["parts"] = {**dict(flags.get("parts") or {}), **dict(parts)}
     if overrides:
         flags["override"] = {**dict(flags.get("override") or {}), **dict(overrides)}
-    words = ["robust_bundles", name, shlex.quote(str(bundle))]
+    words = ["robust_bundles", name, _quote(str(bundle))]
     for k, v in flags.items():
         if v is None or v is False:
             continue
-        words += [f"--{k}"] if v is True else [f"--{k}", shlex.quote(v if isinstance(v, str) else repr(v))]
+        words += [f"--{k}"] if v is True else [f"--{k}", _quote(v if isinstance(v, str) else repr(v))]
     return " ".join(words)
+
+
+def _quote(text: str) -> str:
+    """A shell word: as it is when safe, in double quotes when that needs no escape (``"{'loss': 'lossfn'}"``)."""
+    q = shlex.quote(text)
+    if q == text or any(c in text for c in '"$`\\!'):
+        return q
+    return f'"{text}"'
 
 
 def _missing(parser, part: str, tried: Sequence[str]) -> MissingPart:
@@ -317,7 +393,7 @@ def find_id(parser, part: str, candidates: Sequence[str] | None = None, required
     ids = tuple(candidates) if candidates is not None else CANDIDATES.get(part, ())
     for i in ids:
         if _has(config, i):
-            return i
+            return follow(config, i) if candidates is None else i  # "train#trainer": "@trainer" -> "trainer"
     if not required:
         return None
     raise _missing(parser, part, ids)
@@ -329,7 +405,36 @@ def find(parser, part: str, candidates: Sequence[str] | None = None) -> tuple[st
     try:
         return i, parser.get_parsed_content(i)
     except Exception as e:
-        raise RuntimeError(f"The bundle's {part} ({i!r}) could not be built: {type(e).__name__}: {e}") from e
+        from ..errors import _root_cause
+
+        cause = _root_cause(e) or e
+        raise RuntimeError(f"The bundle's {part} ({i!r}) could not be built: {type(cause).__name__}: {cause}"
+                           + _download_hint(parser, e) + _package_hint(cause)) from e
+
+
+def _package_hint(cause: BaseException) -> str:
+    """A sentence on a missing optional package (MONAI's ``OptionalImportError``)."""
+    m = re.search(r"package `([\w.-]+)`", str(cause))
+    if type(cause).__name__ != "OptionalImportError" or m is None:
+        return ""
+    return (f". The bundle needs the package {m.group(1)!r} (its configs/metadata.json lists what it needs): pip "
+            f"install {m.group(1)}, or override the component that uses it (e.g. an image reader: reader "
+            "NibabelReader).")
+
+
+def _download_hint(parser, error: BaseException) -> str:
+    """A sentence on pretrained weights when building failed on a download (offline machine)."""
+    chain, e = [], error
+    while e is not None and len(chain) < 10:
+        chain.append(f"{type(e).__name__}: {e}")
+        e = e.__cause__ or e.__context__
+    text = " ".join(chain).lower()
+    if not any(w in text for w in ("urlopen", "urlerror", "http", "download", "connection", "name resolution")):
+        return ""
+    flags = [i for i, v in _config_ids(parser.get()).items() if i.rsplit("#", 1)[-1] in _PRETRAINED_ARGS]
+    fix = " or ".join(f"--{i} false" for i in flags[:2]) or "the network's pretrained argument set false"
+    return (f". It tried to download something (pretrained backbone weights?) and this machine cannot reach it: "
+            f"the bundle's trained weights are loaded over them anyway, so switch the download off with {fix}.")
 
 
 def metric_config(parser) -> tuple[str | None, dict | None]:

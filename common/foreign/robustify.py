@@ -10,18 +10,22 @@ Two steps, with no edit of the bundle:
    ``configs/foreign/robust.json`` and ``amat.json`` (or ``vat.json``) stacked on it::
 
        python -m monai.bundle run --config_file "['configs/train.json', '<robust_bundles>/configs/foreign/robust.json',
-           '<robust_bundles>/configs/foreign/amat.json']" --bundle_root . --robust#init_model models/model.pt
+           '<robust_bundles>/configs/foreign/amat.json', 'OUT/bundle_wiring.json']" --bundle_root . --robust#init_model models/model.pt
            --robust#output_dir OUT --robust#thresholds_file OUT/thresholds.json --train#trainer#max_epochs 5
 
-   The weights start from the trained model; margins are keyed by the image file name (every random crop of a case
-   shares its margin); the final checkpoint ``<output_dir>/checkpoint.pt`` holds the model, the margins, the
+   and last the wiring file ``<output_dir>/bundle_wiring.json`` (:func:`wiring`): the bundle's own parts found by
+   structure (or named with ``--parts``) under ``robust#bundle``, its trainer's ``loss_function``,
+   ``iteration_update`` and ``train_handlers``, and its training dataset read through ``PositionDataset``. The
+   weights start from the trained model; margins are keyed by the sample's position in the training dataset, named
+   in ``margins.csv`` by the image file name where there is one (every random crop of a case shares its margin); the final checkpoint ``<output_dir>/checkpoint.pt`` holds the model, the margins, the
    optimizer and the trainer state. The bundle's own checkpoint and log folders (``ckpt_dir``, ``output_dir`` when
-   the config has them) are redirected into ``<output_dir>`` so the bundle's ``models/model.pt`` is never
-   overwritten.
+   the config has them) and the ``cache_dir`` of its datasets (``PersistentDataset``) are redirected into
+   ``<output_dir>`` so the bundle's folder is never written to.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -33,26 +37,14 @@ import torch
 
 from ..io import atomic_write_json, sha256_file
 from .losses import PerSampleWrapper
-from .parts import config_path, find, find_id
+from .parts import config_path, find, find_id, given_flags, pretrained_off
 
-__all__ = ["OVERLAY_DIR", "REQUIRED_IDS", "estimate_bundle_thresholds", "overlay_files", "robustify"]
+__all__ = ["OVERLAY_DIR", "estimate_bundle_thresholds", "overlay_files", "redirects", "robustify", "run_id", "wiring"]
 
 logger = logging.getLogger("robust_bundles.robustify")
 
 OVERLAY_DIR = Path(__file__).resolve().parent.parent / "configs" / "foreign"
 """The overlays stacked on a foreign train config (robust.json, amat.json, vat.json)."""
-
-REQUIRED_IDS = {
-    "network": "the network the trainer trains (e.g. \"$@network_def.to(@device)\")",
-    "loss": "the training loss component",
-    "optimizer": "the optimizer component",
-    "device": "the torch device expression",
-    "train#trainer": "a SupervisedTrainer component",
-    "train#handlers": "the trainer's handler list (may be [])",
-    "train#dataset#data": "the training datalist (items with 'image' and 'label' paths)",
-    "train#dataset#transform": "the training preprocessing (its random states go into the checkpoint)",
-}
-"""The ids of a foreign train config the overlays rely on, with what they must be."""
 
 METHODS = ("amat", "vat")
 
@@ -88,13 +80,19 @@ def estimate_bundle_thresholds(parser, weights: str | Path, output_path: str | P
     load_network_weights(network, weights, what="bundle's trained model",
                          fix="train the bundle first or give --model_path PATH", map_location="cpu")
     network = network.to(dev).eval()
-    _, pre = find(parser, "train_preprocessing")
-    _, inferer = find(parser, "train_inferer")
+    from .audit import PositionDataset, _inferer
+
+    _, inferer = _inferer(parser, "train_inferer", "trainer")
     _, loss = find(parser, "loss")
-    _, data = find(parser, "train_data")
     loss_fn = PerSampleWrapper(loss)
     set_determinism(seed=seed)
-    loader = DataLoader(Dataset(list(data), pre), batch_size=1, shuffle=False, num_workers=0)
+    if find_id(parser, "train_data", required=False) is not None:  # a datalist: no caching of a CacheDataset
+        _, pre = find(parser, "train_preprocessing")
+        _, data = find(parser, "train_data")
+        dataset: Any = Dataset(list(data), pre)
+    else:
+        _, dataset = find(parser, "train_dataset")
+    loader = DataLoader(PositionDataset(dataset), batch_size=1, shuffle=False, num_workers=0)
     values = []
     with torch.no_grad():
         for _ in range(max(1, int(passes))):
@@ -112,6 +110,87 @@ def estimate_bundle_thresholds(parser, weights: str | Path, output_path: str | P
     logger.info(f"thresholds {dict(zip(loss_fn.term_names, xi.tolist()))} ({rule}, {v.shape[0]} training samples) "
                 f"written to {output_path}")
     return th.to_dict()
+
+
+def run_id(parser, trainer: str) -> str:
+    """The id of the bundle's expressions that run the trainer (``run``, ``training``...): the top-level id whose
+    expression calls ``@<trainer>.run()``; ``run`` when none does."""
+    for k, v in parser.get().items():
+        if f"@{trainer}.run()" in json.dumps(v):
+            return str(k)
+    return "run"
+
+
+def redirects(parser, user: Mapping[str, Any], out: Path) -> dict[str, str]:
+    """Overrides that send what the bundle writes into ``out``: its ``ckpt_dir`` (``out/bundle_models``),
+    ``output_dir`` (``out/bundle_eval``), and every dataset's ``cache_dir`` (``out/bundle_cache``); ids the user set
+    are left alone. The folders are made."""
+    from .parts import _components
+
+    settings: dict[str, str] = {}
+    for i, sub in (("ckpt_dir", "bundle_models"), ("output_dir", "bundle_eval")):
+        if i in parser and i not in user:
+            settings[i] = str(out / sub)
+    for i, c in _components(parser.get()):  # PersistentDataset / LMDBDataset caches
+        if "cache_dir" in c and f"{i}#cache_dir" not in user:
+            settings[f"{i}#cache_dir"] = str(out / "bundle_cache")
+    for v in set(settings.values()):
+        Path(v).mkdir(parents=True, exist_ok=True)
+    if "ckpt_dir" not in parser and "ckpt_dir" not in user:
+        logger.warning("The bundle has no 'ckpt_dir' id: check that its own checkpoint savers do not write into the "
+                       "bundle folder (override their save_dir).")
+    return settings
+
+
+def _ref_or_copy(config: Any, i: str, owner: str) -> Any:
+    """``"@i"``, or a copy of the raw value when ``i`` sits inside ``owner`` (a reference to it from the overlay's
+    new value of ``owner``'s argument would point at itself)."""
+    from .parts import raw_get
+
+    return copy.deepcopy(raw_get(config, i)) if i.startswith(owner + "#") else f"@{i}"
+
+
+def wiring(parser) -> dict[str, Any]:
+    """The ids the robust overlays need, from the bundle's own parts (:func:`robust_bundles.foreign.parts.find_id`:
+    ``--parts``, else found by structure, else the conventional ids): ``robust#bundle#*`` and the trainer's
+    ``loss_function``, ``iteration_update``, ``train_handlers``, and its data loader's dataset read through
+    :class:`robust_bundles.foreign.audit.PositionDataset` (the sample ids). Also ``_trainer``: the trainer's id.
+
+    Raises:
+        MissingPart: a part the overlays need was not found (the message ends with the ``--parts`` fix).
+    """
+    from .parts import _arg
+
+    config = parser.get()
+    trainer = find_id(parser, "trainer")
+    loader = find_id(parser, "train_loader")
+    dataset = find_id(parser, "train_dataset")
+    out: dict[str, Any] = {
+        "_trainer": trainer,
+        "robust#bundle#network": f"@{find_id(parser, 'train_network')}",
+        "robust#bundle#loss": f"@{find_id(parser, 'loss')}",
+        "robust#bundle#optimizer": f"@{find_id(parser, 'optimizer')}",
+        "robust#bundle#train_dataset": _ref_or_copy(config, dataset, loader),
+    }
+    device = _arg(config, trainer, "device")
+    out["robust#bundle#device"] = f"@{device}" if device else "$torch.device('cuda' if torch.cuda.is_available() " \
+                                                              "else 'cpu')"
+    pre = find_id(parser, "train_preprocessing", required=False)
+    if pre is not None and dataset.startswith(loader + "#") and pre.startswith(dataset + "#"):
+        pre = "robust#bundle#train_dataset" + pre[len(dataset):]  # inside the dataset copied above
+    out["robust#bundle#train_transform"] = f"@{pre}" if pre else None
+    out[f"{loader}#dataset"] = {"_target_": "robust_bundles.foreign.audit.PositionDataset",
+                                "dataset": "@robust#bundle#train_dataset"}
+    handlers = find_id(parser, "train_handlers", required=False)
+    ours = "@robust#method_handlers + @robust#handlers"
+    if handlers is None:
+        out[f"{trainer}#train_handlers"] = f"${ours}"
+    else:
+        out["robust#bundle#train_handlers"] = _ref_or_copy(config, handlers, trainer)
+        out[f"{trainer}#train_handlers"] = "$@robust#method_handlers + @robust#bundle#train_handlers + @robust#handlers"
+    out[f"{trainer}#loss_function"] = "@robust#loss"
+    out[f"{trainer}#iteration_update"] = "@robust#iteration"
+    return out
 
 
 def robustify(
@@ -133,6 +212,7 @@ def robustify(
     override: Mapping[str, Any] | None = None,
     resume: bool = False,
     seed: int = 0,
+    parts: Mapping[str, str] | None = None,
     **overrides: Any,
 ) -> dict:
     """Fine-tune a trained MONAI bundle with AMAT (or VAT) by overlays on its unchanged train config, starting from
@@ -143,8 +223,9 @@ def robustify(
         bundle_dir: the bundle folder; never written to.
         output_dir: where thresholds, the checkpoint, margins and logs go; default ``./robust_<method>/<bundle>``.
         method: ``"amat"`` or ``"vat"``.
-        epochs: fine-tuning epochs (sets ``train#trainer#max_epochs``).
-        model_path: the trained weights to start from; default ``<bundle_dir>/models/model.pt``.
+        epochs: fine-tuning epochs (sets the trainer's ``max_epochs``).
+        model_path: the trained weights to start from (a file, or a folder to pick one from); default
+            ``models/model.pt`` of the bundle, else its other ``models/*.pt`` (``model_key_metric=...pt``...).
         config_file: the bundle's train config (relative to the bundle); default ``configs/train.json|yaml``.
         threshold_rule: AMAT's threshold rule ("mean", "mean_std", "median_mad", "huber", "quantile").
         threshold_passes: passes over the training data for the thresholds.
@@ -160,6 +241,10 @@ def robustify(
             margins, random states, trainer; the thresholds file of the first run is reused); ``epochs`` is the
             total. The run continues exactly as if it had not stopped (CPU, ``num_workers`` 0).
         seed: determinism seed of the threshold pass.
+        parts: the bundle's parts by config id where finding them fails, e.g. ``{'loss': 'lossfn', 'trainer':
+            'train#trainer'}``; robust training uses trainer, loss, optimizer, train_network, train_loader,
+            train_dataset, train_handlers, train_preprocessing, train_inferer (see
+            ``robust_bundles.foreign.parts.PARTS_HELP``); default: found from the bundle's trainer.
         overrides: further config ids as keyword arguments (``--dataset_dir /data``).
 
     Returns:
@@ -169,7 +254,8 @@ def robustify(
     from monai.bundle import ConfigParser
     from monai.bundle.scripts import run
 
-    from .parts import MissingPart, load_parser
+    from .audit import refuse_detection, resolve_weights
+    from .parts import load_parser
 
     t0 = time.time()
     root = Path(bundle_dir).resolve()
@@ -185,21 +271,18 @@ def robustify(
         train_files = [str(f if Path(f).is_absolute() else root / f) for f in train_files]
     out = (Path(output_dir) if output_dir is not None else Path(f"robust_{method}") / root.name).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    weights = Path(model_path).resolve() if model_path is not None else root / "models" / "model.pt"
-    if not weights.is_file():
-        raise FileNotFoundError(f"The trained model {weights} does not exist: train the bundle first (its train "
-                                "config) or give --model_path PATH.")
     user = {**dict(override or {}), **overrides}
-    parser = load_parser(root, train_files, user)
-    for i, what in REQUIRED_IDS.items():
-        if find_id(parser, i, [i], required=False) is None:
-            raise MissingPart(f"The bundle's train config has no {i!r} ({what}); the robust overlays need it. Supply "
-                              f"it with --override \"{{'{i}': ...}}\" or a --config_file that defines it.")
+    parser = load_parser(root, train_files, user, parts, command=("robustify", given_flags(robustify, locals())))
+    weights = resolve_weights(root, model_path).resolve()
+    refuse_detection(parser, "robustify")
+    pretrained = pretrained_off(parser, user)
+    wired = wiring(parser)
+    trainer = wired.pop("_trainer")
 
     info: dict[str, Any] = {"bundle": str(root), "method": method, "init_model": str(weights), "epochs": int(epochs)}
     settings: dict[str, Any] = {
         "robust#init_model": str(weights), "robust#output_dir": str(out), "robust#pgd_steps": int(pgd_steps),
-        "robust#alpha": float(alpha), "train#trainer#max_epochs": int(epochs),
+        "robust#alpha": float(alpha), f"{trainer}#max_epochs": int(epochs), **pretrained,
     }
     if resume:
         from ..checkpointing import latest_checkpoint
@@ -221,18 +304,14 @@ def robustify(
                          "robust#beta": float(beta)})
     else:
         settings["robust#train_eps"] = float(train_eps)
-    # the bundle's own checkpoint and log folders go into the output folder: its models/model.pt stays as it was
-    for i, sub in (("ckpt_dir", "bundle_models"), ("output_dir", "bundle_eval")):
-        if i in parser and i not in user:
-            settings[i] = str(out / sub)
-            (out / sub).mkdir(exist_ok=True)
-    if "ckpt_dir" not in parser and "ckpt_dir" not in user:
-        logger.warning("The bundle has no 'ckpt_dir' id: check that its own checkpoint savers do not write into the "
-                       "bundle folder (override their save_dir).")
-    files = train_files + overlay_files(method)
+    settings.update(redirects(parser, user, out))
+    wiring_file = atomic_write_json(out / "bundle_wiring.json", wired)
+    files = train_files + overlay_files(method) + [str(wiring_file)]
     run_overrides = {**settings, **user}
-    command = (f"python -m monai.bundle run --config_file \"{files}\" --bundle_root {root} "
-               + " ".join(f"--{k} {v!r}" if not isinstance(v, str) else f"--{k} {v}" for k, v in run_overrides.items()))
+    from .parts import _quote
+
+    command = (f"python -m monai.bundle run --config_file {_quote(repr(files))} --bundle_root {_quote(str(root))} "
+               + " ".join(f"--{k} {_quote(v if isinstance(v, str) else repr(v))}" for k, v in run_overrides.items()))
     logger.info(f"robust fine-tuning ({method}): {command}")
     # refuse unknown ids before the run (ConfigParser of the stacked files)
     stacked = ConfigParser()
@@ -242,7 +321,7 @@ def robustify(
     problems = unknown_override_errors(stacked.get(), list(run_overrides))
     if problems:
         raise KeyError("; ".join(problems))
-    run(run_id="run", config_file=files, bundle_root=str(root), **run_overrides)
+    run(run_id=run_id(parser, trainer), config_file=files, bundle_root=str(root), **run_overrides)
     ckpt = out / "checkpoint.pt"
     if not ckpt.is_file():
         raise RuntimeError(f"The fine-tuning run ended without writing {ckpt}: see the log above.")

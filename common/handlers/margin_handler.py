@@ -49,13 +49,15 @@ class MarginHandler:
     Args:
         margins: the :class:`~robust_bundles.margins.MarginBook` of the training set (the same object the adversarial training
             iteration records into).
-        csv_path: optional CSV file, rewritten atomically after every epoch (columns ``sample_id``, ``margin``).
+        csv_path: optional CSV file, rewritten atomically after every epoch (columns ``sample_id``, ``margin``; and
+            ``key`` with ``keys``).
         summary_writer: optional ``torch.utils.tensorboard.SummaryWriter``; receives scalars under
             ``{tag_prefix}/{mean,median,q05,q95,max,expanded_fraction}`` and a histogram ``{tag_prefix}/histogram``,
             with the epoch as global step.
         log_quantiles: include the median and the 5 % / 95 % quantiles in the log line, the scalars and the metrics
             (the mean, the max and the expanded fraction are always there).
         tag_prefix: prefix of the TensorBoard tags and of the ``engine.state.metrics`` keys (``margin_mean``, ...).
+        keys: optional names of the N samples (``keys[i]`` names sample id ``i``), written to the CSV.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class MarginHandler:
         summary_writer: Any | None = None,
         log_quantiles: bool = True,
         tag_prefix: str = "margin",
+        keys: Any = None,
     ) -> None:
         if not isinstance(margins, MarginBook):
             raise TypeError(f"margins must be a robust_bundles.margins.MarginBook, got {type(margins).__name__}.")
@@ -72,6 +75,7 @@ class MarginHandler:
             raise ValueError("tag_prefix must be a non-empty string.")
         self.margins = margins
         self.csv_path = csv_path
+        self.keys = list(keys) if keys is not None else None
         self.summary_writer = summary_writer
         self.log_quantiles = bool(log_quantiles)
         self.tag_prefix = str(tag_prefix)
@@ -126,7 +130,7 @@ class MarginHandler:
         if not is_main_process():  # data-parallel: every process holds the same margins; process 0 writes them
             return
         if self.csv_path is not None:
-            self.margins.to_csv(self.csv_path)
+            self.margins.to_csv(self.csv_path, self.keys)
 
         if self.summary_writer is not None:
             for name, value in reported.items():
