@@ -46,7 +46,10 @@ XFAIL: dict[tuple[str, str], tuple[str, bool]] = {
     ("robustify", "brats_mri_segmentation"): (
         "no robustness gain at this budget: PGD-3 Dice at eps 0.1 0.563 -> 0.553 (clean 0.855 -> 0.866) after 4 "
         "epochs of Delta 1 (L2), far below the evaluated eps (an L2 norm of about 36 on 4 x 32^3 values)", True),
-    ("robustify", "prostate_mri_anatomy"): (UNMEASURED, False),
+    ("robustify", "prostate_mri_anatomy"): (
+        "no robustness gain at the larger eps at this budget: PGD-3 Dice at eps 0.1 0.2929 -> 0.2925 (at eps 0.05 "
+        "0.315 -> 0.331, clean 0.343 -> 0.367) after 4 epochs of Delta 1 (L2; eps 0.1 is an L2 norm of about 18)",
+        True),
     ("robustify", "endoscopic_tool_segmentation"): (UNMEASURED + "; and its brief training does not learn", False),
     ("robustify", "valve_landmarks"): (UNMEASURED, False),
     ("audit", "lung_nodule_ct_detection"): (
