@@ -9,6 +9,17 @@ of the library needs only the modules its configs use.
 """
 
 import importlib
+import os
+
+# OpenMP threads that wait at the end of a parallel region sleep instead of spinning (GNU OpenMP, which torch's CPU
+# wheels use, spins 300,000 times first). On a machine busier than its cores (CI, shared machines) the spinning
+# threads take the cores from the ones with work: an AMAT iteration (10 attack passes plus a per-sample loss loop of
+# many small parallel regions) at batch 16 on a 2D 96 x 96 UNet took 54-79 s with 2 torch threads at load 8 on 2
+# cores, 7-8 s with this setting (issue 23). OpenMP reads it when torch loads, so it applies to the commands that
+# import this package first (``robust_bundles audit|robustify``, ``python -m robust_bundles``) and to the processes
+# they start; a user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT is kept.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 if __name__ != "robust_bundles":  # e.g. "import common" from the repository root: a second copy of every class
     raise ImportError(

@@ -5,6 +5,7 @@ per core (and far faster when anything else runs), so tests and the bundle subpr
 """
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -30,3 +31,15 @@ def toy_std(tmp_path_factory):
     torch.save(std.state_dict(), path)
     xi = toy_thresholds(std, train, rule="mean_std")
     return {"train": train, "test": make_toy_segmentation(64, seed=1000), "net": std, "path": path, "xi": xi.xi}
+
+
+@pytest.fixture(scope="session")
+def zoo_cache(tmp_path_factory):
+    """The cache of the briefly trained model-zoo bundles (tests/foreign_zoo/zoo.py): one folder for the whole
+    session, shared by the xdist workers (the parent of a worker's temp root is the session's), or the folder
+    ROBUST_BUNDLES_ZOO_CACHE names (kept across sessions; entries are keyed by what they were trained from)."""
+    if os.environ.get("ROBUST_BUNDLES_ZOO_CACHE"):
+        return Path(os.environ["ROBUST_BUNDLES_ZOO_CACHE"])
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if base.name.startswith("popen-gw") else base
+    return root / "foreign_zoo"
