@@ -468,7 +468,8 @@ def test_end_to_end_hippocampus_quick(tmp_path):
     table = json.loads((report_dir / "results.json").read_text())
     assert [r["label"] for r in table["rows"]] == ["STD", *(f"{m.name} (eps 2)" if m.takes_eps else
                                                           f"{m.name} (fine-tuned)" for m in methods.with_overlay())]
-    assert table["columns"] == ["clean", "PGD 2", "PGD 6", "PGD Avg.", "IFGSM 2", "IFGSM 6", "IFGSM Avg."]
+    assert table["columns"] == ["clean", "PGD 2", "PGD 6", "PGD Avg.", "IFGSM 2", "IFGSM 6", "IFGSM Avg.", "noise 2",
+                                "noise 6", "noise Avg."]  # the quick suite
     for run in ("std", *(m.run_name(2 if m.takes_eps else None) for m in methods.with_overlay())):
         assert (root / "models" / run / "model.pt").is_file()
         assert (root / "eval" / run / "robustness.json").is_file()

@@ -229,7 +229,7 @@ def test_fast_vat_with_the_memory_and_the_strong_attack(root, std):
     report = json.loads((root / "eval" / "vat_fast" / "robustness.json").read_text())
     assert report["settings"]["attacks"]["PGD_strong"]["restarts"] == 3
     assert report["settings"]["attacks"]["PGD_strong"]["steps"] == 2
-    assert set(report["summary"]["attacks"]) == {"PGD", "IFGSM", "PGD_strong"}
+    assert set(report["summary"]["attacks"]) == {"PGD", "IFGSM", "noise", "PGD_strong"}  # the quick suite + strong
 
 
 def test_experiment_plan_of_the_quick_profile(tmp_path):

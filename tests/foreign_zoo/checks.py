@@ -103,7 +103,10 @@ def audit_args(t: Trained, out: Path, model_path: Path | None = None, eps=None) 
     args = ["-m", "robust_bundles", "audit", str(t.bundle), "--dataset_dir", t.dataset_arg(),
             "--model_path", str(model_path or t.weights), "--output_dir", str(out),
             "--eps", repr(list(eps or b.eps)), "--eps_unit", "rms", "--pgd_steps", str(b.pgd_steps),
-            "--ifgsm_steps", str(b.ifgsm_steps), "--max_cases", str(b.cases)]
+            "--ifgsm_steps", str(b.ifgsm_steps), "--max_cases", str(b.cases),
+            # the quick suite (PGD, I-FGSM, noise): what the figures of docs/model_zoo.md were measured with, and a
+            # fifth of the standard suite's cost (the audit's default; tests/test_foreign_bundles.py runs that one)
+            "--attack_suite", "quick"]
     if t.spec.sizes:
         args += ["--override", repr(t.spec.sizes)]
     return args

@@ -19,7 +19,7 @@ import numpy as np
 from foreign_data import write_ct_cases
 from PIL import Image
 
-from robust_bundles.bundle import mark_synthetic
+from robust_bundles.data.synthetic import mark_synthetic
 
 __all__ = ["WRITERS"]
 
