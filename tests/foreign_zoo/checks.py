@@ -50,6 +50,9 @@ XFAIL: dict[tuple[str, str], tuple[str, bool]] = {
     ("robustify", "spleen_ct_segmentation"): (
         "no robustness gain since the registry-derived AMAT overlay: PGD-3 Dice at eps 0.02 0.121 -> 0.071 (clean "
         "0.848 -> 0.850) after 4 epochs; before that merge 0.093 -> 0.329", False),
+    ("robustify", "valve_landmarks"): (
+        "the gain does not repeat from run to run: one run 18.11 -> 17.07 px (PGD-3 at eps 0.1, clean 10.03 -> 9.30 "
+        "px), the next (same cached model) no gain; 4 epochs of 12 iterations are too few to decide", False),
     ("audit", "lung_nodule_ct_detection"): (
         "MissingPart: Could not find the bundle's loss: DetectionTrainer computes its losses inside the "
         "RetinaNetDetector; no loss_function to attack", True),
