@@ -361,3 +361,26 @@ def test_robustify_2d_amat_resume_is_exact(bundle2d, tmp_path):
     assert a["margins"]["margins"].max() > 0.05  # some margin expanded: the comparison is not trivial
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
+
+
+@pytest.mark.slow
+def test_robustify_seed_makes_a_bundle_without_its_own_seed_repeatable(bundle2d, tmp_path):
+    """A bundle that does not seed itself (no set_determinism in its initialize list; shuffling, PGD random starts):
+    robustify twice with the same --seed writes the same weights (without the seed, the shuffling differs)."""
+    bundle, data = bundle2d
+    unseeded = tmp_path / "unseeded_bundle"
+    (unseeded / "configs").mkdir(parents=True)
+    (unseeded / "configs" / "train.yaml").write_text(
+        TRAIN_YAML.replace("initialize:\n  - $monai.utils.set_determinism(seed=0)\n", "initialize: []\n"))
+    assert "set_determinism" not in (unseeded / "configs" / "train.yaml").read_text()
+    common = ["-m", "robust_bundles", "robustify", str(unseeded), "--model_path", str(bundle / "models" / "model.pt"),
+              "--pgd_steps", "2", "--expansion_step", "0.05", "--threshold_rule", "mean_std", "--epochs", "1",
+              "--dataset_dir", str(data)]
+    for out in "ab":
+        _ok(_run([*common, "--seed", "3", "--output_dir", str(tmp_path / out)], cwd=tmp_path))
+    a, b = (torch.load(tmp_path / out / "checkpoint.pt", weights_only=True)["model"] for out in "ab")
+    start = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    assert any(not torch.equal(v, start[k]) for k, v in a.items())  # it trained: equal runs are not trivially equal
+    for k, v in a.items():
+        assert torch.equal(v, b[k]), k
+    assert json.loads((tmp_path / "a" / "robustify.json").read_text())["seed"] == 3

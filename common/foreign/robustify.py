@@ -261,7 +261,9 @@ def robustify(
         resume: continue an interrupted run of the same ``output_dir`` from its latest checkpoint (model, optimizer,
             margins, random states, trainer; the thresholds file of the first run is reused); ``epochs`` is the
             total. The run continues exactly as if it had not stopped (CPU, ``num_workers`` 0).
-        seed: determinism seed of the threshold pass.
+        seed: the determinism seed (``monai.utils.set_determinism``) of the threshold pass and of the fine-tuning
+            run (shuffling, random crops, the training attack's random starts): the same command on the same machine
+            writes the same model. A bundle that seeds itself in its ``initialize`` list keeps its own seed.
         parts: the bundle's parts by config id where finding them fails, e.g. ``{'loss': 'lossfn', 'trainer':
             'train#trainer'}``; robust training uses trainer, loss, optimizer, train_network, train_loader,
             train_dataset, train_handlers, train_preprocessing, train_inferer (see
@@ -301,7 +303,8 @@ def robustify(
     wired = wiring(parser)
     trainer = wired.pop("_trainer")
 
-    info: dict[str, Any] = {"bundle": str(root), "method": method, "init_model": str(weights), "epochs": int(epochs)}
+    info: dict[str, Any] = {"bundle": str(root), "method": method, "init_model": str(weights), "epochs": int(epochs),
+                            "seed": int(seed)}
     settings: dict[str, Any] = {
         "robust#init_model": str(weights), "robust#output_dir": str(out), "robust#pgd_steps": int(pgd_steps),
         "robust#alpha": float(alpha), f"{trainer}#max_epochs": int(epochs), "robust#epochs": int(epochs),
@@ -346,7 +349,13 @@ def robustify(
     problems = unknown_override_errors(stacked.get(), list(run_overrides))
     if problems:
         raise KeyError("; ".join(problems))
-    run(run_id=run_id(parser, trainer), config_file=files, bundle_root=str(root), **run_overrides)
+    from monai.utils import set_determinism
+
+    set_determinism(seed=seed)  # the bundle's shuffling, random crops and the attacks' random starts
+    try:
+        run(run_id=run_id(parser, trainer), config_file=files, bundle_root=str(root), **run_overrides)
+    finally:
+        set_determinism(seed=None)
     ckpt = out / "checkpoint.pt"
     if not ckpt.is_file():
         raise RuntimeError(f"The fine-tuning run ended without writing {ckpt}: see the log above.")
