@@ -247,10 +247,15 @@ def test_robustify_2d_vat_by_overlay(bundle2d, tmp_path):
     bundle, data = bundle2d
     before = (bundle / "models" / "model.pt").read_bytes()
     out = tmp_path / "vat"
+    # eps as a per-value RMS: 0.02 x sqrt(1 x 24 x 24 values of a training image) = an L2 norm of 0.48
     proc = _run(["-m", "robust_bundles", "robustify", str(bundle), "--method", "vat", "--epochs", "2",
-                 "--pgd_steps", "2", "--train_eps", "0.5", "--output_dir", str(out), "--dataset_dir", str(data)],
-                cwd=tmp_path)
+                 "--pgd_steps", "2", "--eps_unit", "rms", "--train_eps", "0.02", "--output_dir", str(out),
+                 "--dataset_dir", str(data)], cwd=tmp_path)
     _ok(proc)
+    info = json.loads((out / "robustify.json").read_text())
+    assert (info["eps_unit"], info["input_values"]) == ("rms", 576)
+    assert info["noise_l2"]["train_eps"] == pytest.approx(0.48)
+    assert "0.48" in (out / "robustify.json").read_text().split('"command"')[1].split("train_eps")[1][:30]
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert {"model", "optimizer", "trainer"} <= set(ckpt)
     assert ckpt["trainer"]["iteration"] == 2 * ckpt["trainer"]["epoch_length"]  # 2 epochs

@@ -430,3 +430,26 @@ def test_robustify_with_trades(tiny_bundle, tmp_path):
     assert ckpt["trainer"]["max_epochs"] == 1 and not torch.equal(ckpt["model"]["weight"], start["weight"])
     with pytest.raises(ValueError, match="use one of vat, teat, amat, trades"):
         robustify(str(bundle), output_dir=str(out), method="std")
+
+
+def test_noise_settings_units_defaults_and_the_rms_scale(monkeypatch):
+    """robustify's noise flags: L2 defaults filled in for 'norm'; 'rms' multiplies by sqrt(values of one training
+    input) (hand-checked: 4 x 10 x 10 = 400 values, scale 20) and refuses to guess a missing value."""
+    from robust_bundles.foreign import robustify as rf
+
+    given = {"train_eps": None, "expansion_step": None, "initial_margin": None, "max_margin": None, "beta": 0.5}
+    info: dict = {}
+    out = rf.noise_settings(None, given, ["expansion_step", "initial_margin", "max_margin", "beta"], "norm", 0, info)
+    assert out == {"expansion_step": 1.0, "initial_margin": None, "max_margin": None}
+    assert info == {"eps_unit": "norm", "noise_l2": {"expansion_step": 1.0}}
+
+    monkeypatch.setattr(rf, "training_input_values", lambda parser, seed: 400)
+    info = {}
+    out = rf.noise_settings(None, {**given, "expansion_step": 0.05, "max_margin": 0.5},
+                            ["expansion_step", "initial_margin", "max_margin"], "rms", 0, info)
+    assert out == {"expansion_step": pytest.approx(1.0), "initial_margin": None, "max_margin": pytest.approx(10.0)}
+    assert info["input_values"] == 400 and info["eps_unit"] == "rms"
+    with pytest.raises(ValueError, match=r"--eps_unit rms: give --train_eps R"):
+        rf.noise_settings(None, given, ["train_eps"], "rms", 0, {})
+    with pytest.raises(ValueError, match="'norm'.*'rms'"):
+        rf.noise_settings(None, given, ["train_eps"], "voxel", 0, {})

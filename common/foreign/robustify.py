@@ -43,7 +43,8 @@ from .losses import PerSampleWrapper
 from .overlay import foreign_methods, method_overlay
 from .parts import config_path, find, find_id, given_flags, pretrained_off
 
-__all__ = ["OVERLAY_DIR", "estimate_bundle_thresholds", "overlay_files", "redirects", "robustify", "run_id", "wiring"]
+__all__ = ["NORM_DEFAULTS", "OVERLAY_DIR", "estimate_bundle_thresholds", "noise_settings", "overlay_files", "redirects",
+           "robustify", "run_id", "training_dataset", "training_input_values", "wiring"]
 
 logger = logging.getLogger("robust_bundles.robustify")
 
@@ -76,6 +77,45 @@ def overlay_files(method: str, output_dir: str | Path) -> list[str]:
     return [str(OVERLAY_DIR / "robust.json"), str(path)]
 
 
+def training_dataset(parser) -> Any:
+    """The bundle's training data with its training preprocessing (random crops included): a plain ``Dataset`` of
+    its datalist where it has one (no caching of a ``CacheDataset``), else its training dataset itself."""
+    from monai.data import Dataset
+
+    if find_id(parser, "train_data", required=False) is not None:
+        _, pre = find(parser, "train_preprocessing")
+        _, data = find(parser, "train_data")
+        return Dataset(list(data), pre)
+    return find(parser, "train_dataset")[1]
+
+
+def training_input_values(parser, seed: int = 0, image_key: str = "image") -> int:
+    """The number of values of one training input as the trainer's network sees it (channels x crop, after the
+    bundle's training preprocessing): the scale of ``eps_unit="rms"`` (L2 norm = rms x sqrt(values)).
+
+    Raises:
+        ValueError: the training dataset is empty or its first item has no ``image_key`` tensor.
+    """
+    from monai.utils import set_determinism
+
+    set_determinism(seed=seed)
+    try:
+        dataset = training_dataset(parser)
+        if len(dataset) == 0:
+            raise ValueError("The training dataset is empty: check the dataset folder (--dataset_dir).")
+        item = dataset[0]
+    finally:
+        set_determinism(seed=None)
+    if isinstance(item, (list, tuple)) and item:  # several random crops of one sample (num_samples > 1)
+        item = item[0]
+    image = item.get(image_key) if isinstance(item, Mapping) else None
+    if not isinstance(image, torch.Tensor) and not hasattr(image, "shape"):
+        raise ValueError(f"The first training item has no {image_key!r} array (it is {type(item).__name__}): "
+                         "eps_unit='rms' needs the training input's size; give the noise settings as L2 norms "
+                         "(--eps_unit norm).")
+    return int(torch.as_tensor(image).numel())
+
+
 def estimate_bundle_thresholds(parser, weights: str | Path, output_path: str | Path, rule: str = "mean",
                                passes: int = 1, device: Any = None, seed: int = 0) -> dict:
     """xi of the bundle's trained model over its own training data (see the module docstring).
@@ -89,7 +129,7 @@ def estimate_bundle_thresholds(parser, weights: str | Path, output_path: str | P
         device: torch device; default CUDA when available.
         seed: MONAI determinism seed of the random crops.
     """
-    from monai.data import DataLoader, Dataset
+    from monai.data import DataLoader
     from monai.utils import set_determinism
 
     from ..thresholds import Thresholds, estimate_thresholds
@@ -106,13 +146,7 @@ def estimate_bundle_thresholds(parser, weights: str | Path, output_path: str | P
     _, loss = find(parser, "loss")
     loss_fn = PerSampleWrapper(loss)
     set_determinism(seed=seed)
-    if find_id(parser, "train_data", required=False) is not None:  # a datalist: no caching of a CacheDataset
-        _, pre = find(parser, "train_preprocessing")
-        _, data = find(parser, "train_data")
-        dataset: Any = Dataset(list(data), pre)
-    else:
-        _, dataset = find(parser, "train_dataset")
-    loader = DataLoader(PositionDataset(dataset), batch_size=1, shuffle=False, num_workers=0)
+    loader = DataLoader(PositionDataset(training_dataset(parser)), batch_size=1, shuffle=False, num_workers=0)
     values = []
     with torch.no_grad():
         for _ in range(max(1, int(passes))):
@@ -130,6 +164,51 @@ def estimate_bundle_thresholds(parser, weights: str | Path, output_path: str | P
     logger.info(f"thresholds {dict(zip(loss_fn.term_names, xi.tolist()))} ({rule}, {v.shape[0]} training samples) "
                 f"written to {output_path}")
     return th.to_dict()
+
+
+NORM_DEFAULTS = {"train_eps": 2.0, "expansion_step": 1.0}
+"""robustify's noise defaults, L2 norms of a training input (``eps_unit="norm"``)."""
+
+
+def noise_settings(parser, given: Mapping[str, float | None], used: Sequence[str], eps_unit: str, seed: int,
+                   info: dict[str, Any]) -> dict[str, float | None]:
+    """The method's noise settings as L2 norms (what the overlays and margins use): the defaults filled in for
+    ``eps_unit="norm"``; for ``"rms"`` the given values times sqrt(values of one training input). Records
+    ``eps_unit``, ``input_values`` (rms) and ``noise_l2`` (the settings the run uses) in ``info``.
+
+    Args:
+        parser: the bundle's config parser (for the training input's size).
+        given: the flags' values (``train_eps``, ``expansion_step``, ``initial_margin``, ``max_margin``, ``beta``).
+        used: the flags the method's overlay has.
+        eps_unit: ``"norm"`` or ``"rms"``.
+        seed: the determinism seed of the probe of the training input.
+        info: robustify's record, updated.
+
+    Raises:
+        ValueError: an unknown unit, or ``rms`` without a value for a noise setting the method needs.
+    """
+    if eps_unit not in ("norm", "rms"):
+        raise ValueError(f"--eps_unit {eps_unit!r}: give 'norm' (the L2 norm of one whole training input) or 'rms' "
+                         "(per-value RMS, as in robust_bundles audit --eps_unit rms).")
+    noise = [k for k in ("train_eps", "expansion_step", "initial_margin", "max_margin") if k in used]
+    out = {k: given.get(k) for k in noise}
+    info["eps_unit"] = eps_unit
+    if eps_unit == "norm":
+        out.update({k: NORM_DEFAULTS[k] for k in noise if out[k] is None and k in NORM_DEFAULTS})
+    else:
+        missing = [k for k in noise if out[k] is None and k in NORM_DEFAULTS]
+        if missing:
+            flags = " ".join(f"--{k} R" for k in missing)
+            raise ValueError(f"--eps_unit rms: give {flags} with R a per-value RMS (e.g. the largest eps of your "
+                             f"audit with --eps_unit rms); the defaults {NORM_DEFAULTS} are L2 norms.")
+        n = training_input_values(parser, seed)
+        scale = float(n) ** 0.5
+        out = {k: (float(v) * scale if v is not None else None) for k, v in out.items()}
+        info["input_values"] = n
+        logger.info(f"--eps_unit rms: one training input has {n} values, so the noise settings are L2 norms of "
+                    + ", ".join(f"{k} {v:.4g}" for k, v in out.items() if v is not None))
+    info["noise_l2"] = {k: v for k, v in out.items() if v is not None}
+    return out
 
 
 def run_id(parser, trainer: str) -> str:
@@ -224,11 +303,12 @@ def robustify(
     threshold_passes: int = 1,
     pgd_steps: int = 10,
     alpha: float = 4.0,
-    expansion_step: float = 1.0,
+    expansion_step: float | None = None,
     initial_margin: float | None = None,
     max_margin: float | None = None,
     beta: float = 0.5,
-    train_eps: float = 2.0,
+    train_eps: float | None = None,
+    eps_unit: str = "norm",
     override: Mapping[str, Any] | None = None,
     resume: bool = False,
     seed: int = 0,
@@ -251,12 +331,17 @@ def robustify(
         threshold_passes: passes over the training data for the thresholds.
         pgd_steps: steps of the training PGD.
         alpha: its step size factor.
-        expansion_step: AMAT's Delta (L2 norm of a training input, input intensity units).
-        initial_margin: AMAT's A (default Delta).
-        max_margin: AMAT's cap (default none).
+        expansion_step: AMAT's Delta, in ``eps_unit``; default 1.0 as an L2 norm (required with ``rms``).
+        initial_margin: AMAT's A, in ``eps_unit`` (default Delta).
+        max_margin: AMAT's cap, in ``eps_unit`` (default none).
         beta: AMAT's weight of the clean loss.
-        train_eps: the noise level of a method with eps (VAT, TEAT, TRADES; same units). Other settings of the
-            method's overlay as config ids, e.g. ``--robust#trades_beta 3``, ``--robust#output_activation sigmoid``.
+        train_eps: the noise level of a method with eps (VAT, TEAT, TRADES), in ``eps_unit``; default 2.0 as an L2
+            norm (required with ``rms``). Other settings of the method's overlay as config ids, e.g.
+            ``--robust#trades_beta 3``, ``--robust#output_activation sigmoid``.
+        eps_unit: the unit of the noise settings above: ``"norm"`` (the L2 norm of one whole training input, in the
+            network's input units, as the margins are kept) or ``"rms"`` (per-value RMS, the unit of ``robust_bundles
+            audit --eps_unit rms``: L2 norm = rms x sqrt(number of values of one training input, channels x crop),
+            measured on the first training item and written to ``robustify.json``).
         override: further config ids to set (e.g. the bundle's data and crop sizes).
         resume: continue an interrupted run of the same ``output_dir`` from its latest checkpoint (model, optimizer,
             margins, random states, trainer; the thresholds file of the first run is reused); ``epochs`` is the
@@ -319,6 +404,8 @@ def robustify(
     given = {"train_eps": train_eps, "expansion_step": expansion_step, "initial_margin": initial_margin,
              "max_margin": max_margin, "beta": beta}
     ids = json.loads(Path(files[-1]).read_text())
+    given.update(noise_settings(parser, given, [k for k in FLAG_IDS if f"robust#{FLAG_IDS[k]}" in ids], eps_unit,
+                                seed, info))
     settings.update({f"robust#{FLAG_IDS[k]}": float(v) if v is not None else None for k, v in given.items()
                      if f"robust#{FLAG_IDS[k]}" in ids})
     if chosen.needs_thresholds:

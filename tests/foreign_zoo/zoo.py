@@ -226,7 +226,8 @@ def trained(name: str, cache_root: Path) -> Trained:
             if proc.returncode != 0 or not found:
                 raise RuntimeError(f"Training {name} failed (exit {proc.returncode}, weights {spec.weights}: "
                                    f"{[str(f) for f in found]}): python {' '.join(args)}\n{log[-4000:]}")
-            done.write_text(json.dumps({"weights": str(found[-1].relative_to(bundle)), "dataset_dir": str(data)}))
+            rel = data.relative_to(folder) if data.is_relative_to(folder) else data  # the cache folder can move
+            done.write_text(json.dumps({"weights": str(found[-1].relative_to(bundle)), "dataset_dir": str(rel)}))
     info = json.loads(done.read_text())
-    return Trained(spec, folder / name, Path(info["dataset_dir"]), folder / name / info["weights"],
+    return Trained(spec, folder / name, folder / info["dataset_dir"], folder / name / info["weights"],
                    (folder / "train.log").read_text())
