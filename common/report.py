@@ -215,24 +215,19 @@ def _view(summary: dict, metric: str | None) -> dict:
     return by_metric[metric]
 
 
-def metric_spec(results: Sequence[dict], metric: str | None = None) -> dict:
-    """``name``, ``unit``, ``higher_is_better`` and ``description`` of a metric of :func:`collect`'s results (the
-    headline by default), from the ``MetricSpec`` every robustness.json carries."""
-    return _spec(results, metric)
-
-
-def _spec(results: Sequence[dict], metric: str | None) -> dict:
-    """``name``, ``unit``, ``higher_is_better`` and ``description`` of a metric (the headline by default)."""
+def metric_spec(results: Sequence[dict], metric: str | None = None) -> MetricSpec:
+    """The :class:`~robust_bundles.metrics.MetricSpec` (name, unit, direction, description) of a metric of
+    :func:`collect`'s results (the headline by default), from the spec every robustness.json carries; a file with a
+    single metric and no specs gives its name and ``settings["higher_is_better"]``."""
     if not results:
-        return {"name": metric or "metric", "unit": "", "higher_is_better": True, "description": ""}
+        return MetricSpec(metric or "metric")
     first = results[0]
     name = metric if metric is not None else str(first["summary"].get("metric", "metric"))
     for r in results:
         for m in r["settings"].get("metrics", []) or []:
             if m.get("name") == name:
-                return {"unit": "", "higher_is_better": True, "description": "", **m}
-    return {"name": name, "unit": "", "higher_is_better": bool(first["settings"].get("higher_is_better", True)),
-            "description": ""}
+                return MetricSpec.from_dict(m)
+    return MetricSpec(name, higher_is_better=bool(first["settings"].get("higher_is_better", True)))
 
 
 def _columns(results: Sequence[dict], metric: str | None = None) -> tuple[list[str], list[tuple[str, str | None]]]:
@@ -274,12 +269,6 @@ def _float(v: Any) -> float:
         return float(v)
     except (TypeError, ValueError):
         return float("nan")
-
-
-def metric_label(spec: Any) -> str:
-    """``"MRE (mm, lower is better)"``: the label of a ``MetricSpec`` or of its dict (as ``robustness.json`` stores
-    it); the one label function of the reports (:meth:`robust_bundles.metrics.MetricSpec.label`)."""
-    return (spec if isinstance(spec, MetricSpec) else MetricSpec.from_dict(spec)).label()
 
 
 def _attack_text(settings: dict) -> str:
@@ -324,8 +313,8 @@ def paper_table(
     rows = _ordered(results)
     names, refs = _columns(rows, metric)
     values = [[_value(_view(r["summary"], metric), ref) for ref in refs] for r in rows]
-    spec = _spec(rows, metric)
-    hib = bool(spec["higher_is_better"])
+    spec = metric_spec(rows, metric)
+    hib = spec.higher_is_better
 
     best = []
     for j in range(len(names)):
@@ -361,8 +350,8 @@ def paper_table(
                     r["summary"].get("num_counted", ""), r["summary"].get("num_samples", "")])
 
     table = {
-        "metric": spec["name"],
-        "unit": spec["unit"],
+        "metric": spec.name,
+        "unit": spec.unit,
         "higher_is_better": hib,
         "columns": names,
         "rows": [
@@ -397,7 +386,7 @@ def strong_attack_flags(results: Sequence[dict], metric: str | None = None, tole
         attacks = _view(r["summary"], metric).get("attacks", {})
         if strong not in attacks or reference not in attacks:
             continue
-        hib = bool(_spec([r], metric)["higher_is_better"])
+        hib = metric_spec([r], metric).higher_is_better
         gaps = {}
         for e, ref in attacks[reference].items():
             st = attacks[strong].get(e)
@@ -457,7 +446,7 @@ def cost_table(results: Sequence[dict]) -> tuple[str, list[dict]]:
     return md, out
 
 
-def _caption(rows: Sequence[dict], spec: dict, caption: str, input_shape: Sequence[int] | None) -> str:
+def _caption(rows: Sequence[dict], spec: MetricSpec, caption: str, input_shape: Sequence[int] | None) -> str:
     counted = {(r["summary"].get("num_counted"), r["summary"].get("num_samples")) for r in rows}
     if len(counted) == 1:
         c, n = counted.pop()
@@ -470,7 +459,7 @@ def _caption(rows: Sequence[dict], spec: dict, caption: str, input_shape: Sequen
         f"{r['label']}: {_attack_text(r['settings'])}" for r in rows)
     shape = f", network input {' x '.join(str(s) for s in input_shape)} pixels" if input_shape else ""
     text = (
-        f"Table: {metric_label(spec)[:-1]}, best of each column in bold) on the test set, "
+        f"Table: {spec.label()[:-1]}, best of each column in bold) on the test set, "
         f"{samples}. White-box attacks on the task loss, model in eval mode: {attacks or 'none'}. "
         f"eps is the {_norm(rows)} norm of the perturbation of the whole network input, in input intensity units "
         f"(after the bundle's intensity normalisation){shape}; Avg. is the mean over the eps > 0 columns."
@@ -562,10 +551,10 @@ def plot_metric_vs_eps(results: Sequence[dict], path: str | Path, metric: str | 
             ys = [clean] + [p[1] for p in pts]
             ax.plot(xs, ys, linestyle=styles[k % len(styles)], marker="o" if k == 0 else "s", markersize=4,
                     color=color, label=f"{r['label']} {name}")
-    spec = _spec(rows, metric)
+    spec = metric_spec(rows, metric)
     ax.set_xlabel(f"eps ({_norm(rows)}, input intensity units)")
-    ax.set_ylabel(metric_label(spec))
-    ax.set_title(f"{spec['name']} under attack ({', '.join(attack_names)}; eps 0 = clean)")
+    ax.set_ylabel(spec.label())
+    ax.set_title(f"{spec.name} under attack ({', '.join(attack_names)}; eps 0 = clean)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="best")
     return _save(fig, path)
@@ -657,7 +646,7 @@ def write_report(
             other_md, _, other_table = paper_table(results, "", input_shape, metric=name)
             table["other_metrics"][name] = other_table
             rows_only = other_md.split("\n\n", 1)[0]  # the table without its caption
-            md += f"\n{metric_label(_spec(results, name))}:\n\n{rows_only}\n"
+            md += f"\n{metric_spec(results, name).label()}:\n\n{rows_only}\n"
 
     suite_md, suite_rows = suite_table(results)
     if suite_md:

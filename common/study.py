@@ -60,6 +60,7 @@ from . import experiment as tool
 from . import methods, report
 from .io import atomic_write_json, atomic_write_text
 from .margins import MARGIN_RULES, MarginBook
+from .metrics import MetricSpec
 
 ExperimentError = tool.ExperimentError
 
@@ -312,7 +313,7 @@ class Study(tool.Experiment):
         self.profile_epochs = int(merged["epochs"])  # of STD, the VAT/TEAT from scratch and AMAT without epochs
         self.profile_steps = int(merged["attack_steps"])  # T of every VAT and TEAT run
         self._stage: tool.Stage | None = None
-        self.metric: dict = {"name": "metric", "higher_is_better": True}  # the headline MetricSpec, read by rows()
+        self.metric = MetricSpec("metric")  # the headline metric, read by rows()
         self.stages = self.phase_stages("validation")
 
     # ------------------------------------------------------------------------------------------------ stages
@@ -489,17 +490,17 @@ class Study(tool.Experiment):
 
     def write_study(self) -> dict[str, Path]:
         rows = self.rows("validation", self.study_runs())
-        analysis = analyse(rows, self.clean_tolerance, higher_is_better=self.metric["higher_is_better"])
-        analysis["metric"] = self.metric
+        analysis = analyse(rows, self.clean_tolerance, higher_is_better=self.metric.higher_is_better)
+        analysis["metric"] = self.metric.to_dict()
         out = self.path(STUDY_DIR)
         files = {"frontier": plot_frontier(rows, analysis, out / "frontier.png",
-                                           f"validation split ({self.val_cases} cases)", report.metric_label(self.metric))}
+                                           f"validation split ({self.val_cases} cases)", self.metric.label())}
         md = study_markdown(rows, analysis, self.clean_tolerance, self.val_cases, self.report_caption(),
-                            report.metric_label(self.metric))
+                            self.metric.label())
         files["markdown"] = atomic_write_text(out / "study.md", md)
         files["csv"] = atomic_write_text(out / "study.csv", study_csv(rows, analysis))
         files["json"] = atomic_write_json(out / "study.json", report._finite({"rows": rows, "analysis": analysis}))
-        choice = analysis["choice"] and {**analysis["choice"], "metric": self.metric}
+        choice = analysis["choice"] and {**analysis["choice"], "metric": self.metric.to_dict()}
         files["choice"] = atomic_write_json(out / "choice.json", report._finite(choice))
         return files
 
@@ -511,11 +512,11 @@ class Study(tool.Experiment):
                                       f"split.", out_dir=self.path("test/report"), margins_run=chosen,
                                     models_root=self.output_root)
         rows = self.rows("test", runs)
-        analysis = analyse(rows, self.clean_tolerance, chosen=chosen, higher_is_better=self.metric["higher_is_better"])
-        analysis["metric"] = self.metric
+        analysis = analyse(rows, self.clean_tolerance, chosen=chosen, higher_is_better=self.metric.higher_is_better)
+        analysis["metric"] = self.metric.to_dict()
         files["test_frontier"] = plot_frontier(rows, analysis, self.path(STUDY_DIR) / "test_frontier.png",
-                                               "test split", report.metric_label(self.metric))
-        md = test_markdown(rows, analysis, chosen, self.clean_tolerance, report.metric_label(self.metric))
+                                               "test split", self.metric.label())
+        md = test_markdown(rows, analysis, chosen, self.clean_tolerance, self.metric.label())
         files["test_markdown"] = atomic_write_text(self.path(STUDY_DIR) / "test.md", md)
         atomic_write_json(self.path(STUDY_DIR) / "test.json", report._finite({"rows": rows, "analysis": analysis}))
         return files
