@@ -18,6 +18,7 @@ from .console import fmt_time
 from .engine.plan import OutputRoot, Stage, model_file
 from .io import atomic_write_json, atomic_write_text
 from .metrics import MetricSpec
+from .report_figures import figure, save_png
 from .study_analysis import analyse, cost_units, mean_or_nan
 
 if TYPE_CHECKING:
@@ -243,7 +244,7 @@ def _csv(v: Any) -> str:
 def plot_frontier(rows: list[dict], analysis: dict, path: Path, where: str, metric: str = "Dice") -> Path:
     """PNG: the clean metric (x) against its PGD average (y): STD, VAT runs and their frontier, TEAT, AMAT
     configurations; point styles from the method registry (:meth:`robust_bundles.methods.Method.style`)."""
-    fig = report._figure((7.0, 5.0))
+    fig = figure((7.0, 5.0))
     fig.set_dpi(100)
     ax = fig.add_subplot(1, 1, 1)
     front = analysis["frontier"]
@@ -270,7 +271,7 @@ def plot_frontier(rows: list[dict], analysis: dict, path: Path, where: str, metr
     ax.set_title(f"Clean vs robust {metric}, {where}", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    return report._save(fig, path)
+    return save_png(fig, path)
 
 
 def point_style(method: str, init: str) -> tuple[str, str, str]:

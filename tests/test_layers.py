@@ -19,8 +19,8 @@ import pytest
 LIBRARY = Path(__file__).resolve().parents[1] / "common"
 
 HANDLERS = {"handlers"}
-DRIVERS = {"methods", "toy", "report", "engine", "experiment", "study", "study_grid", "study_analysis", "study_report",
-           "distribution", "contract", "foreign", "__main__",
+DRIVERS = {"methods", "toy", "report", "results", "report_figures", "engine", "experiment", "study", "study_grid",
+           "study_analysis", "study_report", "distribution", "contract", "foreign", "__main__",
            "bundle_configs"}  # bundle_configs renders the method overlays from the registry
 
 
