@@ -50,8 +50,8 @@ from . import methods, report
 from .attack_suite import SUITES
 from .console import fmt_time
 from .engine import inputs as tool_inputs
-from .engine.cli import ExperimentError, as_list, eps_list, run_cli, whole_epochs
-from .engine.inputs import BASE_CONFIGS, TOOL_KEYS
+from .engine.cli import ExperimentError, eps_list, run_cli, whole_epochs
+from .engine.inputs import BASE_CONFIGS, TOOL_KEYS, Inputs
 from .engine.plan import (
     FINETUNE_CONFIG,
     LOG_DIR,
@@ -69,7 +69,7 @@ from .engine.plan import (
 from .engine.runner import Runner, print_plan
 
 __all__ = ["Experiment", "ExperimentError", "Stage", "build_stages", "bundle_configs", "groups", "main", "cli",
-           "method_options", "model_file", "robustness_file", "THRESHOLDS_FILE", "as_list", "eps_list"]
+           "method_options", "model_file", "robustness_file", "THRESHOLDS_FILE"]
 
 
 def bundle_configs() -> tuple[str, ...]:
@@ -102,6 +102,26 @@ def method_options(**given: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         kind, name = valid[key]
         out[kind][name] = value
     return out["eps"], out["init"]
+
+
+def eps_levels(inputs: Inputs, given: Mapping[str, Any] | None) -> dict[str, list[float]]:
+    """The training noise levels of every method with eps whose overlay the bundle has, by method name: the option's
+    (``given``, by method), else the profile's ``"<key>_eps"``, else the overlay's ``train_eps``; asking for runs of a
+    method without an overlay is an error naming the missing file."""
+    asked_by = {str(k).upper(): v for k, v in (given or {}).items() if v is not None}
+    out = {}
+    for m in methods.all_methods():
+        if not m.takes_eps:
+            continue
+        asked = asked_by.get(m.name, inputs.experiment.get(f"{m.key}_eps"))
+        if m.name not in inputs.present:
+            if eps_list(asked, f"{m.key}_eps"):
+                raise ExperimentError(f"{m.key}_eps asks for {m.name} runs, but the bundle has no "
+                                      f"configs/{m.overlay}: render it (python scripts/bundles.py render) or "
+                                      f"drop the option.")
+            continue
+        out[m.name] = eps_list(default_eps(inputs.configs, m) if asked is None else asked, f"{m.key}_eps")
+    return out
 
 
 def build_stages(eps_levels: Mapping[str, Sequence[float]] | None = None, inits: dict[str, str] | None = None,
@@ -248,19 +268,7 @@ class Experiment:
                 raise ExperimentError(f"--attack_suite {attack_suite!r}: give one of {list(SUITES)}.")
             self.overrides["attack_suite"] = attack_suite
         cfg = ins.configs
-        given_eps = {str(k).upper(): v for k, v in (eps or {}).items() if v is not None}
-        self.eps = {}
-        for m in methods.all_methods():
-            if not m.takes_eps:
-                continue
-            asked = given_eps.get(m.name, experiment.get(f"{m.key}_eps"))
-            if m.name not in self.present:
-                if eps_list(asked, f"{m.key}_eps"):
-                    raise ExperimentError(f"{m.key}_eps asks for {m.name} runs, but the bundle has no "
-                                          f"configs/{m.overlay}: render it (python scripts/bundles.py render) or "
-                                          f"drop the option.")
-                continue
-            self.eps[m.name] = eps_list(default_eps(cfg, m) if asked is None else asked, f"{m.key}_eps")
+        self.eps = eps_levels(ins, eps)
         self.extra_runs = extra_runs_of(experiment.get("extra_runs"))
         self.inits = _inits(experiment, inits or {})
         if finetune_epochs is None and "epochs" in self.overrides:  # --override epochs N: every run is N epochs
