@@ -137,12 +137,6 @@ def study_defaults() -> dict[str, Any]:
     return {"grid": None, **eps, "val_cases": 8, "finetune_epochs": 6, "clean_tolerance": 0.03}
 
 
-def __getattr__(name: str) -> Any:
-    if name == "STUDY_DEFAULTS":  # the registry's current methods
-        return study_defaults()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def study_settings(profile_file: Path | None, given: dict[str, Any]) -> dict[str, Any]:
     """The study's settings: those given (not None), else the profile's ``experiment.study``, else
     :func:`study_defaults`.
