@@ -16,7 +16,9 @@ The report needs no task knowledge: every robustness.json carries its metrics' s
 and ``settings["higher_is_better"]``) are read too.
 
 Run names follow the experiment tool: ``std``, ``vat_eps<g>``, ``teat_eps<g>``, ``amat`` (``format(eps, 'g')``).
-Every file is written whole (temporary file, then ``os.replace``), figures included.
+Every file is written whole (temporary file, then ``os.replace``), figures included. Reading the results (run names,
+:func:`collect`, the metrics) is :mod:`robust_bundles.results`, the figures :mod:`robust_bundles.report_figures`; their
+public functions are importable from here too.
 
     from robust_bundles import report
     results = report.collect("bundles/x/runs/quick", ["std", "vat_eps6", "amat"])
@@ -27,16 +29,29 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
-import re
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from . import layout, methods
-from .finetune import read_init_record
-from .io import atomic_write, atomic_write_json, atomic_write_text
+from .io import atomic_write_json, atomic_write_text
 from .metrics import MetricSpec
+from .report_figures import margin_summary, plot_margin_histogram, plot_metric_vs_eps
+from .results import (
+    as_float,
+    cell_value,
+    collect,
+    columns,
+    fine_tuned_note,
+    metric_names,
+    metric_spec,
+    metric_view,
+    norm_text,
+    ordered,
+    parse_run,
+    robustness_stage,
+    run_name,
+)
 from .suite_report import suite_table
 
 __all__ = [
@@ -70,218 +85,6 @@ STRONG_TOLERANCE = 0.02
 """A model whose strong-attack metric is worse than the report's PGD by more than this is flagged."""
 
 
-# ------------------------------------------------------------------------------------------------------ run names
-def run_name(method: str, eps: float | None = None) -> str:
-    """The run name of a method: ``run_name("VAT", 6) -> "vat_eps6"``, ``run_name("AMAT") -> "amat"``.
-
-    Args:
-        method: a registered method (:mod:`robust_bundles.methods`; any case).
-        eps: the training noise level of a method with eps (VAT, TEAT; L2, input intensity units); ignored for the
-            others.
-    """
-    return methods.get(method).run_name(eps)
-
-
-def parse_run(run: str) -> tuple[str, float | None, str]:
-    """``"vat_eps6" -> ("VAT", 6.0, "VAT (eps 6)")``; ``"amat" -> ("AMAT", None, "AMAT")``; a variant of a method,
-    ``"std_bce" -> ("STD", None, "STD (bce)")``; other names as given (methods: :mod:`robust_bundles.methods`)."""
-    found = methods.parse_run(run)
-    if found is not None:
-        method, eps = found
-        return method.name, eps, method.name if eps is None else f"{method.name} (eps {format(eps, 'g')})"
-    if any(m.takes_eps and re.match(rf"^{m.key}_eps", run) for m in methods.all_methods()):
-        return run, None, run  # an eps that is not a number
-    if run.upper() in methods.names():
-        return run.upper(), None, run.upper()
-    method, _, variant = run.partition("_")
-    if method.upper() in methods.names() and variant:
-        return method.upper(), None, f"{method.upper()} ({variant})"
-    return run, None, run
-
-
-def robustness_stage(run: str) -> str:
-    """The experiment-tool stage that writes ``eval/<run>/robustness.json``."""
-    return f"robustness_{run}"
-
-
-# ----------------------------------------------------------------------------------------------------------- read
-def collect(output_root: str | Path, runs: Iterable[str], labels: dict[str, str] | None = None,
-            models_root: str | Path | None = None) -> list[dict]:
-    """Read ``<output_root>/eval/<run>/robustness.json`` of every run.
-
-    Args:
-        output_root: the experiment's output folder (holds ``models/`` and ``eval/``).
-        runs: run names, e.g. ``["std", "vat_eps6", "amat"]``.
-        labels: row labels by run, replacing :func:`parse_run`'s (e.g. ``{"std_bce": "STD (BCE)"}``).
-        models_root: the folder holding ``models/<run>`` when it is not ``output_root`` (e.g. evaluations of several
-            splits under one experiment).
-
-    Returns:
-        One dict per run, in the order given: ``run``, ``method``, ``train_eps`` (None for STD and AMAT), ``label``
-        (the table's row label, with " (fine-tuned)" for a run that started from trained weights), ``path``,
-        ``settings`` and ``summary`` (as written by the robustness handler), ``init_from`` (the run's
-        ``models/<run>/init_from.json`` record, None when trained from scratch).
-
-    Raises:
-        FileNotFoundError: a run has no robustness.json; the message names the file and the stage to run.
-        ValueError: a file is not a robustness result (no summary with clean and attacks).
-    """
-    root = Path(output_root)
-    models = Path(models_root) if models_root is not None else root
-    out = []
-    for run in runs:
-        path = Path(layout.robustness_file(root, run))
-        if not path.is_file():
-            model = Path(layout.model_file(models, run))
-            also = "" if model.is_file() else (
-                f" (its model {model} is missing too: run the training stage {run!r} first)")
-            raise FileNotFoundError(
-                f"No robustness result for run {run!r}: {path} does not exist. Run the stage "
-                f"{robustness_stage(run)!r} (scripts/experiment.py ... --stages \"[{robustness_stage(run)}]\"){also}."
-            )
-        try:
-            data = json.loads(path.read_text())
-        except ValueError as e:
-            raise ValueError(f"{path} is not valid JSON ({e}); re-run the stage {robustness_stage(run)!r}.") from e
-        summary = data.get("summary") if isinstance(data, dict) else None
-        if not isinstance(summary, dict) or "clean" not in summary or "attacks" not in summary:
-            raise ValueError(
-                f"{path} holds no robustness summary (expected 'summary' with 'clean' and 'attacks'); re-run the stage "
-                f"{robustness_stage(run)!r}."
-            )
-        method, eps, label = parse_run(run)
-        label = (labels or {}).get(run) or label
-        init = read_init_record(layout.run_dir(models, run))
-        cost_path = Path(layout.cost_file(models, run))
-        try:
-            cost = json.loads(cost_path.read_text()) if cost_path.is_file() else None
-        except ValueError:
-            cost = None  # a damaged cost file loses the cost column, not the report
-        out.append({"run": run, "method": method, "train_eps": eps,
-                    "label": label + (" (fine-tuned)" if init else ""), "path": str(path),
-                    "settings": data.get("settings", {}), "summary": summary, "init_from": init, "cost": cost})
-    return out
-
-
-def fine_tuned_note(results: Sequence[dict]) -> str:
-    """One sentence naming the runs that started from trained weights (their source file, its SHA-256 prefix and
-    their epochs), or "" when every run was trained from scratch."""
-    parts = []
-    for r in _ordered(results):
-        init = r.get("init_from")
-        if init:
-            src = Path(str(init.get("init_from", "?")))
-            epochs = init.get("max_epochs")
-            parts.append(f"{parse_run(r['run'])[2]} from {src.parent.name}/{src.name} (sha256 "
-                         f"{str(init.get('sha256', ''))[:12]}{f', {epochs} epochs' if epochs else ''})")
-    if not parts:
-        return ""
-    return ("Fine-tuned runs start from trained weights, with their own optimizer and schedule: "
-            + "; ".join(parts) + ".")
-
-
-def _ordered(results: Sequence[dict]) -> list[dict]:
-    """STD, VAT by eps, TEAT by eps, AMAT (a method before its variants, e.g. STD before std_bce), then any other
-    run in the order given."""
-    order = methods.names()
-    rank = {m: i for i, m in enumerate(order)}
-    keyed = [(rank.get(r["method"], len(order)), r["train_eps"] if r["train_eps"] is not None else -1.0,
-              r["run"] != r["method"].lower() and r["train_eps"] is None, i, r)
-             for i, r in enumerate(results)]
-    return [k[-1] for k in sorted(keyed, key=lambda k: k[:4])]
-
-
-def _eps_key(e: Any) -> str:
-    return format(float(e), "g")
-
-
-def metric_names(results: Sequence[dict]) -> list[str]:
-    """The metrics of the runs, the headline (the first run's) first."""
-    names: list[str] = []
-    for r in results:
-        names.append(str(r["summary"].get("metric", "metric")))
-        names += [str(m["name"]) for m in r["settings"].get("metrics", []) or []]
-        names += list((r["summary"].get("metrics") or {}))
-    return list(dict.fromkeys(names))
-
-
-def _view(summary: dict, metric: str | None) -> dict:
-    """The part of a summary that holds one metric: ``clean``, ``attacks`` (and ``worst``); the headline by default."""
-    if metric is None or metric == summary.get("metric"):
-        return summary
-    by_metric = summary.get("metrics") or {}
-    if metric not in by_metric:
-        return {"clean": float("nan"), "attacks": {}}
-    return by_metric[metric]
-
-
-def metric_spec(results: Sequence[dict], metric: str | None = None) -> dict:
-    """``name``, ``unit``, ``higher_is_better`` and ``description`` of a metric of :func:`collect`'s results (the
-    headline by default), from the ``MetricSpec`` every robustness.json carries."""
-    return _spec(results, metric)
-
-
-def _spec(results: Sequence[dict], metric: str | None) -> dict:
-    """``name``, ``unit``, ``higher_is_better`` and ``description`` of a metric (the headline by default)."""
-    if not results:
-        return {"name": metric or "metric", "unit": "", "higher_is_better": True, "description": ""}
-    first = results[0]
-    name = metric if metric is not None else str(first["summary"].get("metric", "metric"))
-    for r in results:
-        for m in r["settings"].get("metrics", []) or []:
-            if m.get("name") == name:
-                return {"unit": "", "higher_is_better": True, "description": "", **m}
-    return {"name": name, "unit": "", "higher_is_better": bool(first["settings"].get("higher_is_better", True)),
-            "description": ""}
-
-
-def _columns(results: Sequence[dict], metric: str | None = None) -> tuple[list[str], list[tuple[str, str | None]]]:
-    """Column names and, for each, (attack, eps key or "avg"); the clean column is (\"clean\", None)."""
-    attacks: dict[str, list[str]] = {}
-    for r in results:
-        for name, by_eps in _view(r["summary"], metric)["attacks"].items():
-            keys = attacks.setdefault(name, [])
-            for k in by_eps:
-                if k != "avg" and k not in keys:
-                    keys.append(k)
-    names, refs = ["clean"], [("clean", None)]
-    for name, keys in attacks.items():
-        for k in sorted(keys, key=float):
-            if float(k) == 0:  # eps 0 is the clean column
-                continue
-            names.append(f"{name} {k}")
-            refs.append((name, k))
-        names.append(f"{name} Avg.")
-        refs.append((name, "avg"))
-    return names, refs
-
-
-def _value(summary: dict, ref: tuple[str, str | None]) -> float:
-    """A cell: the clean metric, an attack at one eps, or ("avg") the mean of the attack over its eps > 0 (the
-    handler's own "avg" would include an eps 0 level)."""
-    name, key = ref
-    if name == "clean":
-        return _float(summary.get("clean"))
-    by_eps = summary["attacks"].get(name, {})
-    if key != "avg":
-        return _float(by_eps.get(key))
-    vals = [_float(v) for k, v in by_eps.items() if k != "avg" and float(k) > 0]
-    return sum(vals) / len(vals) if vals else _float(by_eps.get("avg"))
-
-
-def _float(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def metric_label(spec: Any) -> str:
-    """``"MRE (mm, lower is better)"``: the label of a ``MetricSpec`` or of its dict (as ``robustness.json`` stores
-    it); the one label function of the reports (:meth:`robust_bundles.metrics.MetricSpec.label`)."""
-    return (spec if isinstance(spec, MetricSpec) else MetricSpec.from_dict(spec)).label()
-
-
 def _attack_text(settings: dict) -> str:
     parts = []
     for name, a in settings.get("attacks", {}).items():
@@ -289,11 +92,6 @@ def _attack_text(settings: dict) -> str:
         steps = a.get("steps", "?")
         parts.append(f"{name} {str(a.get('norm', '?')).upper()} {steps} step{'' if steps == 1 else 's'}, {start}")
     return "; ".join(parts)
-
-
-def _norm(results: Sequence[dict]) -> str:
-    norms = {str(a.get("norm", "l2")).upper() for r in results for a in r["settings"].get("attacks", {}).values()}
-    return "/".join(sorted(norms)) or "L2"
 
 
 def _fmt(v: float) -> str:
@@ -321,11 +119,11 @@ def paper_table(
     """
     if not results:
         raise ValueError("No results to tabulate: give at least one run.")
-    rows = _ordered(results)
-    names, refs = _columns(rows, metric)
-    values = [[_value(_view(r["summary"], metric), ref) for ref in refs] for r in rows]
-    spec = _spec(rows, metric)
-    hib = bool(spec["higher_is_better"])
+    rows = ordered(results)
+    names, refs = columns(rows, metric)
+    values = [[cell_value(metric_view(r["summary"], metric), ref) for ref in refs] for r in rows]
+    spec = metric_spec(rows, metric)
+    hib = spec.higher_is_better
 
     best = []
     for j in range(len(names)):
@@ -361,8 +159,8 @@ def paper_table(
                     r["summary"].get("num_counted", ""), r["summary"].get("num_samples", "")])
 
     table = {
-        "metric": spec["name"],
-        "unit": spec["unit"],
+        "metric": spec.name,
+        "unit": spec.unit,
         "higher_is_better": hib,
         "columns": names,
         "rows": [
@@ -394,16 +192,16 @@ def strong_attack_flags(results: Sequence[dict], metric: str | None = None, tole
     """
     out = []
     for r in results:
-        attacks = _view(r["summary"], metric).get("attacks", {})
+        attacks = metric_view(r["summary"], metric).get("attacks", {})
         if strong not in attacks or reference not in attacks:
             continue
-        hib = bool(_spec([r], metric)["higher_is_better"])
+        hib = metric_spec([r], metric).higher_is_better
         gaps = {}
         for e, ref in attacks[reference].items():
             st = attacks[strong].get(e)
-            if st is None or ref is None or math.isnan(_float(st)) or math.isnan(_float(ref)):
+            if st is None or ref is None or math.isnan(as_float(st)) or math.isnan(as_float(ref)):
                 continue
-            gaps[e] = (_float(ref) - _float(st)) if hib else (_float(st) - _float(ref))
+            gaps[e] = (as_float(ref) - as_float(st)) if hib else (as_float(st) - as_float(ref))
         bad = {e: g for e, g in gaps.items() if g > tolerance}
         if bad:
             worst = max(bad, key=bad.get)
@@ -424,13 +222,13 @@ def cost_table(results: Sequence[dict]) -> tuple[str, list[dict]]:
     Returns:
         ``(markdown, rows)``; ``("", [])`` when no run has a cost file.
     """
-    rows = [r for r in _ordered(results) if isinstance(r.get("cost"), dict)]
+    rows = [r for r in ordered(results) if isinstance(r.get("cost"), dict)]
     if not rows:
         return "", []
     std = next((r["cost"] for r in rows if r["method"] == methods.reference().name), None)
 
     def ratio(a: Any, b: Any) -> float:
-        a, b = _float(a), _float(b)
+        a, b = as_float(a), as_float(b)
         return a / b if b and not math.isnan(a) and not math.isnan(b) else float("nan")
 
     out = []
@@ -442,14 +240,14 @@ def cost_table(results: Sequence[dict]) -> tuple[str, list[dict]]:
                "backward_per_sample": c.get("backward_per_sample"),
                "passes_vs_std": ratio(c.get("passes_per_sample"), std.get("passes_per_sample")) if std else None,
                "iteration_time_s": c.get("iteration_time_s"), "wall_time_s": c.get("wall_time_s"),
-               "time_vs_std": ratio(_float(c.get("iteration_time_s")) / max(c.get("samples") or 1, 1),
-                                    _float(std.get("iteration_time_s")) / max(std.get("samples") or 1, 1))
+               "time_vs_std": ratio(as_float(c.get("iteration_time_s")) / max(c.get("samples") or 1, 1),
+                                    as_float(std.get("iteration_time_s")) / max(std.get("samples") or 1, 1))
                if std else None}
         out.append(row)
-        cells = [_fmt(_float(row["forward_per_sample"])), _fmt(_float(row["backward_per_sample"])),
+        cells = [_fmt(as_float(row["forward_per_sample"])), _fmt(as_float(row["backward_per_sample"])),
                  "n/a" if row["passes_vs_std"] is None else _fmt(row["passes_vs_std"]),
-                 _fmt(_float(row["iteration_time_s"])),
-                 "n/a" if row["time_vs_std"] is None else _fmt(row["time_vs_std"]), _fmt(_float(row["wall_time_s"]))]
+                 _fmt(as_float(row["iteration_time_s"])),
+                 "n/a" if row["time_vs_std"] is None else _fmt(row["time_vs_std"]), _fmt(as_float(row["wall_time_s"]))]
         lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
     md = ("Training cost: network passes counted per training sample visit (robust_bundles.handlers.PassCounter; "
           "a pass over a batch of B counts B), relative to STD; time vs STD is the training-iteration time per "
@@ -457,7 +255,7 @@ def cost_table(results: Sequence[dict]) -> tuple[str, list[dict]]:
     return md, out
 
 
-def _caption(rows: Sequence[dict], spec: dict, caption: str, input_shape: Sequence[int] | None) -> str:
+def _caption(rows: Sequence[dict], spec: MetricSpec, caption: str, input_shape: Sequence[int] | None) -> str:
     counted = {(r["summary"].get("num_counted"), r["summary"].get("num_samples")) for r in rows}
     if len(counted) == 1:
         c, n = counted.pop()
@@ -470,129 +268,12 @@ def _caption(rows: Sequence[dict], spec: dict, caption: str, input_shape: Sequen
         f"{r['label']}: {_attack_text(r['settings'])}" for r in rows)
     shape = f", network input {' x '.join(str(s) for s in input_shape)} pixels" if input_shape else ""
     text = (
-        f"Table: {metric_label(spec)[:-1]}, best of each column in bold) on the test set, "
+        f"Table: {spec.label()[:-1]}, best of each column in bold) on the test set, "
         f"{samples}. White-box attacks on the task loss, model in eval mode: {attacks or 'none'}. "
-        f"eps is the {_norm(rows)} norm of the perturbation of the whole network input, in input intensity units "
+        f"eps is the {norm_text(rows)} norm of the perturbation of the whole network input, in input intensity units "
         f"(after the bundle's intensity normalisation){shape}; Avg. is the mean over the eps > 0 columns."
     )
     return text + (f" {caption.strip()}" if caption and caption.strip() else "")
-
-
-# -------------------------------------------------------------------------------------------------------- margins
-def _read_margins(margins_csv: str | Path) -> list[float]:
-    path = Path(margins_csv)
-    if not path.is_file():
-        raise FileNotFoundError(f"No AMAT margins: {path} does not exist (the AMAT training stage writes it).")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "margin" not in reader.fieldnames:
-            raise ValueError(f"{path} has no 'margin' column (columns: {reader.fieldnames}).")
-        return [float(row["margin"]) for row in reader if row["margin"] not in ("", None)]
-
-
-def _quantile(sorted_vals: Sequence[float], q: float) -> float:
-    """Linear-interpolation quantile (numpy's default) of sorted values."""
-    if not sorted_vals:
-        return float("nan")
-    pos = q * (len(sorted_vals) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_vals) - 1)
-    return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (pos - lo)
-
-
-def margin_summary(margins_csv: str | Path) -> dict:
-    """Distribution of AMAT's final margins (``margins.csv``: columns sample_id, margin).
-
-    Returns:
-        ``num_samples``, ``mean``, ``q05``, ``median``, ``q95``, ``max`` (L2, input intensity units).
-    """
-    vals = sorted(_read_margins(margins_csv))
-    n = len(vals)
-    return {
-        "num_samples": n,
-        "mean": sum(vals) / n if n else float("nan"),
-        "q05": _quantile(vals, 0.05),
-        "median": _quantile(vals, 0.5),
-        "q95": _quantile(vals, 0.95),
-        "max": vals[-1] if n else float("nan"),
-    }
-
-
-# -------------------------------------------------------------------------------------------------------- figures
-def _figure(size: tuple[float, float]):
-    """A matplotlib Figure drawn by the Agg backend, without pyplot's global state."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size, dpi=120)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path: str | Path) -> Path:
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
-
-
-def plot_metric_vs_eps(results: Sequence[dict], path: str | Path, metric: str | None = None) -> Path:
-    """PNG of the metric against eps: one colour per method, the clean metric at eps 0, then each attack's eps
-    (the first attack, PGD, solid; the others, IFGSM, dashed/dotted).
-
-    Args:
-        results: from :func:`collect`.
-        path: the PNG file to write (written whole).
-        metric: the metric to plot; default the headline metric.
-    """
-    if not results:
-        raise ValueError("No results to plot: give at least one run.")
-    rows = _ordered(results)
-    fig = _figure((7.0, 4.5))
-    ax = fig.add_subplot(1, 1, 1)
-    styles = ["-", "--", ":", "-."]
-    attack_names = list(dict.fromkeys(n for r in rows for n in _view(r["summary"], metric)["attacks"]))
-    colors = [f"C{i % 10}" for i in range(len(rows))]
-    for r, color in zip(rows, colors):
-        view = _view(r["summary"], metric)
-        clean = _value(view, ("clean", None))
-        for k, name in enumerate(attack_names):
-            by_eps = view["attacks"].get(name)
-            if not by_eps:
-                continue
-            pts = sorted((float(e), float(v)) for e, v in by_eps.items() if e != "avg" and float(e) > 0)
-            xs = [0.0] + [p[0] for p in pts]
-            ys = [clean] + [p[1] for p in pts]
-            ax.plot(xs, ys, linestyle=styles[k % len(styles)], marker="o" if k == 0 else "s", markersize=4,
-                    color=color, label=f"{r['label']} {name}")
-    spec = _spec(rows, metric)
-    ax.set_xlabel(f"eps ({_norm(rows)}, input intensity units)")
-    ax.set_ylabel(metric_label(spec))
-    ax.set_title(f"{spec['name']} under attack ({', '.join(attack_names)}; eps 0 = clean)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="best")
-    return _save(fig, path)
-
-
-def plot_margin_histogram(margins_csv: str | Path, path: str | Path, eval_eps: Sequence[float] | None = None) -> Path:
-    """PNG histogram of AMAT's final margins, with a vertical line at each evaluation eps.
-
-    Args:
-        margins_csv: AMAT's ``models/amat/margins.csv`` (columns sample_id, margin).
-        path: the PNG file to write (written whole).
-        eval_eps: the noise levels of the robustness evaluation (same units as the margins); None for no lines.
-    """
-    vals = _read_margins(margins_csv)
-    s = margin_summary(margins_csv)
-    fig = _figure((6.0, 4.0))
-    ax = fig.add_subplot(1, 1, 1)
-    ax.hist(vals, bins=min(40, max(5, len(set(vals)))), color="C0", alpha=0.8)
-    for k, e in enumerate(sorted({float(e) for e in (eval_eps or []) if float(e) > 0})):
-        ax.axvline(e, color="C3", linestyle="--", linewidth=1, label="evaluation eps" if k == 0 else None)
-    ax.set_xlim(left=0)
-    ax.set_xlabel("margin (L2, input intensity units)")
-    ax.set_ylabel("training samples")
-    ax.set_title(f"AMAT final margins: {s['num_samples']} samples, median {s['median']:.3g}, q95 {s['q95']:.3g}")
-    if eval_eps:
-        ax.legend(fontsize=8)
-    return _save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------------------- all
@@ -657,7 +338,7 @@ def write_report(
             other_md, _, other_table = paper_table(results, "", input_shape, metric=name)
             table["other_metrics"][name] = other_table
             rows_only = other_md.split("\n\n", 1)[0]  # the table without its caption
-            md += f"\n{metric_label(_spec(results, name))}:\n\n{rows_only}\n"
+            md += f"\n{metric_spec(results, name).label()}:\n\n{rows_only}\n"
 
     suite_md, suite_rows = suite_table(results)
     if suite_md:

@@ -26,6 +26,8 @@ from typing import Any
 
 import fire
 
+from robust_bundles.metrics import MetricSpec
+
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = "docs/figures"
 #: the Markdown files that may hold marked sections
@@ -104,8 +106,8 @@ def render(rec: dict) -> str:
                                                    if m["fine_tuned_from"] else "")
                        for label, m in rec["models"].items())
     attacks = ", ".join(f"{name} {steps} steps" for name, steps in rec["attacks"].items())
-    better = "higher" if rec["higher_is_better"] else "lower"
-    caption = (f"{rec['metric']} ({better} is better, best of each column in bold) on {' / '.join(rec['counted'])} test "
+    label = MetricSpec(rec["metric"], higher_is_better=rec["higher_is_better"]).label()  # "dice (higher is better)"
+    caption = (f"{label[:-1]}, best of each column in bold) on {' / '.join(rec['counted'])} test "
                f"slices; run on {rec['date']}, data: {rec['data']}; {split}; epochs: {epochs}; attacks: {attacks}.")
     if rec.get("command"):
         caption += f" Command: `{rec['command']}`."

@@ -17,31 +17,33 @@ SCRIPT = ROOT / "scripts" / "amat_study.py"
 HIPPOCAMPUS = ROOT / "bundles" / "hippocampus_mri_segmentation"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-from robust_bundles import study as study  # noqa: E402  (the engine; scripts/ holds its thin command line)
+from robust_bundles import study as study  # noqa: E402  (the study's plan; scripts/ holds its thin command line)
+from robust_bundles import study_analysis, study_grid  # noqa: E402  (its analysis; what it compares)
+from robust_bundles.engine.cli import json_override_argv  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------- pure functions
 def test_cost_units():
     # VAT of the quick profile: 12 epochs x (3 steps + 1 training pass) = 48; AMAT adds the clean pass of beta 0.5
-    assert study.cost_units(12, 3, 0.0) == 48
-    assert study.cost_units(6, 3, 0.5) == 30  # fine-tuned AMAT, 6 epochs: 0.625 of a VAT run
-    assert study.cost_units(6, 10, 0.5) == 72  # T = 10: 1.5 VAT runs
-    assert study.cost_units(12, 0, 0.0) == 12  # STD
+    assert study_analysis.cost_units(12, 3, 0.0) == 48
+    assert study_analysis.cost_units(6, 3, 0.5) == 30  # fine-tuned AMAT, 6 epochs: 0.625 of a VAT run
+    assert study_analysis.cost_units(6, 10, 0.5) == 72  # T = 10: 1.5 VAT runs
+    assert study_analysis.cost_units(12, 0, 0.0) == 12  # STD
 
 
 def test_frontier_keeps_the_runs_nothing_beats():
     # STD (0.72, 0.19), VAT 1 (0.70, 0.33), VAT 2 (0.68, 0.40), VAT 4 (0.66, 0.50), VAT 8 (0.65, 0.49: dominated
     # by VAT 4, less clean and less robust), a duplicate of VAT 2
     pts = [(0.72, 0.19), (0.70, 0.33), (0.68, 0.40), (0.66, 0.50), (0.65, 0.49), (0.68, 0.40)]
-    front = study.frontier(pts)
+    front = study_analysis.frontier(pts)
     assert front == [(0.66, 0.50), (0.68, 0.40), (0.70, 0.33), (0.72, 0.19)]
     # linear between points: at clean 0.71, halfway between (0.70, 0.33) and (0.72, 0.19) -> 0.26
-    assert study.frontier_at(front, 0.71) == pytest.approx(0.26)
-    assert study.frontier_at(front, 0.67) == pytest.approx(0.45)
-    assert study.frontier_at(front, 0.68) == pytest.approx(0.40)
+    assert study_analysis.frontier_at(front, 0.71) == pytest.approx(0.26)
+    assert study_analysis.frontier_at(front, 0.67) == pytest.approx(0.45)
+    assert study_analysis.frontier_at(front, 0.68) == pytest.approx(0.40)
     # flat beyond the ends: less clean than the most robust VAT -> 0.50; cleaner than STD -> STD's 0.19
-    assert study.frontier_at(front, 0.60) == 0.50 and study.frontier_at(front, 0.75) == 0.19
-    assert study.frontier_at([], 0.7) is None
+    assert study_analysis.frontier_at(front, 0.60) == 0.50 and study_analysis.frontier_at(front, 0.75) == 0.19
+    assert study_analysis.frontier_at([], 0.7) is None
 
 
 def _row(run, method, clean, pgd_avg, cost=1.0, init="scratch"):
@@ -60,7 +62,7 @@ def test_choice_follows_the_criterion():
         _row("amat_c", "AMAT", 0.68, 0.48, cost=0.5),     # clean too low
         _row("amat_d", "AMAT", 0.71, 0.47, cost=1.5),     # too expensive
     ]
-    a = study.analyse(rows, 0.03)
+    a = study_analysis.analyse(rows, 0.03)
     assert a["frontier"] == [(0.66, 0.50), (0.68, 0.40), (0.72, 0.19)]
     by = {r["run"]: r for r in rows}
     assert by["amat_a"]["frontier"] == pytest.approx(0.295) and by["amat_a"]["height"] == pytest.approx(0.125)
@@ -71,14 +73,14 @@ def test_choice_follows_the_criterion():
     assert c["best_baseline"] == {"run": "vat_eps6", "clean": 0.66, "pgd_avg": 0.50}
     assert not c["beats_best_baseline"] and c["above_frontier"]
     # nothing eligible: the most robust of those meeting the most conditions (here: the clean one), flagged
-    a = study.analyse([r for r in rows if r["run"] not in ("amat_a", "amat_b")], 0.03)
+    a = study_analysis.analyse([r for r in rows if r["run"] not in ("amat_a", "amat_b")], 0.03)
     assert a["choice"]["run"] == "amat_d" and a["choice"]["why"].startswith("no configuration met both")
     # the test split never chooses: the choice is given
-    assert study.analyse(rows, 0.03, chosen="amat_a")["choice"]["run"] == "amat_a"
+    assert study_analysis.analyse(rows, 0.03, chosen="amat_a")["choice"]["run"] == "amat_a"
 
 
 def test_grid_parsing_and_errors(tmp_path):
-    grid = study.parse_grid(None)
+    grid = study_grid.parse_grid(None)
     assert [c.name for c in grid][:2] == ["ft6_m10", "scratch_d1"] and sum(c.reference for c in grid) == 1
     base = next(c for c in grid if c.name == "ft6_m10")
     assert (base.init, base.epochs, base.margin_rule, base.target_margin, base.attack_steps, base.xi) == \
@@ -87,16 +89,16 @@ def test_grid_parsing_and_errors(tmp_path):
     assert base.margin_args() == {"margin_rule": "target", "attack_steps": 3, "amat_beta": 0.5,
                                   "target_margin": 10.0, "reach_fraction": 0.5}
     # an entry may switch the perturbation memory against the study's setting (a T = 5 cold start among T = 1 runs)
-    cold = study.parse_grid('[{"name": "t5", "target_margin": 10, "attack_steps": 5, "perturbation_memory": false}]')
+    cold = study_grid.parse_grid('[{"name": "t5", "target_margin": 10, "attack_steps": 5, "perturbation_memory": false}]')
     assert cold[0].margin_args()["perturbation_memory"] is False and cold[0].margin_args()["attack_steps"] == 5
     # the same list given on the command line: its JSON false reaches the grid as the boolean (fire alone would make
     # the bare word a string)
-    argv = study.tool._json_override_argv(["--grid", '[{"name": "t5", "perturbation_memory": false}]'])
+    argv = json_override_argv(["--grid", '[{"name": "t5", "perturbation_memory": false}]'])
     assert argv == ["--grid", "[{'name': 't5', 'perturbation_memory': False}]"]
-    assert study.tool._json_override_argv(["--grid=[null]"]) == ["--grid=[None]"]
+    assert json_override_argv(["--grid=[null]"]) == ["--grid=[None]"]
     path = tmp_path / "grid.json"
     path.write_text(json.dumps([{"name": "x", "init": "scratch", "margin_rule": "fixed", "expansion_step": 2}]))
-    assert study.parse_grid(str(path))[0].run == "amat_x"
+    assert study_grid.parse_grid(str(path))[0].run == "amat_x"
     for bad, match in (
         ('[{"name": "x", "speed": 3}]', "unknown key"),
         ('[{"name": "x", "init": "imagenet", "target_margin": 5}]', "init must be"),
@@ -108,7 +110,7 @@ def test_grid_parsing_and_errors(tmp_path):
         ('{"name": "x"}', "list of dicts"),
     ):
         with pytest.raises(study.ExperimentError, match=match):
-            study.parse_grid(bad)
+            study_grid.parse_grid(bad)
 
 
 # ----------------------------------------------------------------------------------------------------------- plan
@@ -263,19 +265,19 @@ def test_study_settings_come_from_the_command_line_the_profile_or_the_defaults(t
     assert [b.run for b in bccd.baselines] == ["vat_eps5_ft", "vat_eps10_ft", "vat_eps15_ft", "teat_eps10_ft"]
     (amat,) = bccd.grid
     assert amat.perturbation_memory and amat.attack_steps == 1 and amat.reference
-    assert study.cost_units(amat.epochs, 1, amat.beta) == study.cost_units(bccd.finetune_epochs, 1, 0.0)  # 30 = 30
+    assert study_analysis.cost_units(amat.epochs, 1, amat.beta) == study_analysis.cost_units(bccd.finetune_epochs, 1, 0.0)  # 30 = 30
     assert (bccd.val_cases, bccd.clean_tolerance) == (20, 0.03)
     hippo = study.Study(str(HIPPOCAMPUS), None, str(tmp_path))
     assert [b.run for b in hippo.baselines] == ["vat_eps2_ft", "vat_eps4_ft", "vat_eps6_ft", "vat_eps8_ft",
                                                 "teat_eps6_ft"]
-    assert [c.name for c in hippo.grid] == [e["name"] for e in study.DEFAULT_GRID] and hippo.clean_tolerance == 0.03
+    assert [c.name for c in hippo.grid] == [e["name"] for e in study_grid.DEFAULT_GRID] and hippo.clean_tolerance == 0.03
     profile = tmp_path / "p.json"
     profile.write_text(json.dumps({"experiment": {"study": {"vat_ft_eps": [1], "clean_tol": 1}}}))
     with pytest.raises(study.ExperimentError, match=r"experiment.study has unknown key\(s\) \['clean_tol'\]"):
-        study.study_settings(profile, {})
+        study_grid.study_settings(profile, {})
     profile.write_text(json.dumps({"experiment": {"study": {"vat_ft_eps": [1], "_desc_": "x"}}}))
-    assert study.study_settings(profile, {"val_cases": 2})["vat_ft_eps"] == [1]
-    assert study.study_settings(profile, {"val_cases": 2})["val_cases"] == 2
+    assert study_grid.study_settings(profile, {"val_cases": 2})["vat_ft_eps"] == [1]
+    assert study_grid.study_settings(profile, {"val_cases": 2})["val_cases"] == 2
 #: a tiny landmark run: 64 x 48 inputs, a 4-16 network, 2 training images, 1 validation and 1 test image, 1 epoch
 CEPH_TINY = {"features": [4, 4, 8, 8, 16, 4], "image_size": [64, 48], "heatmap_radius": 3, "batch_size": 4,
              "max_cases": 2, "max_val_cases": 1, "max_test_cases": 1, "epochs": 1, "val_interval": 1,
@@ -302,8 +304,8 @@ def test_whole_study_on_the_landmark_bundle(tmp_path):
     # the choice and the frontier follow the direction: recomputed from the rows, lower is better
     std, vat, amat = data["rows"]
     assert amat["clean_ok"] is (amat["clean"] <= std["clean"] + 50)
-    front = study.frontier([(-std["clean"], -std["pgd_avg"]), (-vat["clean"], -vat["pgd_avg"])])
-    expected = study.frontier_at(front, -amat["clean"])
+    front = study_analysis.frontier([(-std["clean"], -std["pgd_avg"]), (-vat["clean"], -vat["pgd_avg"])])
+    expected = study_analysis.frontier_at(front, -amat["clean"])
     assert amat["height"] == pytest.approx(-amat["pgd_avg"] - expected)
     choice = json.loads((s / "choice.json").read_text())
     assert choice["run"] == "amat_ft" and choice["metric"]["name"] == "MRE"
@@ -331,7 +333,7 @@ def test_analysis_follows_a_lower_is_better_metric():
             {"run": "vat_eps4", "method": "VAT", "clean": 2.5, "pgd_avg": 6.5, "cost": 1.0},
             {"run": "amat_a", "method": "AMAT", "clean": 2.1, "pgd_avg": 7.0, "cost": 0.5},
             {"run": "amat_b", "method": "AMAT", "clean": 2.4, "pgd_avg": 5.0, "cost": 0.5}]
-    a = study.analyse(rows, 0.3, higher_is_better=False)
+    a = study_analysis.analyse(rows, 0.3, higher_is_better=False)
     assert a["frontier"] == [(2.0, 10.0), (2.2, 6.0)] and a["higher_is_better"] is False
     by = {r["run"]: r for r in rows}
     assert by["amat_a"]["frontier"] == pytest.approx(8.0) and by["amat_a"]["height"] == pytest.approx(1.0)
@@ -341,4 +343,4 @@ def test_analysis_follows_a_lower_is_better_metric():
     assert c["run"] == "amat_a" and c["above_frontier"] and c["best_baseline"]["run"] == "vat_eps2"
     assert c["beats_best_baseline"] is False  # 7 mm is worse than VAT's 6
     # read as higher-is-better the same numbers choose otherwise (b is ineligible there too, a is below the frontier)
-    assert study.analyse([dict(r) for r in rows], 0.3)["choice"]["above_frontier"] is False
+    assert study_analysis.analyse([dict(r) for r in rows], 0.3)["choice"]["above_frontier"] is False

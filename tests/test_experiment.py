@@ -340,16 +340,18 @@ def test_a_stage_made_meanwhile_by_another_process_is_kept_not_rerun(bundle, cap
     the meantime is skipped; running it would first delete the other process's model."""
     root = tmp_path / "out"
     base = ["--bundle", bundle, "--profile", "tiny", "--output_root", root, "--stages", "[std,vat_eps3]"]
-    real = experiment.Experiment.run_stage
+    from robust_bundles.engine.runner import Runner
+
+    real = Runner.run_stage
 
     def run_stage(self, stage, resume):
         real(self, stage, resume)
         if stage.name == "std":  # meanwhile, "the other process" trains vat_eps3 with the same settings
-            other = next(s for s in self.stages if s.name == "vat_eps3")
+            other = next(s for s in self.reports.stages if s.name == "vat_eps3")  # the runner's experiment
             real(self, other, False)
-            (self.path(other.output).parent / "made_by_other.txt").write_text("x")
+            (self.root.path(other.output).parent / "made_by_other.txt").write_text("x")
 
-    monkeypatch.setattr(experiment.Experiment, "run_stage", run_stage)
+    monkeypatch.setattr(Runner, "run_stage", run_stage)
     rc, out, err = run_tool(capsys, *base)
     assert rc == 0, err
     assert "Plan: 2 stages, 0 done, 2 to run" in out
@@ -531,7 +533,7 @@ def dummy_method(bundle):
 
 def test_a_registry_entry_makes_a_method_known_to_the_tool_the_report_and_the_study(bundle, dummy_method, capsys,
                                                                                    tmp_path):
-    from robust_bundles import methods, report, study
+    from robust_bundles import methods, report, study_grid, study_report
 
     root = tmp_path / "out"
     rc, out, err = run_tool(capsys, "--bundle", bundle, "--profile", "tiny", "--output_root", root, "--vat_eps", "[]",
@@ -548,10 +550,10 @@ def test_a_registry_entry_makes_a_method_known_to_the_tool_the_report_and_the_st
     assert md.index("| AMAT |") < md.index("| DUMMY (eps 2) |")
     assert "DUMMY" in report.METHODS
     # the study: its baselines, its rows' setting and its plot style
-    assert study.Baseline("DUMMY", 2, "std").run == "dummy_eps2_ft"
-    assert study.point_style("DUMMY", "scratch") == ("C5", "h", "DUMMY")
-    assert study.point_style("DUMMY", "std") == ("C5", "h", "DUMMY fine-tuned")
-    assert study._setting({"method": "DUMMY", "eps": 2.0}) == "DUMMY eps 2"
+    assert study_grid.Baseline("DUMMY", 2, "std").run == "dummy_eps2_ft"
+    assert study_report.point_style("DUMMY", "scratch") == ("C5", "h", "DUMMY")
+    assert study_report.point_style("DUMMY", "std") == ("C5", "h", "DUMMY fine-tuned")
+    assert study_report._setting({"method": "DUMMY", "eps": 2.0}) == "DUMMY eps 2"
     # without the entry the method is unknown again: a bundle without dummy.json is complete
     methods.unregister("DUMMY")
     assert "dummy.json" not in experiment.bundle_configs() and "DUMMY" not in report.METHODS

@@ -2,7 +2,7 @@
 
 1. core: math, data, task adapters and engine-independent helpers (attacks, margins, thresholds, metrics, tasks, ...);
 2. handlers: Ignite/MONAI handlers built on the core;
-3. drivers: the method registry, the experiment and study engines, the report, the toy problem, packaging and the
+3. drivers: the method registry, the stage engine, the experiment tool and the study, the report, the toy problem, packaging and the
    rendering of bundle configs, the tools for foreign bundles.
 
 A module may import from its own layer and the layers below it, never from a layer above (checked on the source's
@@ -19,7 +19,8 @@ import pytest
 LIBRARY = Path(__file__).resolve().parents[1] / "common"
 
 HANDLERS = {"handlers"}
-DRIVERS = {"methods", "toy", "report", "experiment", "study", "distribution", "contract", "foreign", "__main__",
+DRIVERS = {"methods", "toy", "report", "results", "report_figures", "engine", "experiment", "study", "study_grid",
+           "study_analysis", "study_report", "distribution", "contract", "foreign", "__main__",
            "bundle_configs"}  # bundle_configs renders the method overlays from the registry
 
 
