@@ -101,7 +101,8 @@ def render(rec: dict) -> str:
             s = "n/a" if v is None else f"{v:.3f}"
             cells.append(f"**{s}**" if v is not None and round(v, 3) == best[c] else s)
         lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
-    split = "; ".join(f"{name} {s['cases']} cases ({s['slices']} slices)" for name, s in rec["splits"].items())
+    split = "; ".join(f"{name} {s['cases']} case{'' if s['cases'] == 1 else 's'} ({s['slices']} slices)"
+                      for name, s in rec["splits"].items())
     epochs = ", ".join(f"{label} {m['epochs']}" + (f" (fine-tuned from {m['fine_tuned_from']})"
                                                    if m["fine_tuned_from"] else "")
                        for label, m in rec["models"].items())
