@@ -53,7 +53,7 @@ def test_write_renders_the_run_and_check_finds_hand_edits(run, tmp_path):
         "| method | clean | PGD 2 |\n|---|---:|---:|\n"
         "| STD | 0.500 | 0.200 |\n| AMAT (fine-tuned) | **0.600** | **0.250** |\n\n"
         "dice (higher is better, best of each column in bold) on 27 of 72 test slices; run on 2026-12-07, data: "
-        "synthetic (the bundle's default: no --dataset_dir); train 9 cases (324 slices); validation 1 cases (36 slices); "
+        "synthetic (the bundle's default: no --dataset_dir); train 9 cases (324 slices); validation 1 case (36 slices); "
         "test 2 cases (72 slices); epochs: STD 12, AMAT (fine-tuned) 6 (fine-tuned from std); attacks: PGD 20 steps, "
         "IFGSM 10 steps. Command: `python scripts/experiment.py --profile quick`.\n"
         "<!-- /figures:main_job -->\nafter\n")
