@@ -22,6 +22,7 @@ import atexit
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -32,6 +33,8 @@ import threading
 from pathlib import Path
 from typing import Any, Mapping
 
+#: the modules whose ``python -m`` runs are forked (the project's own is imported afresh by each run)
+MODULES = ("monai.bundle", "robust_bundles")
 #: third-party modules imported once by the server (never the project's own)
 PRELOAD = ("torch", "monai", "monai.bundle", "ignite")
 #: environment variables the interpreter or the preloaded libraries read at start-up: a run whose values differ from
@@ -67,7 +70,9 @@ def _child(request: dict[str, Any], out_fd: int, err_fd: int) -> int:
                                                    errors="backslashreplace", line_buffering=True)
     sys.excepthook = sys.__excepthook__
     _SERVERS.clear()
-    _SERVERS[_startup(os.environ)] = ForkServer(os.environ, path=os.environ[SOCKET_VAR])
+    _PYTHONS.clear()
+    _PYTHONS.add(sys.executable)
+    _SERVERS[(sys.executable, *_startup(os.environ))] = ForkServer(os.environ, path=os.environ[SOCKET_VAR])
     subprocess.Popen = popen  # type: ignore[misc]  (the tools' stages: forked by the same server)
     code: Any = 0
     try:
@@ -233,16 +238,18 @@ def _recv_exactly(conn: socket.socket, n: int) -> bytes:
 class ForkServer:
     """The server process of one test process (each xdist worker starts its own, on first use)."""
 
-    def __init__(self, env: Mapping[str, str], path: str | None = None) -> None:
+    def __init__(self, env: Mapping[str, str], path: str | None = None, python: str = sys.executable) -> None:
         self.env = dict(env)
+        self.python = python
         self.proc: subprocess.Popen | None = None
         if path is not None:  # a forked run's client of the server it came from
             self.dir, self.path = "", path
             return
         self.dir = tempfile.mkdtemp(prefix="rb_fork_")
         self.path = str(Path(self.dir) / "socket")
-        self.proc = _REAL_POPEN([sys.executable, __file__, self.path], env=self.env, stdout=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, text=True)
+        script = shutil.copy(__file__, self.dir)  # run from outside the checkout: nothing of it on the server's path
+        self.proc = _REAL_POPEN([python, script, self.path], env=self.env, stdout=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, text=True, cwd=self.dir)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if line.strip() != "ready":
@@ -250,11 +257,10 @@ class ForkServer:
         atexit.register(self.close)
 
     def accepts(self, cmd: list[str], env: Mapping[str, str]) -> bool:
-        """Whether ``cmd`` is ``python -m monai.bundle ...`` or ``python <script>.py ...`` of this interpreter, with
-        the server's start-up settings (other modules, e.g. ``torch.distributed.run``, get a fresh interpreter)."""
-        return (len(cmd) >= 2 and cmd[0] == sys.executable and (cmd[1:3] == ["-m", "monai.bundle"] or
-                                                                 str(cmd[1]).endswith(".py"))
-                and (self.proc is None or self.proc.poll() is None) and _startup(env) == _startup(self.env))
+        """Whether ``cmd`` is ``python -m <one of MODULES> ...`` or ``python <script>.py ...`` of this interpreter,
+        with the server's start-up settings (other modules, e.g. ``torch.distributed.run``, get a fresh interpreter)."""
+        return (_forkable(cmd) and cmd[0] == self.python and (self.proc is None or self.proc.poll() is None)
+                and _startup(env) == _startup(self.env))
 
     def spawn(self, cmd: list[str], cwd: str | os.PathLike, env: Mapping[str, str], text: bool = True,
               stderr_apart: bool = False) -> ForkedProcess:
@@ -287,14 +293,10 @@ class ForkServer:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        try:
-            os.unlink(self.path)
-            os.rmdir(self.dir)
-        except OSError:
-            pass
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
-_SERVERS: dict[tuple, ForkServer] = {}
+_SERVERS: dict[tuple, ForkServer] = {}  #: (python, start-up settings) -> its server
 _REAL_POPEN = subprocess.Popen
 #: the environment variable that tells a forked run where its server listens (its own stages are forked too)
 SOCKET_VAR = "ROBUST_BUNDLES_TEST_FORKSERVER"
@@ -304,16 +306,31 @@ def _startup(env: Mapping[str, str]) -> tuple:
     return tuple(env.get(k) for k in STARTUP_KEYS)
 
 
-def server(env: Mapping[str, str]) -> ForkServer | None:
-    """The fork server for runs with ``env``'s start-up settings (started on first use; at most one per setting,
-    none for a ``PYTHONPATH``), or None when ``ROBUST_BUNDLES_TEST_FORK=0``."""
-    if os.environ.get("ROBUST_BUNDLES_TEST_FORK", "1") == "0" or env.get("PYTHONPATH"):
+#: the interpreters whose runs may be forked: this one, and those a test allows (:func:`allow_python`)
+_PYTHONS = {sys.executable}
+
+
+def allow_python(python: str) -> None:
+    """Let the runs of another interpreter (e.g. a fresh venv's) be forked from a server of that interpreter."""
+    _PYTHONS.add(str(python))
+
+
+def _forkable(cmd: Any) -> bool:
+    return (isinstance(cmd, (list, tuple)) and len(cmd) >= 2 and str(cmd[0]) in _PYTHONS
+            and (list(cmd[1:2]) == ["-m"] and str(cmd[2]) in MODULES or str(cmd[1]).endswith(".py")))
+
+
+def server(cmd: Any, env: Mapping[str, str]) -> ForkServer | None:
+    """The fork server for ``cmd`` (``python -m <one of MODULES> ...`` or ``python <script>.py ...``) with ``env``'s
+    start-up settings: started on first use, at most one per interpreter and setting (four in all); None for other
+    commands, a ``PYTHONPATH``, or when ``ROBUST_BUNDLES_TEST_FORK=0``."""
+    if os.environ.get("ROBUST_BUNDLES_TEST_FORK", "1") == "0" or env.get("PYTHONPATH") or not _forkable(cmd):
         return None
-    key = _startup(env)
+    key = (str(cmd[0]), *_startup(env))
     if key not in _SERVERS:
-        if len(_SERVERS) >= 3:
+        if len(_SERVERS) >= 4:
             return None
-        _SERVERS[key] = ForkServer(env)
+        _SERVERS[key] = ForkServer(env, python=str(cmd[0]))
     return _SERVERS[key]
 
 
@@ -322,15 +339,15 @@ def run(cmd: list[str], cwd: str | os.PathLike, env: Mapping[str, str] | None = 
     """``subprocess.run(cmd, stdout=PIPE, stderr=STDOUT or PIPE, text=True)``, forked when a server accepts ``cmd``.
 
     Args:
-        cmd: the command; ``[sys.executable, "-m", "monai.bundle", ...]`` and ``[sys.executable, "<script>.py", ...]``
-            are forked.
+        cmd: the command; ``[sys.executable, "-m", <one of MODULES>, ...]`` and
+            ``[sys.executable, "<script>.py", ...]`` are forked.
         cwd: its working directory.
         env: its environment (default: this process's).
         timeout: seconds until it is killed and :class:`subprocess.TimeoutExpired` raised.
         stderr_apart: stderr in its own pipe (``capture_output=True``) rather than into stdout.
     """
     env = dict(os.environ if env is None else env)
-    srv = server(env)
+    srv = server(cmd, env)
     if srv is None or not srv.accepts(cmd, env):
         return subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE if stderr_apart else subprocess.STDOUT, text=True,
@@ -344,7 +361,7 @@ def popen(cmd: Any, *args: Any, **kwargs: Any) -> Any:
     """A stand-in for :class:`subprocess.Popen` (see :func:`patch_popen`): the tools' ``python -m monai.bundle``
     stages with stdout piped and stderr into it are forked; anything else is a real Popen."""
     env = kwargs.get("env") or os.environ
-    srv = server(env)
+    srv = server(cmd, env)
     simple = (not args and isinstance(cmd, list) and kwargs.get("stdout") == subprocess.PIPE
               and kwargs.get("stderr") == subprocess.STDOUT
               and set(kwargs) <= {"cwd", "env", "stdout", "stderr", "text", "bufsize", "errors"})
