@@ -33,8 +33,9 @@ import threading
 from pathlib import Path
 from typing import Any, Mapping
 
-#: the modules whose ``python -m`` runs are forked (the project's own is imported afresh by each run)
-MODULES = ("monai.bundle", "robust_bundles")
+#: the packages whose ``python -m`` runs (of the package or a module in it) are forked; the project's own is imported
+#: afresh by each run
+MODULES = ("monai", "robust_bundles")
 #: third-party modules imported once by the server (never the project's own)
 PRELOAD = ("torch", "monai", "monai.bundle", "ignite")
 #: environment variables the interpreter or the preloaded libraries read at start-up: a run whose values differ from
@@ -69,6 +70,8 @@ def _child(request: dict[str, Any], out_fd: int, err_fd: int) -> int:
     sys.stderr = sys.__stderr__ = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
                                                    errors="backslashreplace", line_buffering=True)
     sys.excepthook = sys.__excepthook__
+    if "numpy" in sys.modules:  # a fresh interpreter seeds numpy's global generator afresh (`random` reseeds itself)
+        sys.modules["numpy"].random.seed()
     _SERVERS.clear()
     _PYTHONS.clear()
     _PYTHONS.add(sys.executable)
@@ -76,7 +79,15 @@ def _child(request: dict[str, Any], out_fd: int, err_fd: int) -> int:
     subprocess.Popen = popen  # type: ignore[misc]  (the tools' stages: forked by the same server)
     code: Any = 0
     try:
-        if request["module"]:
+        if request["code"] is not None:
+            import types
+
+            sys.path[0] = ""  # as `python -c` does
+            sys.argv = ["-c", *request["args"]]
+            main = types.ModuleType("__main__")
+            sys.modules["__main__"] = main
+            exec(compile(request["code"], "<string>", "exec"), main.__dict__)
+        elif request["module"]:
             sys.path[0] = os.getcwd()  # as `python -m` does
             sys.argv = [request["module"], *request["args"]]
             runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
@@ -257,8 +268,8 @@ class ForkServer:
         atexit.register(self.close)
 
     def accepts(self, cmd: list[str], env: Mapping[str, str]) -> bool:
-        """Whether ``cmd`` is ``python -m <one of MODULES> ...`` or ``python <script>.py ...`` of this interpreter,
-        with the server's start-up settings (other modules, e.g. ``torch.distributed.run``, get a fresh interpreter)."""
+        """Whether ``cmd`` is forkable (:func:`_forkable`), of this server's interpreter and start-up settings (other
+        modules, e.g. ``torch.distributed.run``, get a fresh interpreter)."""
         return (_forkable(cmd) and cmd[0] == self.python and (self.proc is None or self.proc.poll() is None)
                 and _startup(env) == _startup(self.env))
 
@@ -269,11 +280,11 @@ class ForkServer:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             conn.connect(self.path)
-            module = cmd[1] == "-m"
+            flag = cmd[1] in ("-m", "-c")
             cwd = str(Path(cwd).resolve())
-            request = {"module": cmd[2] if module else None, "path": None if module else str(Path(cwd, cmd[1])),
-                       "args": [str(a) for a in cmd[2 + module:]], "cwd": cwd,
-                       "env": {**env, SOCKET_VAR: self.path}}
+            request = {"module": cmd[2] if cmd[1] == "-m" else None, "code": cmd[2] if cmd[1] == "-c" else None,
+                       "path": None if flag else str(Path(cwd, cmd[1])), "args": [str(a) for a in cmd[2 + flag:]],
+                       "cwd": cwd, "env": {**env, SOCKET_VAR: self.path}}
             socket.send_fds(conn, [json.dumps(request).encode()], [w] if we is None else [w, we])
         except BaseException:
             for fd in (r, re):
@@ -316,12 +327,17 @@ def allow_python(python: str) -> None:
 
 
 def _forkable(cmd: Any) -> bool:
-    return (isinstance(cmd, (list, tuple)) and len(cmd) >= 2 and str(cmd[0]) in _PYTHONS
-            and (list(cmd[1:2]) == ["-m"] and str(cmd[2]) in MODULES or str(cmd[1]).endswith(".py")))
+    """``python -m <one of MODULES> ...``, ``python <script>.py ...``, or this interpreter's ``python -c ...``."""
+    if not (isinstance(cmd, (list, tuple)) and len(cmd) >= 3 and str(cmd[0]) in _PYTHONS):
+        return False
+    if cmd[1] == "-c":  # only in the project's environment: a fresh venv's `python -c` checks stay fresh
+        return str(cmd[0]) == sys.executable
+    return cmd[1] == "-m" and str(cmd[2]).split(".")[0] in MODULES or str(cmd[1]).endswith(".py")
 
 
 def server(cmd: Any, env: Mapping[str, str]) -> ForkServer | None:
-    """The fork server for ``cmd`` (``python -m <one of MODULES> ...`` or ``python <script>.py ...``) with ``env``'s
+    """The fork server for ``cmd`` (``python -m <one of MODULES> ...``, ``python <script>.py ...``, the project's
+    ``python -c ...``) with ``env``'s
     start-up settings: started on first use, at most one per interpreter and setting (four in all); None for other
     commands, a ``PYTHONPATH``, or when ``ROBUST_BUNDLES_TEST_FORK=0``."""
     if os.environ.get("ROBUST_BUNDLES_TEST_FORK", "1") == "0" or env.get("PYTHONPATH") or not _forkable(cmd):
@@ -339,7 +355,7 @@ def run(cmd: list[str], cwd: str | os.PathLike, env: Mapping[str, str] | None = 
     """``subprocess.run(cmd, stdout=PIPE, stderr=STDOUT or PIPE, text=True)``, forked when a server accepts ``cmd``.
 
     Args:
-        cmd: the command; ``[sys.executable, "-m", <one of MODULES>, ...]`` and
+        cmd: the command; ``[sys.executable, "-c", code, ...]``, ``[sys.executable, "-m", <one of MODULES>, ...]`` and
             ``[sys.executable, "<script>.py", ...]`` are forked.
         cwd: its working directory.
         env: its environment (default: this process's).
