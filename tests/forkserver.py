@@ -1,19 +1,22 @@
-"""A fork server for the tests' ``python -m monai.bundle ...`` runs: each run is still its own process, but forked
-from a server that has already imported torch, MONAI and ignite, instead of a fresh interpreter importing them.
+"""A fork server for the tests' ``python -m monai.bundle ...`` runs (and ``python -m robust_bundles...``, the tools'
+scripts, the project's ``python -c``): each run is still its own process, but forked from a server that has already
+imported torch, MONAI and ignite, instead of a fresh interpreter importing them.
 
 Importing MONAI (which imports torch, torchvision, scipy, pandas, mlflow, ...) takes about 5.5 s of CPU in every
 fresh interpreter, more than a tiny bundle run itself: with a few hundred bundle runs that import was most of the
 suite's time. A forked run starts in milliseconds. What stays the same: the run is a separate process (its own
-memory, working directory, environment, exit code, stdout and stderr into one pipe); ``monai.bundle``'s ``__main__``
-runs as ``python -m monai.bundle`` would run it; the project's own modules (``robust_bundles``, the bundle's
-``scripts``) are imported fresh in each run. What differs: the third-party modules above are already in
-``sys.modules``. Runs that change the interpreter (another Python, ``PYTHONPATH``, warning or thread settings) start
-a fresh interpreter as before; so does everything when ``ROBUST_BUNDLES_TEST_FORK=0``.
+memory, working directory, environment, argv, exit code, stdout and stderr); ``monai.bundle``'s ``__main__`` runs as
+``python -m monai.bundle`` would run it, an uncaught error goes through ``sys.excepthook``; the project's own modules
+(``robust_bundles``, the bundle's ``scripts``) are imported fresh in each run. What differs: the third-party modules
+above are already in ``sys.modules`` (and the string hash seed is the server's). Runs that change the interpreter
+(another Python, ``PYTHONPATH``, warning or thread settings) start a fresh interpreter as before; so does everything
+when ``ROBUST_BUNDLES_TEST_FORK=0``.
 
 Used by ``tests/bundles/bundle_run.py`` (every bundle config run), by the tests that run ``scripts/experiment.py``
-and ``scripts/amat_study.py`` (:func:`run`; the tool's own stages are forked too) and, through :func:`patch_popen`,
-by the experiment tool run in-process. Other commands (``torch.distributed.run``, another Python) are real
-subprocesses. The server runs this file as a script; each test process (xdist worker) starts its own on first use.
+and ``scripts/amat_study.py`` (:func:`run`; the tool's own stages are forked too), through :func:`patch_popen` by
+the experiment tool run in-process, and by test_foreign_bundles.py and test_contract.py. Other commands
+(``torch.distributed.run``, a fresh venv's ``python -c``) are real subprocesses. The server runs a copy of this file as
+a script, outside the checkout; each test process (xdist worker) starts its own on first use.
 """
 
 from __future__ import annotations
