@@ -6,10 +6,10 @@ from __future__ import annotations
 import ast
 import json
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
+import forkserver
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +117,7 @@ def test_grid_parsing_and_errors(tmp_path):
 def _dry_run(tmp_path, *args):
     cmd = [sys.executable, str(SCRIPT), "--bundle", str(HIPPOCAMPUS), "--output_root", str(tmp_path / "out"),
            "--dry_run", *args]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    p = forkserver.run(cmd, ROOT, timeout=120, stderr_apart=True)
     assert p.returncode == 0, p.stderr
     return p.stdout
 
@@ -206,7 +206,7 @@ GRID = [{"name": "scratch", "init": "scratch", "margin_rule": "fixed", "expansio
 def _run_study(bundle: Path, root: Path, *args: str, timeout: int = 1200) -> list[str]:
     """Run the whole study (both phases) into ``root``; check that its files exist; return the command."""
     cmd = [sys.executable, str(SCRIPT), "--bundle", str(bundle), "--output_root", str(root), *args]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    p = forkserver.run(cmd, ROOT, timeout=timeout, stderr_apart=True)  # its stages forked too
     assert p.returncode == 0, f"{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
     s = root / "study"
     for name in ("study.md", "study.csv", "study.json", "choice.json", "test.md", "test.json"):
@@ -242,7 +242,7 @@ def test_whole_study_on_tiny_synthetic_data(tmp_path):
     md = (s / "study.md").read_text()
     assert "Choice (" in md and "| **" + choice["run"] + "** |" in md
     # the same command again: nothing to do
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    p = forkserver.run(cmd, ROOT, timeout=300, stderr_apart=True)
     assert p.returncode == 0 and "Plan: 11 stages, 11 done, 0 to run" in p.stdout, p.stdout[-3000:]
     assert "Plan: 4 stages, 4 done, 0 to run" in p.stdout.split("=== Phase test ===")[1]  # 3 evaluations + report
 

@@ -4,10 +4,10 @@ bundles and on the model zoo's spleen bundle (a bundle we did not write)."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
+import forkserver
 import pytest
 
 from robust_bundles import contract
@@ -52,11 +52,12 @@ def test_an_id_that_nothing_reads_is_a_problem_and_adding_the_reference_fixes_it
 def test_command_line_ends_with_an_error_line(tmp_path):
     cfg = tmp_path / "train.json"
     cfg.write_text('{"training_attack": {}, "train": {"trainer": {}}}')
-    ok = subprocess.run([sys.executable, "-m", "robust_bundles.contract", str(cfg), "--overlays", "[vat]"],
-                        capture_output=True, text=True, timeout=120)
+    # forked from the tests' fork server (tests/forkserver.py): its own process, without importing MONAI again
+    ok = forkserver.run([sys.executable, "-m", "robust_bundles.contract", str(cfg), "--overlays", "[vat]"], Path.cwd(),
+                        timeout=120, stderr_apart=True)
     assert ok.returncode == 0 and ok.stdout.startswith("OK:")
-    bad = subprocess.run([sys.executable, "-m", "robust_bundles.contract", str(cfg), "--overlays", "[vat,amat]"],
-                         capture_output=True, text=True, timeout=120)
+    bad = forkserver.run([sys.executable, "-m", "robust_bundles.contract", str(cfg), "--overlays", "[vat,amat]"],
+                         Path.cwd(), timeout=120, stderr_apart=True)
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("ERROR (contract):")
     assert "'train#datalist' missing" in bad.stdout
 

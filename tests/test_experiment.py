@@ -11,11 +11,11 @@ import ast
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+import forkserver
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,6 +24,13 @@ HIPPOCAMPUS = ROOT / "bundles" / "hippocampus_mri_segmentation"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 from robust_bundles import experiment as experiment  # noqa: E402  (the engine; scripts/ holds its thin command line)
+
+
+@pytest.fixture(autouse=True)
+def _forked_stages(monkeypatch):
+    """The tool's `python -m monai.bundle run` stages are forked from the tests' fork server (tests/forkserver.py):
+    each its own process, without importing MONAI again."""
+    forkserver.patch_popen(monkeypatch)
 
 
 # ------------------------------------------------------------------------------------------------ stand-in bundle
@@ -109,11 +116,11 @@ def arg(cmd: list[str], key: str) -> str | None:
 def test_dry_run_hippocampus_lists_stages_with_profile_last(tmp_path):
     """The real CLI in a subprocess: plan, commands, profile overlay last, JSON overrides (true/null) kept."""
     out_root = tmp_path / "out"
-    p = subprocess.run(
+    p = forkserver.run(
         [sys.executable, str(SCRIPT), "--bundle", str(HIPPOCAMPUS), "--profile", "quick",
          "--output_root", str(out_root),
          "--dry_run", "--override", '{"epochs": 2, "amp": false, "max_margin": null, "filters": [8, 16]}'],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        ROOT, timeout=120, stderr_apart=True,
     )
     assert p.returncode == 0, p.stderr
     from robust_bundles import methods
@@ -460,7 +467,7 @@ def test_end_to_end_hippocampus_quick(tmp_path):
     cmd = [sys.executable, str(SCRIPT), "--bundle", str(HIPPOCAMPUS), "--profile", "quick", "--output_root",
            str(root), *(a for m in with_eps for a in (f"--{m.key}_eps", "[2]")), "--finetune_epochs", "1",
            "--override", json.dumps(TINY)]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    p = forkserver.run(cmd, ROOT, timeout=900, stderr_apart=True)
     assert p.returncode == 0, f"{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
     report_dir = root / "report"
     for name in ("results.md", "results.csv", "results.json"):
@@ -480,7 +487,7 @@ def test_end_to_end_hippocampus_quick(tmp_path):
     assert f"[{n}/{n}] report done" in p.stdout and "| AMAT (fine-tuned) |" in p.stdout
     assert json.loads((root / "models" / "amat" / "init_from.json").read_text())["max_epochs"] == 1
     # a second run finds everything done
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    p = forkserver.run(cmd, ROOT, timeout=300, stderr_apart=True)
     assert p.returncode == 0 and f"Plan: {n} stages, {n} done, 0 to run" in p.stdout, p.stdout[-3000:]
 
 

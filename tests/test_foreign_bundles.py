@@ -8,10 +8,10 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
+import forkserver
 import nibabel as nib
 import numpy as np
 import pytest
@@ -41,9 +41,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARN
 
 
 def _run(args, cwd, timeout=600):
-    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout,
-                          check=False)
-    return proc
+    """``python <args>``: a ``-m monai.bundle`` or ``-m robust_bundles`` run is forked from the tests' fork server
+    (tests/forkserver.py: its own process, without importing MONAI again)."""
+    return forkserver.run([sys.executable, *args], cwd, ENV, timeout=timeout, stderr_apart=True)
 
 
 def _ok(proc):

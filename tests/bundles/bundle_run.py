@@ -1,6 +1,7 @@
 """Running a bundle's configs in their own process, for the end-to-end tests of every bundle.
 
-Each run is ``python -m monai.bundle run ...`` with one OpenMP thread (on a shared two-core machine PyTorch's default
+Each run is ``python -m monai.bundle run ...`` (forked from the tests' fork server, tests/forkserver.py: its own
+process, without the 5 s of importing MONAI again) with one OpenMP thread (on a shared two-core machine PyTorch's default
 of one thread per core made adversarial epochs 20-40 times slower) and the repository root as working directory,
 unless a test says otherwise.
 """
@@ -19,6 +20,9 @@ import torch
 
 import robust_bundles.thresholds
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the fork server of the bundle runs
+import forkserver  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -30,10 +34,7 @@ def env(**extra: str) -> dict[str, str]:
 def run(cmd: list[str], expect_ok: bool = True, timeout: int = 600, cwd: Path | str = REPO,
         python_env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``cmd``; fail the test (with the end of its output) when its exit status is not as expected."""
-    proc = subprocess.run(
-        cmd, cwd=cwd, env=dict(python_env) if python_env is not None else env(), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, timeout=timeout,
-    )
+    proc = forkserver.run(cmd, cwd, dict(python_env) if python_env is not None else env(), timeout=timeout)
     if expect_ok and proc.returncode != 0:
         pytest.fail(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
     if not expect_ok and proc.returncode == 0:

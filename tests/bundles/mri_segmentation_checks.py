@@ -216,16 +216,14 @@ EXPERIMENT_TINY = {"max_cases": 1, "max_val_cases": 1, "max_test_cases": 1, "epo
 def test_experiment_quick_on_the_synthetic_default(spec, tmp_path):
     """scripts/experiment.py --profile quick (tiny overrides, one noise level for each method with eps): every stage
     and the paper-style table, with the bundle's noise levels and the quick suite's attacks."""
-    import subprocess
-
-    from bundle_run import REPO, env
+    from bundle_run import REPO, env, forkserver
 
     out = tmp_path / "runs"
     eps = spec.eps[0]
     cmd = [sys.executable, "scripts/experiment.py", "--bundle", f"bundles/{spec.name}", "--profile", "quick",
            "--output_root", str(out), "--vat_eps", f"[{eps:g}]", "--teat_eps", f"[{eps:g}]", "--trades_eps", f"[{eps:g}]",
            "--override", json.dumps(EXPERIMENT_TINY)]
-    p = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=900)
+    p = forkserver.run(cmd, REPO, env(), timeout=900, stderr_apart=True)  # its stages forked too
     assert p.returncode == 0, f"{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
     table = json.loads((out / "report" / "results.json").read_text())
     assert [r["label"] for r in table["rows"]] == ["STD", f"VAT (eps {eps:g})", f"TEAT (eps {eps:g})", "AMAT",

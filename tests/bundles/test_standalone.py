@@ -6,7 +6,9 @@ inference with the shipped weights (and the TorchScript export where the bundle 
 default data.
 
 The environment costs a few minutes (PyTorch is installed from the local wheel cache), so it is made once for all
-bundles, from the union of their requirements (which must agree on versions). A new bundle adds its entry to SPECS.
+bundles, from the union of their requirements (which must agree on versions). Its ``python -m monai.bundle`` runs are
+forked from a server of that environment that imported torch, MONAI and ignite once (tests/forkserver.py, started
+outside the checkout; the project's modules come from the extracted zip in each run); ``python -c`` runs are fresh. A new bundle adds its entry to SPECS.
 
 One bundle of each family runs the whole zip test (FAMILY_RUNS): the heart and prostate bundles render their configs
 from the same segmentation base as the hippocampus one and zip the same library modules, so a second and third run of
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from bundle_run import REPO, Bundle, last_error, run
+from bundle_run import REPO, Bundle, forkserver, last_error, run
 
 pytestmark = pytest.mark.slow
 
@@ -128,6 +130,7 @@ def bare_python(tmp_path_factory) -> str:
                           stderr=subprocess.STDOUT, text=True, timeout=1800)
     if proc.returncode != 0:
         pytest.fail(f"cannot install the packages of metadata.json {_requirements()}:\n{proc.stdout[-3000:]}")
+    forkserver.allow_python(python)  # its `-m monai.bundle` runs forked from a server of this venv (tests/forkserver.py)
     return python
 
 
