@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import forkserver
 from filelock import FileLock
 
 from . import data as zoo_data
@@ -180,8 +181,9 @@ def args_of(overrides: dict[str, Any]) -> list[str]:
 
 
 def run(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=ENV, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    """``python *args`` in its own process, forked from the tests' fork server (tests/forkserver.py: no second
+    import of torch and MONAI) where it takes the command, else a fresh interpreter; stdout and stderr apart."""
+    return forkserver.run([sys.executable, *args], cwd, ENV, timeout=timeout, stderr_apart=True)
 
 
 @dataclass(frozen=True)
