@@ -43,3 +43,20 @@ def zoo_cache(tmp_path_factory):
     base = tmp_path_factory.getbasetemp()
     root = base.parent if base.name.startswith("popen-gw") else base
     return root / "foreign_zoo"
+
+
+# The costliest files first (measured in CI, 2026-12-07: the brats zoo file alone takes about 7 minutes): pytest-xdist
+# (--dist loadfile --no-loadscope-reorder, pyproject.toml) hands out whole files in collection order; by default it
+# reorders them by their number of tests, which put the two-test brats file last: one worker ran it alone for
+# minutes at the end while the other idled. Moving whole files keeps each file's tests together and in order.
+HEAVY_FIRST = ("test_foreign_zoo_brats.py", "test_foreign_zoo_segmentation.py", "test_foreign_zoo_other.py",
+               "bundles/test_standalone.py", "test_foreign_bundles.py", "bundles/test_multi_gpu.py",
+               "test_detection.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::")[0]
+        return next((i for i, name in enumerate(HEAVY_FIRST) if path.endswith(name)), len(HEAVY_FIRST))
+
+    items.sort(key=rank)  # stable: the other files keep their order
