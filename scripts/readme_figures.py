@@ -114,7 +114,28 @@ def render(rec: dict) -> str:
         caption += f" Command: `{rec['command']}`."
     if rec.get("spread"):
         caption += " " + rec["spread"]
-    return "\n".join(lines) + "\n\n" + caption + "\n"
+    return "\n".join(lines) + "\n\n" + caption + "\n" + render_spread(rec)
+
+
+def render_spread(rec: dict) -> str:
+    """The seed spread of a record (``spread`` command): per method, the lowest and highest value over the seeds of
+    the clean column and of each ``Avg.`` column; empty without seed runs."""
+    seeds = rec.get("seeds")
+    if not seeds:
+        return ""
+    runs = [{"seed": seed, "rows": {r["label"]: r["values"] for r in rows}}
+            for seed, rows in [(rec.get("seed", 0), rec["rows"]), *((s["seed"], s["rows"]) for s in seeds)]]
+    cols = [c for c in rec["columns"] if c == "clean" or c.endswith("Avg.")]
+    lines = ["", f"Spread over {len(runs)} seeds ({', '.join(str(r['seed']) for r in runs)}): lowest - highest "
+             "(max - min)", "", "| method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for r in rec["rows"]:
+        cells = []
+        for c in cols:
+            vals = [run["rows"].get(r["label"], {}).get(c) for run in runs]
+            vals = [v for v in vals if v is not None]
+            cells.append(f"{min(vals):.3f} - {max(vals):.3f} ({max(vals) - min(vals):.3f})" if vals else "n/a")
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _docs(repo: Path) -> list[Path]:
@@ -162,6 +183,45 @@ def write(run: str | None = None, name: str | None = None, command: str = "", re
     return changed
 
 
+def spread(runs: Any, name: str, seeds: Any = None, repo: str | Path = REPO) -> list[str]:
+    """Add seed runs of the record's command to the record ``name`` (rendered as a spread table below its table),
+    then re-render every marked section.
+
+    Args:
+        runs: the output roots of the same command run with other seeds (``--override '{"seed": N}'``).
+        name: the record's name (made by ``write --run``); the record's own run counts as seed 0.
+        seeds: the seed of each run, in order; default 1, 2, ...
+        repo: the repository root.
+
+    Raises:
+        FiguresError: no record ``name``, or a seed run whose methods or columns differ from the record's.
+    """
+    repo = Path(repo)
+    runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
+    seeds = list(seeds) if seeds is not None else list(range(1, len(runs) + 1))
+    if len(seeds) != len(runs):
+        raise FiguresError(f"{len(runs)} runs but {len(seeds)} seeds: give one seed per run.")
+    path = repo / FIGURES / f"{name}.json"
+    if not path.is_file():
+        raise FiguresError(f"There is no record {path}: make it with python scripts/readme_figures.py write --run "
+                           f"<output root> --name {name}")
+    rec = json.loads(path.read_text())
+    out = []
+    for run, seed in zip(runs, seeds):
+        other = record(run)
+        if [r["label"] for r in other["rows"]] != [r["label"] for r in rec["rows"]] or \
+                other["columns"] != rec["columns"]:
+            raise FiguresError(f"{run}: its methods or columns differ from the record {name}'s: a seed run must be "
+                               "the same command with another seed.")
+        out.append({"seed": int(seed), "run": Path(run).name,
+                    "rows": [{"label": r["label"], "values": r["values"]} for r in other["rows"]]})
+    rec["seeds"] = out
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(rec, indent=2) + "\n")
+    tmp.replace(path)
+    return write(repo=repo)
+
+
 def check(repo: str | Path = REPO) -> list[str]:
     """The marked sections that differ from their records (empty: all are what the runs printed).
 
@@ -182,7 +242,7 @@ def check(repo: str | Path = REPO) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        fire.Fire({"write": write, "check": check}, command=argv, serialize=lambda x: None)
+        fire.Fire({"write": write, "spread": spread, "check": check}, command=argv, serialize=lambda x: None)
     except FiguresError as e:
         print(f"readme_figures: error: {e}", file=sys.stderr)
         return 1

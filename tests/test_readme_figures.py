@@ -78,3 +78,31 @@ def test_a_run_without_its_report_names_the_missing_file(run, tmp_path):
 
 def test_the_repository_docs_show_their_records():
     assert figures.check() == []
+
+
+def test_spread_adds_the_seed_runs_below_the_table(run, tmp_path):
+    """Two seed runs of the same command: per method the lowest - highest over the three seeds (hand-checked: STD
+    clean 0.5 / 0.4 / 0.7 -> 0.400 - 0.700 (0.300)); a run of another command is refused."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    _write(repo / "docs" / "results.md", "<!-- figures:main_job -->\n<!-- /figures:main_job -->\n")
+    figures.write(str(run), "main_job", repo=repo)
+    seeds = []
+    for seed, (clean, pgd) in ((1, (0.4, 0.3)), (2, (0.7, 0.1))):
+        other = tmp_path / f"seed{seed}"
+        shutil.copytree(run, other)
+        res = json.loads((other / "report" / "results.json").read_text())
+        res["rows"][0]["values"] = {"clean": clean, "PGD 2": pgd}
+        _write(other / "report" / "results.json", res)
+        seeds.append(str(other))
+    assert figures.spread(seeds, "main_job", repo=repo) == ["docs/results.md"]
+    text = (repo / "docs" / "results.md").read_text()
+    assert "Spread over 3 seeds (0, 1, 2): lowest - highest (max - min)\n\n| method | clean |\n|---|---:|\n" \
+           "| STD | 0.400 - 0.700 (0.300) |\n| AMAT (fine-tuned) | 0.600 - 0.600 (0.000) |\n" in text
+    assert figures.check(repo=repo) == []
+    res = json.loads((Path(seeds[0]) / "report" / "results.json").read_text())
+    res["rows"] = res["rows"][:1]
+    _write(Path(seeds[0]) / "report" / "results.json", res)
+    with pytest.raises(figures.FiguresError, match="methods or columns differ"):
+        figures.spread(seeds, "main_job", repo=repo)
