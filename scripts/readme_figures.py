@@ -188,7 +188,8 @@ def spread(runs: Any, name: str, seeds: Any = None, repo: str | Path = REPO) -> 
     then re-render every marked section.
 
     Args:
-        runs: the output roots of the same command run with other seeds (``--override '{"seed": N}'``).
+        runs: the output roots of the same command run with other seeds (``--override '{"seed": N}'``), a list
+            or ``"a,b"``.
         name: the record's name (made by ``write --run``); the record's own run counts as seed 0.
         seeds: the seed of each run, in order; default 1, 2, ...
         repo: the repository root.
@@ -197,7 +198,9 @@ def spread(runs: Any, name: str, seeds: Any = None, repo: str | Path = REPO) -> 
         FiguresError: no record ``name``, or a seed run whose methods or columns differ from the record's.
     """
     repo = Path(repo)
-    runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
+    if isinstance(runs, str):  # "a,b" or "[a, b]" from the command line
+        runs = [r.strip().strip("'\"") for r in runs.strip("[]").split(",") if r.strip()]
+    runs = [runs] if isinstance(runs, Path) else list(runs)
     seeds = list(seeds) if seeds is not None else list(range(1, len(runs) + 1))
     if len(seeds) != len(runs):
         raise FiguresError(f"{len(runs)} runs but {len(seeds)} seeds: give one seed per run.")
