@@ -67,6 +67,7 @@ from .engine.plan import (
     transfer_from_std,
 )
 from .engine.runner import Runner, print_plan
+from .results import data_used, splits_used
 
 __all__ = ["Experiment", "ExperimentError", "Stage", "build_stages", "bundle_configs", "groups", "main", "cli",
            "method_options", "model_file", "robustness_file", "THRESHOLDS_FILE"]
@@ -309,7 +310,11 @@ class Experiment:
         return f"robust_bundles.report.write_report -> {self.output_root / REPORT_DIR}"
 
     def write_report(self, stage: Stage | None = None) -> dict[str, Path]:
-        return report.write_report(self.output_root, self.runs(), caption=self.inputs.caption(),
+        """The report; its caption states the profile's description and, read from the stage logs, the data the runs
+        actually used (the profile's case counts are upper bounds, and --override may change them)."""
+        used = data_used(splits_used(self.output_root))
+        caption = self.inputs.caption() + (f" Data used (from the stage logs): {used}." if used else "")
+        return report.write_report(self.output_root, self.runs(), caption=caption,
                                    labels=self._labels(), out_dir=self.output_root / REPORT_DIR)
 
     # ------------------------------------------------------------------------------------------------- printing

@@ -223,3 +223,26 @@ def norm_text(results: Sequence[dict]) -> str:
     """The attacks' norms of the results (``L2``, ``L2/LINF``)."""
     norms = {str(a.get("norm", "l2")).upper() for r in results for a in r["settings"].get("attacks", {}).values()}
     return "/".join(sorted(norms)) or "L2"
+
+
+# ------------------------------------------------------------------------------------------ the data a run used
+_SPLIT = re.compile(r"(train|validation|test) split: (\d+) cases?, (\d+) slices")
+
+
+def splits_used(root: str | Path) -> dict[str, dict[str, int]]:
+    """The cases and slices of each split the runs of output root ``root`` used, read from the last run written to
+    the STD stage's log (train, validation) and its robustness stage's (test): ``{"train": {"cases": 9, "slices":
+    324}, ...}``; empty where a task's data logs no such line."""
+    out: dict[str, dict[str, int]] = {}
+    for stage in (layout.STD_RUN, f"robustness_{layout.STD_RUN}"):
+        log = Path(root) / layout.LOGS / f"{stage}.log"
+        if log.is_file():
+            for name, cases, slices in _SPLIT.findall(log.read_text(errors="replace").split("===== cwd:")[-1]):
+                out[name] = {"cases": int(cases), "slices": int(slices)}
+    return out
+
+
+def data_used(splits: dict[str, dict[str, int]]) -> str:
+    """``"train 9 cases (324 slices); validation 1 case (36 slices)"`` (empty for no splits)."""
+    return "; ".join(f"{name} {s['cases']} case{'' if s['cases'] == 1 else 's'} ({s['slices']} slices)"
+                     for name, s in splits.items())

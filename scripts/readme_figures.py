@@ -27,12 +27,12 @@ from typing import Any
 import fire
 
 from robust_bundles.metrics import MetricSpec
+from robust_bundles.results import data_used, splits_used
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = "docs/figures"
 #: the Markdown files that may hold marked sections
 DOCS = ("README.md", "docs/*.md", "bundles/*/docs/README.md")
-_SPLIT = re.compile(r"(train|validation|test) split: (\d+) cases?, (\d+) slices")
 _SECTION = re.compile(r"(<!-- figures:([\w-]+) -->\n)(.*?)(<!-- /figures:\2 -->)", re.S)
 
 
@@ -47,21 +47,12 @@ def _json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def _splits(log: Path) -> dict[str, dict[str, int]]:
-    """``{"train": {"cases": 9, "slices": 324}, ...}`` from the last run written to a stage log."""
-    out: dict[str, dict[str, int]] = {}
-    if log.is_file():
-        for name, cases, slices in _SPLIT.findall(log.read_text().split("===== cwd:")[-1]):
-            out[name] = {"cases": int(cases), "slices": int(slices)}
-    return out
-
-
 def record(run: str | Path, command: str = "") -> dict:
     """The figures of the finished run in output root ``run`` and what it used, read from its files."""
     root = Path(run).resolve()
     table = _json(root / "report" / "results.json")
     report_stage = _json(root / "logs" / "report.json")
-    splits = {**_splits(root / "logs" / "std.log"), **_splits(root / "logs" / "robustness_std.log")}
+    splits = splits_used(root)
     models = {}
     for row in table["rows"]:
         cost = _json(root / "models" / row["run"] / "cost.json")
@@ -101,8 +92,7 @@ def render(rec: dict) -> str:
             s = "n/a" if v is None else f"{v:.3f}"
             cells.append(f"**{s}**" if v is not None and round(v, 3) == best[c] else s)
         lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
-    split = "; ".join(f"{name} {s['cases']} case{'' if s['cases'] == 1 else 's'} ({s['slices']} slices)"
-                      for name, s in rec["splits"].items())
+    split = data_used(rec["splits"])
     epochs = ", ".join(f"{label} {m['epochs']}" + (f" (fine-tuned from {m['fine_tuned_from']})"
                                                    if m["fine_tuned_from"] else "")
                        for label, m in rec["models"].items())

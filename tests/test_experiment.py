@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -486,6 +487,10 @@ def test_end_to_end_hippocampus_quick(tmp_path):
     n = 2 * (1 + len(list(methods.with_overlay()))) + 2  # training and evaluation of each run, thresholds, report
     assert f"[{n}/{n}] report done" in p.stdout and "| AMAT (fine-tuned) |" in p.stdout
     assert json.loads((root / "models" / "amat" / "init_from.json").read_text())["max_epochs"] == 1
+    # the caption states the data the runs used, read from the stage logs (the profile says 32 / 4 / 8 cases)
+    used = re.search(r"Data used \(from the stage logs\): train (\d+) cases? \((\d+) slices\); validation (\d+) "
+                     r"cases? \(\d+ slices\); test (\d+) cases? \(\d+ slices\)\.", table["caption"])
+    assert used and int(used.group(1)) < 32 and int(used.group(2)) > 0, table["caption"]
     # a second run finds everything done
     p = forkserver.run(cmd, ROOT, timeout=300, stderr_apart=True)
     assert p.returncode == 0 and f"Plan: {n} stages, {n} done, 0 to run" in p.stdout, p.stdout[-3000:]
