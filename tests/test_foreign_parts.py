@@ -236,6 +236,31 @@ def test_task_metrics_exact_values_and_kinds():
     assert choose_kind(None, torch.nn.L1Loss()) == "distance"
     assert choose_kind(None, torch.nn.CrossEntropyLoss()) == "accuracy"
     assert choose_kind("MeanDice", torch.nn.L1Loss()) == "dice"
+    assert choose_kind("MeanIoUHandler", None) == "iou"  # endoscopic_tool_segmentation's key metric
+
+
+def test_mean_iou_exact_values():
+    """IoU per sample, by hand: softmax (argmax) against class indices and one-hot, sigmoid multi-label, and a
+    sample without foreground (NaN: it does not count)."""
+    import math
+
+    import torch
+
+    from robust_bundles.foreign.metrics import mean_iou, task_metric
+
+    # 2 classes over 4 pixels: the argmax is foreground at pixels 0 and 1, the label at 1 and 2: 1 / 3
+    logits = torch.tensor([[[0.0, 0.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]]])
+    label = torch.tensor([[[0, 1, 1, 0]]])
+    assert mean_iou(logits, label).tolist() == pytest.approx([1 / 3])
+    onehot = torch.tensor([[[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 0.0]]])
+    assert mean_iou(logits, onehot).tolist() == pytest.approx([1 / 3])
+    # sigmoid, 2 channels: ch0 {0, 1} vs {0}: 1 / 2; ch1 {0} vs {0, 1}: 1 / 2
+    pred = torch.tensor([[[1.0, 1.0, -1.0, -1.0], [1.0, -1.0, -1.0, -1.0]]])
+    ml = torch.tensor([[[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]]])
+    assert mean_iou(pred, ml, sigmoid=True).tolist() == pytest.approx([0.5])
+    assert math.isnan(float(mean_iou(logits, torch.zeros_like(label))))
+    m, what = task_metric("iou", torch.nn.CrossEntropyLoss())
+    assert what == "softmax (argmax) IoU" and m.specs[0].name == "iou" and m.specs[0].higher_is_better
 
 
 def test_sample_ids_are_positions_through_subsets_named_by_file():

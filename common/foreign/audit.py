@@ -6,7 +6,7 @@ bundle: the network with its trained weights (``models/model.pt``, another ``mod
 evaluation preprocessing and data (a datalist with the preprocessing, or a dataset object such as
 ``NPZDictItemDataset`` with its own transform; or ``--datalist``), the evaluation inferer, the loss (made per-sample
 by :class:`.losses.PerSampleWrapper`) and a per-sample metric of the task (:mod:`.metrics`: Dice, multi-label Dice,
-accuracy, mean point distance). It runs a MONAI ``SupervisedEvaluator`` with the project's
+IoU, accuracy, mean point distance). It runs a MONAI ``SupervisedEvaluator`` with the project's
 :class:`robust_bundles.handlers.RobustnessEvaluationHandler`: clean, L2 PGD, L2 I-FGSM and random noise of the same
 norm at every eps, per-sample worst case, and the gradient-masking checks of :func:`masking_checks`.
 
@@ -418,8 +418,8 @@ def audit(
         clamp: ``[min, max]`` value range of the network input to keep attacked inputs in (e.g. ``[0, 1]`` after a
             clipping intensity transform); default none.
         metric: the per-sample metric of the report: ``"auto"`` (from the bundle's key metric, else its loss),
-            ``"dice"`` (softmax or, with a sigmoid loss, multi-label), ``"accuracy"`` or ``"distance"`` (mean point
-            distance, lower is better).
+            ``"dice"`` (softmax or, with a sigmoid loss, multi-label), ``"iou"`` (likewise; the default for a MeanIoU
+            key metric), ``"accuracy"`` or ``"distance"`` (mean point distance, lower is better).
         max_cases: evaluate the first N cases only.
         checkpoint_windows: recompute window activations in the backward pass (memory fallback).
         device: torch device; default CUDA when available.

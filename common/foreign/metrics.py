@@ -8,6 +8,9 @@ kind                         per-sample value                                cho
 ``dice`` (sigmoid)           Dice of each output channel > 0 (sigmoid >      Dice key metric and    higher
                              0.5) vs the label channel, mean over the        a ``sigmoid=True``
                              channels whose label has foreground             loss (multi-label)
+``iou``                      IoU (Jaccard) of the argmax (softmax) or of     IoU key metric         higher
+                             each channel > 0 (sigmoid) vs the label, mean   (MeanIoU)
+                             over the foreground classes present
 ``accuracy``                 1 when the argmax class is the label, else 0    Accuracy-like key      higher
                                                                              metric or a CE loss
 ``distance``                 mean Euclidean distance of the predicted        distance/error key     lower
@@ -25,11 +28,12 @@ import torch
 from ..losses import primary_output
 from ..metrics import FunctionMetric, MetricSpec
 
-__all__ = ["KINDS", "accuracy", "choose_kind", "mean_point_distance", "multilabel_dice", "task_metric"]
+__all__ = ["KINDS", "accuracy", "choose_kind", "mean_iou", "mean_point_distance", "multilabel_dice", "task_metric"]
 
-KINDS = ("dice", "accuracy", "distance")
+KINDS = ("dice", "iou", "accuracy", "distance")
 
 _DICE = ("MeanDice", "DiceMetric", "DiceHelper")
+_IOU = ("MeanIoU", "MeanIoUHandler")
 _ACCURACY = ("Accuracy", "ConfusionMatrix", "ROCAUC", "ROCAUCMetric", "Precision", "Recall", "Fbeta")
 _DISTANCE = ("MeanPairwiseDistance", "MeanSquaredError", "MeanAbsoluteError", "RootMeanSquaredError", "MSEMetric",
              "MAEMetric", "RMSEMetric", "PSNRMetric")
@@ -42,6 +46,8 @@ def choose_kind(metric_target: str | None, loss: Any) -> str | None:
     name = (metric_target or "").rsplit(".", 1)[-1]
     if name in _DICE:
         return "dice"
+    if name in _IOU:
+        return "iou"
     if name in _ACCURACY:
         return "accuracy"
     if name in _DISTANCE or name.endswith("Distance"):
@@ -75,6 +81,36 @@ def multilabel_dice(pred: Any, label: torch.Tensor) -> torch.Tensor:
     present = y.sum(dims) > 0
     dice = torch.where(present, dice, torch.full_like(dice, float("nan")))
     return dice.nanmean(1)
+
+
+def mean_iou(pred: Any, label: torch.Tensor, sigmoid: bool = False) -> torch.Tensor:
+    """Per-sample IoU (Jaccard) of a segmentation output, as MONAI's ``MeanIoU`` without the background: the argmax
+    class of the logits (softmax; label as class indices (B, 1, ...) or one-hot) or each channel > 0 (``sigmoid``,
+    multi-label; label of the output's shape); mean over the foreground classes whose label is not empty; NaN when
+    none is. Shape (B,)."""
+    p = primary_output(pred).detach()
+    y = torch.as_tensor(label).to(p.device)
+    c = p.shape[1]
+    if sigmoid or c == 1:
+        pm, ym = p > 0, y > 0
+        if ym.shape != pm.shape:
+            raise ValueError(f"IoU of sigmoid outputs needs a label of the output's shape {tuple(pm.shape)}; got "
+                             f"{tuple(ym.shape)}.")
+    else:
+        pm = torch.nn.functional.one_hot(p.argmax(1), c).movedim(-1, 1).bool()[:, 1:]
+        if y.shape == p.shape:
+            ym = (y > 0.5)[:, 1:]
+        elif y.shape[1] == 1 and y.shape[2:] == p.shape[2:]:
+            ym = torch.nn.functional.one_hot(y[:, 0].long(), c).movedim(-1, 1).bool()[:, 1:]
+        else:
+            raise ValueError(f"IoU needs a label of class indices (B, 1, ...) or one-hot {tuple(p.shape)}; got "
+                             f"{tuple(y.shape)}.")
+    dims = tuple(range(2, pm.ndim))
+    inter = (pm & ym).sum(dims).float()
+    union = (pm | ym).sum(dims).float()
+    iou = inter / union.clamp_min(1)
+    iou = torch.where(ym.sum(dims) > 0, iou, torch.full_like(iou, float("nan")))
+    return iou.nanmean(1)
 
 
 def accuracy(pred: Any, label: torch.Tensor) -> torch.Tensor:
@@ -117,6 +153,12 @@ def task_metric(kind: str, loss: Any) -> tuple[FunctionMetric | Any, str]:
                                                 "preprocessing), mean over the foreground classes present; cases "
                                                 "whose label has foreground"),)
         return m, "softmax (argmax) Dice"
+    if kind == "iou":
+        sig = uses_sigmoid(loss)
+        spec = MetricSpec("iou", "", True, "IoU per case of the " + ("sigmoid output channels (> 0.5)" if sig else
+                          "argmax class") + " against the label, mean over the foreground classes present")
+        return FunctionMetric(lambda pred, label: mean_iou(pred, label, sigmoid=sig), spec), \
+            ("multi-label (sigmoid)" if sig else "softmax (argmax)") + " IoU"
     if kind == "accuracy":
         return FunctionMetric(accuracy, MetricSpec("accuracy", "", True, "1 when the argmax class is the label; the "
                                                    "mean is the accuracy")), "accuracy"
