@@ -6,19 +6,9 @@ Skipped when ../shared is absent."""
 
 from __future__ import annotations
 
-import pytest
-from foreign_zoo.checks import check_audit, check_robustify, params
+from foreign_zoo.checks import zoo_tests
 
 SEGMENTATION = ["brats_mri_segmentation"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", params("audit", SEGMENTATION))
-def test_audit(name, zoo_cache, tmp_path):
-    check_audit(name, zoo_cache, tmp_path)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", params("robustify", SEGMENTATION))
-def test_robustify_gains_robustness(name, zoo_cache, tmp_path):
-    check_robustify(name, zoo_cache, tmp_path)
+test_audit, test_robustify_gains_robustness = zoo_tests(SEGMENTATION)

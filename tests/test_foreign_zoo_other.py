@@ -6,19 +6,10 @@ trained start (not for detection). Skipped when ../shared is absent."""
 
 from __future__ import annotations
 
-import pytest
-from foreign_zoo.checks import check_audit, check_robustify, params
+from foreign_zoo.checks import zoo_tests
 
 OTHER = ["classification_template", "valve_landmarks", "lung_nodule_ct_detection"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", params("audit", OTHER))
-def test_audit(name, zoo_cache, tmp_path):
-    check_audit(name, zoo_cache, tmp_path)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", params("robustify", OTHER[:2]))
-def test_robustify_gains_robustness(name, zoo_cache, tmp_path):
-    check_robustify(name, zoo_cache, tmp_path)
+# detection (the lung bundle) is audited only
+test_audit, test_robustify_gains_robustness = zoo_tests(OTHER, OTHER[:2])

@@ -4,8 +4,7 @@ writes a report and ``robustify`` (AMAT) gains robustness over the trained start
 
 from __future__ import annotations
 
-import pytest
-from foreign_zoo.checks import check_audit, check_robustify, params
+from foreign_zoo.checks import zoo_tests
 
 # brats_mri_segmentation, the costliest, has its own file (test_foreign_zoo_brats.py) so that the xdist workers,
 # which take whole files, share the work
@@ -13,13 +12,4 @@ SEGMENTATION = ["spleen_ct_segmentation", "swin_unetr_btcv_segmentation", "prost
                 "endoscopic_tool_segmentation"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", params("audit", SEGMENTATION))
-def test_audit(name, zoo_cache, tmp_path):
-    check_audit(name, zoo_cache, tmp_path)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", params("robustify", SEGMENTATION))
-def test_robustify_gains_robustness(name, zoo_cache, tmp_path):
-    check_robustify(name, zoo_cache, tmp_path)
+test_audit, test_robustify_gains_robustness = zoo_tests(SEGMENTATION)

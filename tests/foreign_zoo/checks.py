@@ -193,3 +193,22 @@ def check_robustify(name: str, cache_root: Path, tmp_path: Path) -> tuple[dict, 
           f"AMAT clean {amat['clean']:.4g} PGD@{e} {amat['attacks']['PGD'][e]:.4g}")
     assert better(amat["attacks"]["PGD"][e], start["attacks"]["PGD"][e], higher), (start, amat)
     return start, amat
+
+
+def zoo_tests(audited: list[str], robustified: list[str] | None = None) -> tuple:
+    """The two parametrized tests of a zoo test file: ``test_audit`` over ``audited`` and
+    ``test_robustify_gains_robustness`` over ``robustified`` (default: the same bundles), each marked slow and
+    xfail where :data:`XFAIL` says; a file assigns them to those names for pytest to collect."""
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize("name", params("audit", audited))
+    def test_audit(name, zoo_cache, tmp_path):
+        check_audit(name, zoo_cache, tmp_path)
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize("name", params("robustify", audited if robustified is None else robustified))
+    def test_robustify_gains_robustness(name, zoo_cache, tmp_path):
+        check_robustify(name, zoo_cache, tmp_path)
+
+    return test_audit, test_robustify_gains_robustness
+
