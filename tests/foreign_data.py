@@ -37,3 +37,31 @@ def write_ct_cases(folder: str | Path, num_cases: int = 6, shape=(48, 48, 40), s
         nib.save(nib.Nifti1Image(organ.astype(np.uint8), affine), str(root / "labelsTr" / f"spleen_{i}.nii.gz"))
     mark_synthetic(root, "tests/foreign_data.py")
     return root
+
+
+def write_disks(folder: str | Path, n: int = 12, size: int = 24) -> Path:
+    """``images/disk_<i>.nii.gz`` (a bright disk in noise) and ``labels/disk_<i>.nii.gz`` (the disk)."""
+    folder = Path(folder)
+    rng = np.random.default_rng(0)
+    for sub in ("images", "labels"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        cy, cx = rng.uniform(7, size - 7, 2)
+        disk = ((yy - cy) ** 2 + (xx - cx) ** 2) <= rng.uniform(3, 5) ** 2
+        img = (rng.normal(0.3, 0.15, (size, size)) + 0.6 * disk).astype(np.float32)
+        nib.save(nib.Nifti1Image(img, np.eye(4)), str(folder / "images" / f"disk_{i:02d}.nii.gz"))
+        nib.save(nib.Nifti1Image(disk.astype(np.uint8), np.eye(4)), str(folder / "labels" / f"disk_{i:02d}.nii.gz"))
+    return folder
+
+
+def write_bundle(folder: str | Path, train_yaml: str, files: dict[str, str] | None = None) -> Path:
+    """A bundle folder: ``configs/train.yaml``, an empty ``models/``, and ``files`` (relative path -> text)."""
+    bundle = Path(folder)
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "models").mkdir()
+    (bundle / "configs" / "train.yaml").write_text(train_yaml)
+    for rel, text in (files or {}).items():
+        (bundle / rel).parent.mkdir(parents=True, exist_ok=True)
+        (bundle / rel).write_text(text)
+    return bundle

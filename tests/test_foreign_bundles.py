@@ -12,11 +12,9 @@ import sys
 from pathlib import Path
 
 import forkserver
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
-from foreign_data import write_ct_cases
+from foreign_data import write_bundle, write_ct_cases, write_disks
 from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
 
@@ -165,29 +163,12 @@ run:
 """
 
 
-def _write_2d_data(folder: Path, n: int = 12, size: int = 24) -> Path:
-    rng = np.random.default_rng(0)
-    for sub in ("images", "labels"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    yy, xx = np.mgrid[:size, :size]
-    for i in range(n):
-        cy, cx = rng.uniform(7, size - 7, 2)
-        disk = ((yy - cy) ** 2 + (xx - cx) ** 2) <= rng.uniform(3, 5) ** 2
-        img = (rng.normal(0.3, 0.15, (size, size)) + 0.6 * disk).astype(np.float32)
-        nib.save(nib.Nifti1Image(img, np.eye(4)), str(folder / "images" / f"disk_{i:02d}.nii.gz"))
-        nib.save(nib.Nifti1Image(disk.astype(np.uint8), np.eye(4)), str(folder / "labels" / f"disk_{i:02d}.nii.gz"))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def bundle2d(tmp_path_factory):
     """The tiny 2D bundle, trained with its own train.yaml (40 epochs of 2 iterations, a few seconds)."""
     tmp = tmp_path_factory.mktemp("b2d")
-    data = _write_2d_data(tmp / "data")
-    bundle = tmp / "disk_bundle"
-    (bundle / "configs").mkdir(parents=True)
-    (bundle / "models").mkdir()
-    (bundle / "configs" / "train.yaml").write_text(TRAIN_YAML)
+    data = write_disks(tmp / "data")
+    bundle = write_bundle(tmp / "disk_bundle", TRAIN_YAML)
     _ok(_run(["-m", "monai.bundle", "run", "--config_file", "configs/train.yaml", "--bundle_root", ".",
               "--dataset_dir", str(data)], cwd=bundle))
     assert (bundle / "models" / "model.pt").is_file()

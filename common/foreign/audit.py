@@ -56,6 +56,7 @@ __all__ = [
     "RandomNoise",
     "audit",
     "case_of",
+    "image_of",
     "load_datalist",
     "masking_checks",
     "resolve_weights",
@@ -139,6 +140,17 @@ class PositionDataset(torch.utils.data.Dataset):
         return self.transform(out) if self.transform is not None else out
 
 
+def image_of(item: Mapping, image_key: str = "image") -> Any:
+    """The image of a data item: ``item[image_key]``; for items with other keys (a bundle whose ``prepare_batch``
+    reads ``img``/``seg``...), the first value with a file name in its MONAI metadata, else the first tensor."""
+    if image_key in item:
+        return item[image_key]
+    values = [v for k, v in item.items() if k != POSITION_KEY]
+    named = [v for v in values if (getattr(v, "meta", None) or {}).get("filename_or_obj")]
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    return (named or tensors or [None])[0]
+
+
 class CaseFromMetad:
     """Dict transform: ``d[case_key] = case_of(d[image_key].meta["filename_or_obj"])`` (MONAI keeps the file name in
     the metadata through its transforms and random crops); the datalist item's own image path when the image has no
@@ -156,7 +168,7 @@ class CaseFromMetad:
 
     def _one(self, d: Mapping) -> dict:
         d = dict(d)
-        img = d.get(self.image_key)
+        img = image_of(d, self.image_key)
         meta = getattr(img, "meta", None) or {}
         src = meta.get("filename_or_obj") or (img if isinstance(img, (str, os.PathLike)) else None)
         if src:
@@ -248,6 +260,23 @@ def _inferer(parser, part: str, engine: str) -> tuple[str, Any]:
 
         return f"{parser.discovered[engine]}'s default", SimpleInferer()
     return find(parser, part)
+
+
+def _prepare_batch(parser) -> tuple[str, Any]:
+    """The evaluator's ``prepare_batch`` (how a batch becomes the network's input and the loss's target, e.g. MONAI's
+    ``PrepareBatchExtraInput`` or a bundle's own callable); MONAI's default (``image``, ``label``) when it has none."""
+    from monai.engines.utils import PrepareBatchDefault, default_prepare_batch
+
+    if find_id(parser, "prepare_batch", required=False) is None:
+        return "default (image, label)", PrepareBatchDefault()
+    i, pb = find(parser, "prepare_batch")
+    if pb is None or pb is default_prepare_batch:
+        return "default (image, label)", PrepareBatchDefault()
+    if not callable(pb):
+        raise TypeError(f"The bundle's prepare_batch {i!r} is a {type(pb).__name__}, not a callable "
+                        "(batchdata, device, non_blocking, **kwargs) -> (inputs, targets): fix it, or name the right "
+                        "id with --parts \"{'prepare_batch': 'ID'}\".")
+    return i, pb
 
 
 def load_datalist(path: str | os.PathLike, key: str = "validation") -> list[dict]:
@@ -476,7 +505,8 @@ def audit(
 
     def count(d):
         for one in d if isinstance(d, list) else [d]:
-            voxels.append(int(one["image"].numel()) if hasattr(one.get("image"), "numel") else 0)
+            img = image_of(one)
+            voxels.append(int(img.numel()) if hasattr(img, "numel") else 0)
         return d
 
     after = Compose([CaseFromMetad(), count])
@@ -502,11 +532,12 @@ def audit(
     dataset_dir = parser.get("dataset_dir") if "dataset_dir" in parser else None
     handler = RobustnessEvaluationHandler(loss_fn, attacks, eps_list, metric=task_metric, output_dir=out, seed=seed,
                                           restarts=restarts, id_keys=("case",), dataset_dir=dataset_dir,
-                                          eps_unit=eps_unit, suite=attack_suite)
+                                          eps_unit=eps_unit, suite=attack_suite, metric_on_targets=True)
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0)
+    pb_id, prepare_batch = _prepare_batch(parser)
     evaluator = SupervisedEvaluator(device=dev, val_data_loader=loader,
                                     network=CheckpointedNetwork(network) if checkpoint_windows else network,
-                                    inferer=inferer, val_handlers=[handler], amp=False)
+                                    inferer=inferer, val_handlers=[handler], amp=False, prepare_batch=prepare_batch)
     logger.info(f"audit of {root.name}: {len(dataset)} case(s), eps {eps_list} ({eps_unit}), attacks "
                 f"{', '.join(f'{n} {a.steps} steps' for n, a in attacks.items())}, inferer {type(inferer).__name__}")
     evaluator.run()
@@ -521,6 +552,7 @@ def audit(
     found = {"configs": [str(f) for f in parser.files], "network": {"id": net_id, "type": type(network).__name__},
              "weights": str(weights), "preprocessing": pre_id,
              "inferer": {"id": inf_id, "type": type(inferer).__name__},
+             "prepare_batch": {"id": pb_id, "type": type(prepare_batch).__name__},
              "loss": {"id": loss_id, "type": type(loss).__name__, "per_sample_terms": list(loss_fn.term_names)},
              "metric": metric_info, "data": {"id": data_id, "cases": len(dataset), "sample_ids": SAMPLE_IDS}}
     info = {"bundle": str(root), "parts": found, "pretrained_off": sorted(pretrained), "eps": eps_list, "eps_unit": eps_unit, "eps_units": units,

@@ -44,7 +44,7 @@ from .overlay import foreign_methods, method_overlay
 from .parts import config_path, find, find_id, given_flags, pretrained_off
 
 __all__ = ["NORM_DEFAULTS", "OVERLAY_DIR", "estimate_bundle_thresholds", "noise_settings", "overlay_files", "redirects",
-           "robustify", "run_id", "training_dataset", "training_input_values", "wiring"]
+           "robustify", "run_id", "train_prepare_batch", "training_dataset", "training_input_values", "wiring"]
 
 logger = logging.getLogger("robust_bundles.robustify")
 
@@ -89,14 +89,31 @@ def training_dataset(parser) -> Any:
     return find(parser, "train_dataset")[1]
 
 
-def training_input_values(parser, seed: int = 0, image_key: str = "image") -> int:
+def train_prepare_batch(parser) -> Any:
+    """The trainer's ``prepare_batch`` (``batchdata, device -> (inputs, targets[, args, kwargs])``): the bundle's own
+    when its trainer names one, else MONAI's default (``image``, ``label``)."""
+    from monai.engines.utils import default_prepare_batch
+
+    if find_id(parser, "train_prepare_batch", required=False) is None:
+        return default_prepare_batch
+    i, pb = find(parser, "train_prepare_batch")
+    if not callable(pb):
+        raise TypeError(f"The bundle's trainer prepare_batch {i!r} is a {type(pb).__name__}, not a callable.")
+    return pb
+
+
+def training_input_values(parser, seed: int = 0) -> int:
     """The number of values of one training input as the trainer's network sees it (channels x crop, after the
-    bundle's training preprocessing): the scale of ``eps_unit="rms"`` (L2 norm = rms x sqrt(values)).
+    bundle's training preprocessing and the trainer's ``prepare_batch``): the scale of ``eps_unit="rms"`` (L2 norm =
+    rms x sqrt(values)).
 
     Raises:
-        ValueError: the training dataset is empty or its first item has no ``image_key`` tensor.
+        ValueError: the training dataset is empty or its first item gives no input tensor.
     """
+    from monai.data import list_data_collate
     from monai.utils import set_determinism
+
+    from .audit import image_of
 
     set_determinism(seed=seed)
     try:
@@ -108,9 +125,19 @@ def training_input_values(parser, seed: int = 0, image_key: str = "image") -> in
         set_determinism(seed=None)
     if isinstance(item, (list, tuple)) and item:  # several random crops of one sample (num_samples > 1)
         item = item[0]
-    image = item.get(image_key) if isinstance(item, Mapping) else None
+    if not isinstance(item, Mapping):
+        raise ValueError(f"The first training item is a {type(item).__name__}, not a dict: eps_unit='rms' needs the "
+                         "training input's size; give the noise settings as L2 norms (--eps_unit norm).")
+    prepare = train_prepare_batch(parser)
+    try:
+        batch = prepare(list_data_collate([item]), torch.device("cpu"))
+        image = batch[0] if isinstance(batch, (list, tuple)) else batch
+        image = image[0] if isinstance(image, torch.Tensor) else None
+    except (KeyError, TypeError):
+        image = None
+    image = image if image is not None else image_of(item)
     if not isinstance(image, torch.Tensor) and not hasattr(image, "shape"):
-        raise ValueError(f"The first training item has no {image_key!r} array (it is {type(item).__name__}): "
+        raise ValueError(f"The first training item (keys {sorted(item)}) gives the trainer no input tensor: "
                          "eps_unit='rms' needs the training input's size; give the noise settings as L2 norms "
                          "(--eps_unit norm).")
     return int(torch.as_tensor(image).numel())
@@ -147,12 +174,15 @@ def estimate_bundle_thresholds(parser, weights: str | Path, output_path: str | P
     loss_fn = PerSampleWrapper(loss)
     set_determinism(seed=seed)
     loader = DataLoader(PositionDataset(training_dataset(parser)), batch_size=1, shuffle=False, num_workers=0)
+    prepare = train_prepare_batch(parser)
     values = []
     with torch.no_grad():
         for _ in range(max(1, int(passes))):
             for batch in loader:
-                x, y = batch["image"].to(dev), batch["label"].to(dev)
-                values.append(loss_fn.terms(inferer(x, network), y).cpu())
+                prepared = prepare(batch, dev)
+                x, y = prepared[0], prepared[1]
+                args, kwargs = (prepared[2], prepared[3]) if len(prepared) == 4 else ((), {})
+                values.append(loss_fn.terms(inferer(x, network, *args, **kwargs), y).cpu())
     set_determinism(seed=None)
     v = torch.cat(values)
     xi = estimate_thresholds(v, rule, term_names=loss_fn.term_names)
@@ -218,6 +248,27 @@ def run_id(parser, trainer: str) -> str:
         if f"@{trainer}.run()" in json.dumps(v):
             return str(k)
     return "run"
+
+
+ROBUST_RUN = "robust#run"
+"""The id of the expressions robustify runs: the bundle's own run list up to its trainer's run (:func:`robust_run`)."""
+
+
+def robust_run(parser, trainer: str) -> tuple[list[Any], list[Any]]:
+    """The bundle's run expressions (:func:`run_id`) up to and including the trainer's ``run()``, and those after it.
+
+    What a bundle runs after its training (``torch.save(@network.state_dict(), @bundle_root + '/models/model.pt')``,
+    an export, an evaluation writing files) would write into the bundle folder, which robustify never writes to: the
+    fine-tuned model is robustify's own checkpoint. Steps before the training (setup) are kept.
+    """
+    call = f"@{trainer}.run()"
+    rid = run_id(parser, trainer)
+    steps = parser.get(rid) if rid in parser else None
+    steps = steps if isinstance(steps, list) else [steps] if steps is not None else []
+    for n, step in enumerate(steps):
+        if call in json.dumps(step):
+            return list(steps[:n + 1]), list(steps[n + 1:])
+    return [f"${call}"], []
 
 
 def redirects(parser, user: Mapping[str, Any], out: Path) -> dict[str, str]:
@@ -387,9 +438,13 @@ def robustify(
     pretrained = pretrained_off(parser, user)
     wired = wiring(parser)
     trainer = wired.pop("_trainer")
+    wired[ROBUST_RUN], skipped = robust_run(parser, trainer)
+    if skipped:
+        logger.warning(f"robustify leaves out what the bundle runs after its training ({skipped}): it would write into "
+                       "the bundle folder, and the fine-tuned model is robustify's own checkpoint.")
 
     info: dict[str, Any] = {"bundle": str(root), "method": method, "init_model": str(weights), "epochs": int(epochs),
-                            "seed": int(seed)}
+                            "seed": int(seed), "skipped_run_steps": skipped}
     settings: dict[str, Any] = {
         "robust#init_model": str(weights), "robust#output_dir": str(out), "robust#pgd_steps": int(pgd_steps),
         "robust#alpha": float(alpha), f"{trainer}#max_epochs": int(epochs), "robust#epochs": int(epochs),
@@ -425,7 +480,8 @@ def robustify(
     run_overrides = {**settings, **user}
     from .parts import _quote
 
-    command = (f"python -m monai.bundle run --config_file {_quote(repr(files))} --bundle_root {_quote(str(root))} "
+    command = (f"python -m monai.bundle run {ROBUST_RUN} --config_file {_quote(repr(files))} --bundle_root "
+               f"{_quote(str(root))} "
                + " ".join(f"--{k} {_quote(v if isinstance(v, str) else repr(v))}" for k, v in run_overrides.items()))
     logger.info(f"robust fine-tuning ({method}): {command}")
     # refuse unknown ids before the run (ConfigParser of the stacked files)
@@ -440,7 +496,7 @@ def robustify(
 
     set_determinism(seed=seed)  # the bundle's shuffling, random crops and the attacks' random starts
     try:
-        run(run_id=run_id(parser, trainer), config_file=files, bundle_root=str(root), **run_overrides)
+        run(run_id=ROBUST_RUN, config_file=files, bundle_root=str(root), **run_overrides)
     finally:
         set_determinism(seed=None)
     ckpt = out / "checkpoint.pt"

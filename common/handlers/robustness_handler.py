@@ -103,6 +103,9 @@ class RobustnessEvaluationHandler:
             sample)`` (comparable across input sizes; the reports keep the RMS levels as labels).
         suite: the name of the attack suite the attacks come from (:mod:`robust_bundles.attack_suite`), recorded in
             the settings and stated in the report; None when the attacks were given one by one.
+        metric_on_targets: give the metric the evaluator's prepared targets (what the loss gets from its
+            ``prepare_batch``) under its label key, instead of the batch's own label: for an evaluator whose
+            ``prepare_batch`` builds the target (a foreign bundle's own, another key than ``label``).
     """
 
     def __init__(
@@ -122,6 +125,7 @@ class RobustnessEvaluationHandler:
         dataset_dir: str | Path | None = None,
         eps_unit: str = "norm",
         suite: str | None = None,
+        metric_on_targets: bool = False,
     ) -> None:
         if not isinstance(attacks, Mapping):
             attacks = {a.name: a for a in attacks}
@@ -162,6 +166,7 @@ class RobustnessEvaluationHandler:
             raise ValueError(f"eps_unit must be 'norm' or 'rms'; got {eps_unit!r}.")
         self.eps_unit = eps_unit
         self.suite = suite
+        self.metric_on_targets = bool(metric_on_targets)
         self.loss_fn = loss_fn
         self.attacks = dict(attacks)
         self.eps = sorted(float(e) for e in eps)
@@ -303,6 +308,18 @@ class RobustnessEvaluationHandler:
                     best["out"] = forward(best["x"])
         return best["x"], best["out"], best["loss"], best["norms"], best["zero_grad"]
 
+    def _with_targets(self, batchdata: Any, targets: Any) -> Any:
+        """The batch with the prepared targets under the metric's label key (see ``metric_on_targets``)."""
+        key = getattr(self.metric, "label_key", "label")
+        if targets is None:
+            raise ValueError(f"The evaluator's prepare_batch gave no target (None) for a batch with keys "
+                             f"{sorted(batchdata) if isinstance(batchdata, Mapping) else type(batchdata).__name__}: "
+                             "the robustness metric needs the label; evaluate labelled data.")
+        if not isinstance(batchdata, Mapping):
+            raise TypeError(f"The batch is a {type(batchdata).__name__}, not a dict: the robustness report names its "
+                            "samples and reads their labels from dict batches (dict transforms, the *d ones).")
+        return {**batchdata, key: targets}
+
     def __call__(self, engine: Engine) -> None:
         batchdata = engine.state.batch
         if isinstance(batchdata, list):  # MONAI decollates the batch at ITERATION_COMPLETED when decollate=True
@@ -310,6 +327,8 @@ class RobustnessEvaluationHandler:
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         inputs, targets = batch[0], batch[1]
         args, kwargs = (batch[2], batch[3]) if len(batch) == 4 else ((), {})
+        if self.metric_on_targets:
+            batchdata = self._with_targets(batchdata, targets)
         network = engine.network
         network.eval()
 

@@ -1,0 +1,165 @@
+"""``audit`` and ``robustify`` on bundle shapes that ``../shared/foreign_bundles`` does not hold, written here as a
+model-zoo author might (tiny 2D networks, trained with their own config in seconds):
+
+- a bundle whose data items use other keys (``img``/``seg``) and whose trainer and evaluator read them with its own
+  ``prepare_batch`` from the bundle's ``scripts/`` (flat YAML ids: ``trainer``, ``evaluator``, ``lossfn``).
+
+Each bundle is trained once per module with ``python -m monai.bundle run`` in its own process; the audits run
+in-process through the Python API, the robustify through the command line as a user runs it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import forkserver
+import pytest
+from foreign_data import write_bundle, write_disks
+
+from robust_bundles.foreign.audit import audit
+
+pytestmark = pytest.mark.slow
+
+ENV = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def _run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    import os
+
+    return forkserver.run([sys.executable, *args], cwd, {**os.environ, **ENV}, timeout=timeout)
+
+
+def _ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stdout[-4000:] + (proc.stderr or "")[-4000:]
+
+
+# ------------------------------------------------------------------------------------ other keys, own prepare_batch
+PREPARE_BATCH_PY = '''\
+"""The bundle's own batch preparation: its items hold ``img`` and ``seg``, not MONAI's ``image``/``label``."""
+
+
+class PrepareImgSeg:
+    def __call__(self, batchdata, device=None, non_blocking=False, **kwargs):
+        return (batchdata["img"].to(device=device, non_blocking=non_blocking),
+                batchdata["seg"].to(device=device, non_blocking=non_blocking))
+'''
+
+KEYS_YAML = """\
+imports:
+  - $import glob
+bundle_root: .
+dataset_dir: /nonexistent
+images: $list(sorted(glob.glob(@dataset_dir + '/images/*.nii.gz')))
+labels: $list(sorted(glob.glob(@dataset_dir + '/labels/*.nii.gz')))
+pairs: "$[{'img': i, 'seg': l} for i, l in zip(@images, @labels)]"
+device: $torch.device('cpu')
+num_epochs: 40
+net:
+  _target_: UNet
+  spatial_dims: 2
+  in_channels: 1
+  out_channels: 2
+  channels: [8, 16]
+  strides: [2]
+  num_res_units: 1
+lossfn: {_target_: DiceLoss, to_onehot_y: true, softmax: true}
+optim: {_target_: torch.optim.Adam, params: $@net.parameters(), lr: 0.01}
+batcher: {_target_: scripts.batch.PrepareImgSeg}
+xforms:
+  _target_: Compose
+  transforms:
+    - {_target_: LoadImaged, keys: [img, seg], ensure_channel_first: true}
+    - {_target_: ScaleIntensityd, keys: img}
+train_ds: {_target_: Dataset, data: "$@pairs[:-4]", transform: "@xforms"}
+eval_ds: {_target_: Dataset, data: "$@pairs[-4:]", transform: "@xforms"}
+evaluator:
+  _target_: SupervisedEvaluator
+  device: "@device"
+  val_data_loader: {_target_: DataLoader, dataset: "@eval_ds", batch_size: 1}
+  network: "@net"
+  prepare_batch: "@batcher"
+  key_val_metric:
+    dice: {_target_: MeanDice, include_background: false,
+           output_transform: "$monai.handlers.from_engine(['pred', 'label'])"}
+  postprocessing:
+    _target_: Compose
+    transforms:
+      - {_target_: AsDiscreted, keys: [pred, label], argmax: [true, false], to_onehot: 2}
+trainer:
+  _target_: SupervisedTrainer
+  max_epochs: "@num_epochs"
+  device: "@device"
+  train_data_loader: {_target_: DataLoader, dataset: "@train_ds", batch_size: 4, shuffle: true}
+  network: "@net"
+  loss_function: "@lossfn"
+  optimizer: "@optim"
+  prepare_batch: "@batcher"
+  train_handlers:
+    - {_target_: ValidationHandler, validator: "@evaluator", interval: "@num_epochs", epoch_level: true}
+initialize: [$monai.utils.set_determinism(seed=0)]
+run:
+  - $@trainer.run()
+  - "$torch.save(@net.state_dict(), @bundle_root + '/models/model.pt')"
+"""
+
+
+@pytest.fixture(scope="module")
+def keys_bundle(tmp_path_factory):
+    """The img/seg bundle with its own prepare_batch, trained with its own train.yaml."""
+    tmp = tmp_path_factory.mktemp("keys")
+    data = write_disks(tmp / "data")
+    bundle = write_bundle(tmp / "keys_bundle", KEYS_YAML, {"scripts/__init__.py": "", "scripts/batch.py": PREPARE_BATCH_PY})
+    _ok(_run(["-m", "monai.bundle", "run", "--config_file", "configs/train.yaml", "--bundle_root", ".",
+              "--dataset_dir", str(data)], cwd=bundle))
+    return bundle, data
+
+
+def test_audit_uses_the_evaluators_own_prepare_batch_and_keys(keys_bundle, tmp_path):
+    bundle, data = keys_bundle
+    out = tmp_path / "audit"
+    info = audit(str(bundle), output_dir=str(out), eps=[0.05, 0.1], eps_unit="rms", pgd_steps=3, ifgsm_steps=2,
+                 attack_suite="quick", dataset_dir=str(data))
+    assert info["parts"]["prepare_batch"] == {"id": "batcher", "type": "PrepareImgSeg"}
+    assert info["parts"]["loss"]["id"] == "lossfn" and info["parts"]["data"]["cases"] == 4
+    rows = list(csv.DictReader((out / "robustness.csv").open()))
+    # the samples are named from the file name of the item's image under its own key ('img')
+    assert sorted({r["case"] for r in rows}) == ["disk_08", "disk_09", "disk_10", "disk_11"]
+    assert "576 values each" in info["eps_units"]  # counted on the 'img' tensor (24 x 24)
+    summary = json.loads((out / "robustness.json").read_text())["summary"]
+    # the metric compares with the target the bundle's prepare_batch gives the loss ('seg'): the model learned
+    assert summary["clean"] > 0.7, summary
+    assert summary["attacks"]["PGD"]["0.1"] < summary["clean"]
+
+
+def _pgd(bundle: Path, data: Path, model: Path, out: Path, eps: float = 0.1) -> tuple[float, float]:
+    audit(str(bundle), output_dir=str(out), eps=[eps], eps_unit="rms", pgd_steps=5, ifgsm_steps=0,
+          attack_suite="quick", dataset_dir=str(data), model_path=str(model))
+    summary = json.loads((out / "robustness.json").read_text())["summary"]
+    return summary["clean"], summary["attacks"]["PGD"][f"{eps:g}"]
+
+
+def test_robustify_through_the_bundles_prepare_batch_gains_and_never_writes_the_bundle(keys_bundle, tmp_path):
+    import hashlib
+
+    bundle, data = keys_bundle
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(bundle.rglob("*")) if p.is_file()}
+    out = tmp_path / "robust"
+    _ok(_run(["-m", "robust_bundles", "robustify", str(bundle), "--dataset_dir", str(data), "--output_dir", str(out),
+              "--epochs", "20", "--pgd_steps", "3", "--eps_unit", "rms", "--expansion_step", "0.1",
+              "--threshold_rule", "mean_std"], cwd=tmp_path))
+    info = json.loads((out / "robustify.json").read_text())
+    # 24 x 24 inputs, counted on what the bundle's prepare_batch gives the network ('img')
+    assert info["input_values"] == 576
+    # the bundle's run list saves the model into models/ after the training: robustify leaves that step out
+    assert info["skipped_run_steps"] == ["$torch.save(@net.state_dict(), @bundle_root + '/models/model.pt')"]
+    after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(bundle.rglob("*")) if p.is_file()
+             and "__pycache__" not in p.parts}
+    assert after == {p: h for p, h in before.items() if "__pycache__" not in p.parts}
+    start = _pgd(bundle, data, bundle / "models" / "model.pt", tmp_path / "a0")
+    robust = _pgd(bundle, data, out / "checkpoint.pt", tmp_path / "a1")
+    assert robust[1] > start[1] + 0.03, (start, robust)  # PGD-5 Dice at rms eps 0.1: 0.42 -> 0.50 when written
+    assert robust[0] > 0.9  # the clean Dice stays
