@@ -239,6 +239,57 @@ def test_task_metrics_exact_values_and_kinds():
     assert choose_kind("MeanIoUHandler", None) == "iou"  # endoscopic_tool_segmentation's key metric
 
 
+
+def test_sigmoid_metrics_with_an_index_label_and_single_logit_accuracy():
+    """renalStructures_CECT's shape: DiceLoss(to_onehot_y=True, sigmoid=True, include_background=False) on a label of
+    class indices; pathology_tumor_detection's: one logit per sample with BCEWithLogitsLoss. By hand."""
+    import torch
+    from monai.losses import DiceLoss
+
+    from robust_bundles.foreign.metrics import accuracy, multilabel_dice, task_metric
+
+    # 3 output channels over 4 pixels; the index label [0, 1, 2, 2] one-hot: ch0 {0}, ch1 {1}, ch2 {2, 3}
+    pred = torch.tensor([[[1.0, -1.0, -1.0, -1.0], [1.0, 1.0, -1.0, -1.0], [-1.0, -1.0, 1.0, -1.0]]])
+    label = torch.tensor([[[0, 1, 2, 2]]])
+    # ch0: {0} vs {0} = 1; ch1: {0, 1} vs {1}: 2*1/3; ch2: {2} vs {2, 3}: 2*1/3
+    assert multilabel_dice(pred, label).tolist() == pytest.approx([(1 + 2 / 3 + 2 / 3) / 3])
+    assert multilabel_dice(pred, label, include_background=False).tolist() == pytest.approx([2 / 3])
+    m, what = task_metric("dice", DiceLoss(to_onehot_y=True, sigmoid=True, include_background=False))
+    assert what == "multi-label (sigmoid) Dice"
+    assert float(m.compute(pred, {"label": label})["dice"]) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="class indices"):
+        multilabel_dice(pred, torch.zeros(1, 2, 4))
+    # one logit (B, 1, 1, 1) against a 0/1 label: the logit's sign is the class
+    logits = torch.tensor([2.0, -1.0, 0.5, -3.0]).reshape(4, 1, 1, 1)
+    assert accuracy(logits, torch.tensor([1.0, 1.0, 0.0, 0.0]).reshape(4, 1, 1, 1)).tolist() == [1.0, 0.0, 0.0, 1.0]
+    # multi-label classification (BCEWithLogitsLoss): the fraction of labels whose sign is right
+    m, what = task_metric("accuracy", torch.nn.BCEWithLogitsLoss())
+    out = m.compute(torch.tensor([[1.0, -1.0, 1.0, -1.0]]), {"label": torch.tensor([[1.0, 1.0, 1.0, 0.0]])})
+    assert what == "accuracy (sigmoid outputs)" and float(out["accuracy"]) == pytest.approx(0.75)
+    # softmax with a one-hot (or probability) label, as endoscopic_inbody_classification
+    assert accuracy(torch.tensor([[0.1, 2.0], [3.0, 0.0]]), torch.tensor([[0.0, 1.0], [0.0, 1.0]])).tolist() == [1.0, 0.0]
+
+
+def test_evaluation_items_take_any_map_style_data_and_refuse_streams():
+    import torch
+    from monai.data import Dataset
+
+    from robust_bundles.foreign.audit import PositionDataset, evaluation_items
+
+    items = [{"image": torch.full((1, 2, 2), float(i)), "label": torch.zeros(1, 2, 2)} for i in range(6)]
+    sub = torch.utils.data.Subset(items, [4, 1])  # ventricular_short_axis_3label: partition -> Subset
+    data = evaluation_items(sub, "eval_sub")
+    ds = PositionDataset(Dataset(data, None))
+    assert [int(ds[i]["sample_position"]) for i in range(2)] == [4, 1]
+    assert float(ds[0]["image"][0, 0, 0]) == 4.0
+    assert evaluation_items(({"image": "a"},), "x") == [{"image": "a"}]
+    with pytest.raises(ValueError, match="without a length"):
+        evaluation_items(map(dict, items), "val#cache_datasets")
+    with pytest.raises(ValueError, match="is empty"):
+        evaluation_items([], "validate#dataset#data")
+    with pytest.raises(ValueError, match="not a list of items"):
+        evaluation_items("/data/datalist.json", "datalist")
+
 def test_mean_iou_exact_values():
     """IoU per sample, by hand: softmax (argmax) against class indices and one-hot, sigmoid multi-label, and a
     sample without foreground (NaN: it does not count)."""
@@ -478,3 +529,61 @@ def test_noise_settings_units_defaults_and_the_rms_scale(monkeypatch):
         rf.noise_settings(None, given, ["train_eps"], "rms", 0, {})
     with pytest.raises(ValueError, match="'norm'.*'rms'"):
         rf.noise_settings(None, given, ["train_eps"], "voxel", 0, {})
+
+
+@pytest.mark.parametrize("config, match", [
+    ({"gnetwork": {"_target_": "Generator", "latent_shape": [4]}, "dnetwork": {"_target_": "Discriminator"},
+      "trainer": {"_target_": "GanTrainer", "g_network": "@gnetwork", "d_network": "@dnetwork"}},
+     "generative: it holds Generator|generative: it holds GanTrainer|generative: it holds Discriminator"),
+    ({"network": {"_target_": "DiffusionModelUNet", "spatial_dims": 2},
+      "trainer": {"_target_": "SupervisedTrainer", "network": "@network", "loss_function": "$torch.nn.MSELoss()",
+                  "prepare_batch": {"_target_": "DiffusionPrepareBatch", "num_train_timesteps": 1000}}},
+     "generative: it holds DiffusionModelUNet"),
+    ({"network": {"_target_": "UNet"}, "trainer": {"_target_": "AdversarialTrainer", "g_network": "@network"}},
+     "needs a supervised engine .*AdversarialTrainer"),
+])
+def test_generative_and_unsupervised_bundles_are_refused_with_the_reason(tmp_path, config, match):
+    """mednist_gan (GanTrainer), mednist_ddpm (a SupervisedTrainer with DiffusionPrepareBatch) and MONAI's
+    AdversarialTrainer: refused before anything is built, naming the part; 'Organ' is no GAN."""
+    from robust_bundles.foreign.audit import audit
+    from robust_bundles.foreign.parts import is_generative
+
+    (tmp_path / "b" / "configs").mkdir(parents=True)
+    (tmp_path / "b" / "configs" / "train.json").write_text(json.dumps(config))
+    with pytest.raises(NotImplementedError, match=match):
+        audit(str(tmp_path / "b"), output_dir=str(tmp_path / "out"))
+    assert target_kind("GanTrainer") is None and target_kind("scripts.ldm_trainer.LDMTrainer") is None
+    assert not is_generative("scripts.nets.OrganSegmenter") and is_generative("monai.networks.nets.AutoencoderKL")
+
+
+def test_bundles_written_for_an_older_monai_or_a_gpu_build_here(tmp_path):
+    """inbody_outbody_classification's AsChannelFirstd and mednist_gan's AddChanneld (removed in MONAI 1.3) become
+    EnsureChannelFirstd; the DiNTS bundles' map_location=torch.device('cuda') becomes the CPU without CUDA; and
+    each change is a config override robustify passes to its run."""
+    import numpy as np
+    import torch
+
+    from robust_bundles.foreign.parts import load_parser
+
+    cfg = {
+        "pre": {"_target_": "Compose", "transforms": [
+            {"_target_": "AsChannelFirstd", "keys": "image"},
+            {"_target_": "AddChanneld", "keys": "label"}]},
+        "arch": "$torch.load(@bundle_root + '/a.pt', map_location=torch.device('cuda'))",
+        "dev": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",  # conditional: kept
+        "space": {"_target_": "TopologySearch", "device": "$torch.device(\"cuda\")"},
+    }
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "train.json").write_text(json.dumps(cfg))
+    torch.save({"x": torch.ones(1)}, tmp_path / "a.pt")
+    parser = load_parser(tmp_path)
+    pre = parser.get_parsed_content("pre")
+    out = pre({"image": np.zeros((4, 5, 3), np.float32), "label": np.zeros((4, 5), np.float32)})
+    assert tuple(out["image"].shape) == (3, 4, 5) and tuple(out["label"].shape) == (1, 4, 5)
+    if not torch.cuda.is_available():
+        assert parser["arch"] == "$torch.load(@bundle_root + '/a.pt', map_location=torch.device('cpu'))"
+        assert parser.get_parsed_content("arch")["x"].device.type == "cpu"
+        assert parser["space#device"] == "$torch.device('cpu')"
+        assert set(parser.compat) == {"pre#transforms#0", "pre#transforms#1", "arch", "space#device"}
+    assert parser["dev"] == cfg["dev"]
+    assert parser.compat["pre#transforms#0"] == {"_target_": "EnsureChannelFirstd", "keys": "image", "channel_dim": -1}

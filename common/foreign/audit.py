@@ -234,10 +234,18 @@ def resolve_weights(bundle_dir: str | os.PathLike, model_path: str | os.PathLike
     return pick
 
 
-def refuse_detection(parser, command: str = "audit") -> None:
-    """Stop with the reason when the bundle is a detection bundle (a ``detector`` argument of its trainer or
-    evaluator, e.g. the model zoo's ``lung_nodule_ct_detection`` with its ``scripts.trainer.DetectionTrainer``)."""
-    from .parts import _arg
+def refuse_unsupported(parser, command: str = "audit") -> None:
+    """Stop with the reason when the bundle is not a supervised model of an image and its label:
+
+    - a detection bundle (a ``detector`` argument of its trainer or evaluator, e.g. the model zoo's
+      ``lung_nodule_ct_detection`` with its ``scripts.trainer.DetectionTrainer``);
+    - a generative bundle (a GAN, diffusion or autoencoder model: a component whose class name holds one of
+      :data:`robust_bundles.foreign.parts.GENERATIVE_NAMES`, e.g. ``mednist_gan``'s ``GanTrainer``,
+      ``mednist_ddpm``'s ``DiffusionPrepareBatch``);
+    - a bundle with no ``SupervisedTrainer``/``SupervisedEvaluator`` but another engine (MONAI's
+      ``AdversarialTrainer``...), unless parts are named with ``--parts``.
+    """
+    from .parts import _arg, _components, _short, is_generative
 
     config = parser.get()
     for engine in ("trainer", "evaluator"):
@@ -251,6 +259,28 @@ def refuse_detection(parser, command: str = "audit") -> None:
                 "project's own detection bundles (robust_bundles.tasks.detection) are robust-trained and evaluated "
                 "with their own configs; auditing a foreign detector needs that adapter wired to its configs."
             )
+    found = [(i, _short(c.get("_target_"))) for i, c in _components(config) if is_generative(c.get("_target_"))]
+    if found:
+        i, name = found[0]
+        raise NotImplementedError(
+            f"robust_bundles {command} covers supervised bundles (a network trained on an image and its label "
+            f"with a loss: segmentation, classification, regression); this bundle is generative: it holds {name} "
+            f"({i!r}{f' and {len(found) - 1} more such parts' if len(found) > 1 else ''}). Its network makes "
+            "images, so there is no label to score the attacked output against."
+        )
+    if not getattr(parser, "discovered", {}) and not getattr(parser, "given_parts", {}):
+        engines = [(i, _short(c.get("_target_"))) for i, c in _components(config)
+                   if _short(c.get("_target_")).endswith(("Trainer", "Workflow"))]
+        if engines:
+            raise NotImplementedError(
+                f"robust_bundles {command} needs a supervised engine (MONAI's SupervisedTrainer or "
+                f"SupervisedEvaluator, or a subclass); the bundle runs {engines[0][1]} ({engines[0][0]!r}), which "
+                "is not one. Name the parts yourself with --parts (network, loss, preprocessing, data) if the model "
+                "is a supervised one."
+            )
+
+
+refuse_detection = refuse_unsupported  # the earlier name
 
 
 def _inferer(parser, part: str, engine: str) -> tuple[str, Any]:
@@ -277,6 +307,28 @@ def _prepare_batch(parser) -> tuple[str, Any]:
                         "(batchdata, device, non_blocking, **kwargs) -> (inputs, targets): fix it, or name the right "
                         "id with --parts \"{'prepare_batch': 'ID'}\".")
     return i, pb
+
+
+def evaluation_items(data: Any, data_id: Any) -> Any:
+    """The evaluation data as a sequence of items: a datalist (list or tuple), or any map-style dataset (a
+    ``Subset`` of an ``NPZDictItemDataset`` from ``partition_dataset``/``random_split``, a ``CSVDataset``...), read
+    by position (:class:`PositionDataset` follows ``Subset`` indices to the sample ids).
+
+    Raises:
+        ValueError: the data is empty, or an iterable without length (an ``IterableDataset``, a ``map`` object),
+            which has no fixed cases to report on.
+    """
+    if isinstance(data, (str, bytes, Mapping)) or data is None:
+        raise ValueError(f"The evaluation data {data_id!r} is a {type(data).__name__}, not a list of items: check the "
+                         "dataset folder (--dataset_dir) or give --datalist.")
+    if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
+        raise ValueError(f"The evaluation data {data_id!r} is a {type(data).__name__} without a length (an iterable "
+                         "stream): an audit reports fixed cases, so give them as a datalist file with --datalist "
+                         "(a JSON list of {'image': ..., 'label': ...}).")
+    if len(data) == 0:
+        raise ValueError(f"The evaluation data {data_id!r} is empty: check the dataset folder (--dataset_dir) or "
+                         "give --datalist.")
+    return list(data) if isinstance(data, tuple) else data
 
 
 def load_datalist(path: str | os.PathLike, key: str = "validation") -> list[dict]:
@@ -485,7 +537,7 @@ def audit(
     merged = {**dict(override or {}), **overrides}
     flags = given_flags(audit, locals())
     parser = load_parser(root, config_file, merged, parts, command=("audit", flags))
-    refuse_detection(parser)
+    refuse_unsupported(parser)
     pretrained = pretrained_off(parser, merged)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -514,10 +566,8 @@ def audit(
     if data_id is not None or find_id(parser, "dataset", required=False) is None:
         pre_id, preprocessing = find(parser, "preprocessing")
         data = load_datalist(datalist, datalist_key) if datalist is not None else find(parser, "data")[1]
-        if not isinstance(data, (list, tuple)) or not data:
-            raise ValueError(f"The evaluation data {data_id!r} is empty or not a list: check the dataset folder "
-                             "(--dataset_dir) or give --datalist.")
-        dataset: Any = PositionDataset(Dataset(list(data), preprocessing), after, max_cases)
+        data = evaluation_items(data, data_id)
+        dataset: Any = PositionDataset(Dataset(data, preprocessing), after, max_cases)
     else:  # a dataset object without a datalist (NPZDictItemDataset...): its own transform is the preprocessing
         data_id, ds = find(parser, "dataset")
         pre_id = f"{data_id}'s transform"

@@ -178,7 +178,7 @@ def load_parser(bundle_dir: str | os.PathLike, config_file: str | Sequence[str] 
     parser["bundle_root"] = str(root)
     for k, v in overrides.items():
         parser[k.replace("::", "#")] = v
-    monai_compat(parser)
+    parser.compat = monai_compat(parser)  # type: ignore[attr-defined]
     parser.files = files  # type: ignore[attr-defined]
     parser.given_parts = parts  # type: ignore[attr-defined]
     parser.discovered = discover(parser.get())  # type: ignore[attr-defined]
@@ -223,30 +223,72 @@ _REMOVED_ARGS = {"SwinUNETR": ("img_size",)}
 """Arguments that MONAI removed from a class after model-zoo bundles were published (``SwinUNETR(img_size=...)``,
 unused since MONAI 1.3 and gone in 1.5)."""
 
+_REMOVED_CLASSES = {
+    "AsChannelFirstd": ("EnsureChannelFirstd", {"channel_dim": -1}),
+    "AsChannelFirst": ("EnsureChannelFirst", {"channel_dim": -1}),
+    "AddChanneld": ("EnsureChannelFirstd", {"channel_dim": "no_channel"}),
+    "AddChannel": ("EnsureChannelFirst", {"channel_dim": "no_channel"}),
+}
+"""Transforms that MONAI removed (1.3) and the ones that do the same (``AsChannelFirstd`` moved the last dimension
+first, ``AddChanneld`` added a channel dimension): target and default arguments."""
 
-def monai_compat(parser) -> list[str]:
-    """Drop the arguments of :data:`_REMOVED_ARGS` from the bundle's components when the installed MONAI class no
-    longer takes them (each drop is logged); nothing changes on a MONAI that still takes them.
+_CUDA = re.compile(r"torch\.device\(\s*(['\"])cuda(:\d+)?\1\s*\)|(?<=map_location=)(['\"])cuda(:\d+)?\3")
+"""An unconditional CUDA device in a config expression (``torch.device('cuda')``, ``map_location='cuda:0'``)."""
+
+
+def monai_compat(parser) -> dict[str, Any]:
+    """Make a bundle written for another MONAI or machine build here, each change logged, nothing changed where the
+    bundle already builds:
+
+    - arguments of :data:`_REMOVED_ARGS` dropped where the installed MONAI class no longer takes them;
+    - transforms of :data:`_REMOVED_CLASSES` replaced where MONAI no longer has them (``AsChannelFirstd`` ->
+      ``EnsureChannelFirstd(channel_dim=-1)``);
+    - without CUDA, an unconditional ``torch.device('cuda')`` (``map_location='cuda'``) in an expression -> the CPU
+      (the DiNTS bundles load their architecture with ``map_location=torch.device('cuda')``).
 
     Returns:
-        The ids dropped.
+        config id -> its new raw value, to override in a run of the bundle's own configs (robustify).
     """
+    import torch
+    from monai.utils.module import locate
+
     from ..command_line import _target_parameters
 
-    dropped = []
+    changed: dict[str, Any] = {}
+    notes = []
     for i, c in list(_components(parser.get())):
-        for arg in _REMOVED_ARGS.get(_short(c.get("_target_")), ()):
+        name = _short(c.get("_target_"))
+        for arg in _REMOVED_ARGS.get(name, ()):
             params = _target_parameters(c["_target_"]) if arg in c else None
             if params is not None and arg not in params:
                 del c[arg]
-                dropped.append(f"{i}#{arg}")
-    if dropped:
+                changed[i] = c
+                notes.append(f"{i}#{arg} dropped (MONAI no longer takes it; it had no effect)")
+        if name in _REMOVED_CLASSES:
+            try:
+                located = locate(c["_target_"]) if "." in c["_target_"] else locate(f"monai.transforms.{name}")
+            except Exception:  # noqa: BLE001 (not importable: replaced below)
+                located = None
+            if located is None:
+                new, defaults = _REMOVED_CLASSES[name]
+                c["_target_"] = new
+                for k, v in defaults.items():
+                    c.setdefault(k, v)
+                changed[i] = c
+                notes.append(f"{i}: {name} -> {new}({', '.join(f'{k}={v!r}' for k, v in defaults.items())})")
+    if not torch.cuda.is_available():
+        for i, v in _config_ids(parser.get()).items():
+            if isinstance(v, str) and v.startswith("$") and _CUDA.search(v):
+                new = _CUDA.sub(lambda m: "torch.device('cpu')" if m.group(1) else "'cpu'", v)
+                parser[i] = new
+                changed[i] = new
+                notes.append(f"{i}: CUDA -> CPU (no CUDA here)")
+    if notes:
         import monai
 
         logging.getLogger("robust_bundles.foreign").info(
-            f"MONAI {monai.__version__} no longer takes {', '.join(dropped)} (removed from MONAI after the bundle was "
-            "written; it had no effect): dropped")
-    return dropped
+            f"MONAI {monai.__version__}: the bundle's configs were adapted to this installation: {'; '.join(notes)}")
+    return changed
 
 
 def missing_packages(bundle_dir: str | os.PathLike) -> list[str]:
@@ -498,6 +540,19 @@ def _short(target: Any) -> str:
     return str(target).rsplit(".", 1)[-1] if isinstance(target, str) else type(target).__name__
 
 
+GENERATIVE_NAMES = ("Gan", "Diffusion", "LDM", "Autoencoder", "VQVAE", "ControlNet", "Discriminator", "DDPM",
+                    "DDIM")
+"""Words of class names (CamelCase words: ``Gan`` in ``GanTrainer``, not in ``Organ``) that mark a generative
+bundle's engines, networks, inferers and schedulers (MONAI's ``GanTrainer``, ``DiffusionInferer``,
+``DiffusionPrepareBatch``, ``AutoencoderKL``, ``DDPMScheduler``...; a bundle's own ``scripts.ldm_trainer.LDMTrainer``)."""
+_GENERATIVE = re.compile(r"(?:^|(?<=[a-z0-9_]))(?:" + "|".join(GENERATIVE_NAMES) + r")(?=[A-Z0-9_]|$)")
+
+
+def is_generative(target: Any) -> bool:
+    """Whether a component's ``_target_`` names a generative part (:data:`GENERATIVE_NAMES`)."""
+    return isinstance(target, str) and bool(_GENERATIVE.search(_short(target)))
+
+
 def target_kind(target: Any) -> str | None:
     """``"trainer"``/``"evaluator"`` when a ``_target_`` is MONAI's ``SupervisedTrainer``/``SupervisedEvaluator`` or
     a subclass (located as MONAI does, without building anything); a bundle's own ``scripts.*`` class (not imported
@@ -518,11 +573,12 @@ def target_kind(target: Any) -> str | None:
         except Exception:  # noqa: BLE001 (unknown: judge by the name)
             cls = None
     if isinstance(cls, type):
-
-        if issubclass(cls, (me.SupervisedTrainer, me.Trainer)):
+        if issubclass(cls, me.SupervisedTrainer):
             return "trainer"
         if issubclass(cls, (me.SupervisedEvaluator, me.Evaluator)):
             return "evaluator"
+        return None  # GanTrainer, AdversarialTrainer: not supervised (robust_bundles.foreign.audit.refuse_unsupported)
+    if is_generative(target):
         return None
     name = _short(target)
     for kind in ("trainer", "evaluator"):

@@ -413,7 +413,7 @@ def robustify(
     from monai.bundle import ConfigParser
     from monai.bundle.scripts import run
 
-    from .audit import refuse_detection, resolve_weights
+    from .audit import refuse_unsupported, resolve_weights
     from .parts import load_parser
 
     t0 = time.time()
@@ -433,7 +433,7 @@ def robustify(
     user = {**dict(override or {}), **overrides}
     own = {k: v for k, v in user.items() if not str(k).startswith("robust#")}  # the overlays' ids: checked stacked
     parser = load_parser(root, train_files, own, parts, command=("robustify", given_flags(robustify, locals())))
-    refuse_detection(parser, "robustify")
+    refuse_unsupported(parser, "robustify")
     weights = resolve_weights(root, model_path).resolve()
     pretrained = pretrained_off(parser, user)
     wired = wiring(parser)
@@ -475,6 +475,8 @@ def robustify(
                                                             threshold_passes, seed=seed)
         settings["robust#thresholds_file"] = str(th_file)
     settings.update(redirects(parser, user, out))
+    # what load_parser adapted to this MONAI and machine (parts.monai_compat), for the run of the bundle's own configs
+    settings.update({k: v for k, v in getattr(parser, "compat", {}).items() if k not in user})
     wiring_file = atomic_write_json(out / "bundle_wiring.json", wired)
     files = files + [str(wiring_file)]
     run_overrides = {**settings, **user}
