@@ -587,3 +587,29 @@ def test_bundles_written_for_an_older_monai_or_a_gpu_build_here(tmp_path):
         assert set(parser.compat) == {"pre#transforms#0", "pre#transforms#1", "arch", "space#device"}
     assert parser["dev"] == cfg["dev"]
     assert parser.compat["pre#transforms#0"] == {"_target_": "EnsureChannelFirstd", "keys": "image", "channel_dim": -1}
+
+
+def test_weights_default_to_what_the_bundles_checkpoint_loader_loads(tmp_path):
+    """pediatric_abdominal_ct_segmentation's evaluate config loads models/dynunet_FT.pt: with no models/model.pt,
+    that file, not the newest .pt of models/."""
+    import os
+
+    import torch
+
+    from robust_bundles.foreign.audit import resolve_weights
+    from robust_bundles.foreign.parts import load_parser
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "models").mkdir()
+    cfg = {"ckpt_dir": "$@bundle_root + '/models'",
+           "handlers": [{"_target_": "CheckpointLoader", "load_path": "$@ckpt_dir + '/dynunet_FT.pt'",
+                         "load_dict": {"model": "@network"}}]}
+    (tmp_path / "configs" / "evaluate.json").write_text(json.dumps(cfg))
+    torch.save({}, tmp_path / "models" / "dynunet_FT.pt")
+    torch.save({}, tmp_path / "models" / "search_code_1.pt")
+    os.utime(tmp_path / "models" / "dynunet_FT.pt", (1, 1))  # the other one is newer
+    parser = load_parser(tmp_path, "configs/evaluate.json")
+    assert resolve_weights(tmp_path, None, parser) == tmp_path / "models" / "dynunet_FT.pt"
+    assert resolve_weights(tmp_path, None) == tmp_path / "models" / "search_code_1.pt"  # without the configs: newest
+    torch.save({}, tmp_path / "models" / "model.pt")
+    assert resolve_weights(tmp_path, None, parser) == tmp_path / "models" / "model.pt"

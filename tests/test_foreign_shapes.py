@@ -163,3 +163,12 @@ def test_robustify_through_the_bundles_prepare_batch_gains_and_never_writes_the_
     robust = _pgd(bundle, data, out / "checkpoint.pt", tmp_path / "a1")
     assert robust[1] > start[1] + 0.03, (start, robust)  # PGD-5 Dice at rms eps 0.1: 0.42 -> 0.50 when written
     assert robust[0] > 0.9  # the clean Dice stays
+
+
+def test_weights_of_another_network_name_the_override_fix(keys_bundle, tmp_path):
+    """The brief zoo trainings change network sizes with overrides (valve_landmarks' in_shape): an audit without
+    them builds another network; the message says which parameters differ and how to build the trained one."""
+    bundle, data = keys_bundle
+    with pytest.raises(ValueError, match=r"net#channels|2 parameters differ|--override") as e:
+        audit(str(bundle), output_dir=str(tmp_path / "a"), dataset_dir=str(data), override={"net#channels": [4, 8]})
+    assert "give the config ids the training changed" in str(e.value) and "model.pt" in str(e.value)

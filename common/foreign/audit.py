@@ -46,7 +46,7 @@ from ..attacks import Attack
 from ..io import atomic_write_json, atomic_write_text
 from ..transfer import load_surrogate
 from .losses import PerSampleWrapper
-from .parts import find, find_id, given_flags, load_parser, metric_config, pretrained_off
+from .parts import FOREIGN_MISMATCH, find, find_id, given_flags, load_parser, metric_config, pretrained_off
 
 __all__ = [
     "DICE_METRICS",
@@ -58,6 +58,7 @@ __all__ = [
     "case_of",
     "image_of",
     "load_datalist",
+    "loader_weights",
     "masking_checks",
     "resolve_weights",
 ]
@@ -206,10 +207,29 @@ class CheckpointedNetwork(nn.Module):
         return self.network(x, *args, **kwargs)
 
 
-def resolve_weights(bundle_dir: str | os.PathLike, model_path: str | os.PathLike | None = None) -> Path:
+def loader_weights(parser) -> Path | None:
+    """The weights file the bundle's own configs load for evaluation: the ``load_path`` of a ``CheckpointLoader``
+    (e.g. ``$@ckpt_dir + '/dynunet_FT.pt'`` in pediatric_abdominal_ct_segmentation's evaluate config), when it
+    exists; None otherwise."""
+    from .parts import _components, _short
+
+    for i, c in _components(parser.get()):
+        if _short(c.get("_target_")) == "CheckpointLoader" and "load_path" in c:
+            try:
+                path = Path(str(parser.get_parsed_content(f"{i}#load_path")))
+            except Exception:  # noqa: BLE001 (an expression that does not evaluate here: not a default)
+                continue
+            if path.is_file():
+                return path
+    return None
+
+
+def resolve_weights(bundle_dir: str | os.PathLike, model_path: str | os.PathLike | None = None,
+                    parser: Any = None) -> Path:
     """The trained weights file: ``model_path`` (a file, or a folder to pick from), else ``models/model.pt`` of the
-    bundle, else the one other ``*.pt`` there; among several the ``model_key_metric=...`` one (the best
-    checkpoint MONAI's ``CheckpointSaver`` keeps), else the newest.
+    bundle, else the file its own ``CheckpointLoader`` loads (:func:`loader_weights`, with ``parser``), else the one
+    other ``*.pt`` there; among several the ``model_key_metric=...`` one (the best checkpoint MONAI's
+    ``CheckpointSaver`` keeps), else the newest.
 
     Raises:
         FileNotFoundError: nothing to load (the message lists what is there and names ``--model_path``).
@@ -222,6 +242,10 @@ def resolve_weights(bundle_dir: str | os.PathLike, model_path: str | os.PathLike
                                 "or a folder holding one).")
     if (folder / "model.pt").is_file():
         return folder / "model.pt"
+    own = loader_weights(parser) if parser is not None and model_path is None else None
+    if own is not None:
+        logger.info(f"weights: {own}, the file the bundle's CheckpointLoader loads (give --model_path to choose)")
+        return own
     found = sorted(folder.glob("*.pt")) + sorted(folder.glob("*.pth")) if folder.is_dir() else []
     if not found:
         raise FileNotFoundError(f"The bundle's trained model {folder / 'model.pt'} does not exist and {folder} holds "
@@ -544,8 +568,8 @@ def audit(
     net_id, network = find(parser, "network")
     if not isinstance(network, nn.Module):
         raise TypeError(f"The bundle's network {net_id!r} is a {type(network).__name__}, not a torch module.")
-    weights = resolve_weights(root, model_path)
-    load_network_weights(network, weights, what="bundle's trained model",
+    weights = resolve_weights(root, model_path, parser)
+    load_network_weights(network, weights, what="bundle's trained model", hint=FOREIGN_MISMATCH,
                          fix="train the bundle first (its train config) or give the weights with --model_path PATH",
                          map_location="cpu")
     network = network.to(dev).eval()

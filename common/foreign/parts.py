@@ -197,6 +197,12 @@ def load_parser(bundle_dir: str | os.PathLike, config_file: str | Sequence[str] 
     return parser
 
 
+FOREIGN_MISMATCH = ("Build the network the weights were trained with: give the config ids the training changed "
+                    "(the network's own settings, input sizes), e.g. --override \"{'network_def#in_shape': [1, 64, 64]}\", "
+                    "or the weights of this config with --model_path.")
+"""The fix of a weights file that does not fit the network a foreign bundle's config builds."""
+
+
 _NUMPY_REMOVED = {"product": "prod", "cumproduct": "cumprod", "alltrue": "all", "sometrue": "any"}
 
 

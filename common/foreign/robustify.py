@@ -41,7 +41,7 @@ from .. import methods
 from ..io import atomic_write_json, sha256_file
 from .losses import PerSampleWrapper
 from .overlay import foreign_methods, method_overlay
-from .parts import config_path, find, find_id, given_flags, pretrained_off
+from .parts import FOREIGN_MISMATCH, config_path, find, find_id, given_flags, pretrained_off
 
 __all__ = ["NORM_DEFAULTS", "OVERLAY_DIR", "estimate_bundle_thresholds", "noise_settings", "overlay_files", "redirects",
            "robustify", "run_id", "train_prepare_batch", "training_dataset", "training_input_values", "wiring"]
@@ -164,7 +164,7 @@ def estimate_bundle_thresholds(parser, weights: str | Path, output_path: str | P
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     _, network = find(parser, "network")
-    load_network_weights(network, weights, what="bundle's trained model",
+    load_network_weights(network, weights, what="bundle's trained model", hint=FOREIGN_MISMATCH,
                          fix="train the bundle first or give --model_path PATH", map_location="cpu")
     network = network.to(dev).eval()
     from .audit import PositionDataset, _inferer
@@ -434,7 +434,7 @@ def robustify(
     own = {k: v for k, v in user.items() if not str(k).startswith("robust#")}  # the overlays' ids: checked stacked
     parser = load_parser(root, train_files, own, parts, command=("robustify", given_flags(robustify, locals())))
     refuse_unsupported(parser, "robustify")
-    weights = resolve_weights(root, model_path).resolve()
+    weights = resolve_weights(root, model_path, parser).resolve()
     pretrained = pretrained_off(parser, user)
     wired = wiring(parser)
     trainer = wired.pop("_trainer")
