@@ -126,3 +126,17 @@ def test_a_split_that_does_not_add_up_falls_back_to_one_term():
     v = w(pred, label)
     assert w.term_names == ("loss",)
     assert v.tolist() == pytest.approx([float(loss(pred[b:b + 1], label[b:b + 1])) for b in range(2)], abs=1e-6)
+
+
+def test_dict_outputs_and_targets_per_sample():
+    """HoVerNet's shape: the network returns a dict of branches, the bundle's prepare_batch a dict of targets, and
+    the loss takes both dicts. Each sample's value is the loss of its slices alone (by hand: squared errors)."""
+    def loss(p, t):
+        return ((p["np"] - t["np"]) ** 2).mean() + 2 * ((p["hv"] - t["hv"]) ** 2).mean()
+
+    pred = {"np": torch.tensor([[[1.0, 1.0]], [[0.0, 2.0]]]), "hv": torch.tensor([[[0.0, 0.0]], [[1.0, 1.0]]])}
+    target = {"np": torch.zeros(2, 1, 2), "hv": torch.zeros(2, 1, 2)}
+    w = PerSampleWrapper(loss)
+    # sample 0: np mean 1, hv 0 -> 1; sample 1: np (0 + 4) / 2 = 2, hv 2 * 1 = 2 -> 4
+    assert w.terms(pred, target)[:, 0].tolist() == [1.0, 4.0]
+    assert w.term_names == ("loss",)

@@ -184,3 +184,17 @@ def test_dataset_level_metric_worst_takes_the_highest_loss_input(trained, tmp_pa
 def test_metric_and_metric_fn_exclusive():
     with pytest.raises(ValueError, match="either metric"):
         RobustnessEvaluationHandler(DiceCELoss(), [L2PGD()], eps=[1.0], metric=SliceDice(), metric_fn=slice_dice)
+
+
+def test_metric_on_targets_takes_the_prepared_target():
+    """A foreign evaluator's prepare_batch gives the target (another key, or HoVerNet's dict of branch targets):
+    with metric_on_targets the metric reads it under its label key (the first branch of a dict)."""
+    h = RobustnessEvaluationHandler(lambda p, t: p.sum(), {"PGD": L2PGD(steps=1)}, [1.0], metric=SliceDice(),
+                                    metric_on_targets=True)
+    seg = torch.ones(1, 1, 2, 2)
+    out = h._with_targets({"img": torch.zeros(1, 1, 2, 2)}, seg)
+    assert out["label"] is seg and "img" in out
+    nested = h._with_targets({"image": 0}, {"nucleus_prediction": seg, "horizontal_vertical": torch.zeros(1)})
+    assert nested["label"] is seg
+    with pytest.raises(ValueError, match="gave no target"):
+        h._with_targets({"image": 0}, None)

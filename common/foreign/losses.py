@@ -18,6 +18,7 @@ plain tensors, boolean masks as the output's float type. The wrapper's ``forward
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
@@ -87,6 +88,8 @@ class PerSampleWrapper(PerSampleLoss):
         return value.reshape(())
 
     def terms(self, pred: Any, target: Any) -> torch.Tensor:
+        if isinstance(pred, Mapping) or isinstance(target, Mapping):
+            return self._dict_terms(pred, target)
         # MetaTensors of a collated batch carry per-sample metadata that slicing one sample out of breaks
         # ("len() of a 0-d tensor"): the loss gets plain tensors (gradients flow through as_tensor).
         p, target = _plain(primary_output(pred)), _plain(torch.as_tensor(target))
@@ -104,6 +107,20 @@ class PerSampleWrapper(PerSampleLoss):
             else:
                 rows.append(torch.stack([self._scalar(f(pb, tb), n) for f, n in zip(self._fns, self.term_names)]))
         return torch.stack(rows).float()
+
+    def _dict_terms(self, pred: Any, target: Any) -> torch.Tensor:
+        """A network with several named outputs (HoVerNet's dict of branches) and a loss over all of them
+        (``HoVerNetLoss``, with the dict target of the bundle's ``prepare_batch``): the loss of each sample's slice
+        of every output and target, as one term."""
+        def one(x: Any, b: int) -> Any:
+            if isinstance(x, Mapping):
+                return {k: one(v, b) for k, v in x.items()}
+            return _plain(x)[b:b + 1] if isinstance(x, torch.Tensor) else x
+
+        first = primary_output(pred)
+        self.term_names, self.term_weights, self._fns, self._checked = ("loss",), (1.0,), None, True
+        return torch.stack([self._scalar(self.loss(one(pred, b), one(target, b)), "The loss")[None]
+                            for b in range(first.shape[0])]).float()
 
     def _check_split(self, pb: torch.Tensor, tb: torch.Tensor) -> None:
         """Once: the weighted terms must add up to the loss itself; else (a MONAI version whose loss prepares the

@@ -55,7 +55,7 @@ from monai.data import list_data_collate
 from ..attacks import Attack, gradient_masking_warning
 from ..data.synthetic import is_synthetic
 from ..io import atomic_write_json, atomic_write_text
-from ..losses import per_sample_terms, weighted_total
+from ..losses import per_sample_terms, primary_output, weighted_total
 from ..metrics import FunctionMetric, MetricSpec, TaskMetric, nanmean
 from ..transfer import transfer_warnings
 
@@ -318,6 +318,8 @@ class RobustnessEvaluationHandler:
         if not isinstance(batchdata, Mapping):
             raise TypeError(f"The batch is a {type(batchdata).__name__}, not a dict: the robustness report names its "
                             "samples and reads their labels from dict batches (dict transforms, the *d ones).")
+        if isinstance(targets, Mapping):  # a dict of targets (HoVerNet's branches): the metric scores the first
+            targets = primary_output(targets)
         return {**batchdata, key: targets}
 
     def __call__(self, engine: Engine) -> None:
