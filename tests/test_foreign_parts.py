@@ -613,3 +613,18 @@ def test_weights_default_to_what_the_bundles_checkpoint_loader_loads(tmp_path):
     assert resolve_weights(tmp_path, None) == tmp_path / "models" / "search_code_1.pt"  # without the configs: newest
     torch.save({}, tmp_path / "models" / "model.pt")
     assert resolve_weights(tmp_path, None, parser) == tmp_path / "models" / "model.pt"
+
+
+def test_an_evaluator_on_the_training_data_is_named():
+    """breast-model's evaluator reuses the training data loader: the audit says so (and how to audit held-out
+    cases); an evaluator with its own data gets no note."""
+    from types import SimpleNamespace
+
+    from robust_bundles.foreign.audit import training_data_notes
+
+    cfg = json.loads(json.dumps(FLAT))
+    cfg["evaluator"]["val_data_loader"] = "@trainer#train_data_loader"
+    notes = training_data_notes(SimpleNamespace(discovered=discover(cfg)))
+    assert len(notes) == 1 and "trainer's own loader ('trainer#train_data_loader')" in notes[0]
+    assert "--datalist" in notes[0]
+    assert training_data_notes(SimpleNamespace(discovered=discover(FLAT))) == []

@@ -333,6 +333,18 @@ def _prepare_batch(parser) -> tuple[str, Any]:
     return i, pb
 
 
+def training_data_notes(parser) -> list[str]:
+    """A warning when the bundle's evaluator reads its trainer's own data (the same data loader, dataset or
+    datalist id): the audit would then report on training cases."""
+    disc = getattr(parser, "discovered", {})
+    for part in ("loader", "dataset", "data"):
+        if disc.get(part) is not None and disc.get(part) == disc.get(f"train_{part}"):
+            return [f"The bundle's evaluator reads the trainer's own {part} ({disc[part]!r}): these are training "
+                    "cases, on which a model looks better than on unseen data. Audit held-out cases with --datalist "
+                    "(a JSON list of {'image': ..., 'label': ...})."]
+    return []
+
+
 def evaluation_items(data: Any, data_id: Any) -> Any:
     """The evaluation data as a sequence of items: a datalist (list or tuple), or any map-style dataset (a
     ``Subset`` of an ``NPZDictItemDataset`` from ``partition_dataset``/``random_split``, a ``CSVDataset``...), read
@@ -596,6 +608,9 @@ def audit(
         data_id, ds = find(parser, "dataset")
         pre_id = f"{data_id}'s transform"
         dataset = PositionDataset(ds, after, max_cases)
+    notes = [] if datalist is not None else training_data_notes(parser)
+    for n in notes:
+        logger.warning(n)
     if len(dataset) == 0:
         raise ValueError(f"The evaluation data {data_id!r} is empty: check the dataset folder (--dataset_dir) or give "
                          "--datalist.")
@@ -630,7 +645,7 @@ def audit(
              "loss": {"id": loss_id, "type": type(loss).__name__, "per_sample_terms": list(loss_fn.term_names)},
              "metric": metric_info, "data": {"id": data_id, "cases": len(dataset), "sample_ids": SAMPLE_IDS}}
     info = {"bundle": str(root), "parts": found, "pretrained_off": sorted(pretrained), "eps": eps_list, "eps_unit": eps_unit, "eps_units": units,
-            "masking_checks": checks, "seconds": round(time.time() - t0, 1), "files": files,
+            "masking_checks": checks, "data_notes": notes, "seconds": round(time.time() - t0, 1), "files": files,
             "checkpoint_windows": bool(checkpoint_windows), "synthetic": handler.synthetic, "attack_suite": attack_suite,
             "surrogate": surrogate}
     files["audit_json"] = str(atomic_write_json(out / "audit.json", info))
@@ -658,6 +673,7 @@ def _markdown(name: str, info: dict, handler) -> str:
          f"Suite `{info['attack_suite']}` (docs/robustness_evaluation.md). "
          "'worst' is, per case, the worst of all of them, then the mean."), "",
         handler.markdown(), "",
+        *([f"**Data.** {' '.join(info['data_notes'])}", ""] if info.get("data_notes") else []),
         "**Gradient-masking checks.** " + (" ".join(info["masking_checks"]) if info["masking_checks"] else
                                            "none fired (PGD beats random noise at every eps, gets stronger with eps, "
                                            "and input gradients were non-zero)."),
