@@ -2,7 +2,12 @@
 model-zoo author might (tiny 2D networks, trained with their own config in seconds):
 
 - a bundle whose data items use other keys (``img``/``seg``) and whose trainer and evaluator read them with its own
-  ``prepare_batch`` from the bundle's ``scripts/`` (flat YAML ids: ``trainer``, ``evaluator``, ``lossfn``).
+  ``prepare_batch`` from the bundle's ``scripts/`` (flat YAML ids: ``trainer``, ``evaluator``, ``lossfn``);
+- ``ventricular_short_axis_3label``'s data shape with ``renalStructures_CECT_segmentation``'s loss: one NPZ file
+  read by ``NPZDictItemDataset``, split into ``Subset`` s, evaluated through a ``CacheDataset`` over the ``Subset``;
+  ``DiceLoss(to_onehot_y=True, sigmoid=True, include_background=False)`` on a label of class indices;
+- a binary classifier with one logit and ``BCEWithLogitsLoss`` (``pathology_tumor_detection``'s head), its key
+  metric ignite's ``Accuracy``.
 
 Each bundle is trained once per module with ``python -m monai.bundle run`` in its own process; the audits run
 in-process through the Python API, the robustify through the command line as a user runs it.
@@ -172,3 +177,184 @@ def test_weights_of_another_network_name_the_override_fix(keys_bundle, tmp_path)
     with pytest.raises(ValueError, match=r"net#channels|2 parameters differ|--override") as e:
         audit(str(bundle), output_dir=str(tmp_path / "a"), dataset_dir=str(data), override={"net#channels": [4, 8]})
     assert "give the config ids the training changed" in str(e.value) and "model.pt" in str(e.value)
+
+
+
+# ------------------------------------------------------------------ NPZ arrays in Subsets, sigmoid loss, index label
+NPZ_YAML = """\
+bundle_root: .
+dataset_dir: /nonexistent
+device: $torch.device('cpu')
+num_epochs: 30
+npz:
+  _target_: NPZDictItemDataset
+  npzfile: $@dataset_dir + '/disks.npz'
+  keys: {images: image, labels: label}
+parts: "$monai.data.partition_dataset(list(range(len(@npz))), ratios=[2, 1])"
+train_sub: $torch.utils.data.Subset(@npz, @parts[0])
+eval_sub: $torch.utils.data.Subset(@npz, @parts[1])
+network_def:
+  _target_: UNet
+  spatial_dims: 2
+  in_channels: 1
+  out_channels: 2
+  channels: [8, 16]
+  strides: [2]
+  num_res_units: 1
+network: $@network_def.to(@device)
+loss: {_target_: DiceLoss, to_onehot_y: true, sigmoid: true, include_background: false}
+optimizer: {_target_: torch.optim.Adam, params: $@network.parameters(), lr: 0.01}
+train_transforms: {_target_: Compose, transforms: [{_target_: EnsureTyped, keys: [image, label]}]}
+eval_transforms: "%train_transforms"
+evaluator:
+  _target_: SupervisedEvaluator
+  device: "@device"
+  val_data_loader:
+    _target_: DataLoader
+    dataset: {_target_: CacheDataset, data: "@eval_sub", transform: "@eval_transforms", progress: false}
+  network: "@network"
+  key_val_metric:
+    val_mean_dice: {_target_: MeanDice, include_background: false,
+                    output_transform: "$monai.handlers.from_engine(['pred', 'label'])"}
+trainer:
+  _target_: SupervisedTrainer
+  max_epochs: "@num_epochs"
+  device: "@device"
+  train_data_loader:
+    _target_: DataLoader
+    dataset: {_target_: Dataset, data: "@train_sub", transform: "@train_transforms"}
+    batch_size: 4
+    shuffle: true
+  network: "@network"
+  loss_function: "@loss"
+  optimizer: "@optimizer"
+initialize: [$monai.utils.set_determinism(seed=0)]
+run:
+  - $@trainer.run()
+  - "$torch.save(@network.state_dict(), @bundle_root + '/models/model.pt')"
+"""
+
+
+def write_disks_npz(folder: Path, n: int = 12, size: int = 24) -> Path:
+    """``disks.npz``: images (N, 1, size, size) and their disk labels as class indices (N, 1, size, size)."""
+    import nibabel as nib
+    import numpy as np
+
+    src = write_disks(folder / "nifti", n, size)
+    images = np.stack([nib.load(str(f)).get_fdata()[None] for f in sorted((src / "images").glob("*.nii.gz"))])
+    labels = np.stack([nib.load(str(f)).get_fdata()[None] for f in sorted((src / "labels").glob("*.nii.gz"))])
+    np.savez(folder / "disks.npz", images=images.astype(np.float32), labels=labels.astype(np.float32))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def npz_bundle(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("npz")
+    data = write_disks_npz(tmp / "data")
+    bundle = write_bundle(tmp / "npz_bundle", NPZ_YAML)
+    _ok(_run(["-m", "monai.bundle", "run", "--config_file", "configs/train.yaml", "--bundle_root", ".",
+              "--dataset_dir", str(data)], cwd=bundle))
+    return bundle, data
+
+
+def test_audit_of_npz_subsets_through_a_cache_dataset_with_a_sigmoid_index_label_loss(npz_bundle, tmp_path):
+    bundle, data = npz_bundle
+    out = tmp_path / "audit"
+    info = audit(str(bundle), output_dir=str(out), eps=[0.1], eps_unit="rms", pgd_steps=3, ifgsm_steps=0,
+                 attack_suite="quick", dataset_dir=str(data))
+    assert info["parts"]["data"]["id"] == "eval_sub" and info["parts"]["data"]["cases"] == 4
+    assert info["parts"]["metric"]["description"] == "multi-label (sigmoid) Dice"
+    rows = list(csv.DictReader((out / "robustness.csv").open()))
+    # the evaluation Subset holds positions 8-11 of the NPZ file: the samples are named by them
+    assert sorted({r["case"] for r in rows}) == ["item_10", "item_11", "item_8", "item_9"]
+    summary = json.loads((out / "robustness.json").read_text())["summary"]
+    # Dice of channel 1 (the disk) alone, as the loss leaves out the background: the model learned it
+    assert summary["clean"] > 0.7, summary
+    assert summary["attacks"]["PGD"]["0.1"] < summary["clean"]
+
+
+# ------------------------------------------------------------------------------- one logit and BCEWithLogitsLoss
+BINARY_YAML = """\
+imports:
+  - $import glob
+bundle_root: .
+dataset_dir: /nonexistent
+device: $torch.device('cpu')
+images: $list(sorted(glob.glob(@dataset_dir + '/images/*.nii.gz')))
+items: "$[{'image': f, 'label': [float(i % 2)]} for i, f in enumerate(@images)]"
+network_def: {_target_: Classifier, in_shape: [1, 24, 24], classes: 1, channels: [8, 16], strides: [2, 2],
+              num_res_units: 0}
+network: $@network_def.to(@device)
+loss: {_target_: torch.nn.BCEWithLogitsLoss}
+optimizer: {_target_: torch.optim.Adam, params: $@network.parameters(), lr: 0.01}
+transforms:
+  _target_: Compose
+  transforms:
+    - {_target_: LoadImaged, keys: image, ensure_channel_first: true}
+    - {_target_: EnsureTyped, keys: label, dtype: $torch.float32}
+validate:
+  evaluator:
+    _target_: SupervisedEvaluator
+    device: "@device"
+    val_data_loader:
+      _target_: DataLoader
+      dataset: {_target_: Dataset, data: "$@items[-6:]", transform: "@transforms"}
+    network: "@network"
+    key_val_metric:
+      acc: {_target_: ignite.metrics.Accuracy,
+            output_transform: "$lambda x: ((x[0]['pred'] > 0).float(), x[0]['label'])"}
+train:
+  trainer:
+    _target_: SupervisedTrainer
+    max_epochs: 40
+    device: "@device"
+    train_data_loader:
+      _target_: DataLoader
+      dataset: {_target_: Dataset, data: "$@items[:-6]", transform: "@transforms"}
+      batch_size: 6
+      shuffle: true
+    network: "@network"
+    loss_function: "@loss"
+    optimizer: "@optimizer"
+initialize: [$monai.utils.set_determinism(seed=0)]
+run:
+  - $@train#trainer.run()
+  - "$torch.save(@network.state_dict(), @bundle_root + '/models/model.pt')"
+"""
+
+
+def write_disks_or_not(folder: Path, n: int = 24, size: int = 24) -> Path:
+    """``images/case_<i>.nii.gz``: a bright disk in noise for odd i, noise alone for even i."""
+    import nibabel as nib
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    (folder / "images").mkdir(parents=True)
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        disk = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2) <= 25 if i % 2 else np.zeros((size, size), bool)
+        img = (rng.normal(0.3, 0.15, (size, size)) + 0.6 * disk).astype(np.float32)
+        nib.save(nib.Nifti1Image(img, np.eye(4)), str(folder / "images" / f"case_{i:02d}.nii.gz"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def binary_bundle(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("binary")
+    data = write_disks_or_not(tmp / "data")
+    bundle = write_bundle(tmp / "binary_bundle", BINARY_YAML)
+    _ok(_run(["-m", "monai.bundle", "run", "--config_file", "configs/train.yaml", "--bundle_root", ".",
+              "--dataset_dir", str(data)], cwd=bundle))
+    return bundle, data
+
+
+def test_audit_of_a_one_logit_classifier(binary_bundle, tmp_path):
+    bundle, data = binary_bundle
+    out = tmp_path / "audit"
+    info = audit(str(bundle), output_dir=str(out), eps=[0.1, 0.3], eps_unit="rms", pgd_steps=3, ifgsm_steps=0,
+                 attack_suite="quick", dataset_dir=str(data))
+    assert info["parts"]["metric"]["kind"] == "accuracy"
+    assert info["parts"]["metric"]["description"] == "accuracy (sigmoid outputs)"
+    summary = json.loads((out / "robustness.json").read_text())["summary"]
+    assert summary["clean"] == 1.0, summary  # disk or not: the sign of the logit is right on all 6
+    assert summary["attacks"]["PGD"]["0.3"] < summary["clean"]
