@@ -42,6 +42,17 @@ def _ok(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, proc.stdout[-4000:] + (proc.stderr or "")[-4000:]
 
 
+def trained_bundle(tmp_path_factory, name: str, train_yaml: str, write_data, files: dict | None = None):
+    """A bundle ``name`` (``configs/train.yaml`` and ``files``) with data written by ``write_data(folder)``, trained
+    with ``python -m monai.bundle run`` in its own process; returns ``(bundle, data)``."""
+    tmp = tmp_path_factory.mktemp(name)
+    data = write_data(tmp / "data")
+    bundle = write_bundle(tmp / name, train_yaml, files)
+    _ok(_run(["-m", "monai.bundle", "run", "--config_file", "configs/train.yaml", "--bundle_root", ".",
+              "--dataset_dir", str(data)], cwd=bundle))
+    return bundle, data
+
+
 # ------------------------------------------------------------------------------------ other keys, own prepare_batch
 PREPARE_BATCH_PY = '''\
 """The bundle's own batch preparation: its items hold ``img`` and ``seg``, not MONAI's ``image``/``label``."""
@@ -115,12 +126,8 @@ run:
 @pytest.fixture(scope="module")
 def keys_bundle(tmp_path_factory):
     """The img/seg bundle with its own prepare_batch, trained with its own train.yaml."""
-    tmp = tmp_path_factory.mktemp("keys")
-    data = write_disks(tmp / "data")
-    bundle = write_bundle(tmp / "keys_bundle", KEYS_YAML, {"scripts/__init__.py": "", "scripts/batch.py": PREPARE_BATCH_PY})
-    _ok(_run(["-m", "monai.bundle", "run", "--config_file", "configs/train.yaml", "--bundle_root", ".",
-              "--dataset_dir", str(data)], cwd=bundle))
-    return bundle, data
+    return trained_bundle(tmp_path_factory, "keys_bundle", KEYS_YAML, write_disks,
+                          {"scripts/__init__.py": "", "scripts/batch.py": PREPARE_BATCH_PY})
 
 
 def test_audit_uses_the_evaluators_own_prepare_batch_and_keys(keys_bundle, tmp_path):
@@ -249,12 +256,7 @@ def write_disks_npz(folder: Path, n: int = 12, size: int = 24) -> Path:
 
 @pytest.fixture(scope="module")
 def npz_bundle(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("npz")
-    data = write_disks_npz(tmp / "data")
-    bundle = write_bundle(tmp / "npz_bundle", NPZ_YAML)
-    _ok(_run(["-m", "monai.bundle", "run", "--config_file", "configs/train.yaml", "--bundle_root", ".",
-              "--dataset_dir", str(data)], cwd=bundle))
-    return bundle, data
+    return trained_bundle(tmp_path_factory, "npz_bundle", NPZ_YAML, write_disks_npz)
 
 
 def test_audit_of_npz_subsets_through_a_cache_dataset_with_a_sigmoid_index_label_loss(npz_bundle, tmp_path):
@@ -340,12 +342,7 @@ def write_disks_or_not(folder: Path, n: int = 24, size: int = 24) -> Path:
 
 @pytest.fixture(scope="module")
 def binary_bundle(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("binary")
-    data = write_disks_or_not(tmp / "data")
-    bundle = write_bundle(tmp / "binary_bundle", BINARY_YAML)
-    _ok(_run(["-m", "monai.bundle", "run", "--config_file", "configs/train.yaml", "--bundle_root", ".",
-              "--dataset_dir", str(data)], cwd=bundle))
-    return bundle, data
+    return trained_bundle(tmp_path_factory, "binary_bundle", BINARY_YAML, write_disks_or_not)
 
 
 def test_audit_of_a_one_logit_classifier(binary_bundle, tmp_path):
