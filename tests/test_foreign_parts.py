@@ -628,3 +628,20 @@ def test_an_evaluator_on_the_training_data_is_named():
     assert len(notes) == 1 and "trainer's own loader ('trainer#train_data_loader')" in notes[0]
     assert "--datalist" in notes[0]
     assert training_data_notes(SimpleNamespace(discovered=discover(FLAT))) == []
+
+
+def test_robustify_runs_the_bundles_run_list_up_to_its_training():
+    """What a bundle runs after its trainer (a save into models/, an export) would write into the bundle folder:
+    robust_run keeps the steps up to the trainer's run() and hands back the rest; a bundle without a run list
+    runs its trainer alone."""
+    from monai.bundle import ConfigParser
+
+    from robust_bundles.foreign.robustify import robust_run
+
+    parser = ConfigParser({"training": ["$print('setup')", "$@train#trainer.run()",
+                                        "$torch.save(@network.state_dict(), 'models/model.pt')"],
+                           "train": {"trainer": {"_target_": "SupervisedTrainer"}}})
+    assert robust_run(parser, "train#trainer") == (["$print('setup')", "$@train#trainer.run()"],
+                                                   ["$torch.save(@network.state_dict(), 'models/model.pt')"])
+    assert robust_run(ConfigParser({"trainer": {}}), "trainer") == (["$@trainer.run()"], [])
+    assert robust_run(ConfigParser({"run": "$@trainer.run()", "trainer": {}}), "trainer") == (["$@trainer.run()"], [])
