@@ -1,0 +1,103 @@
+"""Attacks restricted to some input channels (guidance maps, label-derived masks held fixed): ChannelAttack, the
+robustness handler's ``attack_channels`` and the audit's detection of guidance transforms."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from monai.data import DataLoader, Dataset
+from monai.engines import SupervisedEvaluator
+from torch import nn
+
+from robust_bundles.apgd import APGD
+from robust_bundles.attack_suite import RandomNoise
+from robust_bundles.attacks import L2PGD, ChannelAttack, check_channels, on_channels
+from robust_bundles.handlers import RobustnessEvaluationHandler
+from robust_bundles.transfer import TransferAttack
+
+
+class Recorder(nn.Module):
+    """A 1x1 convolution of fixed weights that keeps every input it sees."""
+
+    def __init__(self, channels: int = 2) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 1, 1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.arange(1.0, channels + 1).reshape(1, channels, 1, 1))
+            self.conv.bias.zero_()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
+        return self.conv(x)
+
+
+def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return ((out - y) ** 2).flatten(1).mean(1)
+
+
+def _data(n: int = 3, channels: int = 2) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    return [{"image": torch.rand(channels, 4, 4, generator=g), "label": torch.rand(1, 4, 4, generator=g)}
+            for _ in range(n)]
+
+
+def _evaluate(data, eps, eps_unit, channels):
+    net = Recorder(data[0]["image"].shape[0])
+    attacks = {"PGD": L2PGD(steps=3), "APGD": APGD(steps=3), "noise": RandomNoise()}
+    h = RobustnessEvaluationHandler(mse, attacks, eps=[eps], metric_fn=lambda p, y: -mse(p, y), eps_unit=eps_unit,
+                                    attack_channels=channels)
+    SupervisedEvaluator(torch.device("cpu"), DataLoader(Dataset(data), batch_size=len(data)), net,
+                        val_handlers=[h]).run()
+    return h, net
+
+
+@pytest.mark.parametrize("eps_unit, eps, l2", [("norm", 1.5, 1.5), ("rms", 0.5, 2.0)])
+def test_only_the_attacked_channel_moves_and_eps_is_measured_on_it(eps_unit, eps, l2):
+    # 2 x 4 x 4 inputs, channel 1 a guidance map: the attacks change channel 0 only; rms 0.5 is the L2 norm
+    # 0.5 * sqrt(16 attacked values) = 2.0 (not 0.5 * sqrt(32) = 2.83 as over the whole input)
+    data = _data()
+    clean = torch.stack([d["image"] for d in data])
+    h, net = _evaluate(data, eps, eps_unit, [0])
+    assert len(net.seen) > 10
+    for x in net.seen:
+        assert torch.equal(x[:, 1], clean[:, 1])  # the guidance channel is never perturbed
+    assert any((x[:, 0] - clean[:, 0]).abs().max() > 0.1 for x in net.seen)
+    for r in h.rows:
+        if r["attack"] != "clean":  # the ball's boundary: the loss grows outward along w = (1, 2)
+            assert r["norm"] == pytest.approx(l2, rel=1e-5), r
+    # the norm of what the network saw, read back from the inputs themselves (noise: its one forward pass)
+    last = net.seen[-1]
+    assert (last - clean).flatten(1).norm(dim=1).tolist() == pytest.approx([l2] * 3, rel=1e-5)
+    assert h.attacked_values(clean) == 16 and h.settings()["attack_channels"] == [0]
+
+
+def test_every_channel_is_todays_attack():
+    # all channels given: the same numbers as without the flag (same seeds, same attacks); rms over all 32 values
+    data = _data()
+    a, _ = _evaluate(data, 0.5, "rms", None)
+    b, _ = _evaluate(data, 0.5, "rms", [0, 1])
+    assert a.summary == b.summary
+    assert [r["norm"] for r in a.rows if r["attack"] == "noise"] == pytest.approx([0.5 * math.sqrt(32)] * 3)
+    assert "attack_channels" not in a.settings()
+
+
+def test_channel_attack_on_non_contiguous_channels_with_warm_start_and_transfer():
+    x = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    y = torch.zeros(2, 1, 4, 4)
+    net, surrogate = Recorder(3), Recorder(3)
+    warm = (torch.ones_like(x), torch.tensor([True, False]))
+    for attack in (L2PGD(steps=2), TransferAttack(L2PGD(steps=2), surrogate)):
+        res = ChannelAttack(attack, [2, 0]).run(x, y, eps=1.0, model=net, loss_fn=mse, warm_start=warm)
+        assert torch.equal(res.x_adv[:, 1], x[:, 1]) and res.x_adv.shape == x.shape
+        assert (res.x_adv - x).flatten(1).norm(dim=1).tolist() == pytest.approx([1.0, 1.0], rel=1e-5)
+        assert res.norms.tolist() == pytest.approx([1.0, 1.0], rel=1e-5)
+    assert surrogate.seen and all(s.shape[1] == 3 and torch.equal(s[:, 1], x[:, 1]) for s in surrogate.seen)
+    with pytest.raises(ValueError, match="below 3"):
+        ChannelAttack(L2PGD(steps=1), [3]).run(x, y, eps=1.0, model=net, loss_fn=mse)
+    assert on_channels(L2PGD(), None).__class__ is L2PGD and check_channels(1) == [1]
+    for bad in ([], [0, 0], [-1], ["a"]):
+        with pytest.raises(ValueError, match="attack_channels"):
+            check_channels(bad)
