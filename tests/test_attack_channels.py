@@ -101,3 +101,39 @@ def test_channel_attack_on_non_contiguous_channels_with_warm_start_and_transfer(
     for bad in ([], [0, 0], [-1], ["a"]):
         with pytest.raises(ValueError, match="attack_channels"):
             check_channels(bad)
+
+
+# ------------------------------------------------------------------------------------------------ auto-detection
+def _compose(*transforms: dict) -> object:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser({"pre": {"_target_": "Compose", "transforms": list(transforms)}})
+    return parser.get_parsed_content("pre")
+
+
+def test_detects_the_image_channels_of_guidance_transforms(caplog):
+    from robust_bundles.foreign.channels import detect_image_channels, resolve_attack_channels
+
+    deepedit = _compose({"_target_": "ScaleIntensityd", "keys": "image"},
+                        {"_target_": "monai.apps.deepedit.transforms.AddGuidanceSignalDeepEditd", "keys": "image",
+                         "guidance": "guidance", "number_intensity_ch": 1})
+    with caplog.at_level("INFO", logger="robust_bundles.audit"):
+        channels, why = resolve_attack_channels(None, deepedit, None)
+    assert channels == [0] and "AddGuidanceSignalDeepEditd(number_intensity_ch=1)" in why
+    assert sum("attack channels [0] only" in r.getMessage() for r in caplog.records) == 1
+    # the flag overrides the detection; 'all' attacks every channel
+    assert resolve_attack_channels("[0, 2]", deepedit, None) == ([0, 2], "given with --attack_channels")
+    assert resolve_attack_channels("all", deepedit, None)[0] is None
+    # a label appended as a mask (nuclei classification): the image channels counted on the first item (RGB: 3)
+    item = {"image": torch.rand(3, 8, 8), "label": (torch.rand(1, 8, 8) > 0.5).float()}
+    label = _compose({"_target_": "ScaleIntensityd", "keys": "image"},
+                     {"_target_": "monai.apps.nuclick.transforms.AddLabelAsGuidanced", "keys": "image",
+                      "source": "label"})
+    assert detect_image_channels(label, item)[0] == [0, 1, 2]
+    assert detect_image_channels(label, None)[0] is None  # no item to count on: not certain, every channel
+    points = _compose({"_target_": "monai.apps.nuclick.transforms.AddPointGuidanceSignald"})
+    assert detect_image_channels(points, {**item, "others": torch.zeros(1, 8, 8)})[0] == [0, 1, 2]
+    assert detect_image_channels(_compose({"_target_": "ScaleIntensityd", "keys": "image"}), item) == (
+        None, "no guidance transform in the preprocessing")
+    with pytest.raises(ValueError, match="--attack_channels"):
+        resolve_attack_channels("[0, 0]", deepedit, None)
