@@ -137,3 +137,23 @@ def test_detects_the_image_channels_of_guidance_transforms(caplog):
         None, "no guidance transform in the preprocessing")
     with pytest.raises(ValueError, match="--attack_channels"):
         resolve_attack_channels("[0, 0]", deepedit, None)
+
+
+def test_the_foreign_overlay_restricts_the_training_attack():
+    # robust.json: robust#channel_attack (what every method overlay's training attack maps to) is the PGD itself by
+    # default, and a ChannelAttack on robust#attack_channels when robustify sets them
+    import json
+
+    from monai.bundle import ConfigParser
+
+    from robust_bundles.foreign.overlay import FOREIGN_IDS
+    from robust_bundles.foreign.robustify import OVERLAY_DIR
+
+    assert FOREIGN_IDS["training_attack"] == "robust#channel_attack"
+    config = json.loads((OVERLAY_DIR / "robust.json").read_text())
+    plain = ConfigParser(config).get_parsed_content("robust#channel_attack")
+    assert type(plain) is L2PGD and plain.steps == 10
+    parser = ConfigParser(config)
+    parser["robust#attack_channels"] = [0]
+    restricted = parser.get_parsed_content("robust#channel_attack")
+    assert isinstance(restricted, ChannelAttack) and restricted.channels == [0] and restricted.steps == 10
