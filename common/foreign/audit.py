@@ -17,7 +17,8 @@ pass; when that does not fit, ``checkpoint_windows=True`` recomputes each window
 (:class:`CheckpointedNetwork`: about one more forward pass of time, the memory of one window's activations plus the
 blended output), and ``--override "{'validate#inferer#sw_batch_size': 1}"`` lowers the peak further.
 
-Eps units: the L2 norm of the perturbation of one whole input (all channels and voxels), in the intensity units the
+Eps units: the L2 norm of the perturbation of one whole input (all channels and voxels; the attacked channels only with
+``attack_channels``, found by :mod:`.channels` where the input carries guidance or the label), in the intensity units the
 network sees after the bundle's preprocessing; ``eps_unit="rms"`` reads eps as a per-value RMS (L2 norm
 ``eps * sqrt(number of input values)``), comparable across bundles and volume sizes.
 
@@ -467,10 +468,10 @@ def audit(
             gradient masking where it hurts more than every white-box attack).
         attack_channels: the input channels the attacks may change, e.g. ``"[0]"`` or ``"[0, 1, 2]"`` (indices of
             the network input's channels); the others keep their clean values, and eps (both units) is measured on
-            the attacked channels only (``rms``: sqrt of the number of attacked values). Default: the image
+            the attacked channels only (with rms, over sqrt of the number of attacked values). Default, the image
             channels where the evaluation preprocessing adds guidance or the label as channels (MONAI's
-            ``AddGuidanceSignalDeepEditd``, ``AddGuidanceSignald``, ``AddPointGuidanceSignald``,
-            ``AddLabelAsGuidanced``; logged with the reason), else every channel; ``all`` attacks every channel.
+            AddGuidanceSignalDeepEditd, AddGuidanceSignald, AddPointGuidanceSignald, AddLabelAsGuidanced; logged with
+            the reason), else every channel; ``all`` attacks every channel.
         overrides: further config ids as keyword arguments (``--dataset_dir /data``), as ``monai.bundle run``.
 
     Returns:

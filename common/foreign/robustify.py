@@ -424,11 +424,11 @@ def robustify(
             'train#trainer'}``; robust training uses trainer, loss, optimizer, train_network, train_loader,
             train_dataset, train_handlers, train_preprocessing, train_inferer (see
             ``robust_bundles.foreign.parts.PARTS_HELP``); default: found from the bundle's trainer.
-        attack_channels: the input channels the training attack may change, e.g. ``"[0]"`` (as ``robust_bundles
-            audit --attack_channels``): the others (click guidance, a mask made from the label) keep their values,
-            and the noise settings are norms on the attacked channels (``rms``: over their values only). Default: the
-            image channels where the training preprocessing adds guidance or the label as channels (logged with the
-            reason), else every channel; ``all`` attacks every channel.
+        attack_channels: the input channels the training attack may change, e.g. ``"[0]"``, as with
+            ``robust_bundles audit --attack_channels``; the others (click guidance, a mask made from the label) keep
+            their values, and the noise settings are norms on the attacked channels (with rms, over their values
+            only). Default, the image channels where the training preprocessing adds guidance or the label as
+            channels (logged with the reason), else every channel; ``all`` attacks every channel.
         overrides: further config ids as keyword arguments (``--dataset_dir /data``).
 
     Returns:
