@@ -130,6 +130,8 @@ def test_detects_the_image_channels_of_guidance_transforms(caplog):
                      {"_target_": "monai.apps.nuclick.transforms.AddLabelAsGuidanced", "keys": "image",
                       "source": "label"})
     assert detect_image_channels(label, item)[0] == [0, 1, 2]
+    assert detect_image_channels(label, lambda: item)[0] == [0, 1, 2]  # an item made when needed only:
+    assert detect_image_channels(deepedit, lambda: 1 / 0)[0] == [0]  # not for number_intensity_ch
     assert detect_image_channels(label, None)[0] is None  # no item to count on: not certain, every channel
     points = _compose({"_target_": "monai.apps.nuclick.transforms.AddPointGuidanceSignald"})
     assert detect_image_channels(points, {**item, "others": torch.zeros(1, 8, 8)})[0] == [0, 1, 2]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Callable
 
 from ..attacks import check_channels
 
@@ -92,12 +92,14 @@ def _channels_before(prefix: list[Any], item: Mapping, key: str) -> int | None:
         return None
 
 
-def detect_image_channels(preprocessing: Any, first_item: Mapping | None = None) -> tuple[list[int] | None, str]:
+def detect_image_channels(preprocessing: Any, first_item: Mapping | Callable[[], Mapping | None] | None = None
+                          ) -> tuple[list[int] | None, str]:
     """The image channels of the network input, where the preprocessing makes them certain (module docstring).
 
     Args:
         preprocessing: the evaluation (or training) preprocessing, a ``Compose``, a list or one transform.
-        first_item: a data item before the preprocessing (counts the channels ahead of an appending transform).
+        first_item: a data item before the preprocessing (counts the channels ahead of an appending transform), or a
+            function returning one (called only then).
 
     Returns:
         ``(channels, why)``: the channel indices and the reason, or ``(None, why)`` for every channel.
@@ -113,7 +115,8 @@ def detect_image_channels(preprocessing: Any, first_item: Mapping | None = None)
         if appending and isinstance(t, appending):
             key = getattr(t, "image", None) or next(iter(getattr(t, "keys", ()) or ()), None)
             what = "the label as a mask" if name == "AddLabelAsGuidanced" else "click guidance"
-            n = _channels_before(transforms[:i], first_item, key) if first_item is not None and key else None
+            item = first_item() if callable(first_item) else first_item
+            n = _channels_before(transforms[:i], item, key) if item is not None and key else None
             if n is None or n < 1:
                 return None, (f"the preprocessing's {name} appends {what} to {key!r}, but its image channels could "
                               "not be counted on a data item: every channel is attacked (give --attack_channels)")
@@ -122,7 +125,7 @@ def detect_image_channels(preprocessing: Any, first_item: Mapping | None = None)
     return None, "no guidance transform in the preprocessing"
 
 
-def resolve_attack_channels(given: Any, preprocessing: Any, first_item: Mapping | None,
+def resolve_attack_channels(given: Any, preprocessing: Any, first_item: Mapping | Callable[[], Mapping | None] | None,
                             flag: str = "--attack_channels") -> tuple[list[int] | None, str]:
     """The channels to attack: ``given`` (a list; ``"all"`` for every channel), else :func:`detect_image_channels`
     (logged in one line when it restricts the attack).

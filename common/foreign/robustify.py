@@ -255,9 +255,11 @@ def training_attack_channels(parser, given: Any) -> tuple[list[int] | None, str]
 
     if given is not None:
         return resolve_attack_channels(given, None, None)
+    if find_id(parser, "train_preprocessing", required=False) is not None:  # the dataset is made only when needed
+        return resolve_attack_channels(None, find(parser, "train_preprocessing")[1],
+                                       lambda: raw_first_item(training_dataset(parser)))
     dataset = training_dataset(parser)
-    pre = getattr(underlying(dataset)[0], "transform", None)
-    return resolve_attack_channels(None, pre, raw_first_item(dataset))
+    return resolve_attack_channels(None, getattr(underlying(dataset)[0], "transform", None), raw_first_item(dataset))
 
 
 def run_id(parser, trainer: str) -> str:
