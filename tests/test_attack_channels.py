@@ -159,3 +159,18 @@ def test_the_foreign_overlay_restricts_the_training_attack():
     parser["robust#attack_channels"] = [0]
     restricted = parser.get_parsed_content("robust#channel_attack")
     assert isinstance(restricted, ChannelAttack) and restricted.channels == [0] and restricted.steps == 10
+
+
+def test_channels_counted_through_random_crops():
+    # the transforms ahead of the guidance run as a Compose: after a crop into a list of samples they map over it
+    from robust_bundles.foreign.channels import detect_image_channels
+
+    item = {"image": torch.rand(3, 8, 8), "label": torch.ones(1, 8, 8)}
+    pre = _compose({"_target_": "RandSpatialCropSamplesd", "keys": ["image", "label"], "roi_size": [4, 4],
+                    "num_samples": 2, "random_size": False},
+                   {"_target_": "ScaleIntensityd", "keys": "image"},
+                   {"_target_": "monai.apps.nuclick.transforms.AddLabelAsGuidanced", "keys": "image",
+                    "source": "label"})
+    assert detect_image_channels(pre, item) == (
+        [0, 1, 2], "the preprocessing's AddLabelAsGuidanced appends the label as a mask to 'image' after its 3 image "
+        "channel(s)")

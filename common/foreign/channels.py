@@ -81,10 +81,10 @@ def raw_first_item(dataset: Any) -> Mapping | None:
 
 def _channels_before(prefix: list[Any], item: Mapping, key: str) -> int | None:
     """The number of channels of ``item[key]`` after the transforms ``prefix`` (None when it cannot be read)."""
-    out: Any = copy.deepcopy(dict(item))
-    try:
-        for t in prefix:
-            out = t(out)
+    from monai.transforms import Compose
+
+    try:  # Compose maps the transforms after a random crop over its list of crops
+        out = Compose(prefix)(copy.deepcopy(dict(item)))
         out = out[0] if isinstance(out, list) else out
         return int(out[key].shape[0])
     except Exception as e:  # noqa: BLE001 - any failure makes the count uncertain: fall back to every channel
