@@ -174,3 +174,33 @@ def test_channels_counted_through_random_crops():
     assert detect_image_channels(pre, item) == (
         [0, 1, 2], "the preprocessing's AddLabelAsGuidanced appends the label as a mask to 'image' after its 3 image "
         "channel(s)")
+
+
+def test_robustify_names_the_bundles_own_iteration_update_it_replaces(tmp_path):
+    # an interactive bundle's trainer simulates clicks in its iteration_update (deepgrow/DeepEdit Interaction):
+    # robustify's method iteration replaces it, and says so
+    from foreign_data import write_bundle
+
+    from robust_bundles.foreign.parts import load_parser
+    from robust_bundles.foreign.robustify import replaced_iteration_update
+
+    yaml = """\
+network: {_target_: UNet, spatial_dims: 2, in_channels: 3, out_channels: 2, channels: [4, 8], strides: [2]}
+loss: {_target_: DiceLoss, softmax: true}
+optimizer: {_target_: torch.optim.Adam, params: $@network.parameters()}
+clicks: {_target_: monai.apps.deepgrow.interaction.Interaction, transforms: [], max_interactions: 1, train: true}
+trainer:
+  _target_: SupervisedTrainer
+  max_epochs: 1
+  device: $torch.device('cpu')
+  train_data_loader: {_target_: DataLoader, dataset: [], batch_size: 1}
+  network: "@network"
+  loss_function: "@loss"
+  optimizer: "@optimizer"
+  iteration_update: "@clicks"
+"""
+    parser = load_parser(write_bundle(tmp_path / "b", yaml), ["configs/train.yaml"])
+    assert replaced_iteration_update(parser, "trainer") == "clicks"
+    parser = load_parser(write_bundle(tmp_path / "c", yaml.replace('  iteration_update: "@clicks"\n', "")),
+                         ["configs/train.yaml"])
+    assert replaced_iteration_update(parser, "trainer") is None

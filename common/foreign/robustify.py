@@ -44,8 +44,8 @@ from .overlay import foreign_methods, method_overlay
 from .parts import config_path, find, find_id, given_flags, pretrained_off
 
 __all__ = ["NORM_DEFAULTS", "OVERLAY_DIR", "estimate_bundle_thresholds", "noise_settings", "overlay_files", "redirects",
-           "robustify", "run_id", "train_prepare_batch", "training_attack_channels", "training_dataset",
-           "training_input_values", "wiring"]
+           "replaced_iteration_update", "robustify", "run_id", "train_prepare_batch", "training_attack_channels",
+           "training_dataset", "training_input_values", "wiring"]
 
 logger = logging.getLogger("robust_bundles.robustify")
 
@@ -262,6 +262,15 @@ def training_attack_channels(parser, given: Any) -> tuple[list[int] | None, str]
     return resolve_attack_channels(None, getattr(underlying(dataset)[0], "transform", None), raw_first_item(dataset))
 
 
+def replaced_iteration_update(parser, trainer: str) -> str | None:
+    """The id of the trainer's own ``iteration_update`` (None when it has none), which the method's iteration
+    replaces: e.g. the click simulation (``monai.apps.deepgrow.interaction.Interaction``) of an interactive
+    DeepEdit/deepgrow bundle, whose robust training then sees only the guidance its preprocessing makes."""
+    from .parts import _arg
+
+    return _arg(parser.get(), trainer, "iteration_update")
+
+
 def run_id(parser, trainer: str) -> str:
     """The id of the bundle's expressions that run the trainer (``run``, ``training``...): the top-level id whose
     expression calls ``@<trainer>.run()``; ``run`` when none does."""
@@ -472,6 +481,12 @@ def robustify(
 
     info: dict[str, Any] = {"bundle": str(root), "method": method, "init_model": str(weights), "epochs": int(epochs),
                             "seed": int(seed), "skipped_run_steps": skipped}
+    own_update = replaced_iteration_update(parser, trainer)
+    if own_update is not None:
+        info["replaced_iteration_update"] = own_update
+        logger.warning(f"The bundle's trainer has its own iteration_update ({own_update!r}; e.g. the click simulation "
+                       f"of an interactive bundle): the {method} iteration replaces it, so the fine-tuning sees only "
+                       "the guidance the training preprocessing makes.")
     settings: dict[str, Any] = {
         "robust#init_model": str(weights), "robust#output_dir": str(out), "robust#pgd_steps": int(pgd_steps),
         "robust#alpha": float(alpha), f"{trainer}#max_epochs": int(epochs), "robust#epochs": int(epochs),
