@@ -221,3 +221,15 @@ def test_robustify_passes_the_detected_channels_to_the_training_attack(guided_bu
     info = json.loads((out / "robustify.json").read_text())
     assert info["attack_channels"]["channels"] == [0] and info["input_values"] == 576  # rms over channel 0 only
     assert '--robust#attack_channels "[0]"' in info["command"] and (out / "checkpoint.pt").is_file()
+    # the AMAT iteration of the stacked configs, as the run built it, attacks channel 0 only
+    from monai.bundle import ConfigParser
+
+    from robust_bundles.attacks import ChannelAttack
+    from robust_bundles.foreign.robustify import overlay_files
+
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / "train.yaml"), *overlay_files("amat", out), str(out / "bundle_wiring.json")])
+    parser.update({"bundle_root": str(bundle), "dataset_dir": str(data), "robust#attack_channels": [0],
+                   "robust#thresholds_file": str(out / "thresholds.json"), "robust#output_dir": str(out)})
+    attack = parser.get_parsed_content("robust#method_iteration").attack
+    assert isinstance(attack, ChannelAttack) and attack.channels == [0] and attack.steps == 10
