@@ -43,6 +43,9 @@ __all__ = [
     "project",
     "gradient_masking_warning",
     "attacking",
+    "ChannelAttack",
+    "on_channels",
+    "check_channels",
 ]
 
 NORMS = ("l2", "linf")
@@ -532,3 +535,82 @@ def gradient_masking_warning(zero_grad_steps: torch.Tensor, steps: int, fraction
         )
     return None
 
+
+
+def check_channels(channels: Sequence[int] | None, what: str = "attack_channels") -> list[int] | None:
+    """``channels`` as a sorted list of distinct channel indices >= 0 (None stays None: every channel).
+
+    Raises:
+        ValueError: an empty list, a non-integer, a negative or a repeated index (the message names ``what``).
+    """
+    if channels is None:
+        return None
+    if isinstance(channels, (int, str)) or not isinstance(channels, Sequence):
+        channels = [channels]
+    bad = [c for c in channels if isinstance(c, bool) or not isinstance(c, int) or c < 0]
+    if bad or not channels or len(set(channels)) != len(channels):
+        raise ValueError(f"{what} must be a non-empty list of distinct input channel indices >= 0 (e.g. [0] or "
+                         f"[0, 1, 2]); got {list(channels)!r}.")
+    return sorted(int(c) for c in channels)
+
+
+class ChannelAttack(Attack):
+    """``attack`` restricted to some channels of the input: the other channels (e.g. click-guidance maps or a mask
+    built from the label, which an adversary does not control) are held at their clean values.
+
+    The wrapped attack sees only the attacked channels ``x[:, channels]`` and a forward pass that puts them back
+    among the fixed ones, so every attack (PGD, APGD, noise, the transfer check) runs unchanged: ``eps`` is the norm
+    of the perturbation of the attacked channels (the perturbation is zero elsewhere), the clamp range applies to
+    them only, and a warm start is read on them. An attack on every channel of the input is the attack itself.
+
+    Args:
+        attack: the attack to restrict (its settings are shared: steps, alpha, clamp, loss, restarts...).
+        channels: the input channels (indices along dim 1) the attack may change.
+    """
+
+    def __init__(self, attack: Attack, channels: Sequence[int]) -> None:
+        vars(self).update(vars(attack))
+        self.norm, self.random_start = attack.norm, attack.random_start
+        self.base, self.channels = attack, check_channels(channels)
+
+    @property
+    def name(self) -> str:
+        return self.base.name
+
+    def run(self, x: torch.Tensor, y: Any, eps: float | torch.Tensor | None = None, **kwargs: Any) -> AttackResult:
+        """The base attack on ``x[:, channels]`` (see the class docstring); keywords are passed on."""
+        if x.ndim < 2 or self.channels[-1] >= x.shape[1]:
+            raise ValueError(f"attack_channels {self.channels} do not fit an input of {x.shape[1] if x.ndim > 1 else 0}"
+                             f" channel(s) (shape {tuple(x.shape)}): give channel indices below {x.shape[1]}.")
+        if self.channels == list(range(x.shape[1])):
+            return self.base.run(x, y, eps, **kwargs)
+        index = torch.tensor(self.channels, device=x.device)
+        fixed = x.detach()
+
+        def embed(part: torch.Tensor) -> torch.Tensor:
+            return fixed.index_copy(1, index, part)
+
+        model = kwargs.get("model") if kwargs.get("model") is not None else self.model
+        inner = kwargs.pop("forward", None)
+        inner = inner if inner is not None else model
+        if inner is None:
+            raise ValueError("Give a model or a forward callable.")
+
+        def forward(part: torch.Tensor) -> Any:
+            return inner(embed(part))
+
+        forward.embed = embed  # an attack that runs another network (the transfer check) embeds with it
+        if hasattr(inner, "note"):
+            forward.note = inner.note
+        if kwargs.get("warm_start") is not None:
+            delta, use = kwargs["warm_start"]
+            kwargs["warm_start"] = (delta.index_select(1, index.to(delta.device)), use)
+        res = self.base.run(x.index_select(1, index), y, eps, forward=forward, **kwargs)
+        res.x_adv = embed(res.x_adv).detach()
+        return res
+
+
+def on_channels(attack: Attack, channels: Sequence[int] | None) -> Attack:
+    """``attack`` restricted to ``channels`` (:class:`ChannelAttack`); the attack itself when ``channels`` is None
+    (every channel). For configs: ``"$robust_bundles.attacks.on_channels(@attack, @attack_channels)"``."""
+    return attack if channels is None else ChannelAttack(attack, channels)

@@ -50,15 +50,19 @@ class TransferAttack(Attack):
 
     def run(self, x, y, eps=None, **kwargs: Any) -> AttackResult:
         """The base attack on the surrogate; ``model`` and ``forward`` given by the caller (the evaluated model's) are
-        not used (a ``forward.note(x)`` pass counter is called for every surrogate pass), everything else (loss,
+        not used (a ``forward.note(x)`` pass counter is called for every surrogate pass, and ``forward.embed(x)`` of
+        a :class:`robust_bundles.attacks.ChannelAttack` makes the surrogate's whole input), everything else (loss,
         generator, eps) is passed on."""
         kwargs.pop("model", None)
-        note = getattr(kwargs.pop("forward", None), "note", None)  # the caller's pass counter, if it has one
+        caller = kwargs.pop("forward", None)
+        note = getattr(caller, "note", None)  # the caller's pass counter, if it has one
+        embed = getattr(caller, "embed", None)  # the attacked channels put back into the whole input (ChannelAttack)
         kwargs["train"] = False
 
         def forward(t):
             if note is not None:
                 note(t)
+            t = embed(t) if embed is not None else t
             return self.inferer(t, self.surrogate) if self.inferer is not None else self.surrogate(t)
 
         return self.base.run(x, y, eps, model=self.surrogate, forward=forward, **kwargs)

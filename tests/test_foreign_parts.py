@@ -519,7 +519,7 @@ def test_noise_settings_units_defaults_and_the_rms_scale(monkeypatch):
     assert out == {"expansion_step": 1.0, "initial_margin": None, "max_margin": None}
     assert info == {"eps_unit": "norm", "noise_l2": {"expansion_step": 1.0}}
 
-    monkeypatch.setattr(rf, "training_input_values", lambda parser, seed: 400)
+    monkeypatch.setattr(rf, "training_input_values", lambda parser, seed, channels=None: 400)
     info = {}
     out = rf.noise_settings(None, {**given, "expansion_step": 0.05, "max_margin": 0.5},
                             ["expansion_step", "initial_margin", "max_margin"], "rms", 0, info)

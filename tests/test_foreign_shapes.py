@@ -7,7 +7,9 @@ model-zoo author might (tiny 2D networks, trained with their own config in secon
   read by ``NPZDictItemDataset``, split into ``Subset`` s, evaluated through a ``CacheDataset`` over the ``Subset``;
   ``DiceLoss(to_onehot_y=True, sigmoid=True, include_background=False)`` on a label of class indices;
 - a binary classifier with one logit and ``BCEWithLogitsLoss`` (``pathology_tumor_detection``'s head), its key
-  metric ignite's ``Accuracy``.
+  metric ignite's ``Accuracy``;
+- the same bundle with the label appended to the image as a second input channel (``AddLabelAsGuidanced``, as the
+  model zoo's ``pathology_nuclei_classification``): the attacks change the image channel only.
 
 Each bundle is trained once per module with ``python -m monai.bundle run`` in its own process; the audits run
 in-process through the Python API, the robustify through the command line as a user runs it.
@@ -355,3 +357,66 @@ def test_audit_of_a_one_logit_classifier(binary_bundle, tmp_path):
     summary = json.loads((out / "robustness.json").read_text())["summary"]
     assert summary["clean"] == 1.0, summary  # disk or not: the sign of the logit is right on all 6
     assert summary["attacks"]["PGD"]["0.3"] < summary["clean"]
+
+
+# ------------------------------------------------------------------------- a channel made from the label (guidance)
+GUIDED_YAML = KEYS_YAML.replace("in_channels: 1", "in_channels: 2").replace(
+    "    - {_target_: ScaleIntensityd, keys: img}\n",
+    "    - {_target_: ScaleIntensityd, keys: img}\n"
+    "    - {_target_: monai.apps.nuclick.transforms.AddLabelAsGuidanced, keys: img, source: seg}\n")
+"""The img/seg bundle with the label appended to the image as a second input channel, as the model zoo's
+``pathology_nuclei_classification`` does (and the interactive bundles with click guidance): an adversary perturbs the
+image, not the label, so the audit attacks channel 0 unless ``--attack_channels`` says otherwise."""
+
+
+@pytest.fixture(scope="module")
+def guided_bundle(tmp_path_factory):
+    """The image + label-mask bundle, trained with its own train.yaml."""
+    assert "AddLabelAsGuidanced" in GUIDED_YAML and "in_channels: 2" in GUIDED_YAML
+    return trained_bundle(tmp_path_factory, "guided_bundle", GUIDED_YAML, write_disks,
+                          {"scripts/__init__.py": "", "scripts/batch.py": PREPARE_BATCH_PY})
+
+
+def _guided_audit(bundle: Path, data: Path, out: Path, **kw) -> tuple[dict, dict]:
+    info = audit(str(bundle), output_dir=str(out), eps=[0.5], eps_unit="rms", pgd_steps=5, ifgsm_steps=0,
+                 attack_suite="quick", dataset_dir=str(data), **kw)
+    return info, json.loads((out / "robustness.json").read_text())["summary"]
+
+
+def test_audit_attacks_the_image_channel_only_unless_told(guided_bundle, tmp_path):
+    bundle, data = guided_bundle
+    info, image_only = _guided_audit(bundle, data, tmp_path / "auto")
+    assert info["attack_channels"]["channels"] == [0]
+    assert "AddLabelAsGuidanced appends the label as a mask to 'img' after its 1 image channel" in \
+        info["attack_channels"]["why"]
+    assert "576 values each" in info["eps_units"]  # the 24 x 24 image channel, not the 1,152 values of the input
+    assert "**Attacked channels.** [0]" in (tmp_path / "auto" / "audit.md").read_text()
+    assert json.loads((tmp_path / "auto" / "robustness.json").read_text())["settings"]["attack_channels"] == [0]
+    # the flag overrides the detection: every channel, the label mask included, which the network leans on
+    info_all, every = _guided_audit(bundle, data, tmp_path / "all", attack_channels="all")
+    assert info_all["attack_channels"]["channels"] == "all" and "1,152 values each" in info_all["eps_units"]
+    assert image_only["clean"] == every["clean"] > 0.9
+    # PGD-5 Dice at rms 0.5 when written: image channel 0.63, every channel 0.00 (clean 0.996)
+    assert every["attacks"]["PGD"]["0.5"] < image_only["attacks"]["PGD"]["0.5"] - 0.1, (image_only, every)
+
+
+def test_robustify_passes_the_detected_channels_to_the_training_attack(guided_bundle, tmp_path):
+    bundle, data = guided_bundle
+    out = tmp_path / "robust"
+    _ok(_run(["-m", "robust_bundles", "robustify", str(bundle), "--dataset_dir", str(data), "--output_dir", str(out),
+              "--epochs", "1", "--pgd_steps", "2", "--eps_unit", "rms", "--expansion_step", "0.1"], cwd=tmp_path))
+    info = json.loads((out / "robustify.json").read_text())
+    assert info["attack_channels"]["channels"] == [0] and info["input_values"] == 576  # rms over channel 0 only
+    assert '--robust#attack_channels "[0]"' in info["command"] and (out / "checkpoint.pt").is_file()
+    # the AMAT iteration of the stacked configs, as the run built it, attacks channel 0 only
+    from monai.bundle import ConfigParser
+
+    from robust_bundles.attacks import ChannelAttack
+    from robust_bundles.foreign.robustify import overlay_files
+
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / "train.yaml"), *overlay_files("amat", out), str(out / "bundle_wiring.json")])
+    parser.update({"bundle_root": str(bundle), "dataset_dir": str(data), "robust#attack_channels": [0],
+                   "robust#thresholds_file": str(out / "thresholds.json"), "robust#output_dir": str(out)})
+    attack = parser.get_parsed_content("robust#method_iteration").attack
+    assert isinstance(attack, ChannelAttack) and attack.channels == [0] and attack.steps == 10

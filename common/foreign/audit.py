@@ -17,7 +17,8 @@ pass; when that does not fit, ``checkpoint_windows=True`` recomputes each window
 (:class:`CheckpointedNetwork`: about one more forward pass of time, the memory of one window's activations plus the
 blended output), and ``--override "{'validate#inferer#sw_batch_size': 1}"`` lowers the peak further.
 
-Eps units: the L2 norm of the perturbation of one whole input (all channels and voxels), in the intensity units the
+Eps units: the L2 norm of the perturbation of one whole input (all channels and voxels; the attacked channels only with
+``attack_channels``, found by :mod:`.channels` where the input carries guidance or the label), in the intensity units the
 network sees after the bundle's preprocessing; ``eps_unit="rms"`` reads eps as a per-value RMS (L2 norm
 ``eps * sqrt(number of input values)``), comparable across bundles and volume sizes.
 
@@ -45,6 +46,7 @@ from ..attack_suite import RandomNoise, check_suite, suite_attacks
 from ..attacks import Attack
 from ..io import atomic_write_json, atomic_write_text
 from ..transfer import load_surrogate
+from .channels import raw_first_item, resolve_attack_channels
 from .losses import PerSampleWrapper
 from .parts import FOREIGN_MISMATCH, find, find_id, given_flags, load_parser, metric_config, pretrained_off
 
@@ -509,6 +511,7 @@ def audit(
     parts: Mapping[str, str] | None = None,
     attack_suite: str = "standard",
     surrogate: str | None = None,
+    attack_channels: Sequence[int] | str | None = None,
     **overrides: Any,
 ) -> dict:
     """Write the robustness report of a trained MONAI bundle: its metric per case, clean and under L2 attacks and
@@ -551,6 +554,12 @@ def audit(
         surrogate: the weights (a model.pt) of a second model with the bundle's network, e.g. one trained without
             adversarial training: adds the transfer check (PGD crafted on it, applied to the audited model; flagged as
             gradient masking where it hurts more than every white-box attack).
+        attack_channels: the input channels the attacks may change, e.g. ``"[0]"`` or ``"[0, 1, 2]"`` (indices of
+            the network input's channels); the others keep their clean values, and eps (both units) is measured on
+            the attacked channels only (with rms, over sqrt of the number of attacked values). Default, the image
+            channels where the evaluation preprocessing adds guidance or the label as channels (MONAI's
+            AddGuidanceSignalDeepEditd, AddGuidanceSignald, AddPointGuidanceSignald, AddLabelAsGuidanced; logged with
+            the reason), else every channel; ``all`` attacks every channel.
         overrides: further config ids as keyword arguments (``--dataset_dir /data``), as ``monai.bundle run``.
 
     Returns:
@@ -590,11 +599,13 @@ def audit(
     loss_fn = PerSampleWrapper(loss)
     task_metric, metric_info = _metric(parser, metric, loss)
     voxels: list[int] = []
+    channels: list[int] | None = None  # the attacked channels, set below (count runs when the data is read)
 
     def count(d):
         for one in d if isinstance(d, list) else [d]:
             img = image_of(one)
-            voxels.append(int(img.numel()) if hasattr(img, "numel") else 0)
+            n = int(img.numel()) if hasattr(img, "numel") else 0
+            voxels.append(n // img.shape[0] * len(channels) if channels and n else n)
         return d
 
     after = Compose([CaseFromMetad(), count])
@@ -604,10 +615,12 @@ def audit(
         data = load_datalist(datalist, datalist_key) if datalist is not None else find(parser, "data")[1]
         data = evaluation_items(data, data_id)
         dataset: Any = PositionDataset(Dataset(data, preprocessing), after, max_cases)
+        first = data[0] if isinstance(data[0], Mapping) else None
     else:  # a dataset object without a datalist (NPZDictItemDataset...): its own transform is the preprocessing
         data_id, ds = find(parser, "dataset")
         pre_id = f"{data_id}'s transform"
         dataset = PositionDataset(ds, after, max_cases)
+        preprocessing, first = getattr(underlying(ds)[0], "transform", None), raw_first_item(ds)
     notes = [] if datalist is not None else training_data_notes(parser)
     for n in notes:
         logger.warning(n)
@@ -615,13 +628,15 @@ def audit(
         raise ValueError(f"The evaluation data {data_id!r} is empty: check the dataset folder (--dataset_dir) or give "
                          "--datalist.")
 
+    channels, channels_why = resolve_attack_channels(attack_channels, preprocessing, first)
     check_suite(attack_suite)
     transfer_from = load_surrogate(copy.deepcopy(network), surrogate, dev) if surrogate is not None else None
     attacks = attack_setup(pgd_steps, ifgsm_steps, alpha, clamp, attack_suite, loss_fn, transfer_from, inferer)
     dataset_dir = parser.get("dataset_dir") if "dataset_dir" in parser else None
     handler = RobustnessEvaluationHandler(loss_fn, attacks, eps_list, metric=task_metric, output_dir=out, seed=seed,
                                           restarts=restarts, id_keys=("case",), dataset_dir=dataset_dir,
-                                          eps_unit=eps_unit, suite=attack_suite, metric_on_targets=True)
+                                          eps_unit=eps_unit, suite=attack_suite, metric_on_targets=True,
+                                          attack_channels=channels)
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0)
     pb_id, prepare_batch = _prepare_batch(parser)
     evaluator = SupervisedEvaluator(device=dev, val_data_loader=loader,
@@ -638,6 +653,9 @@ def audit(
              "robustness_md": str(out / "robustness.md"),
              "metric_vs_eps": str(plot_metric_vs_eps([result], out / "metric_vs_eps.png"))}
     units = _explain_units(eps_unit, pre_id, sorted(set(voxels)))
+    if channels is not None:
+        units += (f" Only the input channels {channels} are attacked ({channels_why}); the other channels keep "
+                  "their clean values, and eps and the values counted here are those of the attacked channels.")
     found = {"configs": [str(f) for f in parser.files], "network": {"id": net_id, "type": type(network).__name__},
              "weights": str(weights), "preprocessing": pre_id,
              "inferer": {"id": inf_id, "type": type(inferer).__name__},
@@ -647,7 +665,8 @@ def audit(
     info = {"bundle": str(root), "parts": found, "pretrained_off": sorted(pretrained), "eps": eps_list, "eps_unit": eps_unit, "eps_units": units,
             "masking_checks": checks, "data_notes": notes, "seconds": round(time.time() - t0, 1), "files": files,
             "checkpoint_windows": bool(checkpoint_windows), "synthetic": handler.synthetic, "attack_suite": attack_suite,
-            "surrogate": surrogate}
+            "surrogate": surrogate,
+            "attack_channels": {"channels": channels if channels is not None else "all", "why": channels_why}}
     files["audit_json"] = str(atomic_write_json(out / "audit.json", info))
     files["audit_md"] = str(atomic_write_text(out / "audit.md", _markdown(root.name, info, handler)))
     logger.info(f"audit written to {out} ({info['seconds']} s)")
@@ -666,6 +685,7 @@ def _markdown(name: str, info: dict, handler) -> str:
         + f" ({p['data']['cases']} cases); attack loss `{p['loss']['type']}` ({p['loss']['id']}) made per-sample "
         f"(terms {', '.join(p['loss']['per_sample_terms'])}).", "",
         "**Units.** " + info["eps_units"], "",
+        f"**Attacked channels.** {info['attack_channels']['channels']} ({info['attack_channels']['why']}).", "",
         ("**Attacks.** PGD: L2 projected gradient ascent of the bundle's loss with a random start; IFGSM: the same "
          "without random start; noise: a random direction at exactly the eps norm (the baseline an attack must beat). "
          "APGD (suite standard and strong): the step-size-free Auto-PGD of Croce & Hein on the loss (APGD) and on "

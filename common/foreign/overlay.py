@@ -167,7 +167,7 @@ FOREIGN_IDS = {
     "train#save_dict": "robust#save_dict",
     "train#method_handlers": "robust#method_handlers",
     "train#datalist": "robust#ids",
-    "training_attack": "robust#attack",
+    "training_attack": "robust#channel_attack",
     "training_memory": "robust#memory",
     "loss": "robust#loss",
     "epochs": "robust#epochs",

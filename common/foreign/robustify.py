@@ -44,7 +44,8 @@ from .overlay import foreign_methods, method_overlay
 from .parts import FOREIGN_MISMATCH, config_path, find, find_id, given_flags, pretrained_off
 
 __all__ = ["NORM_DEFAULTS", "OVERLAY_DIR", "estimate_bundle_thresholds", "noise_settings", "overlay_files", "redirects",
-           "robustify", "run_id", "train_prepare_batch", "training_dataset", "training_input_values", "wiring"]
+           "replaced_iteration_update", "robustify", "run_id", "train_prepare_batch", "training_attack_channels",
+           "training_dataset", "training_input_values", "wiring"]
 
 logger = logging.getLogger("robust_bundles.robustify")
 
@@ -102,10 +103,10 @@ def train_prepare_batch(parser) -> Any:
     return pb
 
 
-def training_input_values(parser, seed: int = 0) -> int:
+def training_input_values(parser, seed: int = 0, channels: Sequence[int] | None = None) -> int:
     """The number of values of one training input as the trainer's network sees it (channels x crop, after the
     bundle's training preprocessing and the trainer's ``prepare_batch``): the scale of ``eps_unit="rms"`` (L2 norm =
-    rms x sqrt(values)).
+    rms x sqrt(values)); with ``channels``, the values of those channels only (the attacked ones).
 
     Raises:
         ValueError: the training dataset is empty or its first item gives no input tensor.
@@ -140,7 +141,8 @@ def training_input_values(parser, seed: int = 0) -> int:
         raise ValueError(f"The first training item (keys {sorted(item)}) gives the trainer no input tensor: "
                          "eps_unit='rms' needs the training input's size; give the noise settings as L2 norms "
                          "(--eps_unit norm).")
-    return int(torch.as_tensor(image).numel())
+    image = torch.as_tensor(image)
+    return int(image.numel() // image.shape[0] * len(channels) if channels else image.numel())
 
 
 def estimate_bundle_thresholds(parser, weights: str | Path, output_path: str | Path, rule: str = "mean",
@@ -201,7 +203,7 @@ NORM_DEFAULTS = {"train_eps": 2.0, "expansion_step": 1.0}
 
 
 def noise_settings(parser, given: Mapping[str, float | None], used: Sequence[str], eps_unit: str, seed: int,
-                   info: dict[str, Any]) -> dict[str, float | None]:
+                   info: dict[str, Any], channels: Sequence[int] | None = None) -> dict[str, float | None]:
     """The method's noise settings as L2 norms (what the overlays and margins use): the defaults filled in for
     ``eps_unit="norm"``; for ``"rms"`` the given values times sqrt(values of one training input). Records
     ``eps_unit``, ``input_values`` (rms) and ``noise_l2`` (the settings the run uses) in ``info``.
@@ -213,6 +215,7 @@ def noise_settings(parser, given: Mapping[str, float | None], used: Sequence[str
         eps_unit: ``"norm"`` or ``"rms"``.
         seed: the determinism seed of the probe of the training input.
         info: robustify's record, updated.
+        channels: the attacked input channels (``rms`` counts their values only); None: every channel.
 
     Raises:
         ValueError: an unknown unit, or ``rms`` without a value for a noise setting the method needs.
@@ -231,14 +234,41 @@ def noise_settings(parser, given: Mapping[str, float | None], used: Sequence[str
             flags = " ".join(f"--{k} R" for k in missing)
             raise ValueError(f"--eps_unit rms: give {flags} with R a per-value RMS (e.g. the largest eps of your "
                              f"audit with --eps_unit rms); the defaults {NORM_DEFAULTS} are L2 norms.")
-        n = training_input_values(parser, seed)
+        n = training_input_values(parser, seed, channels)
         scale = float(n) ** 0.5
         out = {k: (float(v) * scale if v is not None else None) for k, v in out.items()}
         info["input_values"] = n
-        logger.info(f"--eps_unit rms: one training input has {n} values, so the noise settings are L2 norms of "
+        logger.info(f"--eps_unit rms: one training input has {n} "
+                    + ("" if channels is None else f"attacked (channels {list(channels)}) ")
+                    + "values, so the noise settings are L2 norms of "
                     + ", ".join(f"{k} {v:.4g}" for k, v in out.items() if v is not None))
     info["noise_l2"] = {k: v for k, v in out.items() if v is not None}
     return out
+
+
+def training_attack_channels(parser, given: Any) -> tuple[list[int] | None, str]:
+    """The input channels the training attack may change: ``--attack_channels`` (a list, or ``all``), else the image
+    channels where the training preprocessing adds guidance or the label as channels
+    (:func:`robust_bundles.foreign.channels.detect_image_channels`), else every channel (None)."""
+    from .audit import underlying
+    from .channels import raw_first_item, resolve_attack_channels
+
+    if given is not None:
+        return resolve_attack_channels(given, None, None)
+    if find_id(parser, "train_preprocessing", required=False) is not None:  # the dataset is made only when needed
+        return resolve_attack_channels(None, find(parser, "train_preprocessing")[1],
+                                       lambda: raw_first_item(training_dataset(parser)))
+    dataset = training_dataset(parser)
+    return resolve_attack_channels(None, getattr(underlying(dataset)[0], "transform", None), raw_first_item(dataset))
+
+
+def replaced_iteration_update(parser, trainer: str) -> str | None:
+    """The id of the trainer's own ``iteration_update`` (None when it has none), which the method's iteration
+    replaces: e.g. the click simulation (``monai.apps.deepgrow.interaction.Interaction``) of an interactive
+    DeepEdit/deepgrow bundle, whose robust training then sees only the guidance its preprocessing makes."""
+    from .parts import _arg
+
+    return _arg(parser.get(), trainer, "iteration_update")
 
 
 def run_id(parser, trainer: str) -> str:
@@ -364,6 +394,7 @@ def robustify(
     resume: bool = False,
     seed: int = 0,
     parts: Mapping[str, str] | None = None,
+    attack_channels: Sequence[int] | str | None = None,
     **overrides: Any,
 ) -> dict:
     """Fine-tune a trained MONAI bundle with a robust training method by overlays on its unchanged train config, starting from
@@ -404,6 +435,11 @@ def robustify(
             'train#trainer'}``; robust training uses trainer, loss, optimizer, train_network, train_loader,
             train_dataset, train_handlers, train_preprocessing, train_inferer (see
             ``robust_bundles.foreign.parts.PARTS_HELP``); default: found from the bundle's trainer.
+        attack_channels: the input channels the training attack may change, e.g. ``"[0]"``, as with
+            ``robust_bundles audit --attack_channels``; the others (click guidance, a mask made from the label) keep
+            their values, and the noise settings are norms on the attacked channels (with rms, over their values
+            only). Default, the image channels where the training preprocessing adds guidance or the label as
+            channels (logged with the reason), else every channel; ``all`` attacks every channel.
         overrides: further config ids as keyword arguments (``--dataset_dir /data``).
 
     Returns:
@@ -445,6 +481,12 @@ def robustify(
 
     info: dict[str, Any] = {"bundle": str(root), "method": method, "init_model": str(weights), "epochs": int(epochs),
                             "seed": int(seed), "skipped_run_steps": skipped}
+    own_update = replaced_iteration_update(parser, trainer)
+    if own_update is not None:
+        info["replaced_iteration_update"] = own_update
+        logger.warning(f"The bundle's trainer has its own iteration_update ({own_update!r}; e.g. the click simulation "
+                       f"of an interactive bundle): the {method} iteration replaces it, so the fine-tuning sees only "
+                       "the guidance the training preprocessing makes.")
     settings: dict[str, Any] = {
         "robust#init_model": str(weights), "robust#output_dir": str(out), "robust#pgd_steps": int(pgd_steps),
         "robust#alpha": float(alpha), f"{trainer}#max_epochs": int(epochs), "robust#epochs": int(epochs),
@@ -459,8 +501,12 @@ def robustify(
     given = {"train_eps": train_eps, "expansion_step": expansion_step, "initial_margin": initial_margin,
              "max_margin": max_margin, "beta": beta}
     ids = json.loads(Path(files[-1]).read_text())
+    channels, why = training_attack_channels(parser, attack_channels)
+    info["attack_channels"] = {"channels": channels if channels is not None else "all", "why": why}
+    if channels is not None:
+        settings["robust#attack_channels"] = channels
     given.update(noise_settings(parser, given, [k for k in FLAG_IDS if f"robust#{FLAG_IDS[k]}" in ids], eps_unit,
-                                seed, info))
+                                seed, info, channels))
     settings.update({f"robust#{FLAG_IDS[k]}": float(v) if v is not None else None for k, v in given.items()
                      if f"robust#{FLAG_IDS[k]}" in ids})
     if chosen.needs_thresholds:

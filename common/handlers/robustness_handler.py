@@ -52,7 +52,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.data import list_data_collate
 
-from ..attacks import Attack, gradient_masking_warning
+from ..attacks import Attack, ChannelAttack, check_channels, gradient_masking_warning
 from ..data.synthetic import is_synthetic
 from ..io import atomic_write_json, atomic_write_text
 from ..losses import per_sample_terms, primary_output, weighted_total
@@ -106,6 +106,11 @@ class RobustnessEvaluationHandler:
         metric_on_targets: give the metric the evaluator's prepared targets (what the loss gets from its
             ``prepare_batch``) under its label key, instead of the batch's own label: for an evaluator whose
             ``prepare_batch`` builds the target (a foreign bundle's own, another key than ``label``).
+        attack_channels: the input channels the attacks may change (indices along dim 1, e.g. ``[0]`` for a network
+            whose channel 1 is a click-guidance map or a mask made from the label); the others keep their clean
+            values (:class:`robust_bundles.attacks.ChannelAttack`), and eps is measured on the attacked channels
+            only (``rms``: L2 norm ``eps * sqrt(number of attacked values of the sample)``). None (default): every
+            channel.
     """
 
     def __init__(
@@ -126,6 +131,7 @@ class RobustnessEvaluationHandler:
         eps_unit: str = "norm",
         suite: str | None = None,
         metric_on_targets: bool = False,
+        attack_channels: Sequence[int] | None = None,
     ) -> None:
         if not isinstance(attacks, Mapping):
             attacks = {a.name: a for a in attacks}
@@ -165,6 +171,7 @@ class RobustnessEvaluationHandler:
         if eps_unit not in ("norm", "rms"):
             raise ValueError(f"eps_unit must be 'norm' or 'rms'; got {eps_unit!r}.")
         self.eps_unit = eps_unit
+        self.attack_channels = check_channels(attack_channels)
         self.suite = suite
         self.metric_on_targets = bool(metric_on_targets)
         self.loss_fn = loss_fn
@@ -276,10 +283,11 @@ class RobustnessEvaluationHandler:
         tries = (getattr(attack, "restarts", None) or self.restarts) if attack.random_start else 1
         objective = attack.loss_fn if attack.loss_fn is not None else self.loss_fn
         counted = self._counted(name, forward)
+        runner = ChannelAttack(attack, self.attack_channels) if self.attack_channels is not None else attack
         best = None
         for _ in range(tries):
             with torch.enable_grad():
-                res = attack.run(inputs, targets, eps=eps, model=network, loss_fn=objective, forward=counted,
+                res = runner.run(inputs, targets, eps=eps, model=network, loss_fn=objective, forward=counted,
                                  generator=gen, train=False)
             with torch.no_grad():
                 out = forward(res.x_adv)
@@ -307,6 +315,14 @@ class RobustnessEvaluationHandler:
                 with torch.no_grad():
                     best["out"] = forward(best["x"])
         return best["x"], best["out"], best["loss"], best["norms"], best["zero_grad"]
+
+    def attacked_values(self, inputs: torch.Tensor) -> int:
+        """The number of values of one sample of ``inputs`` (B, C, ...) that the attacks change: every value, or
+        those of the attacked channels."""
+        per_sample = inputs[0].numel()
+        if self.attack_channels is None:
+            return int(per_sample)
+        return int(per_sample // inputs.shape[1] * len(self.attack_channels))
 
     def _with_targets(self, batchdata: Any, targets: Any) -> Any:
         """The batch with the prepared targets under the metric's label key (see ``metric_on_targets``)."""
@@ -347,7 +363,7 @@ class RobustnessEvaluationHandler:
             clean_loss = self._loss(clean_out, targets)
         self._rows(keys, "clean", 0.0, values, clean_loss, zeros, zeros.long())
         gen = torch.Generator(device=inputs.device)
-        scale = math.sqrt(inputs[0].numel()) if self.eps_unit == "rms" else 1.0
+        scale = math.sqrt(self.attacked_values(inputs)) if self.eps_unit == "rms" else 1.0
         for eps in self.eps:
             losses, x_advs = [], []
             for name in self.attacks:
@@ -525,6 +541,7 @@ class RobustnessEvaluationHandler:
             "per_sample": bool(self.metric.per_sample),
             "dataset": {"dir": self.dataset_dir, "synthetic": self.synthetic},
             **({"eps_unit": "rms"} if self.eps_unit == "rms" else {}),
+            **({"attack_channels": self.attack_channels} if self.attack_channels is not None else {}),
         }
 
     def markdown(self) -> str:
@@ -578,6 +595,9 @@ class RobustnessEvaluationHandler:
             (f"**{SYNTHETIC_NOTE}**\n\n" if self.synthetic else "")
             + f"{self.metric_name} over {self.summary['num_counted']} of {self.summary['num_samples']} samples; "
             + ("eps as per-value RMS (L2 norm = eps * sqrt(input values of the sample))" if self.eps_unit == "rms"
-               else "eps in input intensity units") + f" ({attacks})\n\n" + self.markdown(),
+               else "eps in input intensity units")
+            + (f"; attacked channels {self.attack_channels} (the others held at their clean values; eps measured on "
+               "the attacked channels)" if self.attack_channels is not None else "")
+            + f" ({attacks})\n\n" + self.markdown(),
         )
         logger.info(f"robustness report written to {out}")
