@@ -645,3 +645,42 @@ def test_robustify_runs_the_bundles_run_list_up_to_its_training():
                                                    ["$torch.save(@network.state_dict(), 'models/model.pt')"])
     assert robust_run(ConfigParser({"trainer": {}}), "trainer") == (["$@trainer.run()"], [])
     assert robust_run(ConfigParser({"run": "$@trainer.run()", "trainer": {}}), "trainer") == (["$@trainer.run()"], [])
+
+
+def test_batch_norm_statistics_recomputed_on_the_clean_training_data(tmp_path):
+    """After robustify's fine-tuning, each batch norm's running statistics become the cumulative average over the
+    clean training data (train mode, no gradient), written into the checkpoint's model. By hand: 4 images of
+    constant value 0, 1, 2, 3 (2 x 2 pixels), batches of 2: batch means 0.5 and 2.5 -> running mean 1.5; each
+    batch's unbiased variance over its 8 values is 8 * 0.25 / 7 = 2 / 7."""
+    import torch
+
+    from robust_bundles.foreign.parts import load_parser
+    from robust_bundles.foreign.robustify import recalibrate_batch_norm
+
+    cfg = {
+        "net": {"_target_": "torch.nn.BatchNorm2d", "num_features": 1, "momentum": 0.01},
+        "data": "$[{'image': torch.full((1, 2, 2), float(i)), 'label': torch.zeros(1, 2, 2)} for i in range(4)]",
+        "pre": {"_target_": "Compose", "transforms": []},
+        "ds": {"_target_": "Dataset", "data": "@data", "transform": "@pre"},
+        "loader": {"_target_": "DataLoader", "dataset": "@ds", "batch_size": 2},
+        "trainer": {"_target_": "SupervisedTrainer", "device": "$torch.device('cpu')", "max_epochs": 1,
+                    "train_data_loader": "@loader", "network": "@net", "loss_function": "$torch.nn.MSELoss()",
+                    "optimizer": "$torch.optim.SGD(@net.parameters(), lr=0.1)"},
+    }
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "train.json").write_text(json.dumps(cfg))
+    stale = torch.nn.BatchNorm2d(1).state_dict()  # running mean 0, variance 1
+    ckpt = tmp_path / "checkpoint.pt"
+    torch.save({"model": stale, "optimizer": {"kept": torch.ones(1)}}, ckpt)
+    parser = load_parser(tmp_path)
+    info = recalibrate_batch_norm(parser, ckpt, passes=2)
+    assert info == {"layers": 1, "passes": 2, "batches": 4, "batch_size": 2}
+    state = torch.load(ckpt, weights_only=True)
+    assert float(state["model"]["running_mean"]) == pytest.approx(1.5)
+    assert float(state["model"]["running_var"]) == pytest.approx(2 / 7)
+    assert float(state["optimizer"]["kept"]) == 1.0 and not (tmp_path / "checkpoint.bn.tmp").exists()
+    # a network without batch norm is left alone
+    cfg["net"] = {"_target_": "torch.nn.InstanceNorm2d", "num_features": 1}
+    (tmp_path / "configs" / "train.json").write_text(json.dumps(cfg))
+    torch.save({"model": {}}, ckpt)
+    assert recalibrate_batch_norm(load_parser(tmp_path), ckpt) is None

@@ -44,7 +44,7 @@ from .overlay import foreign_methods, method_overlay
 from .parts import FOREIGN_MISMATCH, config_path, find, find_id, given_flags, pretrained_off
 
 __all__ = ["NORM_DEFAULTS", "OVERLAY_DIR", "estimate_bundle_thresholds", "noise_settings", "overlay_files", "redirects",
-           "replaced_iteration_update", "robustify", "run_id", "train_prepare_batch", "training_attack_channels",
+           "replaced_iteration_update", "recalibrate_batch_norm", "robustify", "run_id", "train_prepare_batch", "training_attack_channels",
            "training_dataset", "training_input_values", "wiring"]
 
 logger = logging.getLogger("robust_bundles.robustify")
@@ -88,6 +88,65 @@ def training_dataset(parser) -> Any:
         _, data = find(parser, "train_data")
         return Dataset(list(data), pre)
     return find(parser, "train_dataset")[1]
+
+
+def recalibrate_batch_norm(parser, checkpoint: str | Path, passes: int = 2, seed: int = 0,
+                           device: Any = None) -> dict | None:
+    """Recompute the running statistics of the batch norms of a fine-tuned model on the clean training data, and
+    write them into its checkpoint (``model``): each batch-norm layer's running mean and variance become the
+    cumulative average over ``passes`` passes of the training data (the bundle's training preprocessing, random
+    crops included, through the trainer's ``prepare_batch`` and inferer; train mode, no gradient). The layers'
+    momenta are restored afterwards; nothing else in the checkpoint changes.
+
+    Returns:
+        ``{"layers", "passes", "batches"}``, or None when the network has no batch norm.
+    """
+    from monai.data import DataLoader
+    from monai.utils import set_determinism
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    from .audit import _inferer
+    from .parts import _arg
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    _, network = find(parser, "train_network")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    network.load_state_dict(state["model"])
+    layers = [m for m in network.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    if not layers:
+        return None
+    network = network.to(dev)
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.momentum = None  # a cumulative average
+        m.reset_running_stats()
+    loader_id = find_id(parser, "train_loader", required=False)
+    size_id = _arg(parser.get(), loader_id, "batch_size") if loader_id else None
+    batch_size = max(2, int(parser.get_parsed_content(size_id))) if size_id else 4
+    _, inferer = _inferer(parser, "train_inferer", "trainer")
+    prepare = train_prepare_batch(parser)
+    set_determinism(seed=seed)
+    batches = 0
+    network.train()
+    try:
+        with torch.no_grad():
+            for _ in range(int(passes)):
+                for batch in DataLoader(training_dataset(parser), batch_size=batch_size, shuffle=False, num_workers=0):
+                    prepared = prepare(batch, dev)
+                    args, kwargs = (prepared[2], prepared[3]) if len(prepared) == 4 else ((), {})
+                    inferer(prepared[0], network, *args, **kwargs)
+                    batches += 1
+    finally:
+        set_determinism(seed=None)
+        for m, momentum in zip(layers, momenta):
+            m.momentum = momentum
+    state["model"] = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+    tmp = Path(checkpoint).with_suffix(".bn.tmp")
+    torch.save(state, tmp)
+    tmp.replace(checkpoint)
+    logger.info(f"batch norms: running statistics of {len(layers)} layers recomputed on the clean training data "
+                f"({passes} passes, {batches} batches of {batch_size}) and written to {checkpoint}")
+    return {"layers": len(layers), "passes": int(passes), "batches": batches, "batch_size": batch_size}
 
 
 def train_prepare_batch(parser) -> Any:
@@ -395,6 +454,7 @@ def robustify(
     seed: int = 0,
     parts: Mapping[str, str] | None = None,
     attack_channels: Sequence[int] | str | None = None,
+    bn_passes: int = 2,
     **overrides: Any,
 ) -> dict:
     """Fine-tune a trained MONAI bundle with a robust training method by overlays on its unchanged train config, starting from
@@ -440,6 +500,12 @@ def robustify(
             their values, and the noise settings are norms on the attacked channels (with rms, over their values
             only). Default, the image channels where the training preprocessing adds guidance or the label as
             channels (logged with the reason), else every channel; ``all`` attacks every channel.
+        bn_passes: after the fine-tuning, the batch norms' running statistics are recomputed over this many passes
+            of the clean training data (train-mode forward passes, no gradient; recorded in ``robustify.json`` as
+            ``bn_recalibration``): the fine-tuning ran the network on attacked inputs, and a slow momentum (0.01 in
+            EfficientNet encoders) leaves the statistics behind the new weights, which breaks the evaluation-mode
+            output (endoscopic_tool_segmentation: clean IoU 0.33 before, 0.90 after). 0 keeps the statistics of
+            the run. Networks without batch norm are not touched.
         overrides: further config ids as keyword arguments (``--dataset_dir /data``).
 
     Returns:
@@ -550,6 +616,8 @@ def robustify(
     ckpt = out / "checkpoint.pt"
     if not ckpt.is_file():
         raise RuntimeError(f"The fine-tuning run ended without writing {ckpt}: see the log above.")
+    if bn_passes > 0:
+        info["bn_recalibration"] = recalibrate_batch_norm(parser, ckpt, passes=bn_passes, seed=seed)
     info.update(model=str(ckpt), command=command, seconds=round(time.time() - t0, 1))
     atomic_write_json(out / "robustify.json", info)
     logger.info(f"robust model written to {ckpt} ({info['seconds']} s); audit it with: robust_bundles audit {root} "

@@ -166,7 +166,7 @@ def check_audit(name: str, cache_root: Path, tmp_path: Path) -> dict:
     return summary
 
 
-NOT_FOR_ROBUSTIFY = {"epochs", "num_epochs", "train#trainer#max_epochs", "val_interval", "output_dir",
+NOT_FOR_ROBUSTIFY = {"run", "epochs", "num_epochs", "train#trainer#max_epochs", "val_interval", "output_dir",
                      "network_def#_requires_"}
 
 
