@@ -655,7 +655,7 @@ def test_batch_norm_statistics_recomputed_on_the_clean_training_data(tmp_path):
     import torch
 
     from robust_bundles.foreign.parts import load_parser
-    from robust_bundles.foreign.robustify import recalibrate_batch_norm
+    from robust_bundles.foreign.robustify import recalibrate_batch_norm, stale_batch_norm
 
     cfg = {
         "net": {"_target_": "torch.nn.BatchNorm2d", "num_features": 1, "momentum": 0.01},
@@ -671,8 +671,10 @@ def test_batch_norm_statistics_recomputed_on_the_clean_training_data(tmp_path):
     (tmp_path / "configs" / "train.json").write_text(json.dumps(cfg))
     stale = torch.nn.BatchNorm2d(1).state_dict()  # running mean 0, variance 1
     ckpt = tmp_path / "checkpoint.pt"
-    torch.save({"model": stale, "optimizer": {"kept": torch.ones(1)}}, ckpt)
+    torch.save({"model": stale, "optimizer": {"kept": torch.ones(1)}, "trainer": {"iteration": 16}}, ckpt)
     parser = load_parser(tmp_path)
+    # 16 iterations at momentum 0.01 move the statistics 1 - 0.99 ** 16 = 14.9% of the way: stale
+    assert stale_batch_norm(parser, ckpt) == {"layers": 1, "momentum": 0.01, "iterations": 16, "moved": 0.149}
     info = recalibrate_batch_norm(parser, ckpt, passes=2)
     assert info == {"layers": 1, "passes": 2, "batches": 4, "batch_size": 2}
     state = torch.load(ckpt, weights_only=True)
@@ -680,6 +682,8 @@ def test_batch_norm_statistics_recomputed_on_the_clean_training_data(tmp_path):
     assert float(state["model"]["running_var"]) == pytest.approx(2 / 7)
     assert float(state["optimizer"]["kept"]) == 1.0 and not (tmp_path / "checkpoint.bn.tmp").exists()
     # a network without batch norm is left alone
+    torch.save({"model": stale, "trainer": {"iteration": 100}}, ckpt)  # 1 - 0.99 ** 100 = 63%: not stale
+    assert stale_batch_norm(parser, ckpt) is None
     cfg["net"] = {"_target_": "torch.nn.InstanceNorm2d", "num_features": 1}
     (tmp_path / "configs" / "train.json").write_text(json.dumps(cfg))
     torch.save({"model": {}}, ckpt)

@@ -28,6 +28,7 @@ class Budget:
     epochs: int = 4
     train_pgd_steps: int = 2
     expansion_step: float | None = None
+    bn_passes: int = 0
 
     @property
     def delta(self) -> float:
@@ -40,6 +41,9 @@ BUDGETS: dict[str, Budget] = {
     # inputs scaled to [0, 1] whose trained models break at a per-value RMS of 0.05: smaller noise levels
     "spleen_ct_segmentation": Budget(eps=(0.01, 0.02)),
     "classification_template": Budget(eps=(0.01, 0.02), cases=8),
+    # the EfficientNet encoder's batch norms (momentum 0.01) move 15% of the way in the 16 iterations of the
+    # fine-tuning: their statistics recomputed on the clean training data (robustify warns and says so)
+    "endoscopic_tool_segmentation": Budget(bn_passes=2),
 }
 
 
@@ -178,7 +182,8 @@ def check_robustify(name: str, cache_root: Path, tmp_path: Path) -> tuple[dict, 
     out = tmp_path / "amat"
     args = ["-m", "robust_bundles", "robustify", str(t.bundle), "--dataset_dir", t.dataset_arg(), "--model_path",
             str(t.weights), "--output_dir", str(out), "--epochs", str(b.epochs), "--pgd_steps", str(b.train_pgd_steps),
-            "--eps_unit", "rms", "--expansion_step", repr(b.delta), "--threshold_rule", "mean_std"]
+            "--eps_unit", "rms", "--expansion_step", repr(b.delta), "--threshold_rule", "mean_std",
+            "--bn_passes", str(b.bn_passes)]
     # the sizes and the brief training's data settings (workers, batch, iterations), not its epochs or output
     override = {**t.spec.sizes, **{k: v for k, v in t.spec.train.items() if k not in NOT_FOR_ROBUSTIFY}}
     if override:
