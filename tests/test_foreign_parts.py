@@ -688,3 +688,14 @@ def test_batch_norm_statistics_recomputed_on_the_clean_training_data(tmp_path):
     (tmp_path / "configs" / "train.json").write_text(json.dumps(cfg))
     torch.save({"model": {}}, ckpt)
     assert recalibrate_batch_norm(load_parser(tmp_path), ckpt) is None
+
+
+def test_eps_too_small_for_the_input_size_is_named():
+    """The default eps (L2 norms 0.5 / 1 / 2) on a 96^3 volume are a per-value RMS of 2 / 96^1.5 = 0.0021 at most:
+    the audit says so and names the flags; on a 64 x 64 image (2 / 64 = 0.031) or in rms units it says nothing."""
+    from robust_bundles.foreign.audit import small_eps_note
+
+    note = small_eps_note([0.5, 1.0, 2.0], "norm", [96 ** 3])
+    assert "is a per-value RMS of 0.0021" in note and '--eps_unit rms --eps "[0.01, 0.02, 0.05]"' in note
+    assert small_eps_note([0.5, 1.0, 2.0], "norm", [64 * 64]) == ""
+    assert small_eps_note([0.001], "rms", [96 ** 3]) == ""

@@ -473,6 +473,25 @@ def masking_checks(summary: Mapping, attack: str = "PGD", noise: str = "noise", 
     return out
 
 
+SMALL_RMS = 0.005
+"""A per-value RMS below which the audit's largest eps probably moves no model (intensities scaled to about [0, 1]
+or to unit variance)."""
+
+
+def small_eps_note(eps: Sequence[float], eps_unit: str, voxels: Sequence[int]) -> str:
+    """A warning when every eps, given as an L2 norm, is a per-value RMS below :data:`SMALL_RMS` of the evaluated
+    inputs (the default eps 0.5 / 1 / 2 on a 96^3 volume: 0.002 at most), with the flags that fix it; else ''."""
+    sizes = [v for v in voxels if v > 0]
+    if eps_unit != "norm" or not sizes or not eps:
+        return ""
+    rms = max(eps) / math.sqrt(min(sizes))
+    if rms >= SMALL_RMS:
+        return ""
+    return (f"The largest eps, {max(eps):g} as an L2 norm over {min(sizes):,} input values, is a per-value RMS of "
+            f"{rms:.2g}: likely too small to move the model (the gradient-masking checks then fire). Give eps per "
+            "value: --eps_unit rms --eps \"[0.01, 0.02, 0.05]\".")
+
+
 def _explain_units(eps_unit: str, preprocessing_id: str, voxels: Sequence[int]) -> str:
     lo, hi = (min(voxels), max(voxels)) if voxels else (0, 0)
     rms = "" if not voxels else (
@@ -653,6 +672,10 @@ def audit(
              "robustness_md": str(out / "robustness.md"),
              "metric_vs_eps": str(plot_metric_vs_eps([result], out / "metric_vs_eps.png"))}
     units = _explain_units(eps_unit, pre_id, sorted(set(voxels)))
+    small = small_eps_note(eps_list, eps_unit, voxels)
+    if small:
+        logger.warning(small)
+        units += " " + small
     if channels is not None:
         units += (f" Only the input channels {channels} are attacked ({channels_why}); the other channels keep "
                   "their clean values, and eps and the values counted here are those of the attacked channels.")
