@@ -514,7 +514,9 @@ def robustify(
             total. The run continues exactly as if it had not stopped (CPU, ``num_workers`` 0).
         seed: the determinism seed (``monai.utils.set_determinism``) of the threshold pass and of the fine-tuning
             run (shuffling, random crops, the training attack's random starts): the same command on the same machine
-            writes the same model. A bundle that seeds itself in its ``initialize`` list keeps its own seed.
+            writes the same model where the bundle draws its randomness from seeded sources (valve_landmarks' own
+            code does not: two runs differ from the second epoch). A bundle that seeds itself in its
+            ``initialize`` list keeps its own seed.
         parts: the bundle's parts by config id where finding them fails, e.g. ``{'loss': 'lossfn', 'trainer':
             'train#trainer'}``; robust training uses trainer, loss, optimizer, train_network, train_loader,
             train_dataset, train_handlers, train_preprocessing, train_inferer (see
