@@ -148,7 +148,8 @@ BUNDLES: dict[str, ZooBundle] = {b.name: b for b in (
     ZooBundle(
         "valve_landmarks", "regression",
         train={"num_epochs": 12, "num_iters": 12, "batch_size": 8, "learning_rate": 0.003, "num_workers": 0,
-               "output_dir": "./results/run", "network_def#_requires_": "$setattr(numpy, 'product', numpy.prod)"},
+               "output_dir": "./results/run", "network_def#_requires_": "$setattr(numpy, 'product', numpy.prod)",
+               "sampler#generator": "$torch.Generator().manual_seed(0)"},
         sizes={"network_def#in_shape": [1, 64, 64], "im_shape": [1, 64, 64],
                "train_transforms#transforms#9#spatial_size": [64, 64],
                "train_transforms#transforms#10#spatial_size": [64, 64]},
@@ -157,7 +158,10 @@ BUNDLES: dict[str, ZooBundle] = {b.name: b for b in (
               "two of its train transforms); 100 epochs of 400 iterations of 600 at lr 1e-4 "
               "-> 12 of 12 of 8 at 3e-3; a fixed output_dir (the default has a time stamp); its scripts/valve_landmarks.py calls "
               "np.product, removed in NumPy 2.0: network_def#_requires_ puts the alias back before the network is built "
-              "(the audit and robustify restore it themselves)",
+              "(the audit and robustify restore it themselves); the WeightedRandomSampler gets its own seeded "
+              "generator: its ThreadDataLoader draws each epoch's indices in a background thread from torch's global "
+              "generator, racing the training's own draws (dropout, the attacks' random starts), so runs of the same "
+              "seed differed from the second epoch",
     ),
     ZooBundle(
         "lung_nodule_ct_detection", "detection",
