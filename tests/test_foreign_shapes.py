@@ -55,6 +55,13 @@ def trained_bundle(tmp_path_factory, name: str, train_yaml: str, write_data, fil
     return bundle, data
 
 
+def quick_audit(bundle: Path, data: Path, out: Path, eps: list[float], pgd_steps: int = 3, **kw) -> tuple[dict, dict]:
+    """The audit with the quick suite, eps per value, no I-FGSM: ``(audit.json's info, robustness.json's summary)``."""
+    info = audit(str(bundle), output_dir=str(out), eps=eps, eps_unit="rms", pgd_steps=pgd_steps, ifgsm_steps=0,
+                 attack_suite="quick", dataset_dir=str(data), **kw)
+    return info, json.loads((out / "robustness.json").read_text())["summary"]
+
+
 # ------------------------------------------------------------------------------------ other keys, own prepare_batch
 PREPARE_BATCH_PY = '''\
 """The bundle's own batch preparation: its items hold ``img`` and ``seg``, not MONAI's ``image``/``label``."""
@@ -150,9 +157,7 @@ def test_audit_uses_the_evaluators_own_prepare_batch_and_keys(keys_bundle, tmp_p
 
 
 def _pgd(bundle: Path, data: Path, model: Path, out: Path, eps: float = 0.1) -> tuple[float, float]:
-    audit(str(bundle), output_dir=str(out), eps=[eps], eps_unit="rms", pgd_steps=5, ifgsm_steps=0,
-          attack_suite="quick", dataset_dir=str(data), model_path=str(model))
-    summary = json.loads((out / "robustness.json").read_text())["summary"]
+    _, summary = quick_audit(bundle, data, out, [eps], pgd_steps=5, model_path=str(model))
     return summary["clean"], summary["attacks"]["PGD"][f"{eps:g}"]
 
 
@@ -264,14 +269,12 @@ def npz_bundle(tmp_path_factory):
 def test_audit_of_npz_subsets_through_a_cache_dataset_with_a_sigmoid_index_label_loss(npz_bundle, tmp_path):
     bundle, data = npz_bundle
     out = tmp_path / "audit"
-    info = audit(str(bundle), output_dir=str(out), eps=[0.1], eps_unit="rms", pgd_steps=3, ifgsm_steps=0,
-                 attack_suite="quick", dataset_dir=str(data))
+    info, summary = quick_audit(bundle, data, out, [0.1])
     assert info["parts"]["data"]["id"] == "eval_sub" and info["parts"]["data"]["cases"] == 4
     assert info["parts"]["metric"]["description"] == "multi-label (sigmoid) Dice"
     rows = list(csv.DictReader((out / "robustness.csv").open()))
     # the evaluation Subset holds positions 8-11 of the NPZ file: the samples are named by them
     assert sorted({r["case"] for r in rows}) == ["item_10", "item_11", "item_8", "item_9"]
-    summary = json.loads((out / "robustness.json").read_text())["summary"]
     # Dice of channel 1 (the disk) alone, as the loss leaves out the background: the model learned it
     assert summary["clean"] > 0.7, summary
     assert summary["attacks"]["PGD"]["0.1"] < summary["clean"]
@@ -349,12 +352,9 @@ def binary_bundle(tmp_path_factory):
 
 def test_audit_of_a_one_logit_classifier(binary_bundle, tmp_path):
     bundle, data = binary_bundle
-    out = tmp_path / "audit"
-    info = audit(str(bundle), output_dir=str(out), eps=[0.1, 0.3], eps_unit="rms", pgd_steps=3, ifgsm_steps=0,
-                 attack_suite="quick", dataset_dir=str(data))
+    info, summary = quick_audit(bundle, data, tmp_path / "audit", [0.1, 0.3])
     assert info["parts"]["metric"]["kind"] == "accuracy"
     assert info["parts"]["metric"]["description"] == "accuracy (sigmoid outputs)"
-    summary = json.loads((out / "robustness.json").read_text())["summary"]
     assert summary["clean"] == 1.0, summary  # disk or not: the sign of the logit is right on all 6
     assert summary["attacks"]["PGD"]["0.3"] < summary["clean"]
 
@@ -378,9 +378,7 @@ def guided_bundle(tmp_path_factory):
 
 
 def _guided_audit(bundle: Path, data: Path, out: Path, **kw) -> tuple[dict, dict]:
-    info = audit(str(bundle), output_dir=str(out), eps=[0.5], eps_unit="rms", pgd_steps=5, ifgsm_steps=0,
-                 attack_suite="quick", dataset_dir=str(data), **kw)
-    return info, json.loads((out / "robustness.json").read_text())["summary"]
+    return quick_audit(bundle, data, out, [0.5], pgd_steps=5, **kw)
 
 
 def test_audit_attacks_the_image_channel_only_unless_told(guided_bundle, tmp_path):
